@@ -1,0 +1,3 @@
+from lazymoe.cli import main
+
+raise SystemExit(main())

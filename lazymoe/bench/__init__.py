@@ -1,0 +1,1 @@
+"""Benchmark harness: lazymoe against llama.cpp CPU-MoE and baselines."""

@@ -1,0 +1,1 @@
+"""The expert-caching MoE engine: store, tiered cache, placement, prefetch, generate."""

@@ -1,0 +1,1 @@
+"""The bundled tiny model: corpus, recipe, GGUF export; random checkpoints for tests."""

@@ -1,0 +1,44 @@
+"""Shared fixtures, and the per-notebook timing table printed at the end of a run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """No test writes into the learner's real ~/.lazymoe."""
+    monkeypatch.setenv("LAZYMOE_HOME", str(tmp_path_factory.mktemp("lazymoe-home")))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    rows = []
+    for outcome in ("passed", "failed", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", "call") == "call" and "test_notebook_runs[" in report.nodeid:
+                name = report.nodeid.split("[", 1)[1].rstrip("]")
+                rows.append((name, report.duration, outcome))
+    if not rows:
+        return
+    terminalreporter.section("notebook timings (headless, CPU)")
+    for name, seconds, outcome in sorted(rows):
+        terminalreporter.write_line(f"{name:<45} {seconds:8.1f} s  {outcome}")
+    terminalreporter.write_line(f"{'total':<45} {sum(r[1] for r in rows):8.1f} s")
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+requires_gpu = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
+QUICK = os.environ.get("LAZYMOE_QUICK") == "1"

@@ -1,0 +1,56 @@
+"""Every course and lab notebook: committed clean, says what it needs, runs headless on the CPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from lazymoe import nbtools
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = nbtools.notebooks(REPO / "course", REPO / "labs")
+IDS = [f"{p.parent.name}/{p.name}" for p in NOTEBOOKS]
+NOTEBOOK_TIMEOUT_S = 900  # per notebook; each says in its first cell how long it takes
+
+
+def test_there_are_notebooks():
+    assert any(p.name == "00_start_here.ipynb" for p in NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_committed_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    assert not nbtools.has_outputs(nb), f"{path} has outputs: run `make strip` before committing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_first_cell_says_what_it_needs_and_how_long(path):
+    first = nbformat.read(path, as_version=4).cells[0]
+    assert first.cell_type == "markdown", f"{path}: the first cell must be markdown"
+    for word in ("Needs:", "Time:"):
+        assert word in first.source, f"{path}: the first cell must say '{word}'"
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(NOTEBOOK_TIMEOUT_S + 60)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+
+    # Two notebooks run at once on CI's two cores: one thread each keeps them from fighting.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("LAZYMOE_QUICK", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=NOTEBOOK_TIMEOUT_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    client.execute()
