@@ -1,0 +1,87 @@
+"""`lazymoe doctor`: passes on a good install, fails loudly with the fix on a broken one, never crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lazymoe import doctor, hardware
+
+
+def _run_cli(*args, env_updates=None):
+    env = dict(os.environ, **(env_updates or {}))
+    return subprocess.run([sys.executable, "-m", "lazymoe", "doctor", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_passes_on_this_install():
+    report = doctor.run_checks()
+    assert report.ok, report.format()
+    names = {c.name for c in report.checks}
+    assert {"python", "torch", "jupyterlab", "ipywidgets", "cpu", "ram", "bundled model"} <= names
+
+
+def test_missing_bundled_model_fails_with_the_fix(tmp_path):
+    result = _run_cli(env_updates={"LAZYMOE_DATA": str(tmp_path)})
+    assert result.returncode == 1
+    assert "FAIL" in result.stdout and "bundled model" in result.stdout
+    assert "make data" in result.stdout
+
+
+@pytest.fixture
+def model_present(monkeypatch):
+    """Isolate a check from whether the bundled model has been built on this machine."""
+    monkeypatch.setattr(doctor, "_bundled_model_check", lambda: doctor.Check("bundled model", doctor.OK))
+
+
+def test_missing_required_package_is_a_failure_naming_the_fix(monkeypatch, model_present):
+    monkeypatch.setattr(doctor, "REQUIRED", [("no_such_module_xyz", "no-such-dist", "testing")])
+    report = doctor.run_checks()
+    failed = report.failures()
+    assert [c.name for c in failed] == ["no-such-dist"]
+    assert "not installed" in failed[0].detail
+    assert "make lab" in failed[0].fix
+    assert not report.ok
+
+
+def test_missing_optional_part_is_not_a_failure(monkeypatch, model_present):
+    monkeypatch.setattr(doctor, "OPTIONAL_PARTS", [("no_such_module_xyz", "nope", "a lab", "llama")])
+    report = doctor.run_checks()
+    check = next(c for c in report.checks if c.name == "nope")
+    assert check.status == doctor.OPTIONAL
+    assert "pip install -e '.[llama]'" in check.fix
+    assert report.ok
+
+
+def test_no_gpu_and_no_nvml_never_crash(monkeypatch):
+    pynvml = pytest.importorskip("pynvml")
+
+    def broken():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", broken)
+    machine = hardware.probe()
+    assert machine.gpus == []
+    assert "no NVIDIA GPU" in machine.gpu_note
+    report = doctor.run_checks()
+    gpu = next(c for c in report.checks if c.name == "gpu")
+    assert "runs on the CPU" in gpu.detail
+
+
+def test_json_output_lists_every_check():
+    result = _run_cli("--json")
+    checks = json.loads(result.stdout)
+    assert {"name", "status", "detail", "fix"} <= set(checks[0])
+    assert result.returncode == (0 if all(c["status"] != "FAIL" for c in checks) else 1)
+
+
+def test_gpu_bandwidth_and_link_from_nvml_numbers():
+    gpu = hardware.GpuInfo(0, "test", 12 * 2**30, 0, memory_bus_width_bits=384,
+                           memory_clock_mhz=9751, pcie_gen=4, pcie_width=16)
+    # RTX 3090-like: 384-bit bus x 9751 MHz x 2 (DDR) / 8 bits = 936 GB/s
+    assert gpu.memory_bandwidth_gbps == pytest.approx(936.1, abs=0.1)
+    assert gpu.pcie_bandwidth_gbps == pytest.approx(31.5, abs=0.1)
