@@ -50,6 +50,7 @@ lab: install-lab data
 
 lint: install-test
 	$(VENV)/bin/ruff check .
+	$(PY) -m lazymoe.quiz
 
 unit: install-test
 	$(VENV)/bin/pytest -m "not notebook and not gpu" $(PYTEST_ARGS)

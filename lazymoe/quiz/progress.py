@@ -1,0 +1,201 @@
+"""The learner's progress file: `$LAZYMOE_HOME/progress.json` (default `~/.lazymoe/`).
+
+    {"version": 1,
+     "modules": {"01": {"q1": {"attempts": 2, "first_correct": false, "solved": true, ...}}}}
+
+Writes are atomic: the new state goes to a temporary file in the same folder, is flushed and
+fsync'ed, then `os.replace`d over the old one, so a crash at any moment leaves either the old or
+the new file, never half of one. A file that cannot be read (hand-edited, truncated by a tool that
+is not this one) is moved aside to `progress.json.corrupt-<time>` and reported, and a fresh one
+is started: a quiz never crashes on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from lazymoe import paths
+
+PROGRESS_VERSION = 1
+FILE_NAME = "progress.json"
+STALE_TEMP_S = 600  # temp files older than this are leftovers of a killed writer
+
+try:  # POSIX: serialize read-modify-write between two notebooks of the same learner
+    import fcntl
+except ImportError:  # Windows: last writer wins, the file still never corrupts
+    fcntl = None  # type: ignore[assignment]
+
+
+class ProgressFileWarning(UserWarning):
+    """The progress file could not be read (it was moved aside) or could not be written."""
+
+
+@dataclass
+class QuestionRecord:
+    """What happened on one question. The score counts `first_correct`."""
+
+    attempts: int = 0  # valid answers given, right or wrong
+    first_correct: bool = False
+    solved: bool = False
+    first_response: Any = None
+    last_response: Any = None
+    first_at: float = 0.0  # unix seconds
+    solved_at: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> QuestionRecord:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _now() -> float:
+    return round(time.time(), 3)
+
+
+def default_path() -> Path:
+    return paths.home_dir() / FILE_NAME
+
+
+class ProgressStore:
+    """Reads and writes one learner's progress file. Every call re-reads it, so two notebooks open
+    at once both see (and keep) each other's answers."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path is not None else default_path()
+        self.notices: list[str] = []  # what went wrong reading the file, for the learner
+
+    # --- reading -------------------------------------------------------------------------
+    def load(self) -> dict:
+        """The whole state; an unreadable file is moved aside and an empty state returned."""
+        try:
+            raw = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return self._empty()
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict) or not isinstance(data.get("modules"), dict):
+                raise ValueError("it has no 'modules' mapping")
+            for module, records in data["modules"].items():
+                if not isinstance(records, dict):
+                    raise ValueError(f"module {module} is not a mapping")
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            self._set_aside(exc)
+            return self._empty()
+        return data
+
+    def records(self, module: str) -> dict[str, QuestionRecord]:
+        raw = self.load()["modules"].get(module, {})
+        return {qid: QuestionRecord.from_dict(r) for qid, r in raw.items() if isinstance(r, dict)}
+
+    def record_of(self, module: str, question_id: str) -> QuestionRecord | None:
+        return self.records(module).get(question_id)
+
+    # --- writing -------------------------------------------------------------------------
+    def record(self, module: str, question_id: str, response: Any, correct: bool) -> QuestionRecord:
+        """Count one valid answer. Only the first attempt decides the score; answers after the
+        question is solved are kept as `last_response` but change nothing else."""
+        with self._locked():
+            data = self.load()
+            raw = data["modules"].setdefault(module, {}).get(question_id)
+            rec = QuestionRecord.from_dict(raw) if isinstance(raw, dict) else QuestionRecord()
+            if rec.attempts == 0:
+                rec.first_correct, rec.first_response, rec.first_at = correct, response, _now()
+            if not rec.solved:
+                rec.attempts += 1
+                if correct:
+                    rec.solved, rec.solved_at = True, _now()
+            rec.last_response = response
+            data["modules"][module][question_id] = asdict(rec)
+            try:
+                self.save(data)
+            except OSError as exc:  # a read-only or full disk: the quiz goes on, unsaved
+                message = (f"Could not save your quiz progress to {self.path} ({exc}); set "
+                           f"LAZYMOE_HOME to a folder you can write to.")
+                self.notices.append(message)
+                warnings.warn(message, ProgressFileWarning, stacklevel=2)
+        return rec
+
+    def reset(self, module: str | None = None) -> None:
+        """Forget one module's answers (or all of them) so the quiz can be taken afresh."""
+        with self._locked():
+            data = self.load()
+            if module is None:
+                data["modules"] = {}
+            else:
+                data["modules"].pop(module, None)
+            self.save(data)
+
+    def save(self, data: dict) -> None:
+        """Write `data` atomically: temp file in the same folder, fsync, os.replace."""
+        folder = self.path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        data = {**data, "version": PROGRESS_VERSION}
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, ensure_ascii=False, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._fsync_dir(folder)
+        self._remove_stale_temps(folder)
+
+    # --- helpers -------------------------------------------------------------------------
+    @staticmethod
+    def _empty() -> dict:
+        return {"version": PROGRESS_VERSION, "modules": {}}
+
+    def _set_aside(self, problem: Exception) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        with contextlib.suppress(OSError):
+            os.replace(self.path, aside)
+        message = (
+            f"Could not read your quiz progress file {self.path} ({problem}). It was kept as "
+            f"{aside.name} and a new one was started; your earlier answers are in that copy."
+        )
+        self.notices.append(message)
+        warnings.warn(message, ProgressFileWarning, stacklevel=3)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        if fcntl is None:
+            yield
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(f".{self.path.name}.lock"), "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    @staticmethod
+    def _fsync_dir(folder: Path) -> None:
+        """Make the rename itself durable (POSIX; Windows cannot open a folder)."""
+        with contextlib.suppress(OSError, AttributeError):
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _remove_stale_temps(self, folder: Path) -> None:
+        cutoff = time.time() - STALE_TEMP_S
+        for tmp in folder.glob(f".{self.path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
