@@ -1,0 +1,159 @@
+"""What the engine is asked to do: `EngineConfig` (where things live) and `GenerationConfig`.
+
+Both validate themselves on construction, with messages that say what to change.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lazymoe.engine.policies import EvictionPolicy
+
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "bfloat16", "float16")
+PLACEMENTS = ("gpu", "cpu", "auto")
+
+
+def parse_bytes(value: str | int | float | None, what: str = "budget") -> int | None:
+    """'6GiB' -> 6 * 2**30, '500MB' -> 500 * 10**6, 1024 -> 1024, None -> None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{what}={value!r}: give a size such as '6GiB', '512MiB' or a byte count")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"{what}={value!r} is negative: give a size such as '6GiB'")
+        return int(value)
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(
+            f"{what}={value!r} is not a size: write e.g. '6GiB', '512MiB', '2GB' or a byte count"
+        )
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def format_bytes(n_bytes: int | float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= size:
+            return f"{n_bytes / size:.2f} {unit}"
+    return f"{int(n_bytes)} B"
+
+
+@dataclass
+class EngineConfig:
+    """Where each part of the model lives, and how the expert cache behaves.
+
+    vram_budget: bytes of device memory for cached experts (None: every expert resident, the
+        plain model). On a machine without a GPU the device is the CPU and its cache tier is RAM:
+        then `ram_budget` sizes it (or `vram_budget` when only that one is given).
+    ram_budget: bytes of pinned RAM for a second tier under the GPU (None or 0: no RAM tier;
+        misses are read from the memory-mapped checkpoint, which the OS page cache still helps).
+    placement: where a missed expert is computed: "gpu" copies it in (disk -> RAM -> VRAM),
+        "cpu" computes it on the CPU where it lives (llama.cpp's --cpu-moe), "auto" chooses per
+        expert with a cost model fed by measured bandwidths (as Fiddler does).
+    policy: eviction policy name ("lru", "lfu", "fifo"), an `EvictionPolicy` instance (it keeps
+        its state), or an `EvictionPolicy` subclass (a fresh one per tier).
+    prefetch: predict the next layer's experts through its router and fetch them ahead.
+    experts_path: a folder written by `lazymoe.engine.extract.extract(model_path, ...)` (a
+        per-layer contiguous layout, optionally quantized: fewer bytes per miss); None: read the
+        experts from the checkpoint's own safetensors.
+    """
+
+    model_path: str | Path
+    device: str = "auto"
+    dtype: str = "float32"
+    vram_budget: str | int | None = None
+    ram_budget: str | int | None = None
+    placement: str = "gpu"
+    policy: str | EvictionPolicy | type[EvictionPolicy] = "lru"
+    prefetch: bool = True
+    experts_path: str | Path | None = None
+    # Measured bandwidths for placement="auto" (GB/s); None: measured at load time.
+    h2d_bandwidth_gbps: float | None = None
+    cpu_bandwidth_gbps: float | None = None
+    vram_budget_bytes: int | None = field(init=False, default=None)
+    ram_budget_bytes: int | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.model_path = Path(self.model_path)
+        if self.device not in DEVICES:
+            raise ValueError(f"device={self.device!r}: choose one of {', '.join(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}: choose one of {', '.join(DTYPES)}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement={self.placement!r}: choose one of {', '.join(PLACEMENTS)}")
+        is_policy_class = isinstance(self.policy, type) and issubclass(self.policy, EvictionPolicy)
+        if not (isinstance(self.policy, (str, EvictionPolicy)) or is_policy_class):
+            raise TypeError(
+                f"policy={self.policy!r}: give a name ('lru', 'lfu', 'fifo') or an EvictionPolicy "
+                "instance (a subclass of lazymoe.engine.policies.EvictionPolicy)"
+            )
+        self.vram_budget_bytes = parse_bytes(self.vram_budget, "vram_budget")
+        self.ram_budget_bytes = parse_bytes(self.ram_budget, "ram_budget")
+        if not self.model_path.exists():
+            raise FileNotFoundError(
+                f"model_path {self.model_path} does not exist: give a folder with config.json and "
+                "*.safetensors (the bundled model: lazymoe.paths.bundled_model_dir(); build it with "
+                "`python -m lazymoe.models.prepare`)"
+            )
+
+        if self.experts_path is not None:
+            self.experts_path = Path(self.experts_path)
+            if not (self.experts_path / "manifest.json").exists():
+                raise FileNotFoundError(
+                    f"experts_path {self.experts_path} holds no manifest.json: write it with "
+                    f"lazymoe.engine.extract.extract({str(self.model_path)!r}, out_dir, fmt=...)"
+                )
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                "device='cuda' but PyTorch sees no CUDA GPU: use device='cpu' (or 'auto'), or "
+                "install a CUDA build of PyTorch (see `lazymoe doctor`)"
+            )
+        return self.device
+
+
+@dataclass
+class GenerationConfig:
+    """How to pick each next token, and when to stop.
+
+    temperature 0 is greedy (argmax). Otherwise logits / temperature, then top-k (0: off), then
+    top-p nucleus (1.0: off), then one draw from the `seed`-ed generator.
+    Generation stops after a token in `stop_token_ids` (None: the tokenizer's end-of-text; ()
+    never) or once the decoded new text contains a stop string; that last token is included,
+    so a caller that shows text cuts it at the stop string.
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] | None = None  # None: the tokenizer's end-of-text id
+    stop_strings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens}: give 0 or more")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature}: give 0 (greedy) or more")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p={self.top_p}: give a value in (0, 1]; 1.0 turns it off")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k}: give 0 (off) or a positive count")
+        if self.stop_token_ids is not None:
+            self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
+        self.stop_strings = tuple(self.stop_strings)

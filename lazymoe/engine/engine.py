@@ -1,0 +1,276 @@
+"""Engine: a MoE model with its non-expert weights resident and its experts in a tiered cache.
+
+    engine = Engine(EngineConfig(model_path=..., vram_budget="6GiB", placement="gpu"))
+    new_ids = engine.generate(engine.tokenizer.encode("def "), GenerationConfig(max_new_tokens=32))
+    print(engine.stats().line())
+
+One token's path: embedding -> for each layer: attention (resident) -> router (resident) -> the
+chosen experts from the cache (`moe.ExpertRuntime`) -> ... -> lm_head -> sampler.
+The engine is not thread-safe: callers (the server) serialize requests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, DynamicCache
+
+from lazymoe.engine.cache import CacheBook
+from lazymoe.engine.config import EngineConfig, GenerationConfig, format_bytes
+from lazymoe.engine.errors import BudgetTooSmallError
+from lazymoe.engine.loading import load_resident
+from lazymoe.engine.moe import ExpertRuntime, OffloadedExperts
+from lazymoe.engine.placement import CostModel, measure_cost_model
+from lazymoe.engine.policies import EvictionPolicy, make_policy
+from lazymoe.engine.pool import ExpertPool, expert_nbytes
+from lazymoe.engine.prefetch import Prefetcher
+from lazymoe.engine.router import LearnerRouter
+from lazymoe.engine.sampler import Sampler
+from lazymoe.engine.stats import EngineStats
+from lazymoe.engine.store import ExpertStore
+from lazymoe.engine.tiers import Tier, TierStack
+
+
+class Engine:
+    """Generate with a MoE model whose experts live on disk, hot ones in VRAM / RAM."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = torch.device(config.resolved_device())
+        self.dtype = getattr(torch, config.dtype)
+        self.model, self.spec, blocks = load_resident(config.model_path, self.device, self.dtype)
+        self.store = ExpertStore.open(config.experts_path or config.model_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(config.model_path)
+        self.blocks = dict(blocks)  # layer -> MoE block
+        self.moe_layers = sorted(self.blocks)
+        hf = self.model.config
+        self.top_k = int(hf.num_experts_per_tok)
+        self.num_experts = self.spec.num_experts(hf)
+        self.intermediate = self.spec.expert_width(hf)
+        self.hidden = int(hf.hidden_size)
+        self.expert_nbytes = expert_nbytes(self.intermediate, self.hidden, self.dtype)  # bytes
+        self.tiers = self._build_tiers()
+        cost_model = None
+        if config.placement == "auto" and self.tiers.on_gpu:
+            cost_model = self._cost_model()
+        prefetcher = None
+        if config.prefetch and self.tiers.device.pool.n_slots < self.total_experts:
+            prefetcher = Prefetcher(self.blocks)
+        act = next(iter(self.blocks.values())).experts.act_fn
+        self.runtime = ExpertRuntime(
+            self.tiers, act, config.placement, cost_model, prefetcher,
+            expert_flops_per_token=6 * self.intermediate * self.hidden,
+        )  # fmt: skip
+        for layer, block in self.blocks.items():
+            block.experts = OffloadedExperts(layer, self.runtime)
+        if self.tiers.device.pool.n_slots >= self.total_experts:
+            self._load_every_expert()
+        self.reset_stats()
+
+    @classmethod
+    def from_pretrained(cls, model_path, **config_fields) -> Engine:
+        """`Engine(EngineConfig(model_path, **config_fields))`."""
+        return cls(EngineConfig(model_path=model_path, **config_fields))
+
+    @property
+    def total_experts(self) -> int:
+        return len(self.moe_layers) * self.num_experts
+
+    # -- building --------------------------------------------------------------------------------
+    def _slots_for(self, budget_bytes: int | None, what: str) -> int:
+        if budget_bytes is None:
+            return self.total_experts
+        n_slots = min(budget_bytes // self.expert_nbytes, self.total_experts)
+        if n_slots < self.top_k:
+            need = self.top_k * self.expert_nbytes
+            raise BudgetTooSmallError(
+                f"{what}={format_bytes(budget_bytes)} holds {n_slots} experts of "
+                f"{format_bytes(self.expert_nbytes)} each, but one layer uses {self.top_k} at once: "
+                f"give at least {format_bytes(need)} ({need} bytes)"
+            )
+        return int(n_slots)
+
+    def _make_policy(self, base) -> EvictionPolicy:
+        """A fresh policy for a second tier: the same kind as the first."""
+        if not isinstance(base, EvictionPolicy):
+            return make_policy(base)
+        try:
+            return type(base)()
+        except TypeError:
+            return make_policy("lru")
+
+    def _build_tiers(self) -> TierStack:
+        cfg = self.config
+        shape = (self.intermediate, self.hidden, self.dtype)
+        if self.device.type == "cpu":  # the device tier is RAM
+            budget = cfg.ram_budget_bytes if cfg.ram_budget_bytes is not None else cfg.vram_budget_bytes
+            n_slots = self._slots_for(budget, "ram_budget" if cfg.ram_budget is not None else "vram_budget")
+            pool = ExpertPool(n_slots, *shape, device="cpu", name="ram")
+            book = CacheBook(n_slots, make_policy(cfg.policy), tier="ram")
+            return TierStack(self.store, Tier("ram", pool, book))
+        n_slots = self._slots_for(cfg.vram_budget_bytes, "vram_budget")
+        device = Tier(
+            "vram",
+            ExpertPool(n_slots, *shape, device=self.device, name="vram"),
+            CacheBook(n_slots, make_policy(cfg.policy), tier="vram"),
+        )
+        ram = None
+        if cfg.ram_budget_bytes and n_slots < self.total_experts:
+            n_ram = self._slots_for(cfg.ram_budget_bytes, "ram_budget")
+            ram = Tier(
+                "ram",
+                ExpertPool(n_ram, *shape, device="cpu", pin_memory=True, name="ram"),
+                CacheBook(n_ram, self._make_policy(cfg.policy), tier="ram"),
+            )
+        return TierStack(self.store, device, ram)
+
+    def _cost_model(self) -> CostModel:
+        cfg = self.config
+        measured = measure_cost_model(self.hidden, self.intermediate, self.dtype, str(self.device))
+        return CostModel(
+            cfg.h2d_bandwidth_gbps or measured.h2d_bandwidth_gbps,
+            cfg.cpu_bandwidth_gbps or measured.cpu_bandwidth_gbps,
+            measured.cpu_gflops,
+        )
+
+    def _load_every_expert(self) -> None:
+        """No budget: every expert resident, loaded once (the plain model)."""
+        keys = [(layer, e) for layer in self.moe_layers for e in range(self.num_experts)]
+        quiet = len(keys) < 256
+        for key in tqdm(keys, desc="loading experts", unit="expert", disable=quiet):
+            self.tiers.fetch(key, frozenset())
+
+    def set_router(self, route: Callable | None) -> None:
+        """Route with `route(router_logits (T, E), top_k, norm_topk_prob) -> (weights, indices)`,
+        both (T, top_k); None restores each model's own router."""
+        for block in self.blocks.values():
+            original = getattr(block.gate, "original", block.gate)
+            block.gate = original if route is None else LearnerRouter(original, route)
+
+    # -- generating ------------------------------------------------------------------------------
+    def generate(self, prompt_ids: list[int], gen: GenerationConfig | None = None) -> list[int]:
+        """The new token ids (without the prompt)."""
+        return list(self.stream(prompt_ids, gen))
+
+    def stream(self, prompt_ids: list[int], gen: GenerationConfig | None = None) -> Iterator[int]:
+        """Yield new token ids as they are made. `.close()` on the iterator stops it cleanly."""
+        gen = gen or GenerationConfig()
+        if not prompt_ids:
+            raise ValueError("prompt_ids is empty: give at least one token (e.g. the EOS id)")
+        return self._stream(list(prompt_ids), gen)
+
+    @torch.inference_mode()
+    def forward_logits(self, prompt_ids: list[int]) -> torch.Tensor:
+        """The model's logits for every position of `prompt_ids`: (T, V), float32, on the CPU."""
+        ids = torch.tensor([list(prompt_ids)], device=self.device)
+        return self.model(input_ids=ids, use_cache=False).logits[0].float().cpu()
+
+    def _stop_ids(self, gen: GenerationConfig) -> set[int]:
+        if gen.stop_token_ids is not None:
+            return set(gen.stop_token_ids)
+        eos = self.tokenizer.eos_token_id
+        return set() if eos is None else {eos}
+
+    @torch.inference_mode()
+    def _stream(self, prompt_ids: list[int], gen: GenerationConfig) -> Iterator[int]:
+        stop_ids, sampler = self._stop_ids(gen), Sampler(gen, self.device)
+        if self.runtime.prefetcher is not None:
+            self.runtime.prefetcher.reset_pending()
+        cache = DynamicCache(config=self.model.config)
+        ids = torch.tensor([prompt_ids], device=self.device)
+        new: list[int] = []
+        start = time.perf_counter()
+        prefill = True
+        try:
+            while len(new) < gen.max_new_tokens:
+                logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
+                                    logits_to_keep=1).logits[0, -1]  # fmt: skip
+                token = sampler(logits)
+                now = time.perf_counter()
+                if prefill:
+                    self._totals["prefill_seconds"] += now - start
+                    self._totals["prompt_tokens"] += len(prompt_ids)
+                    prefill = False
+                else:
+                    self._totals["decode_seconds"] += now - start
+                start = now
+                new.append(token)
+                self._totals["tokens"] += 1
+                yield token
+                if token in stop_ids or self._hit_stop_string(new, gen):
+                    break
+                ids = torch.tensor([[token]], device=self.device)
+        finally:
+            del cache
+
+    def _hit_stop_string(self, new: list[int], gen: GenerationConfig) -> bool:
+        if not gen.stop_strings:
+            return False
+        text = self.tokenizer.decode(new)
+        return any(s in text for s in gen.stop_strings)
+
+    # -- numbers ---------------------------------------------------------------------------------
+    def reset_stats(self) -> None:
+        self._totals = {"tokens": 0, "prompt_tokens": 0, "prefill_seconds": 0.0, "decode_seconds": 0.0}
+        self.tiers.reset_stats()
+        self.runtime.computed_on.clear()
+        if self.runtime.prefetcher is not None:
+            self.runtime.prefetcher.reset()
+
+    def stats(self) -> EngineStats:
+        device_book = self.tiers.device.book
+        prefetch = self.runtime.prefetcher
+        detail = self.tiers.as_dict()
+        vram = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
+        return EngineStats(
+            **self._totals,
+            hits=device_book.stats.hits,
+            misses=device_book.stats.misses,
+            bytes_moved=self.tiers.bytes_moved,
+            prefetch_accuracy=prefetch.stats.accuracy if prefetch else 0.0,
+            vram_in_use_bytes=vram,
+            pool_bytes=self.tiers.device.pool.nbytes,
+            experts_on_device=self.runtime.computed_on["device"],
+            experts_on_cpu=self.runtime.computed_on["cpu"],
+            tiers=detail["tiers"],
+            links=detail["links"],
+            prefetch=prefetch.stats.as_dict() if prefetch else {},
+        )
+
+    def close(self) -> None:
+        """Free the pools and the resident weights now (GPU memory too), not at garbage collection."""
+        import gc
+
+        if getattr(self, "model", None) is None:
+            return
+        self.store.close()
+        self.model = self.runtime = self.tiers = None
+        self.blocks = {}
+        gc.collect()  # modules and the runtime refer to each other
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        """A few lines: what lives where."""
+        t = self.tiers
+        lines = [
+            f"model {self.config.model_path} ({self.spec.model_type}, {len(self.moe_layers)} MoE layers "
+            f"x {self.num_experts} experts, top-{self.top_k}, expert {format_bytes(self.expert_nbytes)})",
+            f"device {self.device}, dtype {self.config.dtype}, placement {self.config.placement}, "
+            f"prefetch {'on' if self.runtime.prefetcher else 'off'}",
+        ]
+        for tier in t.tiers:
+            lines.append(
+                f"tier {tier.name}: {tier.pool.n_slots} of {self.total_experts} experts "
+                f"({format_bytes(tier.pool.nbytes)}), policy {tier.book.policy.name}"
+            )
+        return "\n".join(lines)

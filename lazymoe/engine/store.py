@@ -1,0 +1,295 @@
+"""ExpertStore: where expert bytes live, and reading one expert without loading the file.
+
+An MoE checkpoint keeps its experts in safetensors files, either one tensor per expert and
+projection (what transformers 5 `save_pretrained` writes, and what the Hub checkpoints hold):
+
+    model.layers.{L}.mlp.experts.{E}.gate_proj.weight          (I, D)   qwen3_moe, olmoe, qwen2_moe
+    model.layers.{L}.block_sparse_moe.experts.{E}.w1.weight     (I, D)   mixtral (w1 gate, w3 up, w2 down)
+
+or fused across experts (transformers 5's in-memory layout, written by some converters):
+
+    model.layers.{L}.mlp.experts.gate_up_proj   (E, 2I, D)   gate = [:, :I], up = [:, I:]
+    model.layers.{L}.mlp.experts.down_proj      (E, D, I)
+
+The store reads each file's safetensors header (8-byte length + JSON: dtype, shape, byte offsets)
+and memory-maps the file, so one read touches only that expert's bytes, 3 * I * D * bytes_per_param,
+and `read_into` copies them straight from the mapped file into a (pinned) buffer: one copy, no
+allocation. Every projection of one expert is contiguous in both layouts (for fused tensors the
+expert index is the outermost dimension). Qwen2-MoE's shared expert runs for every token: it is
+not an expert to cache and the store does not list it.
+
+`ExpertStore.open(path)` also opens a folder written by `extract()` (a per-layer contiguous
+layout, see lazymoe/engine/extract.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lazymoe.engine.safetensors_file import (
+    ExpertStoreError,
+    SafetensorsFile,
+    safetensors_files,
+    torch_dtype,
+)
+
+__all__ = ["ARCHS", "ExpertStore", "ExpertStoreError", "ExpertWeights", "moe_layers_from_config"]
+
+
+@dataclass
+class ExpertWeights:
+    """One expert's three projections, as CPU (or pinned) tensors.
+
+    gate: (I, D), up: (I, D), down: (D, I); the expert computes down @ (silu(gate @ x) * (up @ x)).
+    """
+
+    gate: torch.Tensor
+    up: torch.Tensor
+    down: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.gate, self.up, self.down))
+
+    @classmethod
+    def empty(
+        cls, intermediate: int, hidden: int, dtype: torch.dtype, pin_memory: bool = False
+    ) -> ExpertWeights:
+        """Preallocated buffers to `read_into` (pinned: page-locked, for fast async copies to a GPU)."""
+
+        def buf(*shape: int) -> torch.Tensor:
+            return torch.empty(shape, dtype=dtype, pin_memory=pin_memory)
+
+        return cls(buf(intermediate, hidden), buf(intermediate, hidden), buf(hidden, intermediate))
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """The per-architecture part: where the experts sit and how their projections are named."""
+
+    block: str  # "mlp" or "block_sparse_moe"
+    gate: str
+    up: str
+    down: str
+    intermediate_key: str
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "qwen3_moe": ArchSpec("mlp", "gate_proj", "up_proj", "down_proj", "moe_intermediate_size"),
+    "qwen2_moe": ArchSpec("mlp", "gate_proj", "up_proj", "down_proj", "moe_intermediate_size"),
+    "olmoe": ArchSpec("mlp", "gate_proj", "up_proj", "down_proj", "intermediate_size"),
+    "mixtral": ArchSpec("block_sparse_moe", "w1", "w3", "w2", "intermediate_size"),
+}
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(mlp|block_sparse_moe)\.experts\.(.+)$")
+
+
+def moe_layers_from_config(config: dict) -> list[int]:
+    """The decoder layers that hold routed experts (Qwen MoE can keep some layers dense)."""
+    n = config["num_hidden_layers"]
+    dense = set(config.get("mlp_only_layers") or [])
+    step = config.get("decoder_sparse_step") or 1
+    return [i for i in range(n) if i not in dense and (i + 1) % step == 0]
+
+
+def num_experts_of(config: dict) -> int:
+    """Routed experts per layer (configs spell it num_experts or num_local_experts)."""
+    for key in ("num_experts", "num_local_experts"):
+        if config.get(key):
+            return int(config[key])
+    raise ExpertStoreError(
+        "config.json names no num_experts / num_local_experts: is it an MoE model?"
+    )
+
+
+def read_config(model_dir: Path) -> dict:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise ExpertStoreError(
+            f"{path} not found: point the store at a Hugging Face model folder (config.json + "
+            "*.safetensors), e.g. lazymoe.paths.bundled_model_dir()"
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ExpertStoreError(
+            f"{path} is not valid JSON ({err}): download the model again"
+        ) from err
+
+
+def arch_spec(config: dict, where: Path) -> ArchSpec:
+    arch = config.get("model_type")
+    if arch not in ARCHS:
+        raise ExpertStoreError(
+            f"{where}: model_type {arch!r} is not supported by the expert store; supported "
+            f"architectures are {sorted(ARCHS)}"
+        )
+    return ARCHS[arch]
+
+
+class ExpertStore:
+    """Reads experts from a checkpoint's safetensors files. Use `ExpertStore.open(model_dir)`.
+
+    Attributes: arch, num_layers (decoder layers), moe_layers, num_experts, hidden_size (D),
+    intermediate_size (I), dtype, expert_nbytes = 3 * I * D * dtype size (bytes).
+    """
+
+    def __init__(self, model_dir: Path, config: dict, locations: dict, dtype: torch.dtype) -> None:
+        spec = arch_spec(config, model_dir)
+        self.model_dir = model_dir
+        self.config = config
+        self.arch: str = config["model_type"]
+        self.num_layers: int = config["num_hidden_layers"]
+        self.moe_layers: list[int] = sorted({layer for layer, _ in locations})
+        self.num_experts: int = num_experts_of(config)
+        self.hidden_size: int = config["hidden_size"]
+        self.intermediate_size: int = config[spec.intermediate_key]
+        self.dtype = dtype
+        self._locations = locations  # (layer, expert) -> {"gate"|"up"|"down": Span}
+
+    @property
+    def expert_nbytes(self) -> int:
+        return 3 * self.intermediate_size * self.hidden_size * self.dtype.itemsize  # bytes
+
+    @classmethod
+    def open(cls, model_dir: str | Path) -> ExpertStore:
+        """Index the experts of the checkpoint in `model_dir` (reads headers only).
+
+        A folder holding `manifest.json` from `extract()` opens as an `ExtractedStore`.
+        """
+        model_dir = Path(model_dir)
+        if (model_dir / "manifest.json").is_file():
+            from lazymoe.engine.extract import ExtractedStore
+
+            return ExtractedStore.open(model_dir)
+        config = read_config(model_dir)
+        spec = arch_spec(config, model_dir)
+        files = [SafetensorsFile(path) for path in safetensors_files(model_dir)]
+        locations: dict[tuple[int, int], dict] = {}  # (layer, expert) -> {role: Span}
+        shapes: dict[str, tuple[int, ...]] = {}
+        dtypes: set[str] = set()
+        names = {spec.gate: "gate", spec.up: "up", spec.down: "down"}
+        for file in files:
+            for name, info in file.tensors.items():
+                m = _LAYER.search(name)
+                if m is None:
+                    continue
+                layer, parts = int(m.group(1)), m.group(3).split(".")
+                dtypes.add(info["dtype"])
+                shape = tuple(info["shape"])
+                if parts[0].isdigit() and len(parts) == 3 and parts[1] in names:  # per expert
+                    role = names[parts[1]]
+                    shapes[role] = shape
+                    span = file.span(name, 0, shape)
+                    locations.setdefault((layer, int(parts[0])), {})[role] = span
+                elif (
+                    parts[0] in ("gate_up_proj", "down_proj") and len(shape) == 3
+                ):  # fused (E, ...)
+                    n_experts, rows, cols = shape
+                    for e in range(n_experts):
+                        slot = locations.setdefault((layer, e), {})
+                        if parts[0] == "down_proj":
+                            slot["down"] = file.span(name, e * rows * cols, (rows, cols))
+                            shapes["down"] = (rows, cols)
+                        else:  # rows [0, I) are gate_proj, [I, 2I) up_proj
+                            half = rows // 2
+                            slot["gate"] = file.span(name, e * rows * cols, (half, cols))
+                            slot["up"] = file.span(name, (e * rows + half) * cols, (half, cols))
+                            shapes["gate"] = shapes["up"] = (half, cols)
+        _check_complete(model_dir, config, spec, locations, shapes)
+        if len(dtypes) != 1:
+            raise ExpertStoreError(
+                f"{model_dir}: experts are stored in mixed dtypes {sorted(dtypes)}"
+            )
+        return cls(model_dir, config, locations, torch_dtype(dtypes.pop()))
+
+    # -- reading --------------------------------------------------------------------------------
+    def read(self, layer: int, expert: int) -> ExpertWeights:
+        """One expert's weights as new CPU tensors in the checkpoint's dtype."""
+        loc = self._where(layer, expert)
+        return ExpertWeights(*(loc[role].view().clone() for role in ("gate", "up", "down")))
+
+    def read_into(self, layer: int, expert: int, out: ExpertWeights) -> int:
+        """Copy one expert into preallocated buffers `out` (pinned RAM, or even VRAM) straight
+        from the memory-mapped file; returns the bytes read. A dtype other than the checkpoint's
+        is converted on the way."""
+        loc = self._where(layer, expert)
+        nbytes = 0
+        for role in ("gate", "up", "down"):
+            src, dst = loc[role].view(), getattr(out, role)
+            if dst.shape != src.shape:
+                raise ExpertStoreError(
+                    f"buffer for {role} of expert ({layer}, {expert}) has shape {tuple(dst.shape)}, "
+                    f"the checkpoint has {tuple(src.shape)}: allocate it with store.empty_buffers()"
+                )
+            dst.copy_(src)
+            nbytes += src.numel() * src.element_size()
+        return nbytes
+
+    def empty_buffers(
+        self, pin_memory: bool | None = None, dtype: torch.dtype | None = None
+    ) -> ExpertWeights:
+        """Buffers shaped for one expert; pinned by default when CUDA is available."""
+        if pin_memory is None:
+            pin_memory = torch.cuda.is_available()
+        return ExpertWeights.empty(
+            self.intermediate_size, self.hidden_size, dtype or self.dtype, pin_memory
+        )
+
+    def keys(self) -> list[tuple[int, int]]:
+        """Every (layer, expert) the store holds, layer by layer."""
+        return sorted(self._locations)
+
+    def close(self) -> None:
+        """Drop the memory maps (reads after this map the files again)."""
+        for spans in self._locations.values():
+            for span in spans.values():
+                span.file.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.model_dir)!r}, arch={self.arch}, moe_layers="
+            f"{len(self.moe_layers)}, experts={self.num_experts}, expert={self.expert_nbytes} bytes)"
+        )
+
+    def _where(self, layer: int, expert: int) -> dict:
+        loc = self._locations.get((layer, expert))
+        if loc is None:
+            raise KeyError(
+                f"no expert ({layer}, {expert}) in {self.model_dir}: MoE layers are "
+                f"{self.moe_layers}, experts 0..{self.num_experts - 1}"
+            )
+        return loc
+
+
+def _check_complete(
+    model_dir: Path, config: dict, spec: ArchSpec, locations: dict, shapes: dict
+) -> None:
+    num_experts = num_experts_of(config)
+    intermediate, hidden = config.get(spec.intermediate_key), config.get("hidden_size")
+    expected = {
+        "gate": (intermediate, hidden),
+        "up": (intermediate, hidden),
+        "down": (hidden, intermediate),
+    }
+    for role, shape in shapes.items():
+        if tuple(shape) != expected[role]:
+            raise ExpertStoreError(
+                f"{model_dir}: expert {role} tensors have shape {tuple(shape)} but config.json says "
+                f"{expected[role]} ({spec.intermediate_key}={intermediate}, hidden_size={hidden}): "
+                "the weights and the config do not belong together"
+            )
+    for layer in moe_layers_from_config(config):
+        for e in range(num_experts):
+            missing = {"gate", "up", "down"} - set(locations.get((layer, e), {}))
+            if missing:
+                raise ExpertStoreError(
+                    f"{model_dir}: expert ({layer}, {e}) lacks its {sorted(missing)} weights "
+                    f"(model.layers.{layer}.{spec.block}.experts...): the checkpoint is incomplete "
+                    "or not the architecture config.json names"
+                )

@@ -1,0 +1,178 @@
+"""The tiers: VRAM -> pinned RAM -> disk on a GPU machine; RAM -> disk on a CPU-only one.
+
+Each cached tier is an `ExpertPool` (the bytes) plus a `CacheBook` (which expert is in which
+slot, and the hit/miss counts). This class moves bytes between them and counts every transfer:
+
+    device tier hit   -> nothing moves
+    device tier miss  -> RAM tier hit:  RAM slot -> device slot        ("ram->vram")
+                      -> RAM tier miss: disk -> RAM slot -> device slot ("disk->ram", "ram->vram")
+                      -> no RAM tier:   disk -> pinned staging -> device ("disk->vram")
+    on a CPU device the device tier *is* RAM:  disk -> RAM slot         ("disk->ram")
+
+Copies to the GPU go on a side CUDA stream; each slot's event tells compute when it may read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+from lazymoe.engine.cache import CacheBook
+from lazymoe.engine.policies import ExpertKey
+from lazymoe.engine.pool import ExpertPool
+from lazymoe.engine.store import ExpertStore, ExpertWeights
+
+
+@dataclass
+class LinkStats:
+    """Bytes and host seconds spent on one link (e.g. "disk->ram"), in total and per layer."""
+
+    transfers: int = 0
+    nbytes: int = 0  # bytes
+    seconds: float = 0.0  # host seconds (reads; for async GPU copies only the time to issue them)
+    bytes_per_layer: defaultdict[int, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, layer: int, nbytes: int, seconds: float) -> None:
+        self.transfers += 1
+        self.nbytes += nbytes
+        self.seconds += seconds
+        self.bytes_per_layer[layer] += nbytes
+
+    def as_dict(self) -> dict:
+        return {
+            "transfers": self.transfers,
+            "bytes": self.nbytes,
+            "seconds": self.seconds,
+            "bytes_per_layer": dict(sorted(self.bytes_per_layer.items())),
+        }
+
+
+@dataclass
+class Tier:
+    name: str  # "vram" or "ram"
+    pool: ExpertPool
+    book: CacheBook
+
+
+class TierStack:
+    """The device tier, an optional pinned-RAM tier under it (GPU only), and the store."""
+
+    def __init__(self, store: ExpertStore, device: Tier, ram: Tier | None = None) -> None:
+        self.store = store
+        self.device = device
+        self.ram = ram
+        self.on_gpu = device.pool.device.type == "cuda"
+        self.links: dict[str, LinkStats] = defaultdict(LinkStats)
+        self.copy_stream = torch.cuda.Stream(device.pool.device) if self.on_gpu else None
+        self._staging: ExpertPool | None = None
+        self._next_staging = 0
+        if self.on_gpu and ram is None:  # disk -> pinned staging -> VRAM, a small ring
+            gate_up = device.pool.gate_up
+            n_stage = 4
+            self._staging = ExpertPool(
+                n_stage, gate_up.shape[1] // 2, gate_up.shape[2], gate_up.dtype,
+                "cpu", pin_memory=True, name="staging",
+            )  # fmt: skip
+
+    @property
+    def tiers(self) -> list[Tier]:
+        return [self.device] if self.ram is None else [self.device, self.ram]
+
+    # -- the device tier ---------------------------------------------------------------------
+    def lookup(self, key: ExpertKey) -> int | None:
+        """The device slot of `key` (a counted hit) or None (a counted miss)."""
+        return self.device.book.lookup(key)
+
+    def fetch(self, key: ExpertKey, protected: frozenset[ExpertKey]) -> int:
+        """Bring `key` into the device tier (after a miss, or to prefetch it); its slot."""
+        slot, _evicted = self.device.book.admit(key, protected)
+        dst = self.device.pool.weights(slot)
+        if not self.on_gpu:
+            self._read_from_disk(key, dst, "disk->ram")
+            return slot
+        stream = self.copy_stream
+        stream.wait_stream(torch.cuda.current_stream())  # the evicted expert's readers are done
+        if self.ram is not None:
+            src_pool, src_slot = self.ram.pool, self._ram_slot(key)
+        else:
+            src_pool, src_slot = self._stage(key)
+        start = time.perf_counter()
+        with torch.cuda.stream(stream):
+            self.device.pool.gate_up[slot].copy_(src_pool.gate_up[src_slot], non_blocking=True)
+            self.device.pool.down[slot].copy_(src_pool.down[src_slot], non_blocking=True)
+        self.device.pool.mark_copy(slot, stream)
+        src_pool.mark_copy(src_slot, stream)  # the host slot is busy until this copy is done
+        link = "ram->vram" if self.ram is not None else "disk->vram"
+        self.links[link].add(key[0], self.device.pool.slot_nbytes, time.perf_counter() - start)
+        return slot
+
+    def device_weights(self, slot: int) -> ExpertWeights:
+        """The device slot's weights, once every copy into it is done (GPU: waits on an event)."""
+        if self.on_gpu:
+            self.device.pool.wait_ready(slot)
+        return self.device.pool.weights(slot)
+
+    # -- host copies, for experts computed on the CPU --------------------------------------------
+    def host_weights(self, key: ExpertKey) -> tuple[torch.Tensor | None, ExpertWeights]:
+        """`key`'s weights in host memory, from the RAM tier or read from the file.
+
+        Returns (gate_up (2I, D) or None, weights): the fused view when the RAM tier holds it.
+        """
+        if self.ram is not None:
+            slot = self._ram_slot(key)
+            return self.ram.pool.gate_up[slot], self.ram.pool.weights(slot)
+        start = time.perf_counter()
+        weights = self.store.read(*key)
+        self.links["disk->cpu"].add(key[0], weights.nbytes, time.perf_counter() - start)
+        return None, weights
+
+    # -- internals -------------------------------------------------------------------------------
+    def _ram_slot(self, key: ExpertKey) -> int:
+        """`key`'s slot in the pinned-RAM tier, reading it from disk on a RAM miss."""
+        book = self.ram.book
+        slot = book.lookup(key)
+        if slot is None:
+            slot, _ = book.admit(key)
+            self.ram.pool.sync_slot(slot)  # an earlier H2D copy may still read this slot
+            self._read_from_disk(key, self.ram.pool.weights(slot), "disk->ram")
+        return slot
+
+    def _stage(self, key: ExpertKey) -> tuple[ExpertPool, int]:
+        staging = self._staging
+        slot = self._next_staging
+        self._next_staging = (slot + 1) % staging.n_slots
+        staging.sync_slot(slot)
+        self._read_from_disk(key, staging.weights(slot), "disk->pinned")
+        return staging, slot
+
+    def _read_from_disk(self, key: ExpertKey, out: ExpertWeights, link: str) -> None:
+        start = time.perf_counter()
+        nbytes = self.store.read_into(key[0], key[1], out)
+        self.links[link].add(key[0], nbytes, time.perf_counter() - start)
+
+    # -- reporting -------------------------------------------------------------------------------
+    @property
+    def bytes_moved(self) -> int:
+        return sum(link.nbytes for name, link in self.links.items() if name != "disk->pinned")
+
+    def reset_stats(self) -> None:
+        for tier in self.tiers:
+            tier.book.reset_stats()
+        self.links.clear()
+
+    def as_dict(self) -> dict:
+        return {
+            "tiers": {
+                t.name: {
+                    **t.book.stats.as_dict(),
+                    "slots": t.pool.n_slots,
+                    "pool_bytes": t.pool.nbytes,
+                    "policy": t.book.policy.name,
+                }
+                for t in self.tiers
+            },
+            "links": {name: link.as_dict() for name, link in sorted(self.links.items())},
+        }

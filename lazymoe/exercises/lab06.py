@@ -1,0 +1,145 @@
+"""Checks for lab06 (cache policies). They never raise on a wrong answer: they say what is wrong.
+
+check_lru(MyLRU)                       your LRU evicts exactly what lazymoe's LRU evicts
+check_policy(MyPolicy, trace, n_slots) your own policy keeps the rules and beats LRU's hit rate
+"""
+
+from __future__ import annotations
+
+from lazymoe.engine.cache import CacheBook, CacheFullError
+from lazymoe.engine.policies import FIFO, LFU, LRU, EvictionPolicy, PolicyError
+from lazymoe.engine.trace import RoutingTrace, simulate, synthetic_trace
+from lazymoe.exercises.base import CheckResult, failed, not_started, passed
+
+
+def zipf_trace(
+    tokens: int = 80, layers: int = 3, experts: int = 8, top_k: int = 2, seed: int = 0
+) -> RoutingTrace:
+    """A small synthetic trace with a few popular experts per layer, as trained routers have."""
+    return synthetic_trace(tokens, layers, experts, top_k, skew=1.2, seed=seed)
+
+
+def _not_written(name: str) -> CheckResult:
+    return CheckResult(
+        name, False, "victim() returned None: write your class's methods and run again."
+    )
+
+
+def _fresh(policy_cls) -> EvictionPolicy | None:
+    if isinstance(policy_cls, EvictionPolicy):
+        policy_cls = type(policy_cls)
+    return policy_cls() if callable(policy_cls) else None
+
+
+def _evictions(policy: EvictionPolicy, trace: RoutingTrace, n_slots: int) -> list[tuple]:
+    """(access number, key looked up, evicted key) for every eviction while replaying `trace`."""
+    book, out, step = CacheBook(n_slots, policy, tier="check"), [], 0
+    for _, keys in trace.steps():
+        needed = frozenset(keys)
+        for key in keys:
+            step += 1
+            if book.lookup(key) is None:
+                _, victim = book.admit(key, protected=needed)
+                if victim is not None:
+                    out.append((step, key, victim))
+    return out
+
+
+def _first_difference(mine: list[tuple], want: list[tuple], n_slots: int) -> tuple[str, str]:
+    """Describe the first access where the learner's evictions and LRU's part ways."""
+    i = next(i for i in range(max(len(mine), len(want))) if mine[i : i + 1] != want[i : i + 1])
+    a, b = mine[i] if i < len(mine) else None, want[i] if i < len(want) else None
+    step = min(x[0] for x in (a, b) if x is not None)
+    key = next(x[1] for x in (a, b) if x is not None and x[0] == step)
+    got = a[2] if a is not None and a[0] == step else "nothing"
+    lru = b[2] if b is not None and b[0] == step else "nothing"
+    return (
+        f"at access {step} (fetching {key}, cache of {n_slots}) your policy evicted {got}, LRU "
+        f"evicts {lru}: LRU's victim is the unprotected key whose last use is oldest.",
+        "on_insert and on_hit both count as a use; on_evict must forget the key.",
+    )
+
+
+SCENARIOS = [  # (trace, n_slots): a tiny cache, a middling one, more layers
+    (zipf_trace(seed=0), 3),
+    (zipf_trace(seed=1), 6),
+    (zipf_trace(seed=2, layers=4, experts=6, top_k=3), 5),
+]
+
+
+def check_lru(policy_cls) -> CheckResult:
+    """Your LRU class, replayed next to lazymoe's LRU on small traces: the same victim every time?"""
+    name = "lab06: LRU"
+    if policy_cls is None:
+        return not_started(name)
+    for trace, n_slots in SCENARIOS:
+        try:
+            policy = _fresh(policy_cls)
+            if not isinstance(policy, EvictionPolicy):
+                return failed(
+                    name, "pass your class (a subclass of EvictionPolicy), e.g. check_lru(MyLRU)."
+                )
+            mine = _evictions(policy, trace, n_slots)
+        except NotImplementedError:
+            return _not_written(name)
+        except PolicyError as err:
+            if "returned None" in str(err):
+                return _not_written(name)
+            return failed(name, f"your policy broke a rule of the cache: {err}")
+        except CacheFullError as err:
+            return failed(name, str(err))
+        except Exception as err:  # a learner's bug: show it, do not crash the notebook
+            return failed(name, f"your policy raised {type(err).__name__}: {err}")
+        want = _evictions(LRU(), trace, n_slots)
+        if mine == want:
+            continue
+        if mine == _evictions(FIFO(), trace, n_slots):
+            return failed(
+                name,
+                "your policy evicts in insertion order, like FIFO: a hit must count as a use "
+                "(on_hit should move the key to the most-recent end).",
+            )
+        if mine == _evictions(LFU(), trace, n_slots):
+            return failed(
+                name,
+                "your policy counts uses (LFU); LRU looks only at how recently a key was used.",
+            )
+        return failed(name, *_first_difference(mine, want, n_slots))
+    return passed(name, "your policy evicts exactly what LRU evicts on every test trace.")
+
+
+def check_policy(policy_cls, trace: RoutingTrace, n_slots: int) -> CheckResult:
+    """Your own policy on a real trace: it keeps the cache's rules and its hit rate is >= LRU's."""
+    name = f"lab06: your policy at {n_slots} slots"
+    if policy_cls is None:
+        return not_started(name)
+    try:
+        policy = _fresh(policy_cls)
+        if not isinstance(policy, EvictionPolicy):
+            return failed(
+                name,
+                "pass your class (a subclass of EvictionPolicy), e.g. check_policy(MyPolicy, ...).",
+            )
+        mine = simulate(trace, n_slots, policy).hit_rate
+    except NotImplementedError:
+        return _not_written(name)
+    except (PolicyError, CacheFullError) as err:
+        if "returned None" in str(err):
+            return _not_written(name)
+        return failed(name, f"your policy broke a rule of the cache: {err}")
+    except Exception as err:
+        return failed(name, f"your policy raised {type(err).__name__}: {err}")
+    lru = simulate(trace, n_slots, "lru").hit_rate
+    opt = simulate(trace, n_slots, "opt").hit_rate
+    detail = f"hit rate {mine:.1%}; LRU {lru:.1%}; the optimum (OPT) {opt:.1%}"
+    if mine + 1e-12 < lru:
+        return failed(
+            name,
+            f"{detail}: below LRU.",
+            "experts a layer uses a lot come back again and again: a policy that remembers how "
+            "often a key was used (with some forgetting, so old favourites can leave) tends to win.",
+        )
+    closed = (mine - lru) / (opt - lru) if opt > lru else 1.0
+    return passed(
+        name, f"{detail}: you closed {closed:.0%} of the gap between LRU and the optimum."
+    )

@@ -1,0 +1,108 @@
+"""Checks for lab08 (assemble the engine). They never raise on a wrong answer: they say what is wrong.
+
+check_route(my_route)              your top-k router equals lazymoe's (transformers') routing
+check_same_tokens(mine, reference) the engine built from your parts writes the package's tokens
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lazymoe.engine.router import topk_route
+from lazymoe.exercises.base import CheckResult, failed, not_started, passed
+
+ROUTE = "lab08: top-k routing"
+TOKENS = "lab08: your engine against the package's"
+
+
+def _cases():
+    gen = torch.Generator().manual_seed(8)
+    for norm in (True, False):
+        for k in (2, 3):
+            yield torch.randn(5, 8, generator=gen) * 2, k, norm  # (T tokens, E experts)
+
+
+def _diagnose(weights, indices, logits, k, norm) -> str | None:
+    """What a typical mistake looks like, or None if it is none of them."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    want_w, want_i = topk_route(logits, k, norm)
+    if set(map(tuple, indices.sort(-1).values.tolist())) == set(
+        map(tuple, torch.topk(-logits, k).indices.sort(-1).values.tolist())
+    ):
+        return "you picked the k least likely experts: take the largest (torch.topk's default)."
+    if not torch.equal(indices.sort(-1).values, want_i.sort(-1).values):
+        return "your experts are not the k most likely per token: topk over the experts (dim=-1)."
+    order = indices.argsort(-1)
+    got_w = torch.gather(weights.float(), -1, order)
+    want_sorted = torch.gather(want_w, -1, want_i.argsort(-1))
+    raw = torch.gather(torch.gather(logits.float(), -1, indices), -1, order)
+    if torch.allclose(got_w, raw, atol=1e-5):
+        return "your weights are raw logits: apply softmax over the experts first."
+    if torch.allclose(got_w, raw / raw.sum(-1, keepdim=True), atol=1e-5):
+        return "you renormalized the raw logits: softmax first, then (if norm_topk_prob) divide by the sum."
+    dim0 = torch.gather(torch.gather(torch.softmax(logits.float(), dim=0), -1, indices), -1, order)
+    if any(torch.allclose(got_w, d, atol=1e-5) for d in (dim0, dim0 / dim0.sum(-1, keepdim=True))):
+        return "your softmax runs over tokens (dim=0): it must run over the experts (dim=-1)."
+    plain = torch.gather(torch.gather(probs, -1, indices), -1, order)
+    if norm and torch.allclose(got_w, plain, atol=1e-5):
+        return "with norm_topk_prob=True the k weights must sum to 1: divide them by their sum."
+    if not norm and torch.allclose(got_w, plain / plain.sum(-1, keepdim=True), atol=1e-5):
+        return (
+            "with norm_topk_prob=False (OLMoE, Qwen2-MoE) keep the softmax probabilities as they "
+            "are: do not renormalize."
+        )
+    if not torch.allclose(got_w, want_sorted, atol=1e-5):
+        return "your expert ids are right but the weights are not softmax probabilities of them."
+    return None
+
+
+def check_route(fn) -> CheckResult:
+    """`fn(router_logits (T, E), top_k, norm_topk_prob) -> (weights (T, K), indices (T, K))`."""
+    if fn is None:
+        return not_started(ROUTE)
+    for logits, k, norm in _cases():
+        try:
+            result = fn(logits.clone(), k, norm)
+        except Exception as err:
+            return failed(ROUTE, f"your function raised {type(err).__name__}: {err}")
+        if result is None:
+            return not_started(ROUTE)
+        if not (isinstance(result, tuple) and len(result) == 2):
+            return failed(ROUTE, "return a pair (weights, indices), both shaped (tokens, top_k).")
+        weights, indices = (torch.as_tensor(x) for x in result)
+        if indices.is_floating_point() and not weights.is_floating_point():
+            return failed(ROUTE, "you returned (indices, weights): the order is (weights, indices).")
+        if tuple(weights.shape) != (logits.shape[0], k) or tuple(indices.shape) != (logits.shape[0], k):
+            return failed(
+                ROUTE,
+                f"shapes {tuple(weights.shape)} and {tuple(indices.shape)}: both must be "
+                f"(tokens, top_k) = {(logits.shape[0], k)}.",
+            )
+        problem = _diagnose(weights, indices.long(), logits, k, norm)
+        if problem is not None:
+            return failed(ROUTE, problem, f"case: top_k={k}, norm_topk_prob={norm}")
+    return passed(ROUTE, "your router picks the same experts with the same weights as transformers.")
+
+
+def check_same_tokens(mine: list[int] | None, reference: list[int], tokenizer=None) -> CheckResult:
+    """Your engine's greedy tokens against the package engine's (or the full model's)."""
+    if mine is None:
+        return not_started(TOKENS)
+    mine = list(mine)
+    if mine == list(reference):
+        return passed(TOKENS, f"all {len(mine)} tokens are identical.")
+    i = next((i for i, (a, b) in enumerate(zip(mine, reference, strict=False)) if a != b), None)
+    if i is None:
+        return failed(
+            TOKENS,
+            f"you made {len(mine)} tokens, the reference {len(reference)}: use the same "
+            "GenerationConfig (max_new_tokens, stop tokens) for both.",
+        )
+    show = (lambda ids: repr(tokenizer.decode(ids))) if tokenizer is not None else str
+    return failed(
+        TOKENS,
+        f"the first {i} tokens agree, then yours is {show(mine[i:i + 1])} where the reference has "
+        f"{show(reference[i:i + 1])}.",
+        "a cache policy cannot change tokens (it only decides what is resident): look at your "
+        "router (check_route), and use temperature 0 (greedy) for both.",
+    )
