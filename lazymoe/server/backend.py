@@ -1,0 +1,97 @@
+"""What the server needs from a model: the small protocol it serves, and its adapter to the Engine.
+
+The server only ever calls `encode`, `decode`, `render_chat`, `stream` and `stats`. Anything with
+those methods can be served: the real `lazymoe.engine.Engine` through `EngineBackend`, or the
+deterministic stand-in in `lazymoe.server.fake` that the unit tests use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """One request's decoding settings, already checked against the server's limits."""
+
+    max_new_tokens: int
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+class Backend(Protocol):
+    model_id: str
+    eos_token_ids: frozenset[int]
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str: ...
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
+        """Yield new token ids one by one; closing the iterator must stop the work."""
+        ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+def plain_chat_prompt(messages: list[dict[str, str]]) -> str:
+    """A chat template for models that have none (the bundled tiny model was trained on code)."""
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join([*lines, "assistant:"])
+
+
+class EngineBackend:
+    """`lazymoe.engine.Engine` seen through the server's protocol.
+
+    The engine is not thread-safe: the server's scheduler calls `stream` from one worker thread,
+    one request at a time.
+    """
+
+    def __init__(self, engine: Any, model_id: str) -> None:
+        self.engine = engine
+        self.model_id = model_id
+        self.tokenizer = engine.tokenizer
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        self.eos_token_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+
+    @classmethod
+    def from_model_path(cls, model_path: str | Path, **engine_fields: Any) -> EngineBackend:
+        """Load the engine on `model_path`; `engine_fields` go to EngineConfig (device, vram_budget...)."""
+        from lazymoe.engine import Engine, EngineConfig
+
+        engine = Engine(EngineConfig(model_path=model_path, **engine_fields))
+        return cls(engine, model_id=Path(model_path).resolve().name)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        return plain_chat_prompt(messages)
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
+        from lazymoe.engine import GenerationConfig
+
+        gen = GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+        )
+        return self.engine.stream(prompt_ids, gen)
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.engine.stats()
+        return stats.as_dict() if hasattr(stats, "as_dict") else dict(stats)

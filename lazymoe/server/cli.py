@@ -1,0 +1,151 @@
+"""`lazymoe serve`: run the OpenAI-compatible server, and manage members' API keys.
+
+lazymoe serve --keys keys.json --add-key alice     # prints alice's new key, once
+lazymoe serve --keys keys.json --list-keys
+lazymoe serve --keys keys.json --revoke-key alice
+lazymoe serve --keys keys.json --host 0.0.0.0 --port 8000 --vram-budget 6GiB
+lazymoe serve                                       # loopback only, no keys, bundled model
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+
+from lazymoe import paths
+from lazymoe.server.config import ServerConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = ServerConfig()
+    where = parser.add_argument_group("where")
+    where.add_argument(
+        "--host", default=d.host, help="address to bind (default: %(default)s, this machine only)"
+    )
+    where.add_argument("--port", type=int, default=d.port, help="TCP port (default: %(default)s)")
+    keys = parser.add_argument_group("keys")
+    keys.add_argument(
+        "--keys", metavar="FILE", help="members' hashed API keys (JSON); without it: no auth"
+    )
+    keys.add_argument(
+        "--add-key", metavar="NAME", help="make a key for member NAME, print it once, exit"
+    )
+    keys.add_argument("--revoke-key", metavar="NAME", help="remove every key of member NAME, exit")
+    keys.add_argument(
+        "--list-keys", action="store_true", help="list the members who have keys, exit"
+    )
+    model = parser.add_argument_group("model (passed to the engine)")
+    model.add_argument(
+        "--model", default=None, help="model folder (default: the bundled tiny model)"
+    )
+    model.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    model.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    model.add_argument(
+        "--vram-budget", default=None, help="e.g. 6GiB; default: every expert resident"
+    )
+    model.add_argument("--ram-budget", default=None, help="pinned RAM tier, e.g. 16GiB")
+    model.add_argument("--placement", default="gpu", choices=["gpu", "cpu", "auto"])
+    model.add_argument(
+        "--policy", default="lru", help="expert-cache eviction policy: lru, lfu, fifo"
+    )
+    model.add_argument("--no-prefetch", action="store_true", help="turn the expert prefetcher off")
+    model.add_argument(
+        "--fake", action="store_true", help="serve a deterministic echo model (no weights)"
+    )
+    limits = parser.add_argument_group("limits")
+    limits.add_argument("--max-queue", type=int, default=d.max_queue)
+    limits.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
+    limits.add_argument("--max-tokens-cap", type=int, default=d.max_tokens_cap)
+    limits.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens)
+    limits.add_argument("--timeout-s", type=float, default=d.request_timeout_s)
+    limits.add_argument("--requests-per-minute", type=int, default=d.requests_per_minute)
+    limits.add_argument("--tokens-per-minute", type=int, default=d.tokens_per_minute)
+    limits.add_argument("--shutdown-grace-s", type=float, default=d.shutdown_grace_s)
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+
+
+def _manage_keys(args: argparse.Namespace) -> int:
+    from lazymoe.server.auth import KeyStore
+
+    if not args.keys:
+        print(
+            "--add-key/--revoke-key/--list-keys need --keys FILE (where the hashes live)",
+            file=sys.stderr,
+        )
+        return 2
+    store = KeyStore(args.keys, create=bool(args.add_key))
+    if args.add_key:
+        key = store.add(args.add_key)
+        print(f"New key for {args.add_key} (shown only now; the file keeps only a hash):\n{key}")
+        print(
+            "They set it with: export LAZYMOE_API_KEY=<key>  (and LAZYMOE_API_BASE=http://<host>:<port>/v1)"
+        )
+    elif args.revoke_key:
+        n = store.revoke(args.revoke_key)
+        print(f"removed {n} key(s) of {args.revoke_key}" if n else f"{args.revoke_key} has no key")
+        return 0 if n else 1
+    else:
+        members = store.members()
+        print("\n".join(members) if members else f"no keys in {args.keys}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.add_key or args.revoke_key or args.list_keys:
+        return _manage_keys(args)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            keys_file=args.keys,
+            max_queue=args.max_queue,
+            max_prompt_tokens=args.max_prompt_tokens,
+            max_tokens_cap=args.max_tokens_cap,
+            default_max_tokens=args.default_max_tokens,
+            request_timeout_s=args.timeout_s,
+            requests_per_minute=args.requests_per_minute,
+            tokens_per_minute=args.tokens_per_minute,
+            shutdown_grace_s=args.shutdown_grace_s,
+        )
+        from lazymoe.server.app import create_app
+        from lazymoe.server.embedded import build_server
+
+        backend = _backend(args)
+        app = create_app(backend, config)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"lazymoe serve: {exc}", file=sys.stderr)
+        return 2
+    auth = f"keys from {config.keys_file}" if config.keys_file else "NO keys (loopback only)"
+    print(
+        f"lazymoe serve: {backend.model_id} on http://{config.host}:{config.port}/v1, {auth}. Ctrl+C stops."
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl+C after shutting down
+        build_server(app, config, log_level=args.log_level).run()
+    print("lazymoe serve: stopped.")
+    return 0
+
+
+def _backend(args: argparse.Namespace):  # -> Backend
+    if args.fake:
+        from lazymoe.server.fake import EchoBackend
+
+        return EchoBackend()
+    from lazymoe.server.backend import EngineBackend
+
+    return EngineBackend.from_model_path(
+        args.model or paths.bundled_model_dir(),
+        device=args.device,
+        dtype=args.dtype,
+        vram_budget=args.vram_budget,
+        ram_budget=args.ram_budget,
+        placement=args.placement,
+        policy=args.policy,
+        prefetch=not args.no_prefetch,
+    )
