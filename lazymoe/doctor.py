@@ -98,8 +98,20 @@ def _import_check(module: str, dist: str, purpose: str, missing_status: str, fix
     return Check(dist, OK, f"{_version(dist) or '?'}  ({purpose})")
 
 
-def run_checks() -> DoctorReport:
-    """Run every check; never raises. Labs call this and print `report.format()`."""
+# What each kind of machine must have, beyond REQUIRED. A learner's laptop runs the notebooks; the
+# group's GPU server runs `lazymoe serve` (no JupyterLab); a benchmark machine runs `lazymoe bench`.
+ROLES = {
+    "learner": {"course"},
+    "server": {"serve"},
+    "bench": {"llama"},
+}
+
+
+def run_checks(role: str = "learner") -> DoctorReport:
+    """Run every check for a machine of this role; never raises. Labs call this and print `report.format()`."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}: choose one of {', '.join(ROLES)}")
+    needed = ROLES[role]
     report = DoctorReport()
     add = report.checks.append
 
@@ -108,13 +120,16 @@ def run_checks() -> DoctorReport:
               "" if py_ok else "install Python 3.10 or newer, then run `make lab` again"))
 
     reinstall = "run `make lab` (or `pip install -e '.[course]'` inside .venv)"
-    for module, dist, purpose in REQUIRED + COURSE:
+    for module, dist, purpose in REQUIRED:
         add(_import_check(module, dist, purpose, FAIL, reinstall))
+    for module, dist, purpose in COURSE:
+        status = FAIL if "course" in needed else OPTIONAL
+        add(_import_check(module, dist, purpose, status, reinstall if status == FAIL else "pip install -e '.[course]'"))
     for module, dist, purpose, extra in OPTIONAL_PARTS:
         fix = f"pip install -e '.[{extra}]'" if extra else f"pip install {dist}"
         if module == "llama_cpp":
             fix += " (needs a C/C++ compiler and CMake; see README, Troubleshooting)"
-        add(_import_check(module, dist, purpose, OPTIONAL, fix))
+        add(_import_check(module, dist, purpose, FAIL if extra in needed else OPTIONAL, fix))
 
     machine = hardware.probe()
     add(Check("cpu", INFO, f"{machine.cpu_model}; {machine.cpu_cores_physical} cores, "
@@ -170,10 +185,13 @@ def _bundled_model_check() -> Check:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the checks as JSON")
+    parser.add_argument("--role", choices=sorted(ROLES), default="learner",
+                        help="what this machine is for: learner (notebooks, the default), "
+                             "server (`lazymoe serve`, no JupyterLab needed), bench (llama.cpp comparison)")
 
 
 def run(args: argparse.Namespace) -> int:
-    report = run_checks()
+    report = run_checks(args.role)
     if args.json:
         import dataclasses
         import json

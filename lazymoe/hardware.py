@@ -1,13 +1,16 @@
 """What is in this machine: CPU, RAM and GPUs (through NVML), read without side effects.
 
 `probe()` never fails for lack of a GPU or of NVML: it reports what it could not read.
+`measure()` (lazymoe/measure.py) times the bandwidths themselves.
+
+    python -m lazymoe.hardware [--measure] [--quick] [--host "Desktop, DDR5-5600 dual channel"] [--json]
 """
 
 from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import psutil
 
@@ -57,6 +60,35 @@ class MachineInfo:
     gpus: list[GpuInfo] = field(default_factory=list)
     other_accelerators: list[str] = field(default_factory=list)
     gpu_note: str = ""
+
+    def table(self) -> str:
+        """What `probe()` found, one line per part."""
+        gib = 2**30
+        lines = [f"os        {self.os}, Python {self.python}",
+                 f"cpu       {self.cpu_model}: {self.cpu_cores_physical} cores, "
+                 f"{self.cpu_threads} threads",
+                 f"isa       {' '.join(self.isa_flags) or '(none read)'}",
+                 f"ram       {self.ram_total_bytes / gib:.1f} GiB total, "
+                 f"{self.ram_available_bytes / gib:.1f} GiB available"]
+        for g in self.gpus:
+            bw = f"{g.memory_bandwidth_gbps:.0f} GB/s" if g.memory_bandwidth_gbps else "? GB/s"
+            link = (f"PCIe {g.pcie_gen} x{g.pcie_width} = {g.pcie_bandwidth_gbps:.1f} GB/s"
+                    if g.pcie_bandwidth_gbps else "link unknown")
+            lines.append(f"gpu{g.index}      {g.name}: {g.vram_total_bytes / gib:.1f} GiB "
+                         f"({g.vram_used_bytes / gib:.1f} used), {bw} "
+                         f"({g.memory_bus_width_bits}-bit x {g.memory_clock_mhz} MHz x 2), {link}, "
+                         f"driver {g.driver_version}, CUDA {g.cuda_version}")
+        if not self.gpus:
+            lines.append(f"gpu       {self.gpu_note or 'none'}")
+        lines += [f"other     {a}" for a in self.other_accelerators]
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        for g, d in zip(self.gpus, out["gpus"], strict=True):
+            d["memory_bandwidth_gbps"] = g.memory_bandwidth_gbps
+            d["pcie_bandwidth_gbps"] = g.pcie_bandwidth_gbps
+        return out
 
 
 def _cpu_model_and_flags() -> tuple[str, list[str]]:
@@ -156,3 +188,39 @@ def probe() -> MachineInfo:
         other_accelerators=_other_accelerators(),
         gpu_note=note,
     )
+
+
+def measure(*args, **kwargs):
+    """Time RAM, disk, GPU and host<->GPU bandwidths: see `lazymoe.measure.measure`."""
+    from lazymoe.measure import measure as _measure
+
+    return _measure(*args, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m lazymoe.hardware", description=__doc__.splitlines()[0])
+    parser.add_argument("--measure", action="store_true", help="also time the bandwidths")
+    parser.add_argument("--quick", action="store_true", help="small sizes (seconds, not a minute)")
+    parser.add_argument("--host", help="catalog CPU row for the RAM datasheet figure")
+    parser.add_argument("--disk-folder", help="where to write the disk test file (default: temp dir)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    info = probe()
+    report = measure(quick=args.quick or None, host=args.host, disk_folder=args.disk_folder) \
+        if args.measure else None
+    if args.json:
+        print(json.dumps({"probe": info.as_dict(), "measure": report.as_dict() if report else None},
+                         indent=2))
+    else:
+        print(info.table())
+        if report:
+            print()
+            print(report.table())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

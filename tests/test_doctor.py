@@ -85,3 +85,18 @@ def test_gpu_bandwidth_and_link_from_nvml_numbers():
     # RTX 3090-like: 384-bit bus x 9751 MHz x 2 (DDR) / 8 bits = 936 GB/s
     assert gpu.memory_bandwidth_gbps == pytest.approx(936.1, abs=0.1)
     assert gpu.pcie_bandwidth_gbps == pytest.approx(31.5, abs=0.1)
+
+
+def test_server_role_needs_the_serve_extra_not_jupyterlab(monkeypatch, model_present):
+    monkeypatch.setattr(doctor, "COURSE", [("no_such_jupyter_xyz", "fake-jupyter", "notebooks")])
+    monkeypatch.setattr(doctor, "OPTIONAL_PARTS", [("no_such_server_xyz", "fake-fastapi", "serving", "serve")])
+    learner = doctor.run_checks("learner")
+    server = doctor.run_checks("server")
+    assert [c.name for c in learner.failures()] == ["fake-jupyter"]
+    assert [c.name for c in server.failures()] == ["fake-fastapi"]
+    assert "pip install -e '.[serve]'" in server.failures()[0].fix
+
+
+def test_unknown_role_is_refused():
+    with pytest.raises(ValueError, match="learner"):
+        doctor.run_checks("gamer")

@@ -1,0 +1,176 @@
+"""`lazymoe calc`: the speed calculator on the command line.
+
+    lazymoe calc --gpu "RTX 4060 Laptop" --ram-gb 32 --model Qwen3-30B-A3B --format Q4_K_M
+    lazymoe calc --vram-gb 12 --vram-gbps 549 --pcie "3.0 x16" --gpus 2 --params-b 32 --bits 4.9
+    lazymoe calc --model GPT-OSS-120B --gpu 3090 --strategy cpu_moe --n-cpu-moe 28 --json
+    lazymoe calc --list models          # catalog names (a unique part of a name is enough)
+    lazymoe calc --cases                # the source documents' case studies: bound vs reported
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lazymoe import calculator as calc
+from lazymoe import catalog
+from lazymoe.calculator.memory import gib
+from lazymoe.catalog import CatalogError, HardwareSpec, ModelSpec
+
+DEFAULT_HOST = "Desktop, DDR5-5600 dual channel"
+STRATEGY_OPTIONS = {  # CLI option -> (strategy keyword, strategies it applies to)
+    "hit_rate": ("hit_rate", {"expert_cache"}),
+    "cache_gb": ("cache_bytes", {"expert_cache"}),
+    "gpu_layers": ("gpu_layers", {"layer_split"}),
+    "n_cpu_moe": ("n_cpu_moe", {"cpu_moe"}),
+    "resident_layers": ("resident_layers", {"layer_streaming"}),
+    "mode": ("mode", {"multi_gpu"}),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 1)[1]
+    hw = parser.add_argument_group("machine (catalog names, or explicit numbers)")
+    hw.add_argument("--gpu", help="GPU name from the catalog ('4090', 'RTX 3070 Ti Laptop')")
+    hw.add_argument("--gpus", type=int, default=1, help="number of such GPUs (default 1)")
+    hw.add_argument("--nvlink", action="store_true", help="GPUs talk over NVLink, not PCIe")
+    hw.add_argument("--vram-gb", type=float, help="explicit GPU: memory in GiB")
+    hw.add_argument("--vram-gbps", type=float, help="explicit GPU: memory bandwidth in GB/s")
+    hw.add_argument("--pcie", default="4.0 x16", help="explicit GPU: host link (default '4.0 x16')")
+    hw.add_argument("--host", help=f"CPU memory configuration or Apple chip (default '{DEFAULT_HOST}')")
+    hw.add_argument("--ram-gbps", type=float, help="explicit RAM bandwidth in GB/s")
+    hw.add_argument("--ram-gb", type=float, help="RAM in GiB (default 32; a Mac: its memory)")
+    hw.add_argument("--disk-gbps", type=float, default=calc.workload.DISK_GBPS,
+                    help="disk sequential read in GB/s (default %(default)s)")
+    wl = parser.add_argument_group("workload")
+    wl.add_argument("--model", help="model name from the catalog")
+    wl.add_argument("--params-b", type=float, help="explicit dense model: billions of parameters")
+    wl.add_argument("--active-b", type=float, help="explicit MoE: billions read per token")
+    wl.add_argument("--format", help="weight format from the catalog (default: the model's own)")
+    wl.add_argument("--bits", type=float, help="explicit bits per weight")
+    wl.add_argument("--context", type=int, default=4096, help="context tokens (default 4096)")
+    wl.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
+    wl.add_argument("--kv-bits", type=float, default=16, help="bits per KV value (default 16)")
+    st = parser.add_argument_group("strategy")
+    st.add_argument("--strategy", default="all",
+                    help=f"all (default), auto, or one of: {', '.join(calc.STRATEGIES)}")
+    st.add_argument("--hit-rate", type=float, help="expert_cache: hit rate 0..1")
+    st.add_argument("--cache-gb", type=float, help="expert_cache: VRAM for cached experts, GiB")
+    st.add_argument("--gpu-layers", type=int, help="layer_split: layers on the GPU (-ngl)")
+    st.add_argument("--n-cpu-moe", type=int, help="cpu_moe: MoE layers whose experts stay on the CPU")
+    st.add_argument("--resident-layers", type=int, help="layer_streaming: layers kept in VRAM")
+    st.add_argument("--mode", choices=["layer", "tensor"], help="multi_gpu: how to split")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--list", choices=["hardware", "models", "formats"], help="list catalog names")
+    parser.add_argument("--cases", action="store_true", help="the case studies: bound vs reported")
+
+
+def build_machine(args: argparse.Namespace) -> calc.Machine:
+    gpu = None
+    if args.gpu:
+        gpu = catalog.hardware(args.gpu)
+    elif args.vram_gb or args.vram_gbps:
+        if not (args.vram_gb and args.vram_gbps):
+            raise calc.CalculatorError("an explicit GPU needs both --vram-gb and --vram-gbps")
+        gen, lanes = catalog.parse_link(args.pcie)
+        gpu = HardwareSpec("your GPU", "gpu", args.vram_gbps, int(args.vram_gb * 2**30),
+                           pcie_gen=gen, pcie_lanes=lanes, source="command line")
+    if args.ram_gbps:
+        host = HardwareSpec("your RAM", "cpu", args.ram_gbps, source="command line")
+    else:
+        host = catalog.hardware(args.host or DEFAULT_HOST)
+    ram_gb = args.ram_gb if args.ram_gb else (None if host.memory_bytes else 32)
+    ram_bytes = int(ram_gb * 2**30) if ram_gb else host.memory_bytes
+    return calc.Machine(host, ram_bytes, gpu, gpu_count=args.gpus, disk_gbps=args.disk_gbps,
+                        use_nvlink=args.nvlink)
+
+
+def build_workload(args: argparse.Namespace) -> calc.Workload:
+    if args.model:
+        spec = catalog.model(args.model)
+    elif args.params_b:
+        active = args.active_b * 1e9 if args.active_b else None
+        spec = ModelSpec(f"{args.params_b:g}B model", "moe" if active else "dense",
+                         args.params_b * 1e9, params_active=active, source="command line")
+    else:
+        raise calc.CalculatorError("say which model: --model NAME, or --params-b N (and --active-b)")
+    bits = args.bits or catalog.weight_format(args.format or spec.native_format).bits_per_weight
+    return calc.Workload(spec, bits, context_tokens=args.context, batch=args.batch, kv_bits=args.kv_bits)
+
+
+def _options(args: argparse.Namespace, strategy: str) -> dict:
+    out = {}
+    for cli, (kw, applies) in STRATEGY_OPTIONS.items():
+        value = getattr(args, cli)
+        if value is not None and strategy in applies:
+            out[kw] = value * 2**30 if cli == "cache_gb" else value
+    return out
+
+
+def _row(p: calc.Plan) -> str:
+    return (f"{p.strategy:<18}{p.tok_s:>10.3g}  {p.bottleneck:<16}{gib(p.memory.total('VRAM')):>10}"
+            f"{gib(p.memory.total('RAM')):>10}{gib(p.memory.total('disk')):>10}  {p.verdict.label}")
+
+
+def _list(kind: str) -> int:
+    table = {"hardware": catalog.all_hardware, "models": catalog.all_models,
+             "formats": catalog.all_formats}[kind]()
+    for name, row in table.items():
+        extra = getattr(row, "kind", "") or f"{row.bits_per_weight} bits"
+        print(f"{name:<42}{extra}")
+    return 0
+
+
+def _cases(as_json: bool) -> int:
+    rows = []
+    for case in calc.case_studies():
+        p = case.bound()
+        rows.append({"case": case.key, "reported_tok_s": case.reported_tok_s, "bound_tok_s": p.tok_s,
+                     "bottleneck": p.bottleneck, "strategy": p.strategy, "source": case.source})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'case':<26}{'reported':>10}{'bound':>10}  bottleneck")
+    for r in rows:
+        print(f"{r['case']:<26}{r['reported_tok_s']:>10.3g}{r['bound_tok_s']:>10.3g}  {r['bottleneck']}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.list:
+            return _list(args.list)
+        if args.cases:
+            return _cases(args.json)
+        machine, workload = build_machine(args), build_workload(args)
+        if args.strategy == "all":
+            results = calc.compare(machine, workload)
+            for name in results:
+                if isinstance(results[name], calc.Plan) and _options(args, name):
+                    results[name] = calc.plan(machine, workload, name, **_options(args, name))
+        else:
+            p = calc.plan(machine, workload, args.strategy, **_options(args, args.strategy))
+            results = {p.strategy: p}
+    except (CatalogError, calc.CalculatorError) as exc:
+        print(f"lazymoe calc: {exc}")
+        return 2
+    plans = {k: v for k, v in results.items() if isinstance(v, calc.Plan)}
+    best = max((p for p in plans.values() if p.fits), key=lambda p: p.tok_s, default=None)
+    if args.json:
+        print(json.dumps({"machine": machine.describe(), "model": workload.model.name,
+                          "bits_per_weight": workload.bits_per_weight,
+                          "best": best.strategy if best else None,
+                          "plans": {k: v.as_dict() if isinstance(v, calc.Plan) else {"skipped": v}
+                                    for k, v in results.items()}}, indent=2))
+        return 0
+    print(f"machine: {machine.describe()}")
+    print(f"model:   {workload.model.name} at {workload.bits_per_weight:g} bits/weight, "
+          f"{gib(workload.weight_bytes)} of weights, KV {gib(workload.kv_cache_bytes)} "
+          f"({workload.context_tokens} tokens x {workload.batch})\n")
+    print(f"{'strategy':<18}{'tok/s max':>10}  {'bottleneck':<16}{'VRAM':>10}{'RAM':>10}{'disk':>10}  verdict")
+    for name, result in results.items():
+        print(_row(result) if isinstance(result, calc.Plan) else f"{name:<18}{'-':>10}  ({result})")
+    if best is not None:
+        print(f"\nbest that fits: {calc.describe(best)}")
+    return 0

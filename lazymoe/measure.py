@@ -1,0 +1,265 @@
+"""Measure this machine's bandwidths: RAM copy, disk read, GPU memory, host <-> GPU copies.
+
+Every number is the best of a few repeats of one sized transfer (best, because the slower runs
+are the ones something else interrupted). Sizes and repeats are printed with the results.
+`LAZYMOE_QUICK=1` (or `quick=True`) uses small sizes so a notebook finishes fast on CI.
+
+    from lazymoe.hardware import measure
+    report = measure()             # a progress bar while it runs
+    print(report.table())
+    report.figure().show()         # measured vs datasheet
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+MiB = 2**20
+GB = 1e9
+
+
+@dataclass
+class Measurement:
+    """One transfer, timed: gbps = bytes moved / best time."""
+
+    name: str
+    gbps: float
+    size_bytes: int
+    repeats: int
+    seconds: list[float]
+    datasheet_gbps: float | None = None
+    datasheet: str = ""           # where the datasheet figure comes from
+    note: str = ""
+
+    @property
+    def share_of_datasheet(self) -> float | None:
+        return self.gbps / self.datasheet_gbps if self.datasheet_gbps else None
+
+
+@dataclass
+class MeasureReport:
+    results: list[Measurement] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        lines = [f"{'measurement':<34}{'GB/s':>9}{'datasheet':>11}{'share':>7}  size x repeats"]
+        for r in self.results:
+            sheet = f"{r.datasheet_gbps:>11.1f}" if r.datasheet_gbps else f"{'-':>11}"
+            share = f"{r.share_of_datasheet:>7.0%}" if r.share_of_datasheet else f"{'-':>7}"
+            lines.append(f"{r.name:<34}{r.gbps:>9.2f}{sheet}{share}  "
+                         f"{r.size_bytes / MiB:.0f} MiB x {r.repeats}")
+        notes = [f"  - {r.name}: {r.note}" for r in self.results if r.note]
+        notes += [f"  - {r.name}: datasheet = {r.datasheet}" for r in self.results if r.datasheet]
+        if notes:
+            lines += ["", "notes:", *notes]
+        if self.skipped:
+            lines += ["", "skipped:", *(f"  - {s}" for s in self.skipped)]
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        return {"results": [asdict(r) for r in self.results], "skipped": list(self.skipped)}
+
+    def figure(self):
+        """A plotly bar chart: measured next to the datasheet figure, log scale."""
+        import plotly.graph_objects as go
+
+        names = [r.name for r in self.results]
+        fig = go.Figure([
+            go.Bar(name="measured", x=names, y=[r.gbps for r in self.results],
+                   text=[f"{r.gbps:.1f}" for r in self.results], textposition="outside"),
+            go.Bar(name="datasheet", x=names, y=[r.datasheet_gbps or 0 for r in self.results],
+                   text=[f"{r.datasheet_gbps:.1f}" if r.datasheet_gbps else "?" for r in self.results],
+                   textposition="outside"),
+        ])
+        fig.update_layout(barmode="group", yaxis_type="log", yaxis_title="GB/s (log scale)",
+                          title="Measured bandwidth vs datasheet", height=420)
+        return fig
+
+
+def _best_of(fn: Callable[[], float], repeats: int) -> list[float]:
+    fn()  # warm-up: first touches allocate pages and load code
+    return [fn() for _ in range(repeats)]
+
+
+def ram_copy_numpy(size_bytes: int, repeats: int) -> Measurement:
+    """numpy copies on one thread: bytes moved = 2 x size (each byte read once, written once)."""
+    src = np.ones(size_bytes, dtype=np.uint8)
+    dst = np.empty_like(src)
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        return time.perf_counter() - t0
+
+    secs = _best_of(once, repeats)
+    return Measurement("RAM copy, 1 thread (numpy)", 2 * size_bytes / min(secs) / GB, size_bytes,
+                       repeats, secs, note="one core rarely saturates all memory channels")
+
+
+def ram_copy_torch(size_bytes: int, repeats: int) -> Measurement:
+    """torch copies with all its threads: bytes moved = 2 x size."""
+    import torch
+
+    src = torch.ones(size_bytes, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        return time.perf_counter() - t0
+
+    secs = _best_of(once, repeats)
+    threads = torch.get_num_threads()
+    return Measurement(f"RAM copy, {threads} thread{'s' if threads > 1 else ''} (torch)",
+                       2 * size_bytes / min(secs) / GB, size_bytes, repeats, secs)
+
+
+def disk_read(size_bytes: int, repeats: int, folder: str | Path | None = None) -> Measurement:
+    """Sequential read of a fresh file, with O_DIRECT where the file system allows it.
+
+    Without root we cannot drop the page cache; we write the file, flush it, ask the kernel to
+    forget its pages (posix_fadvise DONTNEED) and read with O_DIRECT, which bypasses the cache.
+    Where O_DIRECT is refused (tmpfs, macOS) the number may include the page cache: it says so.
+    """
+    chunk = 8 * MiB
+    size_bytes = max(chunk, size_bytes // chunk * chunk)
+    fd, path = tempfile.mkstemp(prefix="lazymoe-disk-", dir=folder)
+    try:
+        block = os.urandom(chunk)
+        with os.fdopen(fd, "wb") as f:
+            for _ in range(size_bytes // chunk):
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+        direct = hasattr(os, "O_DIRECT")
+        buf = mmap.mmap(-1, chunk)   # page-aligned, as O_DIRECT requires
+
+        def once() -> float:
+            nonlocal direct
+            if hasattr(os, "posix_fadvise"):
+                fd0 = os.open(path, os.O_RDONLY)
+                os.posix_fadvise(fd0, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(fd0)
+            try:
+                fd1 = os.open(path, os.O_RDONLY | (os.O_DIRECT if direct else 0))
+            except OSError:
+                direct = False
+                fd1 = os.open(path, os.O_RDONLY)
+            t0 = time.perf_counter()
+            try:
+                while os.readv(fd1, [buf]) > 0:
+                    pass
+            except OSError:   # O_DIRECT accepted at open, refused at read (some file systems)
+                direct = False
+                os.close(fd1)
+                return once()
+            os.close(fd1)
+            return time.perf_counter() - t0
+
+        secs = [once() for _ in range(repeats)]   # no warm-up: it would fill the cache
+    finally:
+        os.unlink(path)
+    note = ("O_DIRECT: the page cache was bypassed" if direct else
+            "O_DIRECT not available here: the number may include the page cache (RAM speed)")
+    return Measurement(f"disk sequential read ({Path(path).parent})", size_bytes / min(secs) / GB,
+                       size_bytes, repeats, secs, note=note)
+
+
+def gpu_measurements(size_bytes: int, repeats: int, device: int = 0) -> list[Measurement]:
+    """Device copy (2 x size moved), host->GPU from pinned and pageable memory, GPU->host pinned."""
+    import torch
+
+    from lazymoe.hardware import probe
+
+    gpus = probe().gpus
+    info = gpus[device] if len(gpus) > device else None
+    vram_sheet = info.memory_bandwidth_gbps if info else None
+    link_sheet = info.pcie_bandwidth_gbps if info else None
+    link_name = f"PCIe {info.pcie_gen} x{info.pcie_width}" if info and info.pcie_gen else "host link"
+    dev = torch.device("cuda", device)
+    a = torch.empty(size_bytes, dtype=torch.uint8, device=dev)
+    b = torch.empty_like(a)
+    pinned = torch.empty(size_bytes, dtype=torch.uint8).pin_memory()
+    pageable = torch.empty(size_bytes, dtype=torch.uint8)
+    pageable.fill_(1)
+
+    def timed(dst, src) -> Callable[[], float]:
+        def once() -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            dst.copy_(src, non_blocking=True)
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        return once
+
+    out = []
+    secs = _best_of(timed(b, a), repeats)
+    out.append(Measurement("GPU device copy", 2 * size_bytes / min(secs) / GB, size_bytes, repeats,
+                           secs, vram_sheet, "NVML: bus width x memory clock x 2"))
+    for name, dst, src in [("host->GPU, pinned", a, pinned), ("host->GPU, pageable", a, pageable),
+                           ("GPU->host, pinned", pinned, a)]:
+        secs = _best_of(timed(dst, src), repeats)
+        out.append(Measurement(name, size_bytes / min(secs) / GB, size_bytes, repeats, secs,
+                               link_sheet, f"NVML: {link_name}, one direction"))
+    out[2].note = "pageable memory is first copied into a pinned staging buffer by the driver"
+    return out
+
+
+def measure(quick: bool | None = None, host: str | None = None, disk_folder: str | Path | None = None,
+            gpu: bool = True) -> MeasureReport:
+    """Run every measurement this machine supports; a progress bar shows where it is.
+
+    host: a catalog CPU row ("Desktop, DDR5-5600 dual channel") to set the RAM rows' datasheet
+    figure; we cannot read the memory configuration without root, so you say it.
+    """
+    if quick is None:
+        quick = os.environ.get("LAZYMOE_QUICK") == "1"
+    ram_size, disk_size, gpu_size = (64 * MiB, 64 * MiB, 256 * MiB) if quick else (
+        512 * MiB, 1024 * MiB, 1024 * MiB)
+    repeats = 3 if quick else 5
+    ram_sheet = ram_source = None
+    if host:
+        from lazymoe import catalog
+
+        row = catalog.hardware(host)
+        ram_sheet, ram_source = row.bandwidth_gbps, f"{row.name} ({row.source})"
+    steps: list[tuple[str, Callable[[], list[Measurement]]]] = [
+        ("RAM (numpy)", lambda: [ram_copy_numpy(ram_size, repeats)]),
+        ("RAM (torch)", lambda: [ram_copy_torch(ram_size, repeats)]),
+        ("disk", lambda: [disk_read(disk_size, repeats, disk_folder)]),
+    ]
+    report = MeasureReport()
+    if gpu and _cuda_available():
+        steps.append(("GPU", lambda: gpu_measurements(gpu_size, repeats * 2)))
+    elif gpu:
+        report.skipped.append("GPU copies: no CUDA GPU visible to torch")
+    for label, step in tqdm(steps, desc="measuring", unit="step"):
+        try:
+            results = step()
+        except Exception as exc:   # a measurement that cannot run here is reported, not fatal
+            report.skipped.append(f"{label}: {type(exc).__name__}: {exc}")
+            continue
+        for r in results:
+            if r.name.startswith("RAM") and ram_sheet:
+                r.datasheet_gbps, r.datasheet = ram_sheet, ram_source
+        report.results.extend(results)
+    return report
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
