@@ -1,0 +1,123 @@
+"""The harness end to end on the CPU: every engine in its own process, results JSON with every field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lazymoe import paths
+from lazymoe.bench import harness, report
+from lazymoe.bench.shapes import TINY
+from lazymoe.bench.writer import write_model
+
+ROW_FIELDS = {"label", "engine", "model", "routing", "placement", "prompt_tokens", "new_tokens", "load_s",
+              "prefill_tok_s", "decode_tok_s", "runs", "peak_rss_bytes", "peak_vram_bytes", "ok"}
+DOC_FIELDS = {"schema", "created_utc", "command", "machine", "libraries", "bandwidths", "models",
+              "protocol", "notes", "results"}
+QUICK_BANDWIDTHS = {"cpu_read_gbps": 10.0, "h2d_pinned_gbps": None, "gpu_read_gbps": None}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny-bench")
+    write_model(TINY, out)
+    return out
+
+
+def small_plan(entry, engines=harness.ENGINE_CHOICES) -> harness.BenchPlan:
+    return harness.BenchPlan(models=[entry], engines=tuple(engines), prompt_tokens=12, new_tokens=4,
+                             repeats=2, warmup=1, n_threads=1, gpu=False, timeout_s=300)
+
+
+def check_document(doc: dict, expected_labels: set[str]) -> None:
+    assert set(doc) >= DOC_FIELDS
+    assert doc["schema"] == harness.SCHEMA and doc["machine"]["cpu_model"] and doc["libraries"]["torch"]
+    labels = {r["label"] for r in doc["results"]}
+    assert expected_labels <= labels, [r.get("error") for r in doc["results"]]
+    for row in doc["results"]:
+        assert row["ok"], row.get("error")
+        assert set(row) >= ROW_FIELDS
+        assert row["decode_tok_s"] > 0 and row["prefill_tok_s"] > 0
+        assert len(row["runs"]) == 2 and all(run["new_tokens"] == 4 for run in row["runs"])
+        assert row["peak_rss_bytes"] > 10 * 2**20  # a Python process with torch or llama.cpp loaded
+    # greedy decoding of the same bits from the same prompt ids: every engine says the same thing
+    firsts = {r["label"]: r["first_tokens"][:2] for r in doc["results"]}
+    assert len({tuple(v) for v in firsts.values()}) == 1, firsts
+
+
+def test_every_engine_runs_on_the_same_model_and_prompt(tiny_dir, tmp_path):
+    out = tmp_path / "results.json"
+    entry = harness.ModelEntry.from_dir(tiny_dir, dtype="float32")
+    doc = harness.run_plan(small_plan(entry), out_path=out, command="pytest", bandwidths=QUICK_BANDWIDTHS,
+                           progress=False)
+    expected = {"lazymoe (CPU)", "transformers full model", "accelerate offload"}
+    if harness.llama_cpp_available():
+        expected.add("llama.cpp --cpu-moe")
+    check_document(doc, expected)
+    assert json.loads(out.read_text())["results"] == doc["results"]  # saved as returned
+    assert "| lazymoe (CPU) |" in report.table(doc)
+
+
+def test_a_failing_configuration_becomes_a_row_that_says_why(tiny_dir):
+    spec = {"label": "broken", "engine": "lazymoe", "options": {"model_path": str(tiny_dir / "missing")},
+            "prompt_ids": [1, 2, 3], "new_tokens": 2}
+    row = harness.run_spec_in_process(spec, timeout_s=120)
+    assert row["ok"] is False and "missing" in row["error"] and "prompt_ids" not in row
+
+
+def test_the_plan_refuses_unknown_engines_and_useless_sizes(tiny_dir):
+    entry = harness.ModelEntry.from_dir(tiny_dir)
+    with pytest.raises(ValueError, match="unknown engines"):
+        harness.BenchPlan(models=[entry], engines=("vllm",))
+    with pytest.raises(ValueError, match="new_tokens"):
+        harness.BenchPlan(models=[entry], new_tokens=1)
+
+
+def test_gpu_plans_cover_each_placement_at_each_budget(tiny_dir):
+    entry = harness.ModelEntry.from_dir(tiny_dir)
+    entry.gguf_path = str(tiny_dir / "model-bf16.gguf")
+    plan = harness.BenchPlan(models=[entry], engines=("lazymoe", "llamacpp-cpu-moe"), gpu=True,
+                             vram_budgets_gb=(8.0, 5.0))
+    specs = harness.build_specs(plan, llama_ok=True)
+    lazymoe = [(s["placement"], s["vram_budget_gb"]) for s in specs if s["engine"] == "lazymoe"]
+    assert lazymoe[:3] == [("gpu", 8.0), ("cpu", 8.0), ("auto", 8.0)]  # the first budget first
+    assert len(lazymoe) == 3 * 2 + 1  # + every expert resident
+    assert specs[0]["label"] == "llama.cpp --cpu-moe"
+    assert len({tuple(s["prompt_ids"]) for s in specs}) == 1  # the same prompt for everyone
+
+
+@pytest.mark.skipif(not (paths.bundled_model_dir() / "config.json").is_file(),
+                    reason="the bundled model is not built (python -m lazymoe.models.prepare)")
+def test_the_bundled_model_runs_through_lazymoe_and_llama_cpp(tmp_path, monkeypatch):
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("lazymoe.models.gguf_export")
+    entry = harness.ModelEntry.from_dir(paths.bundled_model_dir())
+    doc = harness.run_plan(small_plan(entry, ("lazymoe", "llamacpp-cpu-moe")), command="pytest",
+                           bandwidths=QUICK_BANDWIDTHS, progress=False)
+    check_document(doc, {"lazymoe (CPU)", "llama.cpp --cpu-moe"})
+
+
+def test_sampled_decoding_runs_through_every_engine(tiny_dir):
+    entry = harness.ModelEntry.from_dir(tiny_dir, dtype="float32")
+    plan = small_plan(entry, ("lazymoe", "llamacpp-cpu-moe"))
+    plan.temperature, plan.repeats = 1.0, 1
+    doc = harness.run_plan(plan, command="pytest", bandwidths=QUICK_BANDWIDTHS, progress=False)
+    assert doc["protocol"]["decoding"].startswith("sampled at temperature 1.0")
+    assert all(r["ok"] and r["decode_tok_s"] > 0 for r in doc["results"]), [r.get("error") for r in doc["results"]]
+
+
+def test_the_cli_runs_a_plan_and_saves_the_results(tiny_dir, tmp_path, capsys):
+    import argparse
+
+    from lazymoe.bench import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    out = tmp_path / "cli.json"
+    args = parser.parse_args(["--model", str(tiny_dir), "--engines", "lazymoe", "--prompt-tokens", "8",
+                              "--new-tokens", "3", "--repeats", "1", "--out", str(out), "--note", "from a test"])
+    assert cli.run(args) == 0
+    doc = json.loads(out.read_text())
+    assert doc["notes"] == ["from a test"] and doc["results"][0]["ok"]
+    assert "| lazymoe" in capsys.readouterr().out
