@@ -12,6 +12,8 @@ TORCH_SPEC ?= torch==2.13.0
 LAB_EXTRAS ?= course,serve,bench
 TEST_EXTRAS ?= course,serve,bench,llama,dev
 LAB_ARGS ?=
+# JupyterLab refuses to start as root (containers, WSL set up as root, CI) unless told it is fine.
+ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 PYTEST_ARGS ?=
 NOTEBOOK_WORKERS ?= 2
 
@@ -46,7 +48,7 @@ data model:
 
 lab: install-lab data
 	$(PY) -m lazymoe doctor || true
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(LAB_ARGS) course/00_start_here.ipynb
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(ROOT_ARGS) $(LAB_ARGS) course/00_start_here.ipynb
 
 lint: install-test
 	$(VENV)/bin/ruff check .

@@ -32,7 +32,7 @@ def _get(url: str) -> tuple[int, bytes]:
 @pytest.mark.timeout(600)
 def test_make_lab_serves_the_start_notebook():
     port, token = _free_port(), secrets.token_hex(16)
-    lab_args = f"--no-browser --ip=127.0.0.1 --port={port} --ServerApp.token={token} --ServerApp.open_browser=False"
+    lab_args = f"--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token={token} --ServerApp.open_browser=False"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
     process = subprocess.Popen(["make", "lab", f"LAB_ARGS={lab_args}"], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -54,8 +54,15 @@ def test_make_lab_serves_the_start_notebook():
         status, page = _get(f"{base}/lab/tree/course/00_start_here.ipynb?token={token}")
         assert status == 200 and b"JupyterLab" in page
     finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop make and the JupyterLab it started (its own process group), if still running."""
+    try:
         os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
