@@ -20,6 +20,7 @@ _UNITS = {
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
 PLACEMENTS = ("gpu", "cpu", "auto")
+KERNELS = ("reference", "grouped", "batched")  # see lazymoe.engine.kernels
 
 
 def parse_bytes(value: str | int | float | None, what: str = "budget") -> int | None:
@@ -65,6 +66,10 @@ class EngineConfig:
     experts_path: a folder written by `lazymoe.engine.extract.extract(model_path, ...)` (a
         per-layer contiguous layout, optionally quantized: fewer bytes per miss); None: read the
         experts from the checkpoint's own safetensors.
+    kernel: how a layer's resident experts are computed (lazymoe.engine.kernels): "reference"
+        (one expert at a time, the simple path), "grouped" (prefill rows sorted by expert; decode
+        a plain loop), "batched" (decode: gather the chosen slots, two batched matmuls); None:
+        "batched" on a GPU, "grouped" on a CPU.
     """
 
     model_path: str | Path
@@ -76,6 +81,7 @@ class EngineConfig:
     policy: str | EvictionPolicy | type[EvictionPolicy] = "lru"
     prefetch: bool = True
     experts_path: str | Path | None = None
+    kernel: str | None = None
     # Measured bandwidths for placement="auto" (GB/s); None: measured at load time.
     h2d_bandwidth_gbps: float | None = None
     cpu_bandwidth_gbps: float | None = None
@@ -90,6 +96,8 @@ class EngineConfig:
             raise ValueError(f"dtype={self.dtype!r}: choose one of {', '.join(DTYPES)}")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"placement={self.placement!r}: choose one of {', '.join(PLACEMENTS)}")
+        if self.kernel not in (None, *KERNELS):
+            raise ValueError(f"kernel={self.kernel!r}: choose one of {', '.join(KERNELS)} or None")
         is_policy_class = isinstance(self.policy, type) and issubclass(self.policy, EvictionPolicy)
         if not (isinstance(self.policy, (str, EvictionPolicy)) or is_policy_class):
             raise TypeError(

@@ -63,6 +63,7 @@ class Engine:
         self.runtime = ExpertRuntime(
             self.tiers, act, config.placement, cost_model, prefetcher,
             expert_flops_per_token=6 * self.intermediate * self.hidden,
+            top_k=self.top_k, kernel=config.kernel,
         )  # fmt: skip
         for layer, block in self.blocks.items():
             block.experts = OffloadedExperts(layer, self.runtime)
@@ -266,7 +267,7 @@ class Engine:
             f"model {self.config.model_path} ({self.spec.model_type}, {len(self.moe_layers)} MoE layers "
             f"x {self.num_experts} experts, top-{self.top_k}, expert {format_bytes(self.expert_nbytes)})",
             f"device {self.device}, dtype {self.config.dtype}, placement {self.config.placement}, "
-            f"prefetch {'on' if self.runtime.prefetcher else 'off'}",
+            f"prefetch {'on' if self.runtime.prefetcher else 'off'}, kernel {self.runtime.kernel}",
         ]
         for tier in t.tiers:
             lines.append(

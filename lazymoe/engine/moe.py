@@ -7,7 +7,9 @@ engine replaces `experts` with `OffloadedExperts`, which for one layer:
   2. looks each one up in the device tier; a miss is fetched (or computed on the CPU),
   3. during decode, guesses the next layer's experts and starts copying them (prefetch),
   4. computes each expert in ascending id order and adds `weight * expert(x)` into the output,
-     exactly the order transformers uses, so greedy tokens match the full model.
+     exactly the order transformers uses, so greedy tokens match the full model. How the
+     arithmetic is batched (one expert at a time, grouped, or batched matmuls over the gathered
+     slots) is `kernels.py`; `_compute_reference` is the simple path the others are tested against.
 
 Shapes: T tokens, K experts per token, D hidden size, I expert width.
     expert(x) = down @ (act(gate @ x) * (up @ x))        gate, up: (I, D), down: (D, I)
@@ -22,16 +24,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from lazymoe.engine import kernels
+from lazymoe.engine.kernels import expert_fused
 from lazymoe.engine.placement import CostModel
 from lazymoe.engine.prefetch import Prefetcher
 from lazymoe.engine.store import ExpertWeights
 from lazymoe.engine.tiers import TierStack
-
-
-def expert_fused(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, act) -> torch.Tensor:
-    """One expert on rows x (n, D) with fused gate_up (2I, D) and down (D, I): (n, D)."""
-    gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
-    return F.linear(act(gate) * up, down)
 
 
 def expert_split(x: torch.Tensor, w: ExpertWeights, act) -> torch.Tensor:
@@ -71,6 +69,8 @@ class ExpertRuntime:
         cost_model: CostModel | None,
         prefetcher: Prefetcher | None,
         expert_flops_per_token: int,
+        top_k: int,
+        kernel: str | None = None,
     ) -> None:
         self.tiers = tiers
         self.act = act
@@ -79,6 +79,13 @@ class ExpertRuntime:
         self.prefetcher = prefetcher
         self.expert_flops_per_token = expert_flops_per_token
         self.computed_on: defaultdict[str, int] = defaultdict(int)  # "device"/"cpu" -> experts
+        pool = tiers.device.pool
+        self.kernel = kernel or kernels.default_kernel(pool.device)
+        if self.kernel not in kernels.KERNELS:
+            raise ValueError(f"kernel={self.kernel!r}: choose one of {', '.join(kernels.KERNELS)}")
+        self.workspace = None  # the batched decode path's gather buffers, made once
+        if self.kernel == "batched":
+            self.workspace = kernels.DecodeWorkspace(top_k, pool.gate_up, pool.down)
 
     def _compute_where(self, n_tokens: int) -> str:
         """Where a device-tier miss is computed: "device" (fetch it) or "cpu"."""
@@ -112,7 +119,6 @@ class ExpertRuntime:
         out = torch.zeros_like(hidden)
         capacity = self.tiers.device.pool.n_slots
         chunks = [experts[i : i + capacity] for i in range(0, len(experts), capacity)]
-        host = None  # (hidden, top_k_weights) on the CPU, made once if some expert needs them
         for c, chunk in enumerate(chunks):
             protected = frozenset((layer, e) for e in chunk)
             plan = []
@@ -123,17 +129,68 @@ class ExpertRuntime:
                 plan.append((e, slot))
             if guess is not None and c == len(chunks) - 1:
                 self._prefetch(guess[0], guessed, protected)
-            for e, slot in plan:
-                if slot is None:
-                    if host is None:
-                        host = (hidden.to("cpu"), top_k_weights.to("cpu"))
-                    self._add_cpu_expert(out, (layer, e), rows[e], host)
-                else:
-                    w = self.tiers.device_weights(slot)
-                    pool = self.tiers.device.pool
-                    self._add(out, hidden, top_k_weights, rows[e], pool.gate_up[slot], w.down)
-                    self.computed_on["device"] += 1
+            if self.kernel == "reference":
+                self._compute_reference(out, layer, hidden, top_k_weights, rows, plan)
+                continue
+            on_device = [(e, slot) for e, slot in plan if slot is not None]
+            self._compute_device(out, hidden, top_k_weights, rows, on_device)
+            on_cpu = [e for e, slot in plan if slot is None]
+            if on_cpu:
+                self._compute_cpu(out, layer, hidden, top_k_weights, rows, on_cpu)
         return out
+
+    def _compute_device(self, out, hidden, top_k_weights, rows, on_device) -> None:
+        """The fast paths (kernels.py) for experts whose weights are in device slots."""
+        if not on_device:
+            return
+        pool = self.tiers.device.pool
+        for _, slot in on_device:
+            self.tiers.device_weights(slot)  # GPU: wait for copies into the slot
+        self.computed_on["device"] += len(on_device)
+        one_row_each = all(len(rows[e]) == 1 for e, _ in on_device)  # a router may repeat one
+        if out.shape[0] == 1 and self.kernel == "batched" and one_row_each:
+            slots = [slot for _, slot in on_device]
+            positions = [rows[e][0][1] for e, _ in on_device]
+            kernels.batched_decode(
+                out, hidden, top_k_weights, slots, positions, pool.gate_up, pool.down,
+                self.workspace, self.act,
+            )  # fmt: skip
+        elif out.shape[0] == 1:  # decode on a CPU: the plain loop reads each expert once
+            for e, slot in on_device:
+                self._add(out, hidden, top_k_weights, rows[e], pool.gate_up[slot], pool.down[slot])
+        else:
+            groups = [(rows[e], pool.gate_up[slot], pool.down[slot]) for e, slot in on_device]
+            kernels.grouped(out, hidden, top_k_weights, groups, self.act)
+
+    def _compute_cpu(self, out, layer, hidden, top_k_weights, rows, on_cpu) -> None:
+        """Experts computed where they live (--cpu-moe): one trip of the hidden state to the
+        host and one trip of the summed result back, torch's CPU threads for the matmuls."""
+        hidden_cpu, weights_cpu = hidden.to("cpu"), top_k_weights.to("cpu")
+        dtype = hidden_cpu.dtype
+        groups = []
+        for e in on_cpu:
+            gate_up, w = self.tiers.host_weights((layer, e))
+            if gate_up is None:
+                gate_up = torch.cat([w.gate, w.up])  # (2I, D): read from the file anyway
+            groups.append((rows[e], gate_up.to(dtype), w.down.to(dtype)))
+        partial = torch.zeros_like(hidden_cpu)
+        kernels.grouped(partial, hidden_cpu, weights_cpu, groups, self.act)
+        out.add_(partial.to(out.device, out.dtype))
+        self.computed_on["cpu"] += len(on_cpu)
+
+    def _compute_reference(self, out, layer, hidden, top_k_weights, rows, plan) -> None:
+        """The simple path: one expert at a time, in ascending id order."""
+        host = None  # (hidden, top_k_weights) on the CPU, made once if some expert needs them
+        for e, slot in plan:
+            if slot is None:
+                if host is None:
+                    host = (hidden.to("cpu"), top_k_weights.to("cpu"))
+                self._add_cpu_expert(out, (layer, e), rows[e], host)
+            else:
+                w = self.tiers.device_weights(slot)
+                pool = self.tiers.device.pool
+                self._add(out, hidden, top_k_weights, rows[e], pool.gate_up[slot], w.down)
+                self.computed_on["device"] += 1
 
     def _add(self, out, hidden, top_k_weights, rows, gate_up, down) -> None:
         """out[t] += top_k_weights[t, k] * expert(hidden[t]) for (t, k) in rows."""

@@ -1,0 +1,128 @@
+"""How one layer's chosen experts are computed once their weights sit in the slot pool.
+
+`ExpertRuntime` decides *where* each expert's weights are (bookkeeping, on the host); the
+functions here do the arithmetic. Three ways, all giving transformers' result:
+
+  "reference"  one expert at a time, index tensors built per expert: the simple path the
+               others are tested against (`moe.ExpertRuntime._add`).
+  "grouped"    (T > 1, prefill) the (token, k) pairs sorted by expert are gathered once,
+               each expert runs on its contiguous block of rows, and one `index_add_` puts
+               every row back, in the same expert order transformers adds them.
+  "batched"    (T = 1, decode) the A chosen experts' slots are gathered from the stacked pool
+               into a preallocated workspace and computed with two batched matmuls, as
+               gpt-fast's ConditionalFeedForward does:
+
+        h   = bmm(gate_up[slots], x)          (A, 2I, D) @ (A, D, 1) -> (A, 2I, 1)
+        a   = act(h[:, :I]) * h[:, I:]        (A, I)
+        y   = bmm(down[slots], a)             (A, D, I) @ (A, I, 1)  -> (A, D)
+        out = sum over the A experts of w_a * y_a
+
+The batched path launches a fixed handful of kernels per layer instead of ~6 per expert, which
+is what a GPU needs (launch cost ~5-10 us each). The gather copies the A experts once more, so
+on a CPU, where decode is bound by memory bandwidth and launches cost nothing, the per-expert
+loop is faster (measured: see scripts/bench_engine_decode.py) and stays the CPU default.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lazymoe.engine.config import KERNELS  # noqa: F401  (re-exported: the valid names)
+
+
+def expert_fused(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, act) -> torch.Tensor:
+    """One expert on rows x (n, D) with fused gate_up (2I, D) and down (D, I): (n, D)."""
+    gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
+    return F.linear(act(gate) * up, down)
+
+
+def default_kernel(device: torch.device) -> str:
+    """The default kernel: "batched" on a GPU (launches dominate), "grouped" on a CPU."""
+    return "batched" if device.type == "cuda" else "grouped"
+
+
+class DecodeWorkspace:
+    """Preallocated buffers for the batched decode path: `top_k` experts' worth, made once.
+
+    ws_gate_up (K, 2I, D) and ws_down (K, D, I) on the pool's device: K * expert bytes of
+    workspace next to the pool; slot and position indices staged through a pinned host buffer.
+    """
+
+    def __init__(self, top_k: int, pool_gate_up: torch.Tensor, pool_down: torch.Tensor) -> None:
+        device, dtype = pool_gate_up.device, pool_gate_up.dtype
+        self.gate_up = torch.empty((top_k, *pool_gate_up.shape[1:]), dtype=dtype, device=device)
+        self.down = torch.empty((top_k, *pool_down.shape[1:]), dtype=dtype, device=device)
+        pin = device.type == "cuda"
+        self.index_host = torch.zeros(2, top_k, dtype=torch.long, pin_memory=pin)  # (slot, k) rows
+        self.index_dev = torch.zeros(2, top_k, dtype=torch.long, device=device)
+        self.zeros = torch.zeros(top_k, dtype=torch.long, device=device)  # every row -> token 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.gate_up.nbytes + self.down.nbytes  # bytes
+
+
+def batched_decode(
+    out: torch.Tensor,
+    hidden: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    slots: list[int],
+    positions: list[int],
+    pool_gate_up: torch.Tensor,
+    pool_down: torch.Tensor,
+    ws: DecodeWorkspace,
+    act,
+) -> None:
+    """out (1, D) += sum_a top_k_weights[0, positions[a]] * expert_{slots[a]}(hidden (1, D)).
+
+    `slots` in ascending expert order: rows are added in that order (as transformers does).
+    No allocation beyond small activations: the gather lands in the workspace.
+    """
+    n = len(slots)
+    index = ws.index_host
+    index[0, :n] = torch.as_tensor(slots)
+    index[1, :n] = torch.as_tensor(positions)
+    if ws.index_dev.device.type == "cuda":
+        # the previous layer's copy from this pinned buffer must be done before we rewrite it:
+        # it is, because the caller synced on this layer's ids (.tolist()) after issuing it
+        ws.index_dev.copy_(index, non_blocking=True)
+        idx = ws.index_dev
+    else:
+        idx = index
+    slot_t, pos_t = idx[0, :n], idx[1, :n]
+    gate_up = torch.index_select(pool_gate_up, 0, slot_t, out=ws.gate_up[:n])  # (A, 2I, D)
+    down = torch.index_select(pool_down, 0, slot_t, out=ws.down[:n])  # (A, D, I)
+    d = hidden.shape[-1]
+    h = torch.bmm(gate_up, hidden.reshape(1, d, 1).expand(n, d, 1)).squeeze(-1)  # (A, 2I)
+    gate, up = h.chunk(2, dim=-1)
+    y = torch.bmm(down, (act(gate) * up).unsqueeze(-1)).squeeze(-1)  # (A, D)
+    y = y * top_k_weights[0].index_select(0, pos_t).unsqueeze(-1)
+    out.index_add_(0, ws.zeros[:n], y.to(out.dtype))  # in slot order, like transformers
+
+
+def grouped(
+    out: torch.Tensor,
+    hidden: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    groups: list[tuple[list[tuple[int, int]], torch.Tensor, torch.Tensor]],
+    act,
+) -> None:
+    """out[t] += top_k_weights[t, k] * expert(hidden[t]) for every (t, k) of every group.
+
+    groups: [(rows [(t, k), ...], gate_up (2I, D), down (D, I))] in ascending expert order.
+    One index tensor, one gather of the rows, one matmul pair per expert on a contiguous
+    block, one `index_add_` at the end.
+    """
+    pairs = [tk for rows, _, _ in groups for tk in rows]
+    index = torch.tensor(pairs, dtype=torch.long).T.to(hidden.device)  # (2, N): token, k
+    tok, pos = index[0], index[1]
+    x = hidden.index_select(0, tok)  # (N, D), rows sorted by expert
+    w = top_k_weights[tok, pos].unsqueeze(-1)  # (N, 1)
+    y = torch.empty_like(x)
+    start = 0
+    for rows, gate_up, down in groups:
+        stop = start + len(rows)
+        y[start:stop] = expert_fused(x[start:stop], gate_up, down, act) * w[start:stop]
+        start = stop
+    out.index_add_(0, tok, y.to(out.dtype))
