@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -12,7 +13,7 @@ from lazymoe import nbtools
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = nbtools.notebooks(REPO / "course", REPO / "labs")
 IDS = [f"{p.parent.name}/{p.name}" for p in NOTEBOOKS]
-NOTEBOOK_TIMEOUT_S = 900  # per notebook; each says in its first cell how long it takes
+CELL_TIMEOUT_S = 300  # per cell; each notebook says in its first cell how long it takes
 
 
 def test_there_are_notebooks():
@@ -34,7 +35,7 @@ def test_first_cell_says_what_it_needs_and_how_long(path):
 
 
 @pytest.mark.notebook
-@pytest.mark.timeout(NOTEBOOK_TIMEOUT_S + 60)
+@pytest.mark.timeout(2 * CELL_TIMEOUT_S * 3)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_notebook_runs(path, tmp_path, monkeypatch):
     from nbclient import NotebookClient
@@ -45,11 +46,22 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("LAZYMOE_QUICK", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("PYTHONHASHSEED", "0")
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb,
-        timeout=NOTEBOOK_TIMEOUT_S,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(path.parent)}},
-    )
-    client.execute()
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    def execute() -> None:
+        client = NotebookClient(
+            nbformat.read(path, as_version=4),
+            timeout=CELL_TIMEOUT_S,
+            startup_timeout=120,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(path.parent)}},
+        )
+        client.execute()
+
+    try:
+        execute()
+    except (CellTimeoutError, DeadKernelError) as exc:
+        # A kernel that stops answering (seen rarely with ipykernel 7 under load) gets one fresh try;
+        # a notebook that really hangs or crashes fails the second time too.
+        warnings.warn(f"{path.name}: {type(exc).__name__} on the first run, running it again", stacklevel=1)
+        execute()
