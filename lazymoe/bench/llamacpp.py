@@ -186,6 +186,8 @@ class LlamaCppRunner:
         params = self._ll.llama_model_default_params()
         params.n_gpu_layers = self.cfg.n_gpu_layers
         params.load_mode = LOAD_MODES[self.cfg.load_mode]
+        if os.environ.get("LAZYMOE_LLAMA_EXTRA_BUFTS") == "0":  # no AMX / repacked weight buffers
+            params.use_extra_bufts = False
         self._overrides = None
         if self.cfg.cpu_moe:
             self._overrides = buft_overrides([CPU_MOE_PATTERN], cpu_buffer_type())

@@ -25,7 +25,7 @@ else
   tar xzf "$H7"/llama_cpp_python-$VERSION-slim.tar.gz -C /tmp/llama_src
   # LLAMA_CMAKE_EXTRA: e.g. -DGGML_NATIVE=OFF, to try when the build crashes on load (see data/results)
   CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAVA_BUILD=off ${LLAMA_CMAKE_EXTRA:-}" \
-  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+  CMAKE_BUILD_PARALLEL_LEVEL=${BUILD_JOBS:-$(nproc)} \
     python3 -m pip wheel -q --no-build-isolation --no-deps -w /tmp/llama_wheel /tmp/llama_src/llama_cpp_python-$VERSION
   cp /tmp/llama_wheel/*.whl /tmp/$WHEEL
   echo "setup: built in $(( $(date +%s) - start )) s: $(ls -la /tmp/$WHEEL)"
