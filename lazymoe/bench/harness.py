@@ -72,6 +72,7 @@ class BenchPlan:
     models: list[ModelEntry]
     engines: tuple[str, ...] = ENGINE_CHOICES
     placements: tuple[str, ...] = ("gpu", "cpu", "auto")
+    decodes: tuple[str, ...] = ("auto",)  # lazymoe decode paths on a GPU (EngineConfig.decode)
     vram_budgets_gb: tuple[float, ...] = (5.0, 8.0, 12.0)
     prompt_tokens: int = 64
     new_tokens: int = 32
@@ -164,8 +165,10 @@ def build_specs(plan: BenchPlan, llama_ok: bool) -> list[dict]:
             if plan.gpu:  # budgets outer: the first budget's row of every placement comes first
                 for budget in plan.vram_budgets_gb:
                     for placement in plan.placements:
-                        add(f"lazymoe {placement}", "lazymoe", {**base, "placement": placement,
-                            "vram_budget": int(budget * GB), "device": "cuda"}, budget, placement)
+                        for decode in plan.decodes:
+                            label = f"lazymoe {placement}" + ("" if decode == "auto" else f" ({decode})")
+                            add(label, "lazymoe", {**base, "placement": placement, "decode": decode,
+                                "vram_budget": int(budget * GB), "device": "cuda"}, budget, placement)
                 if plan.include_resident:
                     add("lazymoe all resident", "lazymoe", {**base, "device": "cuda"}, None, "gpu")
             else:

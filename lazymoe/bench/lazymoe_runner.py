@@ -18,6 +18,7 @@ class LazyMoeRunSpec:
     dtype: str = "bfloat16"
     policy: str = "lru"
     prefetch: bool = True
+    decode: str = "auto"  # auto | model | segments | graphs (lazymoe.engine.graphs)
 
     def __post_init__(self) -> None:
         if self.placement not in ("gpu", "cpu", "auto"):
@@ -35,7 +36,7 @@ class LazyMoeRunner:
         self.engine = Engine(EngineConfig(
             model_path=spec.model_path, device=spec.device, dtype=spec.dtype,
             vram_budget=spec.vram_budget, ram_budget=spec.ram_budget, placement=spec.placement,
-            policy=spec.policy, prefetch=spec.prefetch,
+            policy=spec.policy, prefetch=spec.prefetch, decode=spec.decode,
         ))
 
     def stream(self, prompt_ids: list[int], max_new_tokens: int) -> Iterator[int]:
@@ -63,7 +64,9 @@ class LazyMoeRunner:
         as_dict = stats.as_dict() if hasattr(stats, "as_dict") else dict(vars(stats))
         keep = ("hit_rate", "hits", "misses", "bytes_moved", "prefetch_accuracy", "vram_in_use_bytes",
                 "tokens", "prefill_tok_s", "decode_tok_s")
-        return {f"engine_{k}" if k.endswith("tok_s") else k: as_dict.get(k) for k in keep if k in as_dict}
+        out = {f"engine_{k}" if k.endswith("tok_s") else k: as_dict.get(k) for k in keep if k in as_dict}
+        out["decode_path"] = self.engine.decode_path
+        return out
 
     def close(self) -> None:
         close = getattr(self.engine, "close", None)

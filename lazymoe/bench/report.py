@@ -76,11 +76,15 @@ def rows(document: dict) -> list[dict]:
             "hit_rate": _hit_rate(r) if r.get("ok") and (r.get("engine") == "lazymoe" or on_gpu) else None,
             "bound_tok_s": bound,
             "of_bound": decode / bound if decode and bound else None,
-            "peak_vram_gb": (r.get("peak_vram_bytes") or 0) / GB if r.get("ok") else None,
-            "peak_rss_gb": (r.get("peak_rss_bytes") or 0) / GB if r.get("ok") else None,
+            "peak_vram_gb": _gb(r.get("peak_vram_bytes")) if r.get("ok") else None,
+            "peak_rss_gb": _gb(r.get("peak_rss_bytes")) if r.get("ok") else None,
             "ok": r.get("ok", False), "error": r.get("error"),
         })
     return out
+
+
+def _gb(nbytes: int | None) -> float | None:
+    return None if nbytes is None else nbytes / GB  # None: not measured (llama-bench rows)
 
 
 def _fmt(value, spec: str) -> str:
@@ -129,6 +133,10 @@ def figure(document: dict, model: str | None = None):
         points.sort(key=lambda p: p["vram_budget_gb"] or p["peak_vram_gb"] or 0)
         xs = [p["vram_budget_gb"] if p["vram_budget_gb"] is not None else p["peak_vram_gb"] for p in points]
         name = f"{label} ({routing})" if model else f"{m}: {label} ({routing})"
+        if all(x is None for x in xs):  # no budget and no measured VRAM (llama-bench): a level line
+            for p in points:
+                fig.add_hline(y=p["decode_tok_s"], line_dash="dot", annotation_text=name)
+            continue
         fig.add_scatter(x=xs, y=[p["decode_tok_s"] for p in points], mode="lines+markers", name=name)
         if points[0]["engine"] == "lazymoe" and any(p["bound_tok_s"] for p in points):
             fig.add_scatter(x=xs, y=[p["bound_tok_s"] for p in points], mode="lines",

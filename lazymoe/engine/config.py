@@ -21,6 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
 PLACEMENTS = ("gpu", "cpu", "auto")
 KERNELS = ("reference", "grouped", "batched")  # see lazymoe.engine.kernels
+DECODE_PATHS = ("auto", "model", "segments", "graphs")  # see lazymoe.engine.graphs
 
 
 def parse_bytes(value: str | int | float | None, what: str = "budget") -> int | None:
@@ -70,6 +71,10 @@ class EngineConfig:
         (one expert at a time, the simple path), "grouped" (prefill rows sorted by expert; decode
         a plain loop), "batched" (decode: gather the chosen slots, two batched matmuls); None:
         "batched" on a GPU, "grouped" on a CPU.
+    decode: how a decode token runs (lazymoe.engine.graphs): "model" (transformers' forward, one
+        eager call per module), "segments" (the engine's own layer loop, cut at the routers),
+        "graphs" (that loop captured as CUDA graphs: one launch per layer instead of ~100);
+        "auto": "graphs" on a GPU when the model and placement allow it, else "model".
     """
 
     model_path: str | Path
@@ -82,6 +87,7 @@ class EngineConfig:
     prefetch: bool = True
     experts_path: str | Path | None = None
     kernel: str | None = None
+    decode: str = "auto"
     # Measured bandwidths for placement="auto" (GB/s); None: measured at load time.
     h2d_bandwidth_gbps: float | None = None
     cpu_bandwidth_gbps: float | None = None
@@ -98,6 +104,8 @@ class EngineConfig:
             raise ValueError(f"placement={self.placement!r}: choose one of {', '.join(PLACEMENTS)}")
         if self.kernel not in (None, *KERNELS):
             raise ValueError(f"kernel={self.kernel!r}: choose one of {', '.join(KERNELS)} or None")
+        if self.decode not in DECODE_PATHS:
+            raise ValueError(f"decode={self.decode!r}: choose one of {', '.join(DECODE_PATHS)}")
         is_policy_class = isinstance(self.policy, type) and issubclass(self.policy, EvictionPolicy)
         if not (isinstance(self.policy, (str, EvictionPolicy)) or is_policy_class):
             raise TypeError(

@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, DynamicCache
 from lazymoe.engine.cache import CacheBook
 from lazymoe.engine.config import EngineConfig, GenerationConfig, format_bytes
 from lazymoe.engine.errors import BudgetTooSmallError
+from lazymoe.engine.graphs import SegmentedDecoder, unsupported_reason
 from lazymoe.engine.loading import load_resident
 from lazymoe.engine.moe import ExpertRuntime, OffloadedExperts
 from lazymoe.engine.placement import CostModel, measure_cost_model
@@ -69,6 +70,8 @@ class Engine:
             block.experts = OffloadedExperts(layer, self.runtime)
         if self.tiers.device.pool.n_slots >= self.total_experts:
             self._load_every_expert()
+        self._decoder: SegmentedDecoder | None = None  # made at the first decode that uses it
+        self.decode_path = self._resolve_decode_path()
         self.reset_stats()
 
     @classmethod
@@ -147,9 +150,38 @@ class Engine:
     def set_router(self, route: Callable | None) -> None:
         """Route with `route(router_logits (T, E), top_k, norm_topk_prob) -> (weights, indices)`,
         both (T, top_k); None restores each model's own router."""
+        if route is not None and self.config.decode in ("segments", "graphs"):
+            raise ValueError(
+                f"decode={self.config.decode!r} cannot run a learner router (its code may not be "
+                "graph-safe): make the engine with decode='model' or 'auto'"
+            )
         for block in self.blocks.values():
             original = getattr(block.gate, "original", block.gate)
             block.gate = original if route is None else LearnerRouter(original, route)
+        self._decoder = None  # a captured graph holds the old router's kernels
+        self.decode_path = self._resolve_decode_path()
+
+    def _resolve_decode_path(self) -> str:
+        """config.decode, with "auto" made concrete; an explicit choice that cannot run fails."""
+        wanted = self.config.decode
+        reason = unsupported_reason(self)
+        if wanted == "auto":
+            return "graphs" if self.device.type == "cuda" and reason is None else "model"
+        if wanted in ("segments", "graphs") and reason is not None:
+            raise ValueError(f"decode={wanted!r} cannot run this engine: {reason}; use 'model'")
+        if wanted == "graphs" and self.device.type != "cuda":
+            raise ValueError("decode='graphs' needs a CUDA device: use 'segments' or 'model'")
+        return wanted
+
+    def _decoder_for(self, length: int) -> SegmentedDecoder | None:
+        """The segmented decoder with room for `length` positions (made or grown on demand)."""
+        if self.decode_path == "model":
+            return None
+        if self._decoder is None or self._decoder.max_len < length:
+            max_len = max(256, 1 << (length - 1).bit_length())  # grow by powers of two
+            self._decoder = None  # free the old buffers and graphs first
+            self._decoder = SegmentedDecoder(self, max_len, graphs=self.decode_path == "graphs")
+        return self._decoder
 
     # -- generating ------------------------------------------------------------------------------
     def generate(self, prompt_ids: list[int], gen: GenerationConfig | None = None) -> list[int]:
@@ -180,6 +212,7 @@ class Engine:
         stop_ids, sampler = self._stop_ids(gen), Sampler(gen, self.device)
         if self.runtime.prefetcher is not None:
             self.runtime.prefetcher.reset_pending()
+        decoder = self._decoder_for(len(prompt_ids) + gen.max_new_tokens)
         cache = DynamicCache(config=self.model.config)
         ids = torch.tensor([prompt_ids], device=self.device)
         new: list[int] = []
@@ -187,8 +220,14 @@ class Engine:
         prefill = True
         try:
             while len(new) < gen.max_new_tokens:
-                logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
-                                    logits_to_keep=1).logits[0, -1]  # fmt: skip
+                if decoder is not None and not prefill:
+                    logits = decoder.step(new[-1], len(prompt_ids) + len(new) - 1)
+                else:
+                    logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
+                                        logits_to_keep=1).logits[0, -1]  # fmt: skip
+                    if decoder is not None:
+                        decoder.load_prefill(cache, len(prompt_ids))
+                        cache = None  # the decoder's buffers hold the keys and values now
                 token = sampler(logits)
                 now = time.perf_counter()
                 if prefill:
@@ -248,7 +287,7 @@ class Engine:
         if getattr(self, "model", None) is None:
             return
         self.store.close()
-        self.model = self.runtime = self.tiers = None
+        self.model = self.runtime = self.tiers = self._decoder = None
         self.blocks = {}
         gc.collect()  # modules and the runtime refer to each other
         if self.device.type == "cuda":
@@ -267,7 +306,8 @@ class Engine:
             f"model {self.config.model_path} ({self.spec.model_type}, {len(self.moe_layers)} MoE layers "
             f"x {self.num_experts} experts, top-{self.top_k}, expert {format_bytes(self.expert_nbytes)})",
             f"device {self.device}, dtype {self.config.dtype}, placement {self.config.placement}, "
-            f"prefetch {'on' if self.runtime.prefetcher else 'off'}, kernel {self.runtime.kernel}",
+            f"prefetch {'on' if self.runtime.prefetcher else 'off'}, kernel {self.runtime.kernel}, "
+            f"decode {self.decode_path}",
         ]
         for tier in t.tiers:
             lines.append(

@@ -90,7 +90,25 @@ def batched_decode(
         idx = ws.index_dev
     else:
         idx = index
-    slot_t, pos_t = idx[0, :n], idx[1, :n]
+    batched_decode_indexed(
+        out, hidden, top_k_weights, idx[0, :n], idx[1, :n], pool_gate_up, pool_down, ws, act
+    )
+
+
+def batched_decode_indexed(
+    out: torch.Tensor,
+    hidden: torch.Tensor,
+    top_k_weights: torch.Tensor,
+    slot_t: torch.Tensor,
+    pos_t: torch.Tensor,
+    pool_gate_up: torch.Tensor,
+    pool_down: torch.Tensor,
+    ws: DecodeWorkspace,
+    act,
+) -> None:
+    """`batched_decode` with the slots and positions already in device tensors (A,): no host
+    values at all, so a CUDA graph can capture it and replay it with new indices."""
+    n = slot_t.shape[0]
     gate_up = torch.index_select(pool_gate_up, 0, slot_t, out=ws.gate_up[:n])  # (A, 2I, D)
     down = torch.index_select(pool_down, 0, slot_t, out=ws.down[:n])  # (A, D, I)
     d = hidden.shape[-1]

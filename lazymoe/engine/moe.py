@@ -139,6 +139,37 @@ class ExpertRuntime:
                 self._compute_cpu(out, layer, hidden, top_k_weights, rows, on_cpu)
         return out
 
+    def resolve_decode(
+        self, layer: int, ids: list[int], guess_layer: int | None, guessed: list[int]
+    ) -> tuple[list[int], list[int]]:
+        """The host half of one decode step's layer, for a caller that computes on the device
+        itself (the graph decoder): look up (or fetch) each chosen expert, start the prefetch of
+        the guessed next-layer experts, make the compute stream wait for the copies.
+
+        ids: the router's K distinct expert ids for the one token, in top-k order.
+        Returns (slots, positions): per expert in ascending id order, its device slot and its
+        position k in `ids` (which top-k weight it takes).
+        """
+        positions = {e: k for k, e in enumerate(ids)}
+        experts = sorted(positions)
+        if len(experts) != len(ids):
+            raise ValueError(f"layer {layer}: the router chose an expert twice ({ids})")
+        if self.prefetcher is not None:
+            self.prefetcher.score(layer, set(experts))
+        protected = frozenset((layer, e) for e in experts)
+        slots = []
+        for e in experts:
+            slot = self.tiers.lookup((layer, e))
+            if slot is None:
+                slot = self.tiers.fetch((layer, e), protected)
+            slots.append(slot)
+        if guess_layer is not None and self.prefetcher is not None:
+            self._prefetch(guess_layer, guessed, protected)
+        for slot in slots:
+            self.tiers.device_weights(slot)  # GPU: the compute stream waits for copies into it
+        self.computed_on["device"] += len(slots)
+        return slots, [positions[e] for e in experts]
+
     def _compute_device(self, out, hidden, top_k_weights, rows, on_device) -> None:
         """The fast paths (kernels.py) for experts whose weights are in device slots."""
         if not on_device:

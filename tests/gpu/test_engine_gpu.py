@@ -34,14 +34,18 @@ def checkpoint(tmp_path_factory):
 @pytest.mark.parametrize("placement", ["gpu", "cpu", "auto"])
 @pytest.mark.parametrize("ram_slots", [0, 20])
 @pytest.mark.parametrize("prefetch", [False, True])
-def test_tokens_match_the_full_model_on_the_gpu(checkpoint, n_slots, placement, ram_slots, prefetch):
+@pytest.mark.parametrize("decode", ["model", "auto"])  # auto: CUDA graphs where placement="gpu"
+def test_tokens_match_the_full_model_on_the_gpu(
+    checkpoint, n_slots, placement, ram_slots, prefetch, decode
+):
     path, expected = checkpoint
     engine = Engine.from_pretrained(
         path, device="cuda",
         vram_budget=None if n_slots is None else n_slots * EXPERT_BYTES,
         ram_budget=ram_slots * EXPERT_BYTES or None,
-        placement=placement, prefetch=prefetch,
+        placement=placement, prefetch=prefetch, decode=decode,
     )  # fmt: skip
+    assert engine.decode_path == ("graphs" if decode == "auto" and placement == "gpu" else "model")
     assert engine.generate(PROMPT, GREEDY) == expected
     stats = engine.stats()
     if placement == "cpu" and n_slots is not None and not prefetch:
@@ -49,18 +53,60 @@ def test_tokens_match_the_full_model_on_the_gpu(checkpoint, n_slots, placement, 
 
 
 @pytest.mark.parametrize("n_slots", [2, 8, 32])
-def test_vram_for_experts_never_exceeds_the_budget(checkpoint, n_slots):
+@pytest.mark.parametrize("decode", ["model", "graphs"])
+def test_vram_for_experts_never_exceeds_the_budget(checkpoint, n_slots, decode):
     path, _ = checkpoint
     budget = n_slots * EXPERT_BYTES + EXPERT_BYTES // 2  # not a whole number of experts
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated()
-    engine = Engine.from_pretrained(path, device="cuda", vram_budget=budget, ram_budget="64MiB")
+    engine = Engine.from_pretrained(
+        path, device="cuda", vram_budget=budget, ram_budget="64MiB", decode=decode
+    )
     assert engine.tiers.device.pool.nbytes <= budget
     resident_and_pool = torch.cuda.memory_allocated() - before
     torch.cuda.reset_peak_memory_stats()
     engine.generate(PROMPT, GenerationConfig(max_new_tokens=24, stop_token_ids=()))
     peak_growth = torch.cuda.max_memory_allocated() - before - resident_and_pool
+    if decode == "graphs":  # the decoder's fixed KV buffers are made at the first generate
+        peak_growth -= engine._decoder.kv.nbytes
     # During generation only activations and the KV cache are allocated: less than one expert
     # would be, per layer, so any expert tensor made outside the pool would show here.
     assert peak_growth < 4 * EXPERT_BYTES, f"{peak_growth} bytes allocated beyond the pool"
     assert engine.stats().vram_in_use_bytes > 0
+
+
+def test_cuda_graphs_replay_one_graph_per_segment_and_match_over_many_tokens(checkpoint):
+    """Graphs captured once, replayed for every token of several generations; each generation
+    equals the full model's, including one that grows the KV buffers past 256 positions."""
+    path, expected = checkpoint
+    engine = Engine.from_pretrained(path, device="cuda", vram_budget=5 * EXPERT_BYTES, decode="graphs")
+    assert engine.generate(PROMPT, GREEDY) == expected
+    decoder = engine._decoder
+    assert len(decoder.cuda_graphs) == len(decoder.layers) + 1
+    assert engine.generate(PROMPT, GREEDY) == expected and engine._decoder is decoder
+    long_prompt = [40 + i % 64 for i in range(300)]
+    model = full_model(path, device="cuda")
+    want = reference_greedy(model, long_prompt, 8)
+    del model
+    assert engine.generate(long_prompt, GenerationConfig(max_new_tokens=8, stop_token_ids=())) == want
+    assert engine._decoder.max_len == 512
+
+
+def test_bf16_graphs_stay_close_to_the_bf16_model_path(checkpoint):
+    """In bf16 the graphs' masked attention over fixed buffers may round differently from
+    transformers' attention over exactly the cached positions: the logits of one decode step
+    from the same prefill stay within bf16 noise of each other."""
+    from transformers import DynamicCache
+
+    path, _ = checkpoint
+    engine = Engine.from_pretrained(path, device="cuda", dtype="bfloat16", decode="graphs")
+    with torch.inference_mode():
+        cache = DynamicCache(config=engine.model.config)
+        ids = torch.tensor([PROMPT], device="cuda")
+        token = int(engine.model(input_ids=ids, past_key_values=cache, use_cache=True).logits[0, -1].argmax())
+        decoder = engine._decoder_for(len(PROMPT) + 4)
+        decoder.load_prefill(cache, len(PROMPT))
+        got = decoder.step(token, len(PROMPT)).float().clone()
+        step = torch.tensor([[token]], device="cuda")
+        want = engine.model(input_ids=step, past_key_values=cache, use_cache=True).logits[0, -1].float()
+    assert (got - want).abs().max() <= 0.05 * want.abs().max(), (got - want).abs().max()

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One machine, one session: lazymoe (CUDA-graph decode and the eager path) and llama.cpp --cpu-moe
+# (llama-bench, built by CMake from the vendored source of llama-cpp-python's sdist) on the same
+# random-weight Qwen3-30B-A3B shapes, BF16 for both, uniform then Zipf routing.
+# Run detached by scripts/gpu/launch.sh (PIPELINE=pipeline_compare.sh); watch with scripts/gpu/wait.sh.
+set -uo pipefail
+R=${R:-/tmp/h7res}; M=${M:-/dev/shm/h7model}; H7=${H7:-.device/h7}; mkdir -p $R
+SHAPE=${SHAPE:-qwen3-30b-a3b}; LB=/tmp/lb; SRC=/tmp/llama_src/llama_cpp_python-0.3.36
+COMMON="--prompt-tokens 32 --new-tokens 16 --repeats 3 --warmup 1 --timeout 300 --no-resident --temperature 1"
+LBARGS="-p 32 -n 16 -r 3 -o json"
+export PYTHONPATH="/tmp/h7site:$PWD" PYTHONUNBUFFERED=1
+ts() { date -u +%T; }
+echo "pipeline: start $(ts)"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/h7site $H7/whl/*.whl
+mkdir -p /tmp/llama_src && tar xzf $H7/llama_cpp_python-0.3.36-slim.tar.gz -C /tmp/llama_src
+( cmake -S $SRC/vendor/llama.cpp -B $LB -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DBUILD_SHARED_LIBS=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF > $R/cmake.log 2>&1 \
+  && cmake --build $LB -j ${BUILD_JOBS:-12} --target llama-bench >> $R/cmake.log 2>&1; echo "build rc=$?" >> $R/cmake.log ) &
+BUILD=$!
+bash scripts/gpu/info.sh $R > $R/info.log 2>&1; echo "pipeline: info done $(ts)"
+timeout 420 python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu > $R/gpu_tests.log 2>&1
+echo "pipeline: gpu tests rc=$? $(tail -1 $R/gpu_tests.log) $(ts)"
+
+# lazymoe: safetensors in /dev/shm
+python3 -m lazymoe.bench.writer $SHAPE $M --only safetensors --device cuda 2>&1 | grep -v "it/s\]" | tail -2
+echo "pipeline: safetensors written $(ts)"; free -g | head -2
+run() { echo "pipeline: lazymoe $1 $(ts)"; shift; python3 -m lazymoe bench --model $M --engines lazymoe $COMMON "$@" 2>&1 | grep "^|"; }
+run "uniform 8 gpu graphs+model" --budgets 8 --placements gpu --decodes auto model --note "routing uniform" --out $R/lazymoe_uniform_8.json
+run "uniform 5 12 gpu graphs" --budgets 5 12 --placements gpu --note "routing uniform" --out $R/lazymoe_uniform_5_12.json
+run "uniform 8 cpu auto" --budgets 8 --placements cpu auto --note "routing uniform" --out $R/lazymoe_uniform_8_cpu_auto.json
+python3 -m lazymoe.bench.writer $SHAPE $M --routing zipf --set-routing
+run "zipf 8 gpu graphs+model" --budgets 8 --placements gpu --decodes auto model --note "routing zipf" --out $R/lazymoe_zipf_8.json
+rm -rf $M
+
+# llama.cpp: the same bits as GGUF
+wait $BUILD; tail -2 $R/cmake.log
+python3 -m lazymoe.bench.writer $SHAPE $M --only gguf --device cuda 2>&1 | tail -1
+echo "pipeline: gguf written $(ts)"
+G=$M/model-bf16.gguf
+for routing in uniform zipf; do
+  [ $routing = zipf ] && python3 -m lazymoe.bench.writer $SHAPE $M --routing zipf --set-routing
+  echo "pipeline: llama-bench cpu-moe $routing $(ts)"
+  $LB/bin/llama-bench -m $G -ngl 99 -ot "ffn_(up|down|gate)_exps=CPU" $LBARGS \
+    > $R/llama_bench_cpumoe_$routing.json 2> $R/llama_bench_cpumoe_$routing.err; echo "rc=$?"
+done
+echo "pipeline: llama-bench all on GPU (zipf weights; routing does not change a dense-resident run) $(ts)"
+$LB/bin/llama-bench -m $G -ngl 99 $LBARGS > $R/llama_bench_gpu_zipf.json 2> $R/llama_bench_gpu_zipf.err; echo "rc=$?"
+python3 - <<PY
+import glob, json
+from lazymoe.bench import harness, report, llamabench
+docs = [json.load(open(p)) for p in sorted(glob.glob("$R/lazymoe_*.json"))]
+doc = harness.merge(docs, command="bash scripts/gpu/pipeline_compare.sh  (runs: " + " ; ".join(d["command"] for d in docs) + ")")
+harness.save(doc, "$R/bench-$SHAPE.json")
+for name, routing in [("cpumoe_uniform", "uniform"), ("cpumoe_zipf", "zipf"), ("gpu_zipf", "zipf")]:
+    try:
+        rows = llamabench.parse_llama_bench("$R/llama_bench_%s.json" % name, model="$SHAPE", routing=routing)
+        cmd = "llama-bench -m model-bf16.gguf -ngl 99 %s$LBARGS" % ('-ot "ffn_(up|down|gate)_exps=CPU" ' if "cpumoe" in name else "")
+        llamabench.merge_into("$R/bench-$SHAPE.json", rows, command=cmd, note="llama.cpp rows from its llama-bench binary (CMake build of the vendored source, sm_90), same GGUF bits")
+    except Exception as e:
+        print("llama-bench", name, "not merged:", e)
+doc = json.load(open("$R/bench-$SHAPE.json"))
+open("$R/table.md", "w").write(report.table(doc) + "\n")
+print(report.table(doc))
+PY
+echo "PIPELINE DONE $(ts)"
