@@ -29,6 +29,7 @@ for token against transformers); decode="graphs" captures it (CUDA only).
 from __future__ import annotations
 
 import inspect
+import time
 
 import torch
 
@@ -122,6 +123,9 @@ class SegmentedDecoder:
         self.rope = None
         self.logits = None
         self.cuda_graphs: list[torch.cuda.CUDAGraph] = []
+        # host seconds per part of a step: waiting for the GPU (the router's ids), the cache's
+        # bookkeeping and fetches, issuing index copies and graph replays (or eager segments)
+        self.timings = {"tokens": 0, "wait_s": 0.0, "plan_s": 0.0, "launch_s": 0.0}
         if graphs:
             self._capture()
 
@@ -208,18 +212,33 @@ class SegmentedDecoder:
         """Feed `token` at `position`; the next token's logits (V,) (a buffer: read it now)."""
         if position >= self.max_len:
             raise ValueError(f"position {position} is past max_len={self.max_len}")
-        k = self.top_k
+        k, t = self.top_k, self.timings
+        clock = time.perf_counter
+        start = clock()
         self.inputs_host[0], self.inputs_host[1] = token, position
         self.inputs.copy_(self.inputs_host, non_blocking=True)
         self._run(0)
         for i in range(len(self.layers)):
+            launched = clock()
+            t["launch_s"] += launched - start
             if self.graphs:
                 torch.cuda.current_stream().synchronize()  # this layer's ids are in ids_host
             ids = self.ids_host[i].tolist()
+            waited = clock()
+            t["wait_s"] += waited - launched
             guess_layer = i + 1 if i + 1 < len(self.layers) else None
             slots, positions = self.runtime.resolve_decode(i, ids[:k], guess_layer, ids[k:])
+            start = clock()
+            t["plan_s"] += start - waited
             self.index_host[i, 0] = torch.as_tensor(slots)
             self.index_host[i, 1] = torch.as_tensor(positions)
             self.index[i].copy_(self.index_host[i], non_blocking=True)
             self._run(i + 1)
+        t["launch_s"] += clock() - start
+        t["tokens"] += 1
         return self.logits
+
+    def timing_per_layer_us(self) -> dict[str, float]:
+        """Mean host microseconds per layer and token: wait (GPU busy), plan, launch."""
+        per = max(1, self.timings["tokens"]) * len(self.layers)
+        return {k[:-2]: v / per * 1e6 for k, v in self.timings.items() if k.endswith("_s")}

@@ -69,6 +69,8 @@ def main() -> int:
     parser.add_argument("--budgets", nargs="+", default=["all", "8"], help="GB scaled to 48 layers, or 'all'")
     parser.add_argument("--tokens", type=int, default=24)
     parser.add_argument("--kernels", nargs="+", default=["batched"])
+    parser.add_argument("--decodes", nargs="+", default=["graphs", "model"],
+                        help="EngineConfig.decode values to compare")
     parser.add_argument("--hf", action="store_true", help="also transformers' model on the GPU")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--shape", default="qwen3-30b-a3b")
@@ -85,11 +87,13 @@ def main() -> int:
         write_model(shape, model, device=args.device, formats=("safetensors",))
     prompt = list(range(100, 132))
     results = {"layers": args.layers, "rows": []}
-    for kernel in args.kernels:
-        for budget in args.budgets:
+    import itertools
+
+    for kernel, decode, budget in itertools.product(args.kernels, args.decodes, args.budgets):
             vram = None if budget == "all" else int(float(budget) * 1e9 * args.layers / 48)
             engine = Engine(EngineConfig(model_path=str(model), device=args.device, dtype="bfloat16",
-                                         vram_budget=vram, placement="gpu", kernel=kernel))
+                                         vram_budget=vram, placement="gpu", kernel=kernel,
+                                         decode=decode))
 
             def factory(n, engine=engine):
                 gen = GenerationConfig(max_new_tokens=n, temperature=1.0, seed=0, stop_token_ids=(), stop_strings=())
@@ -97,11 +101,16 @@ def main() -> int:
 
             decode_ms(factory, 4, repeats=1)  # warm-up
             engine.reset_stats()
+            decoder = engine._decoder
+            if decoder is not None:
+                decoder.timings.update(tokens=0, wait_s=0.0, plan_s=0.0, launch_s=0.0)
             ms = decode_ms(factory, args.tokens)
             stats = engine.stats()
-            row = {"engine": "lazymoe", "kernel": kernel, "budget_gb_at_48_layers": budget,
+            row = {"engine": "lazymoe", "kernel": kernel, "decode": engine.decode_path,
+                   "budget_gb_at_48_layers": budget,
                    "ms_per_token": ms, "ms_per_layer": ms / args.layers,
                    "hit_rate": getattr(stats, "hit_rate", None),
+                   "host_us_per_layer": decoder.timing_per_layer_us() if decoder else None,
                    **profile_tokens(factory, 6, args.layers)}
             print(json.dumps(row, indent=1), flush=True)
             results["rows"].append(row)
