@@ -31,3 +31,13 @@ def test_run_with_a_budget_too_small_says_the_minimum(tiny, capsys):
     code = main(["run", "abc", "--model", str(tiny), "--device", "cpu", "--vram-budget", "1KiB"])
     assert code == 1
     assert "give at least" in capsys.readouterr().err
+
+
+def test_run_with_graphs_on_a_cpu_says_what_to_use(tmp_path, capsys):
+    qwen3 = make_random_checkpoint(tmp_path / "qwen3", arch="qwen3_moe")
+    code = main(["run", "abc", "--model", str(qwen3), "--device", "cpu", "--decode", "graphs"])
+    assert code == 1
+    assert "needs a CUDA device: use 'segments' or 'model'" in capsys.readouterr().err
+    code = main(["run", "abc", "--model", str(qwen3), "--device", "cpu", "--decode", "segments",
+                 "--max-new-tokens", "3", "--quiet"])  # fmt: skip
+    assert code == 0 and capsys.readouterr().out.startswith("abc")

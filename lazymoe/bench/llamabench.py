@@ -8,7 +8,7 @@ llama-bench:
     llama-bench -m model-bf16.gguf -p 32 -n 16 -r 3 -ngl 99 -ot "\\.ffn_(up|down|gate)_exps=CPU" \\
         -o json > llama-bench-uniform.json
     python -m lazymoe.bench.llamabench llama-bench-uniform.json --model qwen3-30b-a3b \\
-        --routing uniform --into data/results/bench-h100-....json --command "llama-bench -m ..."
+        --routing uniform --into data/results/bench-h200-qwen3-30b-a3b.json --command "llama-bench -m ..."
 
 llama-bench times each test on its own (field names as in tools/llama-bench/llama-bench.cpp):
 

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernel", default=None, choices=["reference", "grouped", "batched"],
                         help="how resident experts are computed (default: batched on a GPU, "
                         "grouped on a CPU)")  # fmt: skip
+    parser.add_argument("--decode", default="auto", choices=["auto", "model", "segments", "graphs"],
+                        help="how a decode token runs (default auto: CUDA graphs on a GPU where "
+                        "they apply, else transformers' forward)")  # fmt: skip
     parser.add_argument("--stats-json", default=None, help="write the final statistics here")
     parser.add_argument("--quiet", action="store_true", help="no live line, no summary")
 
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                 model_path=model, device=args.device, dtype=args.dtype,
                 vram_budget=args.vram_budget, ram_budget=args.ram_budget,
                 placement=args.placement, policy=args.policy, prefetch=not args.no_prefetch,
-                experts_path=args.experts_path, kernel=args.kernel,
+                experts_path=args.experts_path, kernel=args.kernel, decode=args.decode,
             )
         )  # fmt: skip
         gen = GenerationConfig(
