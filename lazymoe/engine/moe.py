@@ -165,8 +165,9 @@ class ExpertRuntime:
             slots.append(slot)
         if guess_layer is not None and self.prefetcher is not None:
             self._prefetch(guess_layer, guessed, protected)
+        stream = torch.cuda.current_stream() if self.tiers.on_gpu else None  # looked up once
         for slot in slots:
-            self.tiers.device_weights(slot)  # GPU: the compute stream waits for copies into it
+            self.tiers.device_weights(slot, stream)  # GPU: compute waits for copies into it
         self.computed_on["device"] += len(slots)
         return slots, [positions[e] for e in experts]
 

@@ -55,6 +55,7 @@ class ExpertPool:
         ]
         self.slot_nbytes = expert_nbytes(intermediate, hidden, dtype)
         self._events: list[torch.cuda.Event | None] = [None] * n_slots
+        self._pending = [False] * n_slots  # a copy into the slot that no reader has waited for
 
     @property
     def nbytes(self) -> int:
@@ -70,12 +71,17 @@ class ExpertPool:
         if event is None:
             event = self._events[slot] = torch.cuda.Event()
         event.record(stream)
+        self._pending[slot] = True
 
     def wait_ready(self, slot: int, stream: torch.cuda.Stream | None = None) -> None:
-        """Make `stream` (default: the current one) wait until the last copy into `slot` is done."""
-        event = self._events[slot]
-        if event is not None:
-            (stream or torch.cuda.current_stream()).wait_event(event)
+        """Make `stream` (default: the current one) wait until the last copy into `slot` is done.
+
+        A slot's readers all run on one compute stream, so once that stream waits for a copy,
+        later reads are ordered after it: the wait is enqueued once per copy, not per read.
+        """
+        if self._pending[slot]:
+            (stream or torch.cuda.current_stream()).wait_event(self._events[slot])
+            self._pending[slot] = False
 
     def sync_slot(self, slot: int) -> None:
         """Block the host until copies reading or writing `slot` are done (before a CPU write)."""

@@ -10,6 +10,7 @@ from the mapped file into a preallocated buffer, and check the file's length aga
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,7 @@ class Span:
 
     def view(self) -> torch.Tensor:
         """A tensor over the mapped bytes (no copy: the OS reads the pages on first touch)."""
-        nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        nbytes = math.prod(self.shape) * self.dtype.itemsize
         raw = self.file.map()[self.start : self.start + nbytes]
         return torch.from_numpy(raw).view(self.dtype).view(self.shape)
 

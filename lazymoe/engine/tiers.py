@@ -109,10 +109,11 @@ class TierStack:
         self.links[link].add(key[0], self.device.pool.slot_nbytes, time.perf_counter() - start)
         return slot
 
-    def device_weights(self, slot: int) -> ExpertWeights:
-        """The device slot's weights, once every copy into it is done (GPU: waits on an event)."""
+    def device_weights(self, slot: int, stream: torch.cuda.Stream | None = None) -> ExpertWeights:
+        """The device slot's weights, once every copy into it is done (GPU: `stream`, default
+        the current one, waits on the slot's event)."""
         if self.on_gpu:
-            self.device.pool.wait_ready(slot)
+            self.device.pool.wait_ready(slot, stream)
         return self.device.pool.weights(slot)
 
     # -- host copies, for experts computed on the CPU --------------------------------------------
