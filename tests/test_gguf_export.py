@@ -100,10 +100,10 @@ def test_fused_and_per_expert_checkpoints_export_identically(tiny_dir, tmp_path)
 def test_unknown_type_or_architecture_is_refused_with_a_reason(tiny_dir, tmp_path):
     with pytest.raises(GGUFExportError, match="choose one of"):
         export_gguf(tiny_dir, tmp_path / "x.gguf", "q4_k")
-    other = tmp_path / "mixtral"
+    other = tmp_path / "deepseek"
     other.mkdir()
-    (other / "config.json").write_text('{"model_type": "mixtral"}')
-    with pytest.raises(GGUFExportError, match="qwen3_moe"):
+    (other / "config.json").write_text('{"model_type": "deepseek_v3"}')
+    with pytest.raises(GGUFExportError, match="qwen3_moe, olmoe, qwen2_moe, mixtral"):
         export_gguf(other, tmp_path / "y.gguf")
 
 
@@ -147,3 +147,80 @@ def test_llamacpp_runs_the_smaller_formats(tmp_path, out_type, min_top1_agreemen
         ours = bundled.load_model()(torch.tensor([ids])).logits[0].numpy()
     agreement = float((theirs.argmax(-1) == ours.argmax(-1)).mean())
     assert agreement >= min_top1_agreement, f"{out_type}: next-token agreement {agreement:.0%}"
+
+
+# -- every architecture the engine runs ------------------------------------------------------------
+ARCH_CASES = {  # model_type -> (llama.cpp architecture, config overrides for the tiny checkpoint)
+    "qwen3_moe": ("qwen3moe", {}),
+    "olmoe": ("olmoe", {"num_key_value_heads": 4}),  # llama.cpp's olmoe: k_norm over all heads
+    "qwen2_moe": ("qwen2moe", {}),
+    "mixtral": ("llama", {}),
+}
+
+
+@pytest.fixture(scope="module")
+def arch_dirs(tmp_path_factory):
+    from lazymoe.models.random import make_random_checkpoint
+
+    root = tmp_path_factory.mktemp("archs")
+    return {arch: make_random_checkpoint(root / arch, arch=arch, seed=5, **overrides)
+            for arch, (_, overrides) in ARCH_CASES.items()}
+
+
+@pytest.mark.parametrize("arch", list(ARCH_CASES))
+def test_every_engine_architecture_exports_with_llamacpps_names(arch_dirs, tmp_path, arch):
+    path = export_gguf(arch_dirs[arch], tmp_path / f"{arch}.gguf", "q8_0", progress=False)
+    reader, tensors = _read(path)
+    field = reader.fields["general.architecture"]
+    assert bytes(field.parts[field.data[0]]).decode() == ARCH_CASES[arch][0]
+    for name in ("blk.0.ffn_gate_inp.weight", "blk.2.ffn_gate_exps.weight", "blk.2.ffn_up_exps.weight",
+                 "blk.2.ffn_down_exps.weight", "blk.0.attn_q.weight", "output.weight"):
+        assert name in tensors, name
+    assert ("blk.1.ffn_gate_inp_shexp.weight" in tensors) == (arch == "qwen2_moe")
+    assert ("blk.1.attn_q.bias" in tensors) == (arch == "qwen2_moe")
+    assert ("blk.1.attn_k_norm.weight" in tensors) == (arch in ("qwen3_moe", "olmoe"))
+
+
+@pytest.mark.parametrize("arch", list(ARCH_CASES))
+def test_llamacpp_matches_transformers_for_every_engine_architecture(arch_dirs, tmp_path, arch):
+    """F32 logits on a fixed prompt agree within 1e-4 of the largest logit, every position.
+
+    llama.cpp keeps its KV cache in F16 by default (an error of ~1e-3 of the logits on these
+    models); with an F32 cache both sides compute in F32 and agree to ~1e-6."""
+    llama_cpp = pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed: GGUF logits not compared"
+    )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = arch_dirs[arch]
+    path = export_gguf(model_dir, tmp_path / f"{arch}-f32.gguf", "f32", progress=False)
+    ids = AutoTokenizer.from_pretrained(model_dir)(PROMPT).input_ids
+    f32 = 0  # GGML_TYPE_F32, for the KV cache
+    llm = llama_cpp.Llama(str(path), logits_all=True, n_ctx=256, n_threads=1, verbose=False,
+                          type_k=f32, type_v=f32)
+    assert llm.tokenize(PROMPT.encode(), add_bos=False, special=False) == ids
+    llm.eval(ids)
+    theirs = np.array(llm.scores[: len(ids)])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ours = model(torch.tensor([ids])).logits[0].numpy()
+    rel = np.abs(theirs - ours).max() / np.abs(ours).max()
+    assert rel < 1e-4, f"{arch}: llama.cpp logits differ by {rel:.2e} (relative to the largest logit)"
+    assert (theirs.argmax(-1) == ours.argmax(-1)).all()
+
+
+@pytest.mark.parametrize(
+    ("arch", "overrides", "message"),
+    [
+        ("qwen3_moe", {"norm_topk_prob": False}, "always renormalizes"),
+        ("olmoe", {"norm_topk_prob": True, "num_key_value_heads": 4}, "never renormalizes"),
+        ("olmoe", {}, "num_key_value_heads == num_attention_heads"),
+    ],
+)
+def test_a_checkpoint_llamacpp_would_compute_differently_is_refused(tmp_path, arch, overrides, message):
+    from lazymoe.models.random import make_random_checkpoint
+
+    model_dir = make_random_checkpoint(tmp_path / arch, arch=arch, seed=2, **overrides)
+    with pytest.raises(GGUFExportError, match=message):
+        export_gguf(model_dir, tmp_path / "x.gguf", progress=False)
+    assert not (tmp_path / "x.gguf").exists()  # refused before a byte is written

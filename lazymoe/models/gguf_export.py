@@ -1,15 +1,24 @@
-"""Write a Qwen3-MoE checkpoint (HF layout, safetensors) as a GGUF file llama.cpp can run.
+"""Write a MoE checkpoint (HF layout, safetensors) as a GGUF file llama.cpp can run.
 
     python -m lazymoe.models.gguf_export data/models/tiny-moe /tmp/tiny-moe-f32.gguf --type f32
+
+The architectures the engine runs: Qwen3-MoE (llama.cpp `qwen3moe`), OLMoE (`olmoe`), Qwen2-MoE
+with its shared expert (`qwen2moe`) and Mixtral (llama.cpp runs it as `llama` with experts).
 
 Why our own exporter: llama.cpp's convert_hf_to_gguf.py refuses tokenizers it does not know by
 hash, and ours is freshly trained. We use the gguf package's writer and its tensor-name map, and
 stream one tensor at a time, so a large checkpoint never has to fit in memory at once.
 
 Experts are read either as the hub's per-expert tensors (`mlp.experts.E.gate_proj.weight`, what
-transformers v5 `save_pretrained` writes) or as fused tensors (`mlp.experts.gate_up_proj` (E, 2I, D),
-`mlp.experts.down_proj` (E, D, I)), and written stacked: ffn_gate_exps / ffn_up_exps (E, I, D),
-ffn_down_exps (E, D, I) in numpy order.
+transformers v5 `save_pretrained` writes; Mixtral's `block_sparse_moe.experts.E.w1/w3/w2`) or as
+fused tensors (`mlp.experts.gate_up_proj` (E, 2I, D), `mlp.experts.down_proj` (E, D, I)), and
+written stacked: ffn_gate_exps / ffn_up_exps (E, I, D), ffn_down_exps (E, D, I) in numpy order.
+
+What llama.cpp fixes per architecture, and the checkpoint must agree with (else an error says so):
+whether the top-k router weights are renormalized (qwen3moe and Mixtral yes; olmoe and qwen2moe
+no), and for olmoe that q_norm and k_norm span the whole hidden size (as many KV heads as heads).
+Mixtral's q and k rows are permuted into the rotary layout of llama.cpp's `llama` graph (pairs
+(i, i + d/2) of HF's rotate_half become adjacent), as llama.cpp's own converter does.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
@@ -68,10 +78,46 @@ class _Checkpoint:
 Loader = Callable[[], np.ndarray]
 
 
-def _tensor_plan(ck: _Checkpoint, cfg: dict) -> list[tuple[str, Loader, tuple[int, ...]]]:
-    """(hf-style name, loader, numpy shape) for every tensor, in llama.cpp's usual order."""
+@dataclass(frozen=True)
+class _Arch:
+    """What differs per architecture between the HF checkpoint and llama.cpp's GGUF."""
+
+    gguf_arch: gguf.MODEL_ARCH
+    block: str  # the MoE block's name in checkpoint keys ("mlp", Mixtral's "block_sparse_moe")
+    projections: tuple[str, str, str]  # per-expert checkpoint names of gate, up, down
+    norms_in_attention: bool  # q_norm / k_norm weights
+    renormalizes_top_k: bool  # what llama.cpp's graph does with the top-k router weights
+    expert_width_field: str
+    shared_expert: bool = False
+    permute_qk: bool = False  # llama.cpp's `llama` graph uses the interleaved rotary layout
+
+
+ARCHS: dict[str, _Arch] = {
+    "qwen3_moe": _Arch(gguf.MODEL_ARCH.QWEN3MOE, "mlp", ("gate_proj", "up_proj", "down_proj"),
+                       True, True, "moe_intermediate_size"),
+    "olmoe": _Arch(gguf.MODEL_ARCH.OLMOE, "mlp", ("gate_proj", "up_proj", "down_proj"),
+                   True, False, "intermediate_size"),
+    "qwen2_moe": _Arch(gguf.MODEL_ARCH.QWEN2MOE, "mlp", ("gate_proj", "up_proj", "down_proj"),
+                       False, False, "moe_intermediate_size", shared_expert=True),
+    "mixtral": _Arch(gguf.MODEL_ARCH.LLAMA, "block_sparse_moe", ("w1", "w3", "w2"),
+                     False, True, "intermediate_size", permute_qk=True),
+}  # fmt: skip
+
+
+def _permute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """HF q/k rows (per head: first halves, then second halves) -> llama.cpp's interleaved pairs."""
+    return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _tensor_plan(ck: _Checkpoint, cfg: dict, arch: _Arch) -> list[tuple[str, Loader, tuple[int, ...]]]:
+    """(canonical hf-style name, loader, numpy shape) for every tensor, in llama.cpp's usual order.
+
+    Canonical names are the ones the gguf package maps for every architecture
+    (`model.layers.N.mlp.gate`, `...mlp.experts.gate_proj`), with `.weight` or `.bias` at the end.
+    """
     n_layers, n_experts = cfg["num_hidden_layers"], cfg.get("num_experts") or cfg["num_local_experts"]
-    inter = cfg["moe_intermediate_size"]
+    inter = cfg[arch.expert_width_field]
+    n_heads, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
 
     def plain(name: str, source: str | None = None) -> tuple[str, Loader, tuple[int, ...]]:
         source = source or name
@@ -80,31 +126,67 @@ def _tensor_plan(ck: _Checkpoint, cfg: dict) -> list[tuple[str, Loader, tuple[in
     plan = [plain("model.embed_tokens.weight")]
     for b in range(n_layers):
         p = f"model.layers.{b}"
-        for part in ("input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                     "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm",
-                     "post_attention_layernorm", "mlp.gate"):
-            plan.append(plain(f"{p}.{part}.weight"))
-        if f"{p}.mlp.experts.gate_up_proj" in ck:  # fused: gate rows first, then up rows
-            fused = f"{p}.mlp.experts.gate_up_proj"
+        attn = ["q_proj", "k_proj", "v_proj", "o_proj"] + (["q_norm", "k_norm"] if arch.norms_in_attention else [])
+        plan.append(plain(f"{p}.input_layernorm.weight"))
+        for part in attn:
+            name = f"{p}.self_attn.{part}.weight"
+            if arch.permute_qk and part in ("q_proj", "k_proj"):
+                heads = n_heads if part == "q_proj" else n_kv
+                plan.append((name, lambda n=name, h=heads: _permute_rotary(ck.get(n), h), ck.shape(name)))
+            else:
+                plan.append(plain(name))
+            if part in ("q_proj", "k_proj", "v_proj") and f"{p}.self_attn.{part}.bias" in ck:
+                plan.append(plain(f"{p}.self_attn.{part}.bias"))
+        plan.append(plain(f"{p}.post_attention_layernorm.weight"))
+        plan.append(plain(f"{p}.mlp.gate.weight", f"{p}.{arch.block}.gate.weight"))
+        fused = next((f"{p}.{blk}.experts.gate_up_proj" for blk in (arch.block, "mlp")
+                      if f"{p}.{blk}.experts.gate_up_proj" in ck), None)
+        first = f"{p}.{arch.block}.experts.0.{arch.projections[0]}.weight"
+        if fused is not None:  # fused: gate rows first, then up rows
             e, _, d = ck.shape(fused)  # (E, 2I, D)
+            down = fused.replace("gate_up_proj", "down_proj")
             plan += [
-                (f"{p}.mlp.experts.gate_proj", lambda n=fused: ck.get(n)[:, :inter, :], (e, inter, d)),
-                (f"{p}.mlp.experts.up_proj", lambda n=fused: ck.get(n)[:, inter:, :], (e, inter, d)),
-                plain(f"{p}.mlp.experts.down_proj"),  # (E, D, I)
+                (f"{p}.mlp.experts.gate_proj.weight", lambda n=fused: ck.get(n)[:, :inter, :], (e, inter, d)),
+                (f"{p}.mlp.experts.up_proj.weight", lambda n=fused: ck.get(n)[:, inter:, :], (e, inter, d)),
+                plain(f"{p}.mlp.experts.down_proj.weight", down),  # (E, D, I)
             ]
-        elif f"{p}.mlp.experts.0.gate_proj.weight" in ck:  # per expert (the hub's names)
-            for proj in ("gate_proj", "up_proj", "down_proj"):
-                names = [f"{p}.mlp.experts.{e}.{proj}.weight" for e in range(n_experts)]
-                plan.append((f"{p}.mlp.experts.{proj}",
+        elif first in ck:  # per expert (the hub's names)
+            for role, proj in zip(("gate_proj", "up_proj", "down_proj"), arch.projections, strict=True):
+                names = [f"{p}.{arch.block}.experts.{e}.{proj}.weight" for e in range(n_experts)]
+                plan.append((f"{p}.mlp.experts.{role}.weight",
                              lambda ns=names: np.stack([ck.get(n) for n in ns]),  # (E, out, in)
                              (n_experts, *ck.shape(names[0]))))
         else:
             raise GGUFExportError(f"layer {b} has no experts in a layout we know: is it a dense layer? "
-                                  "only all-MoE Qwen3-MoE checkpoints are supported")
+                                  "only checkpoints with a MoE block in every layer are supported")
+        if arch.shared_expert:
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                plan.append(plain(f"{p}.mlp.shared_expert.{proj}.weight"))
+            gate = f"{p}.mlp.shared_expert_gate.weight"  # (1, D): llama.cpp wants (D,)
+            plan.append((gate, lambda n=gate: ck.get(n).reshape(-1), (ck.shape(gate)[-1],)))
     plan.append(plain("model.norm.weight"))
     tied = "lm_head.weight" not in ck
     plan.append(plain("lm_head.weight", "model.embed_tokens.weight" if tied else None))
     return plan
+
+
+def _check_llamacpp_agrees(cfg: dict, arch: _Arch) -> None:
+    """Refuse a checkpoint llama.cpp would load but compute differently."""
+    model_type = cfg["model_type"]
+    renorm = bool(cfg.get("norm_topk_prob", model_type == "mixtral"))  # Mixtral always renormalizes
+    if renorm != arch.renormalizes_top_k:
+        raise GGUFExportError(
+            f"{model_type} with norm_topk_prob={renorm}: llama.cpp's {arch.gguf_arch.name.lower()} "
+            f"graph {'always' if arch.renormalizes_top_k else 'never'} renormalizes the top-k router "
+            f"weights, so it would compute another model; set norm_topk_prob="
+            f"{arch.renormalizes_top_k} in config.json (and retrain), or run it with transformers"
+        )
+    if model_type == "olmoe" and cfg["num_key_value_heads"] != cfg["num_attention_heads"]:
+        raise GGUFExportError(
+            "olmoe with fewer KV heads than heads: llama.cpp's olmoe graph normalizes k over the whole "
+            "hidden size (k_norm of hidden_size weights), so it needs num_key_value_heads == "
+            "num_attention_heads, as OLMoE-1B-7B has"
+        )
 
 
 def _target_type(gguf_name: str, shape: tuple[int, ...], qtype: Q) -> Q:
@@ -154,7 +236,7 @@ def _tokenizer_kv(writer: gguf.GGUFWriter, model_dir: Path, tokenizer_pre: str |
 
 def export_gguf(model_dir: str | Path, out_path: str | Path, out_type: str = "f32",
                 tokenizer_pre: str | None = None, progress: bool = True) -> Path:
-    """Export a Qwen3-MoE HF checkpoint to GGUF with `out_type` in f32 | f16 | bf16 | q8_0.
+    """Export a MoE HF checkpoint (see ARCHS) to GGUF with `out_type` in f32 | f16 | bf16 | q8_0.
 
     Size on disk ~ n_params * bytes_per_weight, with bytes_per_weight = 4, 2, 2, 34/32 (Q8_0: 32
     int8 weights + one f16 scale per block). Returns out_path.
@@ -163,11 +245,14 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, out_type: str = "f3
     if out_type not in OUT_TYPES:
         raise GGUFExportError(f"out_type={out_type!r}: choose one of {sorted(OUT_TYPES)}")
     cfg = json.loads((model_dir / "config.json").read_text())
-    if cfg.get("model_type") != "qwen3_moe":
-        raise GGUFExportError(f"model_type {cfg.get('model_type')!r}: this exporter writes qwen3_moe "
-                              "checkpoints only (use llama.cpp's convert_hf_to_gguf.py for others)")
+    spec = ARCHS.get(cfg.get("model_type"))
+    if spec is None:
+        raise GGUFExportError(f"model_type {cfg.get('model_type')!r}: this exporter writes "
+                              f"{', '.join(ARCHS)} checkpoints (use llama.cpp's convert_hf_to_gguf.py "
+                              "for others)")
+    _check_llamacpp_agrees(cfg, spec)
     qtype, ftype = OUT_TYPES[out_type]
-    arch = gguf.MODEL_ARCH.QWEN3MOE
+    arch = spec.gguf_arch
     name_map = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
     writer = gguf.GGUFWriter(out_path, gguf.MODEL_ARCH_NAMES[arch])
 
@@ -175,18 +260,21 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, out_type: str = "f3
     writer.add_context_length(cfg["max_position_embeddings"])
     writer.add_embedding_length(cfg["hidden_size"])
     writer.add_block_count(cfg["num_hidden_layers"])
-    writer.add_feed_forward_length(cfg["intermediate_size"])
+    writer.add_feed_forward_length(cfg["intermediate_size"])  # olmoe, llama: the experts' width
     writer.add_head_count(cfg["num_attention_heads"])
     writer.add_head_count_kv(cfg["num_key_value_heads"])
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
     rope = cfg.get("rope_parameters") or {}
     writer.add_rope_freq_base(float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))))
     writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     writer.add_expert_count(cfg.get("num_experts") or cfg["num_local_experts"])
     writer.add_expert_used_count(cfg["num_experts_per_tok"])
-    writer.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+    writer.add_expert_feed_forward_length(cfg[spec.expert_width_field])
+    if spec.shared_expert:
+        writer.add_expert_shared_feed_forward_length(cfg["shared_expert_intermediate_size"])
     writer.add_file_type(ftype)
     if qtype not in (Q.F32, Q.F16, Q.BF16):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -195,19 +283,21 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, out_type: str = "f3
     # Pass 1: names, shapes and types from the safetensors headers, without reading any data.
     ck = _Checkpoint(model_dir)
     entries = []
-    for hf_name, load, shape in _tensor_plan(ck, cfg):
-        gg = name_map.get_name(hf_name.removesuffix(".weight"))
+    for hf_name, load, shape in _tensor_plan(ck, cfg, spec):
+        base, suffix = hf_name.rsplit(".", 1)  # "....q_proj", "weight" or "bias"
+        gg = name_map.get_name(base)
         if gg is None:
             raise GGUFExportError(f"no GGUF name for {hf_name}")
-        t = _target_type(gg + ".weight", shape, qtype)
-        entries.append((gg + ".weight", load, t))
+        name = f"{gg}.{suffix}"
+        t = _target_type(name, shape, qtype)
+        entries.append((name, load, t))
         if t in (Q.F32, Q.F16):
             nbytes = int(np.prod(shape)) * (4 if t == Q.F32 else 2)
-            writer.add_tensor_info(gg + ".weight", shape, np.dtype(np.float32 if t == Q.F32
-                                                                 else np.float16), nbytes)
+            writer.add_tensor_info(name, shape, np.dtype(np.float32 if t == Q.F32
+                                                         else np.float16), nbytes)
         else:
             byte_shape = gguf.quant_shape_to_byte_shape(shape, t)
-            writer.add_tensor_info(gg + ".weight", byte_shape, np.dtype(np.uint8),
+            writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8),
                                    int(np.prod(byte_shape)), raw_dtype=t)
     # Pass 2 streams: header, key-values, tensor infos, then each tensor's bytes in order.
     writer.write_header_to_file()
