@@ -117,3 +117,10 @@ def test_a_learner_router_drops_the_segmented_decoder(qwen3):
     engine.set_router(None)
     assert engine.decode_path == "segments"
     assert engine.generate(PROMPT, GREEDY) == expected
+
+
+def test_one_new_token_makes_no_decoder(qwen3):
+    path, expected = qwen3
+    engine = Engine.from_pretrained(path, device="cpu", decode="segments")
+    assert engine.generate(PROMPT, GenerationConfig(max_new_tokens=1, stop_token_ids=())) == expected[:1]
+    assert engine._decoder is None

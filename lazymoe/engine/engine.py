@@ -212,7 +212,9 @@ class Engine:
         stop_ids, sampler = self._stop_ids(gen), Sampler(gen, self.device)
         if self.runtime.prefetcher is not None:
             self.runtime.prefetcher.reset_pending()
-        decoder = self._decoder_for(len(prompt_ids) + gen.max_new_tokens)
+        decoder = None  # one token needs no decode step (and no graphs captured for it)
+        if gen.max_new_tokens > 1:
+            decoder = self._decoder_for(len(prompt_ids) + gen.max_new_tokens)
         cache = DynamicCache(config=self.model.config)
         ids = torch.tensor([prompt_ids], device=self.device)
         new: list[int] = []
