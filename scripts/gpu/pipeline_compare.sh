@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One machine, one session: lazymoe (CUDA-graph decode and the eager path) and llama.cpp --cpu-moe
 # (llama-bench, built by CMake from the vendored source of llama-cpp-python's sdist) on the same
-# random-weight Qwen3-30B-A3B shapes, BF16 for both, uniform then Zipf routing.
+# random-weight model shapes (SHAPE, default qwen3-30b-a3b; also olmoe-1b-7b-shapes), BF16 for
+# both, uniform then Zipf routing. PLACEMENTS=1 and BASELINES=1 add rows (see below).
 # Run detached by scripts/gpu/launch.sh (PIPELINE=pipeline_compare.sh); watch with scripts/gpu/wait.sh.
+# Needs .device/h7 carried: whl/ (gguf, diskcache) and llama_cpp_python-0.3.36-slim.tar.gz.
 set -uo pipefail
 R=${R:-/tmp/h7res}; M=${M:-/dev/shm/h7model}; H7=${H7:-.device/h7}; mkdir -p $R
 SHAPE=${SHAPE:-qwen3-30b-a3b}; LB=/tmp/lb; SRC=/tmp/llama_src/llama_cpp_python-0.3.36
@@ -26,11 +28,18 @@ wait $BUILD; tail -1 $R/cmake.log; echo "pipeline: build done $(ts)"
 bash scripts/gpu/info.sh $R > $R/info.log 2>&1; echo "pipeline: info done $(ts)"
 timeout 240 python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu -k "vram or graphs" > $R/gpu_tests.log 2>&1
 echo "pipeline: gpu tests rc=$? $(tail -1 $R/gpu_tests.log) $(ts)"
-run() { echo "pipeline: lazymoe $1 $(ts)"; shift; python3 -m lazymoe bench --model $M --engines lazymoe $COMMON "$@" 2>&1 | grep "^|"; }
-run "uniform 8 gpu graphs+model" --budgets 8 --placements gpu --decodes auto model --note "routing uniform" --out $R/lazymoe_uniform_8.json
-run "uniform 5 12 gpu graphs" --budgets 5 12 --placements gpu --note "routing uniform" --out $R/lazymoe_uniform_5_12.json
+run() { echo "pipeline: $1 $(ts)"; shift; python3 -m lazymoe bench --model $M $COMMON "$@" 2>&1 | grep "^|"; }
+L="--engines lazymoe"
+run "lazymoe uniform 8 gpu graphs+model" $L --budgets 8 --placements gpu --decodes auto model --note "routing uniform" --out $R/lazymoe_uniform_8.json
+run "lazymoe uniform 5 12 gpu graphs" $L --budgets 5 12 --placements gpu --note "routing uniform" --out $R/lazymoe_uniform_5_12.json
+if [ -n "${PLACEMENTS:-}" ]; then  # PLACEMENTS=1: the eager cpu/auto placements too
+  run "lazymoe uniform 8 cpu auto" $L --budgets 8 --placements cpu auto --note "routing uniform" --out $R/lazymoe_uniform_8_cpu_auto.json
+fi
+if [ -n "${BASELINES:-}" ]; then  # BASELINES=1: transformers' full model and accelerate's offload
+  run "transformers full + accelerate offload" --engines hf-full hf-offload --budgets 8 --note "routing uniform" --out $R/lazymoe_uniform_hf.json
+fi
 python3 -m lazymoe.bench.writer $SHAPE $M --routing zipf --set-routing
-run "zipf 8 gpu graphs+model" --budgets 8 --placements gpu --decodes auto model --note "routing zipf" --out $R/lazymoe_zipf_8.json
+run "lazymoe zipf 8 gpu graphs+model" $L --budgets 8 --placements gpu --decodes auto model --note "routing zipf" --out $R/lazymoe_zipf_8.json
 rm -rf $M
 
 # llama.cpp: the same bits as GGUF
