@@ -130,3 +130,20 @@ def test_the_cli_runs_a_plan_and_saves_the_results(tiny_dir, tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["notes"] == ["from a test"] and doc["results"][0]["ok"]
     assert "| lazymoe" in capsys.readouterr().out
+
+
+def test_saving_results_is_atomic_and_keeps_the_files_mode(tmp_path, monkeypatch):
+    path = tmp_path / "results.json"
+    harness.save({"schema": harness.SCHEMA, "results": [1]}, path)
+    path.chmod(0o640)
+    harness.save({"schema": harness.SCHEMA, "results": [1, 2]}, path)
+    assert json.loads(path.read_text())["results"] == [1, 2] and path.stat().st_mode & 0o777 == 0o640
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(harness.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        harness.save({"schema": harness.SCHEMA, "results": []}, path)
+    assert json.loads(path.read_text())["results"] == [1, 2]  # the previous file, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left

@@ -9,7 +9,7 @@ import statistics
 
 import pytest
 
-from lazymoe.bench import llamabench, report
+from lazymoe.bench import harness, llamabench, report
 from lazymoe.bench.llamabench import merge_into, parse_llama_bench
 
 CPU_MOE = r"\.ffn_(up|down|gate)_exps=CPU"
@@ -314,7 +314,7 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temp_file(
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(llamabench.os, "replace", crash)
+    monkeypatch.setattr(harness.os, "replace", crash)  # merge_into writes through harness.save
     with pytest.raises(OSError, match="disk full"):
         merge_into(results_path, rows, command="c", note="n")
     assert results_path.read_text() == before

@@ -124,3 +124,4 @@ def test_one_new_token_makes_no_decoder(qwen3):
     engine = Engine.from_pretrained(path, device="cpu", decode="segments")
     assert engine.generate(PROMPT, GenerationConfig(max_new_tokens=1, stop_token_ids=())) == expected[:1]
     assert engine._decoder is None
+

@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shlex
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
-from lazymoe.bench.harness import SCHEMA
+from lazymoe.bench.harness import SCHEMA, save
 
 # `-ot PATTERN=CPU` on the expert tensors (llama-bench prints overrides as "pattern=BUFT;...")
 EXPERTS_ON_CPU = re.compile(r"exps[^=;]*=CPU(;|$)")
@@ -244,15 +242,7 @@ def merge_into(results_path: str | Path, rows: list[dict], *, command: str, note
     document.setdefault("notes", [])
     if note not in document["notes"]:
         document["notes"].append(note)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(document, f, indent=1, default=str)
-        os.chmod(tmp, path.stat().st_mode & 0o777)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save(document, path)  # atomic: an interrupted merge leaves the old file
     return document
 
 

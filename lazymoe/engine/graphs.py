@@ -87,14 +87,13 @@ class StaticKV:
 
 
 class SegmentedDecoder:
-    """One decode token at a time through the layer loop above; `graphs=True` captures it."""
+    """One decode token at a time through the layer loop above; `graphs=True` captures it.
+
+    Made by `Engine._decoder_for`, after `Engine._resolve_decode_path` has checked that the
+    engine can run it (`unsupported_reason`, and a CUDA device for graphs).
+    """
 
     def __init__(self, engine, max_len: int, graphs: bool) -> None:
-        reason = unsupported_reason(engine)
-        if reason is not None:
-            raise ValueError(f"the segmented decoder cannot run this engine: {reason}")
-        if graphs and engine.device.type != "cuda":
-            raise ValueError("decode='graphs' needs a CUDA device: use 'segments' or 'model'")
         model, cfg = engine.model, engine.model.config
         self.base, self.lm_head = model.model, model.lm_head
         self.layers = list(self.base.layers)
@@ -115,8 +114,7 @@ class SegmentedDecoder:
         self.index_host = torch.zeros(n, 2, k, dtype=torch.long, pin_memory=pin)  # slots, positions
         self.index = torch.zeros(n, 2, k, dtype=torch.long, device=device)
         self._ids_np, self._index_np = self.ids_host.numpy(), self.index_host.numpy()  # no copies
-        pool = self.runtime.tiers.device.pool
-        self.pool = pool
+        pool = self.pool = self.runtime.tiers.device.pool
         self.workspace = self.runtime.workspace or kernels.DecodeWorkspace(k, pool.gate_up, pool.down)
         params = inspect.signature(self.layers[0].self_attn.forward).parameters
         self.cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.2x

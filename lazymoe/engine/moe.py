@@ -123,10 +123,7 @@ class ExpertRuntime:
             protected = frozenset((layer, e) for e in chunk)
             plan = []
             for e in chunk:
-                slot = self.tiers.lookup((layer, e))
-                if slot is None and self._compute_where(len(rows[e])) == "device":
-                    slot = self.tiers.fetch((layer, e), protected)
-                plan.append((e, slot))
+                plan.append((e, self._device_slot((layer, e), len(rows[e]), protected)))
             if guess is not None and c == len(chunks) - 1:
                 self._prefetch(guess[0], guessed, protected)
             if self.kernel == "reference":
@@ -143,7 +140,8 @@ class ExpertRuntime:
         self, layer: int, ids: list[int], guess_layer: int | None, guessed: list[int]
     ) -> tuple[list[int], list[int]]:
         """The host half of one decode step's layer, for a caller that computes on the device
-        itself (the graph decoder): look up (or fetch) each chosen expert, start the prefetch of
+        itself (the graph decoder, placement "gpu" only, so every miss is fetched into a slot):
+        look up (or fetch) each chosen expert, start the prefetch of
         the guessed next-layer experts, make the compute stream wait for the copies.
 
         ids: the router's K distinct expert ids for the one token, in top-k order.
@@ -157,12 +155,7 @@ class ExpertRuntime:
         if self.prefetcher is not None:
             self.prefetcher.score(layer, set(experts))
         protected = frozenset((layer, e) for e in experts)
-        slots = []
-        for e in experts:
-            slot = self.tiers.lookup((layer, e))
-            if slot is None:
-                slot = self.tiers.fetch((layer, e), protected)
-            slots.append(slot)
+        slots = [self._device_slot((layer, e), 1, protected) for e in experts]  # placement "gpu"
         if guess_layer is not None and self.prefetcher is not None:
             self._prefetch(guess_layer, guessed, protected)
         stream = torch.cuda.current_stream() if self.tiers.on_gpu else None  # looked up once
@@ -170,6 +163,14 @@ class ExpertRuntime:
             self.tiers.device_weights(slot, stream)  # GPU: compute waits for copies into it
         self.computed_on["device"] += len(slots)
         return slots, [positions[e] for e in experts]
+
+    def _device_slot(self, key, n_rows: int, protected: frozenset) -> int | None:
+        """`key`'s device slot: a hit, or a miss fetched into one; None for a miss that
+        placement computes on the CPU instead."""
+        slot = self.tiers.lookup(key)
+        if slot is None and self._compute_where(n_rows) == "device":
+            slot = self.tiers.fetch(key, protected)
+        return slot
 
     def _compute_device(self, out, hidden, top_k_weights, rows, on_device) -> None:
         """The fast paths (kernels.py) for experts whose weights are in device slots."""
