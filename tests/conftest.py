@@ -40,5 +40,11 @@ def cuda_available() -> bool:
         return False
 
 
+# Without a GPU, Triton kernels (lazymoe.engine.triton_kernels) run under Triton's interpreter.
+# It must be chosen before Triton compiles anything, so here, before any test imports lazymoe.
+if not cuda_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
 requires_gpu = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
 QUICK = os.environ.get("LAZYMOE_QUICK") == "1"

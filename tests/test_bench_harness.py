@@ -96,6 +96,15 @@ def test_each_decode_path_gets_its_own_labelled_row(tiny_dir):
         ("lazymoe gpu", "auto"), ("lazymoe gpu (model)", "model")]
 
 
+def test_each_kernel_gets_its_own_labelled_row(tiny_dir):
+    entry = harness.ModelEntry.from_dir(tiny_dir)
+    plan = harness.BenchPlan(models=[entry], engines=("lazymoe",), gpu=True, placements=("gpu",),
+                             kernels=("auto", "batched"), vram_budgets_gb=(8.0,), include_resident=False)
+    specs = harness.build_specs(plan, llama_ok=False)
+    assert [(s["label"], s["options"]["kernel"]) for s in specs] == [
+        ("lazymoe gpu", None), ("lazymoe gpu [batched]", "batched")]
+
+
 @pytest.mark.skipif(not (paths.bundled_model_dir() / "config.json").is_file(),
                     reason="the bundled model is not built (python -m lazymoe.models.prepare)")
 def test_the_bundled_model_runs_through_lazymoe_and_llama_cpp(tmp_path, monkeypatch):

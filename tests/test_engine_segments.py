@@ -39,6 +39,18 @@ def test_segments_give_the_full_models_tokens(qwen3, n_slots, prefetch):
     assert engine.stats().tokens == NEW_TOKENS
 
 
+@pytest.mark.parametrize("arch", ["olmoe", "mixtral"])
+@pytest.mark.parametrize("n_slots", [2, None])
+def test_segments_run_olmoe_and_mixtral_too(tmp_path, arch, n_slots):
+    """Same layer form (norm, attention, norm, routed experts): OLMoE's q/k norms over the
+    whole projection, Mixtral's renormalized top-2; both give the full model's tokens."""
+    path = make_random_checkpoint(tmp_path / arch, arch=arch, seed=3)
+    expected = reference_greedy(full_model(path), PROMPT, NEW_TOKENS)
+    budget = None if n_slots is None else n_slots * EXPERT_BYTES
+    engine = Engine.from_pretrained(path, device="cpu", vram_budget=budget, decode="segments")
+    assert engine.generate(PROMPT, GREEDY) == expected
+
+
 def test_segments_keep_the_same_cache_book_as_the_model_path(qwen3):
     """Same lookups, fetches and prefetches in the same order: identical counters."""
     path, _ = qwen3

@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decodes", nargs="+", default=["auto"],
                         choices=["auto", "model", "segments", "graphs"],
                         help="lazymoe decode paths on a GPU (auto: CUDA graphs where they apply)")
+    parser.add_argument("--kernels", nargs="+", default=["auto"], choices=["auto", "batched", "fused"],
+                        help="lazymoe expert kernels on a GPU (auto: fused where Triton runs)")
     parser.add_argument("--budgets", nargs="+", type=float, default=[5.0, 8.0, 12.0], metavar="GB",
                         help="VRAM budgets for lazymoe, in GB (1e9 bytes)")
     parser.add_argument("--no-resident", action="store_true",
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     plan = BenchPlan(
         models=[ModelEntry.from_dir(d, dtype=args.dtype) for d in model_dirs],
-        engines=tuple(args.engines), placements=tuple(args.placements), decodes=tuple(args.decodes),
+        engines=tuple(args.engines), placements=tuple(args.placements), decodes=tuple(args.decodes), kernels=tuple(args.kernels),
         vram_budgets_gb=tuple(args.budgets), prompt_tokens=args.prompt_tokens,
         new_tokens=args.new_tokens, repeats=args.repeats, warmup=args.warmup,
         n_threads=args.threads, timeout_s=args.timeout, notes=list(args.note),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import os
 import subprocess
@@ -73,6 +74,7 @@ class BenchPlan:
     engines: tuple[str, ...] = ENGINE_CHOICES
     placements: tuple[str, ...] = ("gpu", "cpu", "auto")
     decodes: tuple[str, ...] = ("auto",)  # lazymoe decode paths on a GPU (EngineConfig.decode)
+    kernels: tuple[str, ...] = ("auto",)  # lazymoe expert kernels on a GPU (EngineConfig.kernel)
     vram_budgets_gb: tuple[float, ...] = (5.0, 8.0, 12.0)
     prompt_tokens: int = 64
     new_tokens: int = 32
@@ -165,9 +167,11 @@ def build_specs(plan: BenchPlan, llama_ok: bool) -> list[dict]:
             if plan.gpu:  # budgets outer: the first budget's row of every placement comes first
                 for budget in plan.vram_budgets_gb:
                     for placement in plan.placements:
-                        for decode in plan.decodes:
+                        for decode, kernel in itertools.product(plan.decodes, plan.kernels):
                             label = f"lazymoe {placement}" + ("" if decode == "auto" else f" ({decode})")
+                            label += "" if kernel == "auto" else f" [{kernel}]"
                             add(label, "lazymoe", {**base, "placement": placement, "decode": decode,
+                                "kernel": None if kernel == "auto" else kernel,
                                 "vram_budget": int(budget * GB), "device": "cuda"}, budget, placement)
                 if plan.include_resident:
                     add("lazymoe all resident", "lazymoe", {**base, "device": "cuda"}, None, "gpu")

@@ -19,6 +19,7 @@ class LazyMoeRunSpec:
     policy: str = "lru"
     prefetch: bool = True
     decode: str = "auto"  # auto | model | segments | graphs (lazymoe.engine.graphs)
+    kernel: str | None = None  # None: the engine's default (lazymoe.engine.kernels)
 
     def __post_init__(self) -> None:
         if self.placement not in ("gpu", "cpu", "auto"):
@@ -36,7 +37,7 @@ class LazyMoeRunner:
         self.engine = Engine(EngineConfig(
             model_path=spec.model_path, device=spec.device, dtype=spec.dtype,
             vram_budget=spec.vram_budget, ram_budget=spec.ram_budget, placement=spec.placement,
-            policy=spec.policy, prefetch=spec.prefetch, decode=spec.decode,
+            policy=spec.policy, prefetch=spec.prefetch, decode=spec.decode, kernel=spec.kernel,
         ))
 
     def stream(self, prompt_ids: list[int], max_new_tokens: int) -> Iterator[int]:
@@ -66,6 +67,7 @@ class LazyMoeRunner:
                 "tokens", "prefill_tok_s", "decode_tok_s")
         out = {f"engine_{k}" if k.endswith("tok_s") else k: as_dict.get(k) for k in keep if k in as_dict}
         out["decode_path"] = self.engine.decode_path
+        out["kernel"] = self.engine.runtime.kernel
         return out
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lazymoe import paths
+from lazymoe.engine.config import KERNELS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,9 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experts-path", default=None,
                         help="experts extracted by lazymoe.engine.extract (e.g. int8: fewer bytes per miss)")
     parser.add_argument("--no-prefetch", action="store_true", help="turn prefetch off")
-    parser.add_argument("--kernel", default=None, choices=["reference", "grouped", "batched"],
-                        help="how resident experts are computed (default: batched on a GPU, "
-                        "grouped on a CPU)")  # fmt: skip
+    parser.add_argument("--kernel", default=None, choices=list(KERNELS),
+                        help="how resident experts are computed (default: fused on a GPU with "
+                        "Triton, else batched; grouped on a CPU)")  # fmt: skip
     parser.add_argument("--decode", default="auto", choices=["auto", "model", "segments", "graphs"],
                         help="how a decode token runs (default auto: CUDA graphs on a GPU where "
                         "they apply, else transformers' forward)")  # fmt: skip

@@ -20,7 +20,7 @@ _UNITS = {
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
 PLACEMENTS = ("gpu", "cpu", "auto")
-KERNELS = ("reference", "grouped", "batched")  # see lazymoe.engine.kernels
+KERNELS = ("reference", "grouped", "batched", "fused")  # see lazymoe.engine.kernels
 DECODE_PATHS = ("auto", "model", "segments", "graphs")  # see lazymoe.engine.graphs
 
 
@@ -69,8 +69,9 @@ class EngineConfig:
         experts from the checkpoint's own safetensors.
     kernel: how a layer's resident experts are computed (lazymoe.engine.kernels): "reference"
         (one expert at a time, the simple path), "grouped" (prefill rows sorted by expert; decode
-        a plain loop), "batched" (decode: gather the chosen slots, two batched matmuls); None:
-        "batched" on a GPU, "grouped" on a CPU.
+        a plain loop), "batched" (decode: gather the chosen slots, two batched matmuls), "fused"
+        (decode: Triton kernels reading the slots in place, GPU only); None: "fused" on a GPU
+        with Triton ("batched" without it), "grouped" on a CPU.
     decode: how a decode token runs (lazymoe.engine.graphs): "model" (transformers' forward, one
         eager call per module), "segments" (the engine's own layer loop, cut at the routers),
         "graphs" (that loop captured as CUDA graphs: one launch per layer instead of ~100);

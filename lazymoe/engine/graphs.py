@@ -28,14 +28,17 @@ for token against transformers); decode="graphs" captures it (CUDA only).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 
 import torch
 
-from lazymoe.engine import kernels
+from lazymoe.engine import kernels, triton_kernels
 
-GRAPH_ARCHS = ("qwen3_moe",)  # decoder layers of the plain norm -> attention -> norm -> MoE form
+# decoder layers of the plain norm -> attention -> norm -> routed-experts form, whose router
+# returns (logits, top-k weights, top-k ids); Qwen2-MoE's shared expert is outside this loop
+GRAPH_ARCHS = ("qwen3_moe", "olmoe", "mixtral")
 
 
 def unsupported_reason(engine) -> str | None:
@@ -120,6 +123,8 @@ class SegmentedDecoder:
         self.cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.2x
         self.state: list[tuple | None] = [None] * n  # per layer: (moe input, residual, weights)
         self.rope = None
+        # kernel "fused": the model's RMSNorms run as one Triton kernel each inside the segments
+        self.norms = self._triton_norms() if self.workspace.fused else []
         self.logits = None
         self.cuda_graphs: list[torch.cuda.CUDAGraph] = []
         # host seconds per part of a step: waiting for the GPU (the router's ids), the cache's
@@ -177,10 +182,44 @@ class SegmentedDecoder:
         )  # fmt: skip
         return out
 
+    def _triton_norms(self) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]:
+        """(parent, name, Triton stand-in) for every RMSNorm the segments call."""
+        found = [(self.base, "norm")]
+        for layer in self.layers:
+            found += [(layer, "input_layernorm"), (layer, "post_attention_layernorm")]
+            found += [
+                (layer.self_attn, name)
+                for name in ("q_norm", "k_norm")
+                if hasattr(layer.self_attn, name)
+            ]
+        swaps = []
+        for parent, name in found:
+            norm = getattr(parent, name)
+            if (
+                type(norm).__name__.endswith("RMSNorm")
+                and norm.weight.dtype == self.pool.gate_up.dtype
+            ):
+                swaps.append((parent, name, triton_kernels.TritonRMSNorm(norm)))
+        return swaps
+
+    @contextlib.contextmanager
+    def _swapped_norms(self):
+        """The Triton RMSNorms in place of the model's while segments run or are captured; the
+        model (which prefill still runs through transformers) gets its own back afterwards."""
+        originals = [getattr(parent, name) for parent, name, _ in self.norms]
+        try:
+            for parent, name, triton_norm in self.norms:
+                setattr(parent, name, triton_norm)
+            yield
+        finally:
+            for (parent, name, _), original in zip(self.norms, originals, strict=True):
+                setattr(parent, name, original)
+
     def _run(self, i: int) -> None:
         if self.graphs:
             self.cuda_graphs[i].replay()
-        else:
+            return
+        with self._swapped_norms():
             self._segment(i)
 
     def _capture(self) -> None:
@@ -191,17 +230,18 @@ class SegmentedDecoder:
         n = len(self.layers)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        with self._swapped_norms():
+            with torch.cuda.stream(side):  # also compiles the Triton kernels, before any capture
+                for i in range(n + 1):
+                    self._segment(i)
+            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.synchronize()
+            pool = torch.cuda.graph_pool_handle()  # one memory pool: segments replay in order
             for i in range(n + 1):
-                self._segment(i)
-        torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
-        pool = torch.cuda.graph_pool_handle()  # one memory pool: segments replay in order
-        for i in range(n + 1):
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self._segment(i)
-            self.cuda_graphs.append(graph)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self._segment(i)
+                self.cuda_graphs.append(graph)
 
     # -- one token -------------------------------------------------------------------------------
     def load_prefill(self, cache, length: int) -> None:

@@ -1,7 +1,7 @@
 """How one layer's chosen experts are computed once their weights sit in the slot pool.
 
 `ExpertRuntime` decides *where* each expert's weights are (bookkeeping, on the host); the
-functions here do the arithmetic. Three ways, all giving transformers' result:
+functions here do the arithmetic. Four ways, all giving transformers' result:
 
   "reference"  one expert at a time, index tensors built per expert: the simple path the
                others are tested against (`moe.ExpertRuntime._add`).
@@ -17,6 +17,11 @@ functions here do the arithmetic. Three ways, all giving transformers' result:
         y   = bmm(down[slots], a)             (A, D, I) @ (A, I, 1)  -> (A, D)
         out = sum over the A experts of w_a * y_a
 
+  "fused"      (T = 1, decode, GPU with Triton) the same sums by two Triton kernels that read
+               each chosen expert where it lies in the pool: no gather, no workspace of K
+               experts (`triton_kernels.fused_decode`); the graph decoder also runs the
+               model's RMSNorms as one kernel each. Other token counts go the grouped way.
+
 The batched path launches a fixed handful of kernels per layer instead of ~6 per expert, which
 is what a GPU needs (launch cost ~5-10 us each). The gather copies the A experts once more, so
 on a CPU, where decode is bound by memory bandwidth and launches cost nothing, the per-expert
@@ -28,7 +33,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lazymoe.engine.config import KERNELS  # noqa: F401  (re-exported: the valid names)
+from lazymoe.engine import triton_kernels
+from lazymoe.engine.config import KERNELS
+
+DECODE_KERNELS = ("batched", "fused")  # the ones with a one-token path over device slots
 
 
 def expert_fused(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, act) -> torch.Tensor:
@@ -37,22 +45,49 @@ def expert_fused(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, act
     return F.linear(act(gate) * up, down)
 
 
-def default_kernel(device: torch.device) -> str:
-    """The default kernel: "batched" on a GPU (launches dominate), "grouped" on a CPU."""
-    return "batched" if device.type == "cuda" else "grouped"
+def default_kernel(device: torch.device, dtype: torch.dtype | None = None, act=None) -> str:
+    """The default kernel: on a GPU "fused" where Triton can run it, else "batched" (launches
+    dominate there); "grouped" on a CPU."""
+    if device.type != "cuda":
+        return "grouped"
+    if triton_kernels.unavailable_reason(device, dtype or torch.float32, act) is None:
+        return "fused"
+    return "batched"
+
+
+def check_kernel(kernel: str, device: torch.device, dtype: torch.dtype, act) -> None:
+    """Raise a ValueError naming the problem when `kernel` cannot run here."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel={kernel!r}: choose one of {', '.join(KERNELS)}")
+    if kernel == "fused":
+        reason = triton_kernels.unavailable_reason(device, dtype, act)
+        if reason:
+            raise ValueError(f"kernel='fused' cannot run here: {reason}. Use kernel='batched'.")
 
 
 class DecodeWorkspace:
-    """Preallocated buffers for the batched decode path: `top_k` experts' worth, made once.
+    """Preallocated buffers for the one-token decode paths, made once.
 
-    ws_gate_up (K, 2I, D) and ws_down (K, D, I) on the pool's device: K * expert bytes of
-    workspace next to the pool; slot and position indices staged through a pinned host buffer.
+    "batched": ws_gate_up (K, 2I, D) and ws_down (K, D, I) on the pool's device, K * expert
+    bytes next to the pool, that the gather fills. "fused": only the activations h (K, I).
+    Slot and position indices are staged through a pinned host buffer.
     """
 
-    def __init__(self, top_k: int, pool_gate_up: torch.Tensor, pool_down: torch.Tensor) -> None:
+    def __init__(
+        self,
+        top_k: int,
+        pool_gate_up: torch.Tensor,
+        pool_down: torch.Tensor,
+        kernel: str = "batched",
+    ) -> None:
         device, dtype = pool_gate_up.device, pool_gate_up.dtype
-        self.gate_up = torch.empty((top_k, *pool_gate_up.shape[1:]), dtype=dtype, device=device)
-        self.down = torch.empty((top_k, *pool_down.shape[1:]), dtype=dtype, device=device)
+        self.fused = kernel == "fused"
+        gather = (0,) if self.fused else (top_k,)  # the fused kernel reads the pool in place
+        self.gate_up = torch.empty((*gather, *pool_gate_up.shape[1:]), dtype=dtype, device=device)
+        self.down = torch.empty((*gather, *pool_down.shape[1:]), dtype=dtype, device=device)
+        self.h = torch.empty(
+            (top_k if self.fused else 0, pool_down.shape[2]), dtype=dtype, device=device
+        )
         pin = device.type == "cuda"
         self.index_host = torch.zeros(2, top_k, dtype=torch.long, pin_memory=pin)  # (slot, k) rows
         self.index_dev = torch.zeros(2, top_k, dtype=torch.long, device=device)
@@ -60,7 +95,7 @@ class DecodeWorkspace:
 
     @property
     def nbytes(self) -> int:
-        return self.gate_up.nbytes + self.down.nbytes  # bytes
+        return self.gate_up.nbytes + self.down.nbytes + self.h.nbytes  # bytes
 
 
 def batched_decode(
@@ -107,7 +142,13 @@ def batched_decode_indexed(
     act,
 ) -> None:
     """`batched_decode` with the slots and positions already in device tensors (A,): no host
-    values at all, so a CUDA graph can capture it and replay it with new indices."""
+    values at all, so a CUDA graph can capture it and replay it with new indices. A "fused"
+    workspace sends it to the Triton kernels."""
+    if ws.fused:
+        triton_kernels.fused_decode(
+            out, hidden, top_k_weights, slot_t, pos_t, pool_gate_up, pool_down, ws.h
+        )
+        return
     n = slot_t.shape[0]
     gate_up = torch.index_select(pool_gate_up, 0, slot_t, out=ws.gate_up[:n])  # (A, 2I, D)
     down = torch.index_select(pool_down, 0, slot_t, out=ws.down[:n])  # (A, D, I)

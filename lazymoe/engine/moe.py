@@ -80,12 +80,12 @@ class ExpertRuntime:
         self.expert_flops_per_token = expert_flops_per_token
         self.computed_on: defaultdict[str, int] = defaultdict(int)  # "device"/"cpu" -> experts
         pool = tiers.device.pool
-        self.kernel = kernel or kernels.default_kernel(pool.device)
-        if self.kernel not in kernels.KERNELS:
-            raise ValueError(f"kernel={self.kernel!r}: choose one of {', '.join(kernels.KERNELS)}")
-        self.workspace = None  # the batched decode path's gather buffers, made once
-        if self.kernel == "batched":
-            self.workspace = kernels.DecodeWorkspace(top_k, pool.gate_up, pool.down)
+        dtype = pool.gate_up.dtype
+        self.kernel = kernel or kernels.default_kernel(pool.device, dtype, act)
+        kernels.check_kernel(self.kernel, pool.device, dtype, act)
+        self.workspace = None  # the one-token decode path's buffers, made once
+        if self.kernel in kernels.DECODE_KERNELS:
+            self.workspace = kernels.DecodeWorkspace(top_k, pool.gate_up, pool.down, self.kernel)
 
     def _compute_where(self, n_tokens: int) -> str:
         """Where a device-tier miss is computed: "device" (fetch it) or "cpu"."""
@@ -181,7 +181,7 @@ class ExpertRuntime:
             self.tiers.device_weights(slot)  # GPU: wait for copies into the slot
         self.computed_on["device"] += len(on_device)
         one_row_each = all(len(rows[e]) == 1 for e, _ in on_device)  # a router may repeat one
-        if out.shape[0] == 1 and self.kernel == "batched" and one_row_each:
+        if out.shape[0] == 1 and self.kernel in kernels.DECODE_KERNELS and one_row_each:
             slots = [slot for _, slot in on_device]
             positions = [rows[e][0][1] for e, _ in on_device]
             kernels.batched_decode(

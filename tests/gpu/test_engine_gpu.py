@@ -110,3 +110,74 @@ def test_bf16_graphs_stay_close_to_the_bf16_model_path(checkpoint):
         step = torch.tensor([[token]], device="cuda")
         want = engine.model(input_ids=step, past_key_values=cache, use_cache=True).logits[0, -1].float()
     assert (got - want).abs().max() <= 0.05 * want.abs().max(), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("kernel", ["batched", "fused"])
+@pytest.mark.parametrize("n_slots", [2, None])
+@pytest.mark.parametrize("decode", ["model", "graphs"])
+def test_both_decode_kernels_give_the_full_models_tokens(checkpoint, kernel, n_slots, decode):
+    """ "fused" (Triton, the GPU default) and "batched" (gather + bmm) on both decode paths."""
+    path, expected = checkpoint
+    engine = Engine.from_pretrained(
+        path, device="cuda", vram_budget=None if n_slots is None else n_slots * EXPERT_BYTES,
+        kernel=kernel, decode=decode,
+    )  # fmt: skip
+    assert engine.runtime.kernel == kernel
+    assert engine.generate(PROMPT, GREEDY) == expected
+
+
+def test_fused_is_the_gpu_default():
+    from lazymoe.engine import kernels
+
+    assert kernels.default_kernel(torch.device("cuda"), torch.bfloat16, torch.nn.SiLU()) == "fused"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_kernel_at_qwen3_30b_expert_shapes(dtype):
+    """Qwen3-30B-A3B's expert shapes (D 2048, I 768, 8 of 32 slots): the Triton kernels against
+    the gather + bmm path; bf16 within a few bf16 steps of the largest output."""
+    from lazymoe.engine import kernels
+
+    torch.manual_seed(0)
+    d, i, k = 2048, 768, 8
+    gate_up = (torch.randn(32, 2 * i, d, device="cuda") / d**0.5).to(dtype)
+    down = (torch.randn(32, d, i, device="cuda") / i**0.5).to(dtype)
+    x = torch.randn(1, d, device="cuda").to(dtype)
+    weights = torch.softmax(torch.randn(1, k, device="cuda"), -1).to(dtype)
+    slots = torch.tensor([3, 7, 8, 12, 19, 20, 27, 31], device="cuda")
+    pos = torch.randperm(k, device="cuda")
+    outs = {}
+    for kernel in ("batched", "fused"):
+        ws = kernels.DecodeWorkspace(k, gate_up, down, kernel)
+        outs[kernel] = torch.zeros(1, d, device="cuda", dtype=dtype)
+        kernels.batched_decode_indexed(
+            outs[kernel], x, weights, slots, pos, gate_up, down, ws, torch.nn.SiLU()
+        )
+    scale = outs["batched"].abs().max().item()
+    tol = 1e-5 if dtype == torch.float32 else 4 * 2**-8
+    assert (outs["fused"].float() - outs["batched"].float()).abs().max().item() <= tol * scale
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_rms_norm_on_the_gpu(dtype):
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeRMSNorm
+
+    from lazymoe.engine.triton_kernels import TritonRMSNorm
+
+    norm = Qwen3MoeRMSNorm(2048).to("cuda", dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(2048))
+    x = (torch.randn(3, 1, 2048, device="cuda") * 4).to(dtype)
+    want, got = norm(x).float(), TritonRMSNorm(norm)(x).float()
+    tol = 1e-5 if dtype == torch.float32 else 2**-7  # one bf16 step at most
+    assert ((got - want).abs() <= tol * want.abs().clamp_min(1)).all()
+
+
+@pytest.mark.parametrize("arch", ["olmoe", "mixtral"])
+def test_graphs_run_olmoe_and_mixtral(tmp_path, arch):
+    path = make_random_checkpoint(tmp_path / arch, arch=arch, seed=5)
+    expected = reference_greedy(full_model(path, device="cuda"), PROMPT, GREEDY.max_new_tokens)
+    resident = Engine.from_pretrained(path, device="cuda", decode="graphs")
+    assert resident.generate(PROMPT, GREEDY) == expected
+    tight = Engine.from_pretrained(path, device="cuda", vram_budget=2 * resident.expert_nbytes, decode="graphs")
+    assert tight.generate(PROMPT, GREEDY) == expected and tight.stats().misses > 0
