@@ -105,6 +105,14 @@ def test_each_kernel_gets_its_own_labelled_row(tiny_dir):
         ("lazymoe gpu", None), ("lazymoe gpu [batched]", "batched")]
 
 
+def test_a_pinned_checkpoint_is_labelled(tiny_dir):
+    entry = harness.ModelEntry.from_dir(tiny_dir)
+    plan = harness.BenchPlan(models=[entry], engines=("lazymoe",), gpu=True, placements=("gpu",),
+                             pin_checkpoint=True, vram_budgets_gb=(8.0,), include_resident=False)
+    [spec] = harness.build_specs(plan, llama_ok=False)
+    assert spec["label"] == "lazymoe gpu, pinned file" and spec["options"]["pin_checkpoint"] is True
+
+
 @pytest.mark.skipif(not (paths.bundled_model_dir() / "config.json").is_file(),
                     reason="the bundled model is not built (python -m lazymoe.models.prepare)")
 def test_the_bundled_model_runs_through_lazymoe_and_llama_cpp(tmp_path, monkeypatch):

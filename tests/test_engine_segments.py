@@ -137,3 +137,10 @@ def test_one_new_token_makes_no_decoder(qwen3):
     assert engine.generate(PROMPT, GenerationConfig(max_new_tokens=1, stop_token_ids=())) == expected[:1]
     assert engine._decoder is None
 
+
+
+def test_pin_checkpoint_is_ignored_on_a_cpu(qwen3):
+    path, expected = qwen3
+    engine = Engine.from_pretrained(path, device="cpu", vram_budget=2 * EXPERT_BYTES, pin_checkpoint=True)
+    assert engine.pinned_bytes == 0 and not engine.tiers.direct
+    assert engine.generate(PROMPT, GREEDY) == expected

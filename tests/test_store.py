@@ -284,3 +284,32 @@ def test_the_bundled_model_reads_like_its_own_weights():
     assert store.moe_layers == list(range(model.config.num_hidden_layers))
     last = (store.moe_layers[-1], store.num_experts - 1)
     assert_same(store.read(*last), expected_expert(model, *last))
+
+
+def test_views_are_the_experts_in_place(checkpoints):
+    model, path = checkpoints["qwen3_moe"]
+    store = ExpertStore.open(path)
+    assert_same(store.views(1, 2), expected_expert(model, 1, 2))
+    assert not store.pinned  # nothing is page-locked unless asked
+
+
+def test_an_extracted_store_cannot_be_page_locked(extracted):
+    with pytest.raises(ExpertStoreError, match="does not apply to experts extracted"):
+        ExpertStore.open(extracted).pin_for_cuda()
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_page_locked_checkpoint_copies_straight_to_the_gpu(checkpoints):
+    model, path = checkpoints["qwen3_moe"]
+    store = ExpertStore.open(path)
+    assert store.pin_for_cuda() > 0 and store.pinned
+    views = store.views(0, 3)
+    assert views.gate.is_pinned()  # CUDA sees the mapping as page-locked memory
+    on_gpu = ExpertWeights(*(t.to("cuda", non_blocking=True) for t in vars(views).values()))
+    torch.cuda.synchronize()
+    assert_same(ExpertWeights(*(t.cpu() for t in vars(on_gpu).values())), expected_expert(model, 0, 3))
+    store.close()
+    assert not store.pinned
+    assert store.pin_for_cuda() > 0  # unlocked by close(): the new mapping locks again
+    store.close()

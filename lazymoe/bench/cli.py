@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="lazymoe decode paths on a GPU (auto: CUDA graphs where they apply)")
     parser.add_argument("--kernels", nargs="+", default=["auto"], choices=["auto", "batched", "fused"],
                         help="lazymoe expert kernels on a GPU (auto: fused where Triton runs)")
+    parser.add_argument("--pin-checkpoint", action="store_true",
+                        help="lazymoe on a GPU: page-lock the mapped expert files (EngineConfig.pin_checkpoint)")
     parser.add_argument("--budgets", nargs="+", type=float, default=[5.0, 8.0, 12.0], metavar="GB",
                         help="VRAM budgets for lazymoe, in GB (1e9 bytes)")
     parser.add_argument("--no-resident", action="store_true",
@@ -69,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     plan = BenchPlan(
         models=[ModelEntry.from_dir(d, dtype=args.dtype) for d in model_dirs],
         engines=tuple(args.engines), placements=tuple(args.placements), decodes=tuple(args.decodes), kernels=tuple(args.kernels),
+        pin_checkpoint=args.pin_checkpoint,
         vram_budgets_gb=tuple(args.budgets), prompt_tokens=args.prompt_tokens,
         new_tokens=args.new_tokens, repeats=args.repeats, warmup=args.warmup,
         n_threads=args.threads, timeout_s=args.timeout, notes=list(args.note),

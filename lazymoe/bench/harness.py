@@ -75,6 +75,7 @@ class BenchPlan:
     placements: tuple[str, ...] = ("gpu", "cpu", "auto")
     decodes: tuple[str, ...] = ("auto",)  # lazymoe decode paths on a GPU (EngineConfig.decode)
     kernels: tuple[str, ...] = ("auto",)  # lazymoe expert kernels on a GPU (EngineConfig.kernel)
+    pin_checkpoint: bool = False  # lazymoe on a GPU: EngineConfig.pin_checkpoint, labelled "pinned file"
     vram_budgets_gb: tuple[float, ...] = (5.0, 8.0, 12.0)
     prompt_tokens: int = 64
     new_tokens: int = 32
@@ -170,8 +171,10 @@ def build_specs(plan: BenchPlan, llama_ok: bool) -> list[dict]:
                         for decode, kernel in itertools.product(plan.decodes, plan.kernels):
                             label = f"lazymoe {placement}" + ("" if decode == "auto" else f" ({decode})")
                             label += "" if kernel == "auto" else f" [{kernel}]"
+                            label += ", pinned file" if plan.pin_checkpoint else ""
                             add(label, "lazymoe", {**base, "placement": placement, "decode": decode,
                                 "kernel": None if kernel == "auto" else kernel,
+                                "pin_checkpoint": plan.pin_checkpoint,
                                 "vram_budget": int(budget * GB), "device": "cuda"}, budget, placement)
                 if plan.include_resident:
                     add("lazymoe all resident", "lazymoe", {**base, "device": "cuda"}, None, "gpu")

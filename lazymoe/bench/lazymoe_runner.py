@@ -20,6 +20,7 @@ class LazyMoeRunSpec:
     prefetch: bool = True
     decode: str = "auto"  # auto | model | segments | graphs (lazymoe.engine.graphs)
     kernel: str | None = None  # None: the engine's default (lazymoe.engine.kernels)
+    pin_checkpoint: bool = False  # EngineConfig.pin_checkpoint
 
     def __post_init__(self) -> None:
         if self.placement not in ("gpu", "cpu", "auto"):
@@ -38,6 +39,7 @@ class LazyMoeRunner:
             model_path=spec.model_path, device=spec.device, dtype=spec.dtype,
             vram_budget=spec.vram_budget, ram_budget=spec.ram_budget, placement=spec.placement,
             policy=spec.policy, prefetch=spec.prefetch, decode=spec.decode, kernel=spec.kernel,
+            pin_checkpoint=spec.pin_checkpoint,
         ))
 
     def stream(self, prompt_ids: list[int], max_new_tokens: int) -> Iterator[int]:

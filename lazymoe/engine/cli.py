@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experts-path", default=None,
                         help="experts extracted by lazymoe.engine.extract (e.g. int8: fewer bytes per miss)")
     parser.add_argument("--no-prefetch", action="store_true", help="turn prefetch off")
+    parser.add_argument("--pin-checkpoint", action="store_true",
+                        help="page-lock the mapped expert files for direct copies to the GPU "
+                        "(needs RAM for all of them)")  # fmt: skip
     parser.add_argument("--kernel", default=None, choices=list(KERNELS),
                         help="how resident experts are computed (default: fused on a GPU with "
                         "Triton, else batched; grouped on a CPU)")  # fmt: skip
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
                 vram_budget=args.vram_budget, ram_budget=args.ram_budget,
                 placement=args.placement, policy=args.policy, prefetch=not args.no_prefetch,
                 experts_path=args.experts_path, kernel=args.kernel, decode=args.decode,
+                pin_checkpoint=args.pin_checkpoint,
             )
         )  # fmt: skip
         gen = GenerationConfig(

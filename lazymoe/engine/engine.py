@@ -53,6 +53,16 @@ class Engine:
         self.intermediate = self.spec.expert_width(hf)
         self.hidden = int(hf.hidden_size)
         self.expert_nbytes = expert_nbytes(self.intermediate, self.hidden, self.dtype)  # bytes
+        self.pinned_bytes = 0  # of the checkpoint, page-locked for direct copies (pin_checkpoint)
+        if config.pin_checkpoint and self.device.type == "cuda":
+            self.pinned_bytes = self.store.pin_for_cuda()
+        try:
+            self._build_runtime(config)
+        except BaseException:
+            self.store.close()  # unlock a pinned checkpoint: nothing stays locked after a failure
+            raise
+
+    def _build_runtime(self, config: EngineConfig) -> None:
         self.tiers = self._build_tiers()
         cost_model = None
         if config.placement == "auto" and self.tiers.on_gpu:
@@ -311,6 +321,8 @@ class Engine:
             f"prefetch {'on' if self.runtime.prefetcher else 'off'}, kernel {self.runtime.kernel}, "
             f"decode {self.decode_path}",
         ]
+        if self.pinned_bytes:
+            lines.append(f"checkpoint page-locked for direct copies: {format_bytes(self.pinned_bytes)}")
         for tier in t.tiers:
             lines.append(
                 f"tier {tier.name}: {tier.pool.n_slots} of {self.total_experts} experts "

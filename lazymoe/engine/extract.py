@@ -239,6 +239,16 @@ class ExtractedStore(ExpertStore):
             self._verified.discard((layer, e))
             self.read_raw(layer, e)
 
+    def pin_for_cuda(self) -> int:
+        raise ExpertStoreError(
+            "pin_checkpoint page-locks the checkpoint's own safetensors; it does not apply to "
+            "experts extracted with experts_path: drop one of the two"
+        )
+
+    @property
+    def pinned(self) -> bool:
+        return False
+
     def close(self) -> None:
         for info in self._layers.values():
             info["map"] = None

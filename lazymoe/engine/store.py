@@ -245,11 +245,40 @@ class ExpertStore:
         """Every (layer, expert) the store holds, layer by layer."""
         return sorted(self._locations)
 
+    def _files(self) -> list[SafetensorsFile]:
+        """The files the experts live in, each once, in a stable order."""
+        files = {id(span.file): span.file for spans in self._locations.values() for span in spans.values()}
+        return list(files.values())
+
+    def pin_for_cuda(self) -> int:
+        """Page-lock every expert file's mapping for CUDA (see SafetensorsFile.pin_for_cuda): the
+        tiers then copy misses straight from the mapping to VRAM. Needs RAM for all the files
+        (like llama.cpp's --mlock). Returns the bytes locked; close() unlocks them."""
+        pinned = []
+        try:
+            for file in self._files():
+                file.pin_for_cuda()
+                pinned.append(file)
+        except Exception:
+            for file in pinned:  # nothing stays locked after a failure
+                file.close()
+            raise
+        return sum(file.map().nbytes for file in pinned)
+
+    @property
+    def pinned(self) -> bool:
+        files = self._files()
+        return bool(files) and all(file._pinned for file in files)
+
+    def views(self, layer: int, expert: int) -> ExpertWeights:
+        """One expert's weights as tensors over the mapped file (no copy; read-only use)."""
+        loc = self._where(layer, expert)
+        return ExpertWeights(*(loc[role].view() for role in ("gate", "up", "down")))
+
     def close(self) -> None:
-        """Drop the memory maps (reads after this map the files again)."""
-        for spans in self._locations.values():
-            for span in spans.values():
-                span.file.close()
+        """Drop the memory maps and unlock them (reads after this map the files again)."""
+        for file in self._files():
+            file.close()
 
     def __repr__(self) -> str:
         return (

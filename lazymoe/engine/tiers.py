@@ -7,6 +7,8 @@ slot, and the hit/miss counts). This class moves bytes between them and counts e
     device tier miss  -> RAM tier hit:  RAM slot -> device slot        ("ram->vram")
                       -> RAM tier miss: disk -> RAM slot -> device slot ("disk->ram", "ram->vram")
                       -> no RAM tier:   disk -> pinned staging -> device ("disk->vram")
+                      -> page-locked checkpoint (pin_checkpoint): mapping -> device
+                                                                 ("pinned file->vram")
     on a CPU device the device tier *is* RAM:  disk -> RAM slot         ("disk->ram")
 
 Copies to the GPU go on a side CUDA stream; each slot's event tells compute when it may read.
@@ -69,7 +71,9 @@ class TierStack:
         self.copy_stream = torch.cuda.Stream(device.pool.device) if self.on_gpu else None
         self._staging: ExpertPool | None = None
         self._next_staging = 0
-        if self.on_gpu and ram is None:  # disk -> pinned staging -> VRAM, a small ring
+        # a page-locked checkpoint in the engine's dtype: misses copy straight from the mapping
+        self.direct = self.on_gpu and ram is None and store.pinned and store.dtype == device.pool.gate_up.dtype
+        if self.on_gpu and ram is None and not self.direct:  # disk -> pinned staging -> VRAM, a ring
             gate_up = device.pool.gate_up
             n_stage = 4
             self._staging = ExpertPool(
@@ -95,6 +99,9 @@ class TierStack:
             return slot
         stream = self.copy_stream
         stream.wait_stream(torch.cuda.current_stream())  # the evicted expert's readers are done
+        if self.direct:
+            self._copy_from_mapping(key, slot, stream)
+            return slot
         if self.ram is not None:
             src_pool, src_slot = self.ram.pool, self._ram_slot(key)
         else:
@@ -108,6 +115,17 @@ class TierStack:
         link = "ram->vram" if self.ram is not None else "disk->vram"
         self.links[link].add(key[0], self.device.pool.slot_nbytes, time.perf_counter() - start)
         return slot
+
+    def _copy_from_mapping(self, key: ExpertKey, slot: int, stream: torch.cuda.Stream) -> None:
+        """The page-locked checkpoint straight into the device slot: three DMA copies, no host
+        copy and no staging buffer (the file's pages are never rewritten, so nothing to wait for)."""
+        start = time.perf_counter()
+        src, dst = self.store.views(*key), self.device.pool.weights(slot)
+        with torch.cuda.stream(stream):
+            for role in ("gate", "up", "down"):
+                getattr(dst, role).copy_(getattr(src, role), non_blocking=True)
+        self.device.pool.mark_copy(slot, stream)
+        self.links["pinned file->vram"].add(key[0], self.device.pool.slot_nbytes, time.perf_counter() - start)
 
     def device_weights(self, slot: int, stream: torch.cuda.Stream | None = None) -> ExpertWeights:
         """The device slot's weights, once every copy into it is done (GPU: `stream`, default

@@ -181,3 +181,25 @@ def test_graphs_run_olmoe_and_mixtral(tmp_path, arch):
     assert resident.generate(PROMPT, GREEDY) == expected
     tight = Engine.from_pretrained(path, device="cuda", vram_budget=2 * resident.expert_nbytes, decode="graphs")
     assert tight.generate(PROMPT, GREEDY) == expected and tight.stats().misses > 0
+
+
+@pytest.mark.parametrize("decode", ["model", "graphs"])
+def test_a_page_locked_checkpoint_gives_the_same_tokens_without_staging(checkpoint, decode):
+    path, expected = checkpoint
+    engine = Engine.from_pretrained(
+        path, device="cuda", vram_budget=3 * EXPERT_BYTES, pin_checkpoint=True, decode=decode
+    )
+    assert engine.tiers.direct and engine.pinned_bytes > 0 and "page-locked" in engine.describe()
+    assert engine.generate(PROMPT, GREEDY) == expected
+    links = engine.stats().links
+    assert links["pinned file->vram"]["bytes"] > 0 and "disk->pinned" not in links
+    engine.close()
+    assert not engine.store.pinned  # close() unlocks the file
+
+
+def test_pin_checkpoint_with_a_ram_tier_goes_through_the_ram_tier(checkpoint):
+    path, expected = checkpoint
+    engine = Engine.from_pretrained(path, device="cuda", vram_budget=3 * EXPERT_BYTES,
+                                    ram_budget=8 * EXPERT_BYTES, pin_checkpoint=True)  # fmt: skip
+    assert not engine.tiers.direct
+    assert engine.generate(PROMPT, GREEDY) == expected
