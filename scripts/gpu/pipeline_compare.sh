@@ -16,10 +16,7 @@ echo "pipeline: start $(ts)"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/h7site $H7/whl/*.whl
 mkdir -p /tmp/llama_src && tar xzf $H7/llama_cpp_python-0.3.36-slim.tar.gz -C /tmp/llama_src
 # preparation (nothing is measured while the build runs): llama.cpp build and the safetensors
-( cmake -S $SRC/vendor/llama.cpp -B $LB -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DBUILD_SHARED_LIBS=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF > $R/cmake.log 2>&1 \
-  && cmake --build $LB -j ${BUILD_JOBS:-14} --target llama-bench >> $R/cmake.log 2>&1; echo "build rc=$?" >> $R/cmake.log ) &
+bash scripts/gpu/build_llama_bench.sh $SRC $LB $R/cmake.log &
 BUILD=$!
 python3 -m lazymoe.bench.writer $SHAPE $M --only safetensors --device cuda 2>&1 | grep -v "it/s\]" | tail -1
 echo "pipeline: safetensors written $(ts)"

@@ -58,10 +58,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target $SITE $H7/w
 mkdir -p /tmp/llama_src && tar xzf $H7/llama_cpp_python-0.3.36-slim.tar.gz -C /tmp/llama_src
 # preparation, nothing measured meanwhile: llama.cpp (llama-bench and the shared libraries) and the
 # Qwen3 safetensors
-( cmake -S $SRC/vendor/llama.cpp -B $LB -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DBUILD_SHARED_LIBS=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF > $R/cmake.log 2>&1 \
-  && cmake --build $LB -j ${BUILD_JOBS:-14} --target llama-bench >> $R/cmake.log 2>&1; echo "build rc=$?" >> $R/cmake.log ) &
+bash scripts/gpu/build_llama_bench.sh $SRC $LB $R/cmake.log &
 BUILD=$!
 Q=qwen3-30b-a3b; O=olmoe-1b-7b-shapes
 python3 -m lazymoe.bench.writer $Q $M --only safetensors --device cuda 2>&1 | grep -v "it/s\]" | tail -1
