@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lazymoe import paths
+from lazymoe import atomic, paths
 
 CONFIG_NAME = "api.json"
 HEALTH_TIMEOUT_S = 5.0
@@ -35,9 +35,7 @@ def config_path() -> Path:
 def save_config(api_base: str, api_key: str) -> Path:
     """Remember the shared server's address and your key (file readable only by you)."""
     path = config_path()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"api_base": api_base, "api_key": api_key}, f)
+    atomic.write_json(path, {"api_base": api_base, "api_key": api_key}, mode=0o600)
     return path
 
 

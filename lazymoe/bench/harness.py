@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from lazymoe import atomic
 from lazymoe.bench.measure import library_versions
 from lazymoe.bench.shapes import ModelShape
 
@@ -275,26 +276,9 @@ def run_plan(plan: BenchPlan, out_path: str | Path | None = None, command: str |
 
 
 def save(document: dict, out_path: str | Path) -> None:
-    """Write a results document atomically (a temporary file beside it, then os.replace): a crash
-    mid-write leaves the previous file, never half of one. An existing file keeps its mode."""
-    path = Path(out_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(document, f, indent=1, default=str)
-        os.chmod(tmp, mode)  # mkstemp makes it owner-only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """Write a results document atomically (`lazymoe.atomic.write_json`): a crash mid-write leaves
+    the previous file, never half of one. An existing file keeps its mode."""
+    atomic.write_json(out_path, document, indent=1, default=str)
 
 
 def merge(documents: list[dict], command: str | None = None) -> dict:

@@ -253,6 +253,7 @@ class SegmentedDecoder:
             raise ValueError(f"position {position} is past max_len={self.max_len}")
         k, t = self.top_k, self.timings
         clock = time.perf_counter
+        stream = torch.cuda.current_stream() if self.graphs else None  # once per token
         start = clock()
         self.inputs_host[0], self.inputs_host[1] = token, position
         self.inputs.copy_(self.inputs_host, non_blocking=True)
@@ -261,12 +262,12 @@ class SegmentedDecoder:
             launched = clock()
             t["launch_s"] += launched - start
             if self.graphs:
-                torch.cuda.current_stream().synchronize()  # this layer's ids are in ids_host
+                stream.synchronize()  # this layer's ids are in ids_host
             ids = self._ids_np[i].tolist()
             waited = clock()
             t["wait_s"] += waited - launched
             guess_layer = i + 1 if i + 1 < len(self.layers) else None
-            slots, positions = self.runtime.resolve_decode(i, ids[:k], guess_layer, ids[k:])
+            slots, positions = self.runtime.resolve_decode(i, ids[:k], guess_layer, ids[k:], stream)
             start = clock()
             t["plan_s"] += start - waited
             self._index_np[i, 0], self._index_np[i, 1] = slots, positions  # numpy: ~1 us, not ~10

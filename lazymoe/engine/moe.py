@@ -137,7 +137,12 @@ class ExpertRuntime:
         return out
 
     def resolve_decode(
-        self, layer: int, ids: list[int], guess_layer: int | None, guessed: list[int]
+        self,
+        layer: int,
+        ids: list[int],
+        guess_layer: int | None,
+        guessed: list[int],
+        stream: torch.cuda.Stream | None = None,
     ) -> tuple[list[int], list[int]]:
         """The host half of one decode step's layer, for a caller that computes on the device
         itself (the graph decoder, placement "gpu" only, so every miss is fetched into a slot):
@@ -145,6 +150,7 @@ class ExpertRuntime:
         the guessed next-layer experts, make the compute stream wait for the copies.
 
         ids: the router's K distinct expert ids for the one token, in top-k order.
+        stream: the compute stream (GPU), if the caller has it at hand; else looked up here.
         Returns (slots, positions): per expert in ascending id order, its device slot and its
         position k in `ids` (which top-k weight it takes).
         """
@@ -158,7 +164,8 @@ class ExpertRuntime:
         slots = [self._device_slot((layer, e), 1, protected) for e in experts]  # placement "gpu"
         if guess_layer is not None and self.prefetcher is not None:
             self._prefetch(guess_layer, guessed, protected)
-        stream = torch.cuda.current_stream() if self.tiers.on_gpu else None  # looked up once
+        if stream is None and self.tiers.on_gpu:
+            stream = torch.cuda.current_stream()  # looked up once per layer
         for slot in slots:
             self.tiers.device_weights(slot, stream)  # GPU: compute waits for copies into it
         self.computed_on["device"] += len(slots)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from lazymoe import paths
+from lazymoe import atomic, paths
 
 PROGRESS_VERSION = 1
 FILE_NAME = "progress.json"
@@ -136,22 +135,9 @@ class ProgressStore:
 
     def save(self, data: dict) -> None:
         """Write `data` atomically: temp file in the same folder, fsync, os.replace."""
-        folder = self.path.parent
-        folder.mkdir(parents=True, exist_ok=True)
         data = {**data, "version": PROGRESS_VERSION}
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, ensure_ascii=False, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        self._fsync_dir(folder)
-        self._remove_stale_temps(folder)
+        atomic.write_json(self.path, data, durable=True, indent=1, ensure_ascii=False, sort_keys=True)
+        self._remove_stale_temps(self.path.parent)
 
     # --- helpers -------------------------------------------------------------------------
     @staticmethod
@@ -182,16 +168,6 @@ class ProgressStore:
                 yield
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-    @staticmethod
-    def _fsync_dir(folder: Path) -> None:
-        """Make the rename itself durable (POSIX; Windows cannot open a folder)."""
-        with contextlib.suppress(OSError, AttributeError):
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
     def _remove_stale_temps(self, folder: Path) -> None:
         cutoff = time.time() - STALE_TEMP_S

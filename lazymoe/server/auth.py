@@ -15,13 +15,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+from lazymoe import atomic
 
 KEY_PREFIX = "lzm-"
 MEMBER_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -165,12 +166,8 @@ class KeyStore:
         return removed
 
     def _write(self, records: dict[str, KeyRecord]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": 1, "keys": [asdict(r) for r in records.values()]}, f, indent=1)
-        os.replace(tmp, self.path)
+        keys = {"version": 1, "keys": [asdict(r) for r in records.values()]}
+        atomic.write_json(self.path, keys, mode=0o600, indent=1)  # readable by the server's user only
         self._records = records
         self._mtime_ns = self.path.stat().st_mtime_ns
         self._verified.clear()
