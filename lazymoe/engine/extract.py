@@ -225,12 +225,12 @@ class ExtractedStore(ExpertStore):
         w, is_view = self._weights(layer, expert)
         return ExpertWeights(*(getattr(w, r).clone() for r in ROLES)) if is_view else w
 
-    def read_into(self, layer: int, expert: int, out: ExpertWeights) -> int:
+    def read_into(self, layer: int, expert: int, out: ExpertWeights, non_blocking: bool = False) -> int:
         """Copy one expert into `out` (bit-exact formats: straight from the mapped file); returns
         the bytes read from disk (`stored_nbytes`)."""
         w, _ = self._weights(layer, expert)
         for role in ROLES:
-            getattr(out, role).copy_(getattr(w, role))
+            getattr(out, role).copy_(getattr(w, role), non_blocking=non_blocking)
         return self.stored_nbytes
 
     def verify_all(self) -> None:

@@ -218,9 +218,8 @@ class SegmentedDecoder:
     def _run(self, i: int) -> None:
         if self.graphs:
             self.cuda_graphs[i].replay()
-            return
-        with self._swapped_norms():
-            self._segment(i)
+        else:
+            self._segment(i)  # inside step's _swapped_norms()
 
     def _capture(self) -> None:
         """Warm up on a side stream (library handles, lazy inits), then record each segment.
@@ -251,6 +250,12 @@ class SegmentedDecoder:
         """Feed `token` at `position`; the next token's logits (V,) (a buffer: read it now)."""
         if position >= self.max_len:
             raise ValueError(f"position {position} is past max_len={self.max_len}")
+        # eager segments call the model's modules: the Triton norms go in once per token (graphs
+        # recorded them at capture)
+        with contextlib.nullcontext() if self.graphs else self._swapped_norms():
+            return self._step(token, position)
+
+    def _step(self, token: int, position: int) -> torch.Tensor:
         k, t = self.top_k, self.timings
         clock = time.perf_counter
         stream = torch.cuda.current_stream() if self.graphs else None  # once per token

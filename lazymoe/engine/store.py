@@ -211,24 +211,29 @@ class ExpertStore:
     # -- reading --------------------------------------------------------------------------------
     def read(self, layer: int, expert: int) -> ExpertWeights:
         """One expert's weights as new CPU tensors in the checkpoint's dtype."""
-        loc = self._where(layer, expert)
-        return ExpertWeights(*(loc[role].view().clone() for role in ("gate", "up", "down")))
+        return ExpertWeights(*(t.clone() for t in vars(self.views(layer, expert)).values()))
 
-    def read_into(self, layer: int, expert: int, out: ExpertWeights) -> int:
+    def views(self, layer: int, expert: int) -> ExpertWeights:
+        """One expert's weights as tensors over the mapped file (no copy; read-only use)."""
+        loc = self._where(layer, expert)
+        return ExpertWeights(*(loc[role].view() for role in ("gate", "up", "down")))
+
+    def read_into(self, layer: int, expert: int, out: ExpertWeights, non_blocking: bool = False) -> int:
         """Copy one expert into preallocated buffers `out` (pinned RAM, or even VRAM) straight
         from the memory-mapped file; returns the bytes read. A dtype other than the checkpoint's
-        is converted on the way."""
-        loc = self._where(layer, expert)
+        is converted on the way. non_blocking: for a GPU `out` and a page-locked file
+        (pin_for_cuda), the copies are only enqueued on the current stream."""
+        src = self.views(layer, expert)
         nbytes = 0
         for role in ("gate", "up", "down"):
-            src, dst = loc[role].view(), getattr(out, role)
-            if dst.shape != src.shape:
+            s, dst = getattr(src, role), getattr(out, role)
+            if dst.shape != s.shape:
                 raise ExpertStoreError(
                     f"buffer for {role} of expert ({layer}, {expert}) has shape {tuple(dst.shape)}, "
-                    f"the checkpoint has {tuple(src.shape)}: allocate it with store.empty_buffers()"
+                    f"the checkpoint has {tuple(s.shape)}: allocate it with store.empty_buffers()"
                 )
-            dst.copy_(src)
-            nbytes += src.numel() * src.element_size()
+            dst.copy_(s, non_blocking=non_blocking)
+            nbytes += s.numel() * s.element_size()
         return nbytes
 
     def empty_buffers(
@@ -253,27 +258,22 @@ class ExpertStore:
     def pin_for_cuda(self) -> int:
         """Page-lock every expert file's mapping for CUDA (see SafetensorsFile.pin_for_cuda): the
         tiers then copy misses straight from the mapping to VRAM. Needs RAM for all the files
-        (like llama.cpp's --mlock). Returns the bytes locked; close() unlocks them."""
-        pinned = []
+        (like llama.cpp's --mlock). Returns the bytes this call locked; close() unlocks them."""
+        pinned, nbytes = [], 0
         try:
             for file in self._files():
-                file.pin_for_cuda()
+                nbytes += file.pin_for_cuda()
                 pinned.append(file)
         except Exception:
             for file in pinned:  # nothing stays locked after a failure
                 file.close()
             raise
-        return sum(file.map().nbytes for file in pinned)
+        return nbytes
 
     @property
     def pinned(self) -> bool:
         files = self._files()
         return bool(files) and all(file._pinned for file in files)
-
-    def views(self, layer: int, expert: int) -> ExpertWeights:
-        """One expert's weights as tensors over the mapped file (no copy; read-only use)."""
-        loc = self._where(layer, expert)
-        return ExpertWeights(*(loc[role].view() for role in ("gate", "up", "down")))
 
     def close(self) -> None:
         """Drop the memory maps and unlock them (reads after this map the files again)."""

@@ -119,13 +119,9 @@ class TierStack:
     def _copy_from_mapping(self, key: ExpertKey, slot: int, stream: torch.cuda.Stream) -> None:
         """The page-locked checkpoint straight into the device slot: three DMA copies, no host
         copy and no staging buffer (the file's pages are never rewritten, so nothing to wait for)."""
-        start = time.perf_counter()
-        src, dst = self.store.views(*key), self.device.pool.weights(slot)
         with torch.cuda.stream(stream):
-            for role in ("gate", "up", "down"):
-                getattr(dst, role).copy_(getattr(src, role), non_blocking=True)
+            self._read_from_disk(key, self.device.pool.weights(slot), "pinned file->vram", non_blocking=True)
         self.device.pool.mark_copy(slot, stream)
-        self.links["pinned file->vram"].add(key[0], self.device.pool.slot_nbytes, time.perf_counter() - start)
 
     def device_weights(self, slot: int, stream: torch.cuda.Stream | None = None) -> ExpertWeights:
         """The device slot's weights, once every copy into it is done (GPU: `stream`, default
@@ -167,9 +163,9 @@ class TierStack:
         self._read_from_disk(key, staging.weights(slot), "disk->pinned")
         return staging, slot
 
-    def _read_from_disk(self, key: ExpertKey, out: ExpertWeights, link: str) -> None:
+    def _read_from_disk(self, key: ExpertKey, out: ExpertWeights, link: str, non_blocking: bool = False) -> None:
         start = time.perf_counter()
-        nbytes = self.store.read_into(key[0], key[1], out)
+        nbytes = self.store.read_into(key[0], key[1], out, non_blocking=non_blocking)
         self.links[link].add(key[0], nbytes, time.perf_counter() - start)
 
     # -- reporting -------------------------------------------------------------------------------

@@ -186,8 +186,8 @@ def fused_decode(
         )
     x = hidden.reshape(d)
     scores = top_k_weights.reshape(-1)  # one token: (K,)
-    half = (pool_gate_up.dtype, torch.promote_types(pool_gate_up.dtype, scores.dtype))
-    round_product = half[1] != torch.float32
+    # weights and router scores both half precision: so is each w_a * y_a, rounded as such
+    round_product = torch.promote_types(pool_gate_up.dtype, scores.dtype) != torch.float32
     block_n, block_k = 8, 256 if not interpreting() else 64
     _gate_up_silu_kernel[(n, triton.cdiv(i, block_n))](
         x, pool_gate_up, slot_t, h_buf, d, i, pool_gate_up.stride(0), pool_gate_up.stride(1),

@@ -25,12 +25,5 @@ bench "$Q uniform 8 not pinned" $L --note "routing uniform" --out $R/$Q--uniform
 python3 -m lazymoe.bench.writer $Q $M --routing zipf --set-routing
 bench "$Q zipf 8 pinned" $L --pin-checkpoint --note "routing zipf" --out $R/$Q--zipf-8-pinned.json
 rm -rf $M
-python3 - <<'PY'
-import glob, json
-from lazymoe.bench import harness, report
-docs = [json.load(open(p)) for p in sorted(glob.glob("/tmp/h7res/qwen3-30b-a3b--*.json"))]
-doc = harness.merge(docs, command="bash scripts/gpu/pipeline_pin.sh (runs: " + " ; ".join(d["command"] for d in docs) + ")")
-harness.save(doc, "/tmp/h7res/bench-h200-qwen3-30b-a3b-pinned.json")
-print(report.table(doc))
-PY
+python3 scripts/gpu/merge_results.py $R $Q "bench-h200-$Q-pinned.json" "bash scripts/gpu/pipeline_pin.sh"
 echo "PIPELINE DONE $(ts)"

@@ -26,31 +26,8 @@ llama_bench() {  # name gguf routing [extra llama-bench args]
   timeout 300 $LB/bin/llama-bench -m $gguf -ngl 99 "$@" $LBARGS > $R/llama_bench_$name.json 2> $R/llama_bench_$name.err
   echo "rc=$?"
 }
-merge() {  # shape: every $R/$shape--*.json lazymoe document plus the llama-bench files, one table
-  python3 - "$1" <<'PY'
-import glob, json, sys
-from lazymoe.bench import harness, llamabench, report
-shape, R = sys.argv[1], "/tmp/h7res"
-docs = [json.load(open(p)) for p in sorted(glob.glob(f"{R}/{shape}--*.json"))]
-if not docs:
-    sys.exit(f"{shape}: no results")
-out = f"{R}/bench-h200-{shape}.json"
-doc = harness.merge(docs, command="bash scripts/gpu/pipeline_session.sh (runs: " + " ; ".join(d["command"] for d in docs) + ")")
-harness.save(doc, out)
-for path in sorted(glob.glob(f"{R}/llama_bench_{shape}--*.json")):
-    name = path.split("--", 1)[1][:-5]  # e.g. cpumoe-uniform
-    cpu_moe, routing = name.startswith("cpumoe"), name.split("-")[-1]
-    try:
-        rows = llamabench.parse_llama_bench(path, model=shape, routing=routing)
-        args = '-ot "ffn_(up|down|gate)_exps=CPU" ' if cpu_moe else ""
-        llamabench.merge_into(out, rows, command=f"llama-bench -m model-bf16.gguf -ngl 99 {args}-p 32 -n 16 -r 3 -o json",
-                              note="llama.cpp rows from its llama-bench binary (CMake build of the vendored source, sm_90), same GGUF bits")
-    except Exception as e:
-        print("llama-bench", name, "not merged:", e)
-doc = json.load(open(out))
-open(f"{R}/table-{shape}.md", "w").write(report.table(doc) + "\n")
-print(report.table(doc))
-PY
+merge() {  # shape: its lazymoe documents and llama-bench outputs in one file, one table
+  python3 scripts/gpu/merge_results.py $R "$1" "bench-h200-$1.json" "bash scripts/gpu/pipeline_session.sh"
 }
 
 log start
