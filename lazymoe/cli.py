@@ -14,11 +14,11 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("lazymoe.doctor", "check this machine and the install; say what to fix"),
-    "calc": ("lazymoe.calc_cli", "bandwidth-bound speed calculator (memory, tok/s, bottleneck)"),
+    "calc": ("lazymoe.calculator.cli", "bandwidth-bound speed calculator (memory, tok/s, bottleneck)"),
     "run": ("lazymoe.engine.cli", "generate text with the expert-caching engine"),
     "bench": ("lazymoe.bench.cli", "benchmark lazymoe against llama.cpp CPU-MoE and baselines"),
     "serve": ("lazymoe.server.cli", "OpenAI-compatible HTTP server over the engine"),
-    "progress": ("lazymoe.quiz_cli", "your quiz scores per module"),
+    "progress": ("lazymoe.quiz.cli", "your quiz scores per module"),
 }
 
 

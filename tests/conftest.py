@@ -40,7 +40,7 @@ def cuda_available() -> bool:
         return False
 
 
-# Without a GPU, Triton kernels (lazymoe.engine.triton_kernels) run under Triton's interpreter.
+# Without a GPU, Triton kernels (lazymoe.engine.compute.triton_kernels) run under Triton's interpreter.
 # It must be chosen before Triton compiles anything, so here, before any test imports lazymoe.
 if not cuda_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lazymoe.engine.cache import CacheBook, CacheFullError
-from lazymoe.engine.policies import EvictionPolicy, PolicyError
+from lazymoe.engine.parts.cache import CacheBook, CacheFullError
+from lazymoe.engine.parts.policies import EvictionPolicy, PolicyError
 
 
 def test_slots_are_handed_out_until_full_then_reused():

@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from lazymoe.engine import Engine, EngineConfig, GenerationConfig
 from lazymoe.engine.errors import BudgetTooSmallError, CheckpointError, UnsupportedArchitectureError
-from lazymoe.engine.store import ExpertStoreError
+from lazymoe.engine.storage.store import ExpertStoreError
 from lazymoe.models.random import make_random_checkpoint
 
 EXPERT_BYTES = 3 * 16 * 32 * 4  # the tiny qwen3_moe: 3 * I * D * 4 bytes

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from lazymoe.engine import Engine, GenerationConfig
-from lazymoe.engine.moe import reference_experts
+from lazymoe.engine.compute.moe import reference_experts
+from lazymoe.engine.parts.router import topk_route
 from lazymoe.engine.reference import full_model, reference_greedy
-from lazymoe.engine.router import topk_route
 from lazymoe.models.random import make_random_checkpoint
 
 # Tiny shapes with more room than the defaults: 16 experts, top-4, D=32, I=16.

@@ -113,7 +113,7 @@ def test_dense_layers_and_tied_embeddings(tmp_path):
 
 def test_experts_from_an_extracted_folder(checkpoints, tmp_path):
     """A bit-exact extraction gives the same tokens; an int8 one reads fewer bytes per miss."""
-    from lazymoe.engine.extract import extract
+    from lazymoe.engine.storage.extract import extract
 
     path, expected = checkpoints["qwen3_moe"]
     budget = 3 * 3 * 16 * 32 * 4

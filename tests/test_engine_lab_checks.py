@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lazymoe.engine.router import topk_route
+from lazymoe.engine.parts.router import topk_route
 from lazymoe.exercises.lab07 import check_predict
 from lazymoe.exercises.lab08 import check_route, check_same_tokens
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from lazymoe.engine import Engine, GenerationConfig
+from lazymoe.engine.compute.moe import reference_experts
 from lazymoe.engine.config import parse_bytes
-from lazymoe.engine.moe import reference_experts
-from lazymoe.engine.policies import LRU
-from lazymoe.engine.router import topk_route
+from lazymoe.engine.parts.policies import LRU
+from lazymoe.engine.parts.router import topk_route
 from lazymoe.engine.sampler import Sampler
 from lazymoe.models.random import make_random_checkpoint
 

@@ -1,4 +1,4 @@
-"""The segmented decoder (lazymoe.engine.graphs) gives transformers' tokens, and the same cache.
+"""The segmented decoder (lazymoe.engine.compute.graphs) gives transformers' tokens, and the same cache.
 
 On a CPU it runs as decode="segments": the engine's own layer loop cut at the routers, a fixed
 KV buffer with a mask, the slots chosen on the host and read from a device index: everything a

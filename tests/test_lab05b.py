@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lazymoe.engine.store import ExpertStore
+from lazymoe.engine.storage.store import ExpertStore
 from lazymoe.exercises.lab05b import (
     REAL_CONFIGS,
     bundled_config,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lazymoe.engine.policies import FIFO, LFU, LRU, EvictionPolicy
+from lazymoe.engine.parts.policies import FIFO, LFU, LRU, EvictionPolicy
 from lazymoe.exercises.lab06 import check_lru, check_policy, zipf_trace
 
 

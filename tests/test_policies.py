@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lazymoe.engine.cache import CacheBook
-from lazymoe.engine.policies import FIFO, LFU, LRU, EvictionPolicy, make_policy, policy_name
+from lazymoe.engine.parts.cache import CacheBook
+from lazymoe.engine.parts.policies import FIFO, LFU, LRU, EvictionPolicy, make_policy, policy_name
 
 
 def run(book: CacheBook, keys) -> list:

@@ -11,7 +11,7 @@ import torch
 from conftest import requires_gpu
 from safetensors.torch import save_file
 
-from lazymoe.engine.store import ExpertStore, ExpertStoreError, ExpertWeights
+from lazymoe.engine.storage.store import ExpertStore, ExpertStoreError, ExpertWeights
 
 ARCH_CONFIGS = {
     "qwen3_moe": dict(num_experts=4, moe_intermediate_size=16, head_dim=8),
@@ -176,7 +176,7 @@ def test_unsupported_architecture(checkpoints, tmp_path):
 
 @pytest.fixture(scope="module")
 def extracted(checkpoints, tmp_path_factory):
-    from lazymoe.engine.extract import extract
+    from lazymoe.engine.storage.extract import extract
 
     return extract(checkpoints["olmoe"][1], tmp_path_factory.mktemp("ext") / "olmoe")
 
@@ -193,7 +193,7 @@ def test_extracted_store_reads_bit_exact_experts(checkpoints, extracted):
 
 
 def test_extract_can_quantize_and_reads_back_dequantized(checkpoints, tmp_path):
-    from lazymoe.engine.extract import extract
+    from lazymoe.engine.storage.extract import extract
 
     model, path = checkpoints["olmoe"]  # I = 24, D = 32: rows of 32 fit q8_0 only for gate/up
     with pytest.raises(ExpertStoreError, match=r"q8_0.*int8_row"):

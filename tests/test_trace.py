@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lazymoe.engine.cache import CacheBook
-from lazymoe.engine.trace import (
+from lazymoe.engine.parts.cache import CacheBook
+from lazymoe.engine.parts.trace import (
     Belady,
     RoutingTrace,
     hit_rate_curve,

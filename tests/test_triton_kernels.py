@@ -1,4 +1,4 @@
-"""The Triton decode kernels (lazymoe.engine.triton_kernels) against the paths they replace.
+"""The Triton decode kernels (lazymoe.engine.compute.triton_kernels) against the paths they replace.
 
 Without a GPU they run under Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
 in float32: the arithmetic and the indexing are the same code the GPU compiles. tests/gpu runs
@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lazymoe.engine import Engine, GenerationConfig, kernels, triton_kernels
+from lazymoe.engine import Engine, GenerationConfig
+from lazymoe.engine.compute import kernels, triton_kernels
 from lazymoe.engine.reference import full_model, reference_greedy
 from lazymoe.models.random import make_random_checkpoint
 

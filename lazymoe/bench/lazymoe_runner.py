@@ -18,8 +18,8 @@ class LazyMoeRunSpec:
     dtype: str = "bfloat16"
     policy: str = "lru"
     prefetch: bool = True
-    decode: str = "auto"  # auto | model | segments | graphs (lazymoe.engine.graphs)
-    kernel: str | None = None  # None: the engine's default (lazymoe.engine.kernels)
+    decode: str = "auto"  # auto | model | segments | graphs (lazymoe.engine.compute.graphs)
+    kernel: str | None = None  # None: the engine's default (lazymoe.engine.compute.kernels)
     pin_checkpoint: bool = False  # EngineConfig.pin_checkpoint
 
     def __post_init__(self) -> None:

@@ -3,7 +3,7 @@
     from lazymoe.engine import Engine, EngineConfig, GenerationConfig
     engine = Engine(EngineConfig(model_path=bundled_model_dir(), vram_budget="64MiB"))
 
-Imports are lazy so that `lazymoe.engine.policies` / `cache` / `trace` (pure Python) load
+Imports are lazy so that `lazymoe.engine.parts.policies` / `cache` / `trace` (pure Python) load
 without pulling in transformers.
 """
 

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--placement", default="gpu", choices=["gpu", "cpu", "auto"])
     parser.add_argument("--policy", default="lru", choices=["lru", "lfu", "fifo"])
     parser.add_argument("--experts-path", default=None,
-                        help="experts extracted by lazymoe.engine.extract (e.g. int8: fewer bytes per miss)")
+                        help="experts extracted by lazymoe.engine.storage.extract (e.g. int8: fewer bytes per miss)")
     parser.add_argument("--no-prefetch", action="store_true", help="turn prefetch off")
     parser.add_argument("--pin-checkpoint", action="store_true",
                         help="page-lock the mapped expert files for direct copies to the GPU "
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from lazymoe.engine import Engine, EngineConfig, GenerationConfig
     from lazymoe.engine.errors import EngineError
-    from lazymoe.engine.store import ExpertStoreError
+    from lazymoe.engine.storage.store import ExpertStoreError
 
     model = Path(args.model) if args.model else paths.bundled_model_dir()
     try:

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lazymoe.engine.policies import EvictionPolicy
+from lazymoe.engine.parts.policies import EvictionPolicy
 
 _UNITS = {
     "": 1, "b": 1,
@@ -20,8 +20,8 @@ _UNITS = {
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
 PLACEMENTS = ("gpu", "cpu", "auto")
-KERNELS = ("reference", "grouped", "batched", "fused")  # see lazymoe.engine.kernels
-DECODE_PATHS = ("auto", "model", "segments", "graphs")  # see lazymoe.engine.graphs
+KERNELS = ("reference", "grouped", "batched", "fused")  # see lazymoe.engine.compute.kernels
+DECODE_PATHS = ("auto", "model", "segments", "graphs")  # see lazymoe.engine.compute.graphs
 
 
 def parse_bytes(value: str | int | float | None, what: str = "budget") -> int | None:
@@ -64,15 +64,15 @@ class EngineConfig:
     policy: eviction policy name ("lru", "lfu", "fifo"), an `EvictionPolicy` instance (it keeps
         its state), or an `EvictionPolicy` subclass (a fresh one per tier).
     prefetch: predict the next layer's experts through its router and fetch them ahead.
-    experts_path: a folder written by `lazymoe.engine.extract.extract(model_path, ...)` (a
+    experts_path: a folder written by `lazymoe.engine.storage.extract.extract(model_path, ...)` (a
         per-layer contiguous layout, optionally quantized: fewer bytes per miss); None: read the
         experts from the checkpoint's own safetensors.
-    kernel: how a layer's resident experts are computed (lazymoe.engine.kernels): "reference"
+    kernel: how a layer's resident experts are computed (lazymoe.engine.compute.kernels): "reference"
         (one expert at a time, the simple path), "grouped" (prefill rows sorted by expert; decode
         a plain loop), "batched" (decode: gather the chosen slots, two batched matmuls), "fused"
         (decode: Triton kernels reading the slots in place, GPU only); None: "fused" on a GPU
         with Triton ("batched" without it), "grouped" on a CPU.
-    decode: how a decode token runs (lazymoe.engine.graphs): "model" (transformers' forward, one
+    decode: how a decode token runs (lazymoe.engine.compute.graphs): "model" (transformers' forward, one
         eager call per module), "segments" (the engine's own layer loop, cut at the routers),
         "graphs" (that loop captured as CUDA graphs: one launch per layer instead of ~100);
         "auto": "graphs" on a GPU when the model and placement allow it, else "model".
@@ -118,7 +118,7 @@ class EngineConfig:
         if not (isinstance(self.policy, (str, EvictionPolicy)) or is_policy_class):
             raise TypeError(
                 f"policy={self.policy!r}: give a name ('lru', 'lfu', 'fifo') or an EvictionPolicy "
-                "instance (a subclass of lazymoe.engine.policies.EvictionPolicy)"
+                "instance (a subclass of lazymoe.engine.parts.policies.EvictionPolicy)"
             )
         self.vram_budget_bytes = parse_bytes(self.vram_budget, "vram_budget")
         self.ram_budget_bytes = parse_bytes(self.ram_budget, "ram_budget")
@@ -134,7 +134,7 @@ class EngineConfig:
             if not (self.experts_path / "manifest.json").exists():
                 raise FileNotFoundError(
                     f"experts_path {self.experts_path} holds no manifest.json: write it with "
-                    f"lazymoe.engine.extract.extract({str(self.model_path)!r}, out_dir, fmt=...)"
+                    f"lazymoe.engine.storage.extract.extract({str(self.model_path)!r}, out_dir, fmt=...)"
                 )
 
     def resolved_device(self) -> str:

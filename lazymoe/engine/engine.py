@@ -18,21 +18,21 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, DynamicCache
 
-from lazymoe.engine.cache import CacheBook
+from lazymoe.engine.compute.graphs import SegmentedDecoder, unsupported_reason
+from lazymoe.engine.compute.moe import ExpertRuntime, OffloadedExperts
+from lazymoe.engine.compute.placement import CostModel, measure_cost_model
 from lazymoe.engine.config import EngineConfig, GenerationConfig, format_bytes
 from lazymoe.engine.errors import BudgetTooSmallError
-from lazymoe.engine.graphs import SegmentedDecoder, unsupported_reason
 from lazymoe.engine.loading import load_resident
-from lazymoe.engine.moe import ExpertRuntime, OffloadedExperts
-from lazymoe.engine.placement import CostModel, measure_cost_model
-from lazymoe.engine.policies import EvictionPolicy, make_policy
-from lazymoe.engine.pool import ExpertPool, expert_nbytes
-from lazymoe.engine.prefetch import Prefetcher
-from lazymoe.engine.router import LearnerRouter
+from lazymoe.engine.parts.cache import CacheBook
+from lazymoe.engine.parts.policies import EvictionPolicy, make_policy
+from lazymoe.engine.parts.prefetch import Prefetcher
+from lazymoe.engine.parts.router import LearnerRouter
 from lazymoe.engine.sampler import Sampler
 from lazymoe.engine.stats import EngineStats
-from lazymoe.engine.store import ExpertStore
-from lazymoe.engine.tiers import Tier, TierStack
+from lazymoe.engine.storage.pool import ExpertPool, expert_nbytes
+from lazymoe.engine.storage.store import ExpertStore
+from lazymoe.engine.storage.tiers import Tier, TierStack
 
 
 class Engine:

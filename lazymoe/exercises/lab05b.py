@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lazymoe.engine.store import ARCHS, ExpertStore
+from lazymoe.engine.storage.store import ARCHS, ExpertStore
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
 from lazymoe.paths import bundled_model_dir
 

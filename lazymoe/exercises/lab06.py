@@ -6,9 +6,9 @@ check_policy(MyPolicy, trace, n_slots) your own policy keeps the rules and beats
 
 from __future__ import annotations
 
-from lazymoe.engine.cache import CacheBook, CacheFullError
-from lazymoe.engine.policies import FIFO, LFU, LRU, EvictionPolicy, PolicyError
-from lazymoe.engine.trace import RoutingTrace, simulate, synthetic_trace
+from lazymoe.engine.parts.cache import CacheBook, CacheFullError
+from lazymoe.engine.parts.policies import FIFO, LFU, LRU, EvictionPolicy, PolicyError
+from lazymoe.engine.parts.trace import RoutingTrace, simulate, synthetic_trace
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from lazymoe.engine.prefetch import predict_experts
+from lazymoe.engine.parts.prefetch import predict_experts
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
 
 NAME = "lab07: predict the next layer's experts"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from lazymoe.engine.router import topk_route
+from lazymoe.engine.parts.router import topk_route
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
 
 ROUTE = "lab08: top-k routing"

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from lazymoe.engine.store import ExpertStore
+from lazymoe.engine.storage.store import ExpertStore
 
 MADV_POPULATE_READ = 22  # Linux >= 5.14
 

@@ -127,7 +127,7 @@ def test_both_decode_kernels_give_the_full_models_tokens(checkpoint, kernel, n_s
 
 
 def test_fused_is_the_gpu_default():
-    from lazymoe.engine import kernels
+    from lazymoe.engine.compute import kernels
 
     assert kernels.default_kernel(torch.device("cuda"), torch.bfloat16, torch.nn.SiLU()) == "fused"
 
@@ -136,7 +136,7 @@ def test_fused_is_the_gpu_default():
 def test_fused_kernel_at_qwen3_30b_expert_shapes(dtype):
     """Qwen3-30B-A3B's expert shapes (D 2048, I 768, 8 of 32 slots): the Triton kernels against
     the gather + bmm path; bf16 within a few bf16 steps of the largest output."""
-    from lazymoe.engine import kernels
+    from lazymoe.engine.compute import kernels
 
     torch.manual_seed(0)
     d, i, k = 2048, 768, 8
@@ -162,7 +162,7 @@ def test_fused_kernel_at_qwen3_30b_expert_shapes(dtype):
 def test_triton_rms_norm_on_the_gpu(dtype):
     from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeRMSNorm
 
-    from lazymoe.engine.triton_kernels import TritonRMSNorm
+    from lazymoe.engine.compute.triton_kernels import TritonRMSNorm
 
     norm = Qwen3MoeRMSNorm(2048).to("cuda", dtype)
     with torch.no_grad():

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lazymoe import quant
-from lazymoe.engine.store import (
+from lazymoe.engine.storage.store import (
     ARCHS,
     ExpertStore,
     ExpertStoreError,
@@ -302,11 +302,11 @@ def _open_layer(path: Path, fmt: str, config: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m lazymoe.engine.extract MODEL_DIR OUT_DIR [--format q8_0] [--overwrite]"""
+    """python -m lazymoe.engine.storage.extract MODEL_DIR OUT_DIR [--format q8_0] [--overwrite]"""
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m lazymoe.engine.extract", description=__doc__.split("\n")[0]
+        prog="python -m lazymoe.engine.storage.extract", description=__doc__.split("\n")[0]
     )
     parser.add_argument("model_dir")
     parser.add_argument("out_dir")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from lazymoe.engine.store import ExpertWeights
+from lazymoe.engine.storage.store import ExpertWeights
 
 
 def expert_nbytes(intermediate: int, hidden: int, dtype: torch.dtype) -> int:

@@ -24,12 +24,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from lazymoe.engine import kernels
-from lazymoe.engine.kernels import expert_fused
-from lazymoe.engine.placement import CostModel
-from lazymoe.engine.prefetch import Prefetcher
-from lazymoe.engine.store import ExpertWeights
-from lazymoe.engine.tiers import TierStack
+from lazymoe.engine.compute import kernels
+from lazymoe.engine.compute.kernels import expert_fused
+from lazymoe.engine.compute.placement import CostModel
+from lazymoe.engine.parts.prefetch import Prefetcher
+from lazymoe.engine.storage.store import ExpertWeights
+from lazymoe.engine.storage.tiers import TierStack
 
 
 def expert_split(x: torch.Tensor, w: ExpertWeights, act) -> torch.Tensor:

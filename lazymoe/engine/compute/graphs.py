@@ -34,7 +34,7 @@ import time
 
 import torch
 
-from lazymoe.engine import kernels, triton_kernels
+from lazymoe.engine.compute import kernels, triton_kernels
 
 # decoder layers of the plain norm -> attention -> norm -> routed-experts form, whose router
 # returns (logits, top-k weights, top-k ids); Qwen2-MoE's shared expert is outside this loop

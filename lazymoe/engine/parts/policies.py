@@ -168,7 +168,7 @@ def make_policy(name_or_policy: PolicyLike) -> EvictionPolicy:
             return policy
         raise TypeError(
             f"{name_or_policy!r} made a {type(policy).__name__}, not an EvictionPolicy: "
-            "subclass lazymoe.engine.policies.EvictionPolicy"
+            "subclass lazymoe.engine.parts.policies.EvictionPolicy"
         )
     raise TypeError(
         f"cannot make an eviction policy from {name_or_policy!r}: pass a name {sorted(POLICIES)}, "

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lazymoe.engine.cache import CacheBook
-from lazymoe.engine.policies import ExpertKey
-from lazymoe.engine.pool import ExpertPool
-from lazymoe.engine.store import ExpertStore, ExpertWeights
+from lazymoe.engine.parts.cache import CacheBook
+from lazymoe.engine.parts.policies import ExpertKey
+from lazymoe.engine.storage.pool import ExpertPool
+from lazymoe.engine.storage.store import ExpertStore, ExpertWeights
 
 
 @dataclass

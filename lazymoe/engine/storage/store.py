@@ -19,7 +19,7 @@ expert index is the outermost dimension). Qwen2-MoE's shared expert runs for eve
 not an expert to cache and the store does not list it.
 
 `ExpertStore.open(path)` also opens a folder written by `extract()` (a per-layer contiguous
-layout, see lazymoe/engine/extract.py).
+layout, see lazymoe/engine/storage/extract.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from lazymoe.engine.safetensors_file import (
+from lazymoe.engine.storage.safetensors_file import (
     ExpertStoreError,
     SafetensorsFile,
     safetensors_files,
@@ -164,7 +164,7 @@ class ExpertStore:
         """
         model_dir = Path(model_dir)
         if (model_dir / "manifest.json").is_file():
-            from lazymoe.engine.extract import ExtractedStore
+            from lazymoe.engine.storage.extract import ExtractedStore
 
             return ExtractedStore.open(model_dir)
         config = read_config(model_dir)

@@ -19,7 +19,13 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from lazymoe.engine.policies import EvictionPolicy, ExpertKey, PolicyError, PolicyLike, make_policy
+from lazymoe.engine.parts.policies import (
+    EvictionPolicy,
+    ExpertKey,
+    PolicyError,
+    PolicyLike,
+    make_policy,
+)
 
 
 class CacheFullError(RuntimeError):

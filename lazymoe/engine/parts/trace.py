@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lazymoe.engine.cache import CacheBook, TierStats
-from lazymoe.engine.policies import EvictionPolicy, ExpertKey, PolicyLike, make_policy
+from lazymoe.engine.parts.cache import CacheBook, TierStats
+from lazymoe.engine.parts.policies import EvictionPolicy, ExpertKey, PolicyLike, make_policy
 
 
 @dataclass
@@ -223,7 +223,7 @@ def hit_rate_curve(
     policies: Sequence[PolicyLike] = ("lru", "lfu", "fifo", "opt"),
 ) -> dict[str, list[float]]:
     """Hit rate per policy (a name, or a class/factory giving a fresh policy) for each cache size."""
-    from lazymoe.engine.policies import policy_name
+    from lazymoe.engine.parts.policies import policy_name
 
     curves: dict[str, list[float]] = {}
     for policy in policies:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lazymoe.engine import triton_kernels
+from lazymoe.engine.compute import triton_kernels
 from lazymoe.engine.config import KERNELS
 
 DECODE_KERNELS = ("batched", "fused")  # the ones with a one-token path over device slots

@@ -1,0 +1,8 @@
+"""How the chosen experts are computed once found: the performance layer.
+
+    moe.py              the MoE block run out of the tiered cache, and its slow reference loop
+    kernels.py          reference / batched / grouped expert kernels over the slot pool
+    triton_kernels.py   Triton decode kernels reading experts in place (GPU)
+    graphs.py           the segmented decoder: a decode token as a few CUDA graphs (GPU)
+    placement.py        where a missed expert is computed: copied to the GPU, or on the CPU
+"""
