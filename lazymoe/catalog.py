@@ -87,6 +87,7 @@ class ModelSpec:
     params_per_expert: float | None = None
     params_outside_experts: float | None = None
     native_format: str = "BF16"
+    native_other_format: str | None = None    # MoE: the non-expert weights' format, if different
     source: str = ""
     note: str = ""
 
@@ -121,10 +122,28 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class WeightFormat:
+    """A weight format; a mix (llama.cpp's Q4_K_M) may give each part of an MoE its own average.
+
+    bits_per_weight         the whole-file figure (what a dense model gets)
+    expert_bits_per_weight  the routed experts' average bits per weight; None = bits_per_weight
+    other_bits_per_weight   everything else's average (attention, embeddings, output head, router)
+    """
+
     name: str
     bits_per_weight: float
     block: str = ""
     source: str = ""
+    expert_bits_per_weight: float | None = None
+    other_bits_per_weight: float | None = None
+    mix_source: str = ""
+
+    @property
+    def expert_bits(self) -> float:
+        return self.expert_bits_per_weight or self.bits_per_weight
+
+    @property
+    def other_bits(self) -> float:
+        return self.other_bits_per_weight or self.bits_per_weight
 
 
 # field name -> (parser kind, required)
@@ -143,11 +162,12 @@ _MODEL_FIELDS = {
     "experts_per_token": ("int", False), "shared_experts": ("int", False),
     "moe_layers": ("int", False), "params_per_expert": ("count", False),
     "params_outside_experts": ("count", False), "native_format": ("str", False),
-    "source": ("str", True), "note": ("str", False),
+    "native_other_format": ("str", False), "source": ("str", True), "note": ("str", False),
 }
 _FORMAT_FIELDS = {
     "name": ("str", True), "bits_per_weight": ("float", True), "block": ("str", False),
-    "source": ("str", True),
+    "source": ("str", True), "expert_bits_per_weight": ("float", False),
+    "other_bits_per_weight": ("float", False), "mix_source": ("str", False),
 }
 
 
@@ -258,9 +278,14 @@ def _load(folder: str) -> tuple[dict[str, HardwareSpec], dict[str, ModelSpec], d
         row.pop("_where")
         formats[row["name"]] = WeightFormat(**row)
     for m in models.values():
-        if m.native_format not in formats:
-            raise CatalogError(f"models.yaml, row {m.name!r}: native_format {m.native_format!r} "
-                               f"is not in formats.yaml ({', '.join(formats)})")
+        for field_name in ("native_format", "native_other_format"):
+            value = getattr(m, field_name)
+            if value is not None and value not in formats:
+                raise CatalogError(f"models.yaml, row {m.name!r}: {field_name} {value!r} "
+                                   f"is not in formats.yaml ({', '.join(formats)})")
+        if m.native_other_format is not None and not m.has_expert_shapes:
+            raise CatalogError(f"models.yaml, row {m.name!r}: native_other_format needs an MoE "
+                               "with expert shapes (experts, params_per_expert, ...)")
     return hw, models, formats
 
 

@@ -19,7 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("lazymoe.bench.cli", "benchmark lazymoe against llama.cpp CPU-MoE and baselines"),
     "serve": ("lazymoe.server.cli", "OpenAI-compatible HTTP server over the engine"),
     "progress": ("lazymoe.quiz.cli", "your quiz scores per module"),
+    "lab": ("lazymoe.lab", "check the model, run the doctor, start JupyterLab on the course (no make needed)"),
 }
+PASS_THROUGH = {"lab"}  # commands that hand arguments they do not know to another program
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        if args.command not in PASS_THROUGH:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.lab_args = [*getattr(args, "lab_args", []), *unknown]
     if args.command is None:
         parser.print_help()
         return 2

@@ -1,7 +1,8 @@
 """What is in this machine: CPU, RAM and GPUs (through NVML), read without side effects.
 
 `probe()` never fails for lack of a GPU or of NVML: it reports what it could not read.
-`measure()` (lazymoe/measure.py) times the bandwidths themselves.
+`measure()` times the bandwidths themselves (`lazymoe.measure`, which never imports this module:
+the dependency points one way) and puts the GPU's datasheet figures from `probe()` beside them.
 
     python -m lazymoe.hardware [--measure] [--quick] [--host "Desktop, DDR5-5600 dual channel"] [--json]
 """
@@ -38,6 +39,13 @@ class GpuInfo:
         if not self.memory_bus_width_bits or not self.memory_clock_mhz:
             return None
         return self.memory_bus_width_bits / 8 * self.memory_clock_mhz * 1e6 * 2 / 1e9
+
+    def datasheet(self):
+        """This GPU's figures as `lazymoe.measure` takes them."""
+        from lazymoe.measure import GpuDatasheet
+
+        link = f"PCIe {self.pcie_gen} x{self.pcie_width}" if self.pcie_gen else "host link"
+        return GpuDatasheet(self.memory_bandwidth_gbps, self.pcie_bandwidth_gbps, link)
 
     @property
     def pcie_bandwidth_gbps(self) -> float | None:
@@ -191,9 +199,12 @@ def probe() -> MachineInfo:
 
 
 def measure(*args, **kwargs):
-    """Time RAM, disk, GPU and host<->GPU bandwidths: see `lazymoe.measure.measure`."""
+    """Time RAM, disk, GPU and host<->GPU bandwidths (`lazymoe.measure.measure`), with GPU 0's
+    datasheet figures from NVML beside the GPU rows."""
     from lazymoe.measure import measure as _measure
 
+    gpus = probe().gpus
+    kwargs.setdefault("gpu_datasheet", gpus[0].datasheet() if gpus else None)
     return _measure(*args, **kwargs)
 
 

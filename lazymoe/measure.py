@@ -1,10 +1,14 @@
 """Measure this machine's bandwidths: RAM copy, disk read, GPU memory, host <-> GPU copies.
 
+`ram_copy` is THE CPU-bandwidth measurement of the package: lab01's table, the benchmark's roofline
+bound (`lazymoe.bench.bandwidth`) and the engine's placement cost model
+(`lazymoe.engine.compute.placement`) all call it, so "CPU bandwidth" means one thing everywhere.
+
 Every number is the best of a few repeats of one sized transfer (best, because the slower runs
 are the ones something else interrupted). Sizes and repeats are printed with the results.
 `LAZYMOE_QUICK=1` (or `quick=True`) uses small sizes so a notebook finishes fast on CI.
 
-    from lazymoe.hardware import measure
+    from lazymoe.hardware import measure   # adds the GPU datasheet figures read through NVML
     report = measure()             # a progress bar while it runs
     print(report.table())
     report.figure().show()         # measured vs datasheet
@@ -19,9 +23,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import numpy as np
-from tqdm.auto import tqdm
 
 MiB = 2**20
 GB = 1e9
@@ -90,37 +91,40 @@ def _best_of(fn: Callable[[], float], repeats: int) -> list[float]:
     return [fn() for _ in range(repeats)]
 
 
-def ram_copy_numpy(size_bytes: int, repeats: int) -> Measurement:
-    """numpy copies on one thread: bytes moved = 2 x size (each byte read once, written once)."""
-    src = np.ones(size_bytes, dtype=np.uint8)
-    dst = np.empty_like(src)
-
-    def once() -> float:
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        return time.perf_counter() - t0
-
-    secs = _best_of(once, repeats)
-    return Measurement("RAM copy, 1 thread (numpy)", 2 * size_bytes / min(secs) / GB, size_bytes,
-                       repeats, secs, note="one core rarely saturates all memory channels")
-
-
-def ram_copy_torch(size_bytes: int, repeats: int) -> Measurement:
-    """torch copies with all its threads: bytes moved = 2 x size."""
+def ram_copy(size_bytes: int, repeats: int, threads: int | None = None) -> Measurement:
+    """RAM bandwidth: a torch copy of `size_bytes`, bytes moved = 2 x size (each byte read once,
+    written once), best of `repeats` after a warm-up. threads: torch threads for the copy
+    (None: all of them; 1: what one core reaches)."""
     import torch
 
     src = torch.ones(size_bytes, dtype=torch.uint8)
     dst = torch.empty_like(src)
+    before = torch.get_num_threads()
+    used = threads or before
 
     def once() -> float:
         t0 = time.perf_counter()
         dst.copy_(src)
         return time.perf_counter() - t0
 
-    secs = _best_of(once, repeats)
-    threads = torch.get_num_threads()
-    return Measurement(f"RAM copy, {threads} thread{'s' if threads > 1 else ''} (torch)",
-                       2 * size_bytes / min(secs) / GB, size_bytes, repeats, secs)
+    torch.set_num_threads(used)
+    try:
+        secs = _best_of(once, repeats)
+    finally:
+        torch.set_num_threads(before)
+    note = "one core rarely saturates all memory channels" if used == 1 else ""
+    return Measurement(f"RAM copy, {used} thread{'s' if used > 1 else ''}", 2 * size_bytes / min(secs) / GB,
+                       size_bytes, repeats, secs, note=note)
+
+
+def ram_copy_numpy(size_bytes: int, repeats: int) -> Measurement:
+    """One thread: `ram_copy(..., threads=1)` (the name lab02 and module 02 import)."""
+    return ram_copy(size_bytes, repeats, threads=1)
+
+
+def ram_copy_torch(size_bytes: int, repeats: int) -> Measurement:
+    """Every torch thread: `ram_copy(...)` (the name lab04 imports)."""
+    return ram_copy(size_bytes, repeats)
 
 
 def disk_read(size_bytes: int, repeats: int, folder: str | Path | None = None) -> Measurement:
@@ -174,17 +178,22 @@ def disk_read(size_bytes: int, repeats: int, folder: str | Path | None = None) -
                        size_bytes, repeats, secs, note=note)
 
 
-def gpu_measurements(size_bytes: int, repeats: int, device: int = 0) -> list[Measurement]:
+@dataclass(frozen=True)
+class GpuDatasheet:
+    """A GPU's datasheet figures (from NVML: `lazymoe.hardware.GpuInfo.datasheet()`), GB/s."""
+
+    vram_gbps: float | None = None
+    link_gbps: float | None = None
+    link_name: str = "host link"
+
+
+def gpu_measurements(size_bytes: int, repeats: int, device: int = 0,
+                     datasheet: GpuDatasheet | None = None) -> list[Measurement]:
     """Device copy (2 x size moved), host->GPU from pinned and pageable memory, GPU->host pinned."""
     import torch
 
-    from lazymoe.hardware import probe
-
-    gpus = probe().gpus
-    info = gpus[device] if len(gpus) > device else None
-    vram_sheet = info.memory_bandwidth_gbps if info else None
-    link_sheet = info.pcie_bandwidth_gbps if info else None
-    link_name = f"PCIe {info.pcie_gen} x{info.pcie_width}" if info and info.pcie_gen else "host link"
+    sheet = datasheet or GpuDatasheet()
+    vram_sheet, link_sheet, link_name = sheet.vram_gbps, sheet.link_gbps, sheet.link_name
     dev = torch.device("cuda", device)
     a = torch.empty(size_bytes, dtype=torch.uint8, device=dev)
     b = torch.empty_like(a)
@@ -216,12 +225,15 @@ def gpu_measurements(size_bytes: int, repeats: int, device: int = 0) -> list[Mea
 
 
 def measure(quick: bool | None = None, host: str | None = None, disk_folder: str | Path | None = None,
-            gpu: bool = True) -> MeasureReport:
+            gpu: bool = True, gpu_datasheet: GpuDatasheet | None = None) -> MeasureReport:
     """Run every measurement this machine supports; a progress bar shows where it is.
 
     host: a catalog CPU row ("Desktop, DDR5-5600 dual channel") to set the RAM rows' datasheet
     figure; we cannot read the memory configuration without root, so you say it.
+    gpu_datasheet: GPU 0's figures for the GPU rows (`lazymoe.hardware.measure` reads them).
     """
+    from tqdm.auto import tqdm  # here: the engine imports this module for ram_copy alone
+
     if quick is None:
         quick = os.environ.get("LAZYMOE_QUICK") == "1"
     ram_size, disk_size, gpu_size = (64 * MiB, 64 * MiB, 256 * MiB) if quick else (
@@ -234,13 +246,13 @@ def measure(quick: bool | None = None, host: str | None = None, disk_folder: str
         row = catalog.hardware(host)
         ram_sheet, ram_source = row.bandwidth_gbps, f"{row.name} ({row.source})"
     steps: list[tuple[str, Callable[[], list[Measurement]]]] = [
-        ("RAM (numpy)", lambda: [ram_copy_numpy(ram_size, repeats)]),
-        ("RAM (torch)", lambda: [ram_copy_torch(ram_size, repeats)]),
+        ("RAM, 1 thread", lambda: [ram_copy(ram_size, repeats, threads=1)]),
+        ("RAM, all threads", lambda: [ram_copy(ram_size, repeats)]),
         ("disk", lambda: [disk_read(disk_size, repeats, disk_folder)]),
     ]
     report = MeasureReport()
     if gpu and _cuda_available():
-        steps.append(("GPU", lambda: gpu_measurements(gpu_size, repeats * 2)))
+        steps.append(("GPU", lambda: gpu_measurements(gpu_size, repeats * 2, datasheet=gpu_datasheet)))
     elif gpu:
         report.skipped.append("GPU copies: no CUDA GPU visible to torch")
     for label, step in tqdm(steps, desc="measuring", unit="step"):

@@ -7,12 +7,13 @@ import json
 import pytest
 
 from lazymoe import paths
-from lazymoe.bench import harness, report
+from lazymoe.bench import harness, report, routing
 from lazymoe.bench.shapes import TINY
 from lazymoe.bench.writer import write_model
 
-ROW_FIELDS = {"label", "engine", "model", "routing", "placement", "prompt_tokens", "new_tokens", "load_s",
-              "prefill_tok_s", "decode_tok_s", "runs", "peak_rss_bytes", "peak_vram_bytes", "ok"}
+ROW_FIELDS = {"label", "engine", "model", "routing", "routing_params", "model_routers", "placement",
+              "prompt_tokens", "new_tokens", "load_s", "prefill_tok_s", "decode_tok_s", "runs", "cold",
+              "peak_rss_bytes", "peak_vram_bytes", "ok"}
 DOC_FIELDS = {"schema", "created_utc", "command", "machine", "libraries", "bandwidths", "models",
               "protocol", "notes", "results"}
 QUICK_BANDWIDTHS = {"cpu_read_gbps": 10.0, "h2d_pinned_gbps": None, "gpu_read_gbps": None}
@@ -27,7 +28,8 @@ def tiny_dir(tmp_path_factory):
 
 def small_plan(entry, engines=harness.ENGINE_CHOICES) -> harness.BenchPlan:
     return harness.BenchPlan(models=[entry], engines=tuple(engines), prompt_tokens=12, new_tokens=4,
-                             repeats=2, warmup=1, n_threads=1, gpu=False, timeout_s=300)
+                             repeats=2, warmup=1, n_threads=1, gpu=False, timeout_s=300,
+                             routings=(routing.MODEL_OWN,))
 
 
 def check_document(doc: dict, expected_labels: set[str]) -> None:
@@ -41,8 +43,16 @@ def check_document(doc: dict, expected_labels: set[str]) -> None:
         assert row["decode_tok_s"] > 0 and row["prefill_tok_s"] > 0
         assert len(row["runs"]) == 2 and all(run["new_tokens"] == 4 for run in row["runs"])
         assert row["peak_rss_bytes"] > 10 * 2**20  # a Python process with torch or llama.cpp loaded
+        assert row["cold"]["first_token_s"] > 0 and row["cold"]["tokens"] == 4
+        if row["engine"] == "lazymoe":  # every lazymoe row: its regime, parameters, hit rate
+            assert row["routing"] in (*routing.REGIMES, routing.MODEL_OWN)
+            assert row["routing"] == routing.MODEL_OWN or row["routing_params"]["trace_tokens"] > 0
+            assert 0 <= row["hit_rate"] <= 1 and 0 < row["resident_fraction"] <= 1
+        else:  # llama.cpp and transformers cannot replay a trace
+            assert row["routing"] == routing.MODEL_OWN and row["routing_params"] == {}
     # greedy decoding of the same bits from the same prompt ids: every engine says the same thing
-    firsts = {r["label"]: r["first_tokens"][:2] for r in doc["results"]}
+    # (where the model's own routers decide: a replayed trace computes other experts)
+    firsts = {r["label"]: r["first_tokens"][:2] for r in doc["results"] if r["routing"] == routing.MODEL_OWN}
     assert len({tuple(v) for v in firsts.values()}) == 1, firsts
 
 
@@ -57,6 +67,30 @@ def test_every_engine_runs_on_the_same_model_and_prompt(tiny_dir, tmp_path):
     check_document(doc, expected)
     assert json.loads(out.read_text())["results"] == doc["results"]  # saved as returned
     assert "| lazymoe (CPU) |" in report.table(doc)
+
+
+def test_every_lazymoe_row_replays_its_regime_and_records_the_hit_rate(tiny_dir, tmp_path):
+    """A RAM cache of 4 of the 16 experts on the CPU: each regime's trace gives its own hit rate."""
+    entry = harness.ModelEntry.from_dir(tiny_dir, dtype="float32")
+    assert entry.routers == "random"  # the writer's random routers: never called uniform
+    expert_gb = entry.shape().nbytes("float32")["expert_bytes"] / harness.GB
+    plan = small_plan(entry, ("lazymoe",))
+    plan.routings = (*routing.REGIMES, routing.MODEL_OWN)
+    plan.cpu_cache_budgets_gb = (4.5 * expert_gb,)
+    doc = harness.run_plan(plan, command="pytest", bandwidths=QUICK_BANDWIDTHS, progress=False)
+    check_document(doc, {"lazymoe (CPU)"} | {f"lazymoe (CPU), {4.5 * expert_gb:g} GB cache"})
+    cached = {r["routing"]: r for r in doc["results"] if r["vram_budget_gb"]}
+    assert set(cached) == {*routing.REGIMES, routing.MODEL_OWN}
+    assert all(r["resident_fraction"] == 4 / 16 for r in cached.values())
+    hit = {regime: r["hit_rate"] for regime, r in cached.items()}
+    assert hit["real-text"] > hit["independent"] and hit["zipf"] > hit["independent"], hit
+    assert cached["real-text"]["routing_params"]["calibrated_to"] == routing.SOURCE
+    assert cached["zipf"]["routing_params"]["skew"] == routing.ZIPF_SKEW
+    assert doc["protocol"]["routing"]["regimes"] == list(plan.routings)
+    table = report.table(doc)
+    for regime, rate in hit.items():
+        assert f"| {regime} | lazymoe (CPU), {4.5 * expert_gb:g} GB cache |" in table
+        assert f"| {rate:.2f} |" in table
 
 
 def test_a_failing_configuration_becomes_a_row_that_says_why(tiny_dir):
@@ -81,36 +115,44 @@ def test_gpu_plans_cover_each_placement_at_each_budget(tiny_dir):
                              vram_budgets_gb=(8.0, 5.0))
     specs = harness.build_specs(plan, llama_ok=True)
     lazymoe = [(s["placement"], s["vram_budget_gb"]) for s in specs if s["engine"] == "lazymoe"]
-    assert lazymoe[:3] == [("gpu", 8.0), ("cpu", 8.0), ("auto", 8.0)]  # the first budget first
-    assert len(lazymoe) == 3 * 2 + 1  # + every expert resident
+    assert lazymoe[:9:3] == [("fetch", 8.0), ("cpu", 8.0), ("auto", 8.0)]  # the first budget first
+    assert len(lazymoe) == 3 * 2 * 3 + 1  # x 3 routing regimes, + every expert resident (one row)
+    regimes = [s["routing"] for s in specs if s["engine"] == "lazymoe"]
+    assert regimes[:3] == list(routing.REGIMES) and regimes[-1] == routing.REGIMES[0]
+    replayed = [s for s in specs if s["engine"] == "lazymoe" and s["vram_budget_gb"]]
+    assert all(s["options"]["routing_trace"].endswith(".npz") and s["options"]["prefetch"] is False
+               for s in replayed)
     assert specs[0]["label"] == "llama.cpp --cpu-moe"
     assert len({tuple(s["prompt_ids"]) for s in specs}) == 1  # the same prompt for everyone
 
 
 def test_each_decode_path_gets_its_own_labelled_row(tiny_dir):
     entry = harness.ModelEntry.from_dir(tiny_dir)
-    plan = harness.BenchPlan(models=[entry], engines=("lazymoe",), gpu=True, placements=("gpu",),
-                             decodes=("auto", "model"), vram_budgets_gb=(8.0,), include_resident=False)
+    plan = harness.BenchPlan(models=[entry], engines=("lazymoe",), gpu=True, placements=("fetch",),
+                             decodes=("auto", "model"), vram_budgets_gb=(8.0,), include_resident=False,
+                             routings=("real-text",))
     specs = harness.build_specs(plan, llama_ok=False)
     assert [(s["label"], s["options"]["decode"]) for s in specs] == [
-        ("lazymoe gpu", "auto"), ("lazymoe gpu (model)", "model")]
+        ("lazymoe fetch", "auto"), ("lazymoe fetch (model)", "model")]
 
 
 def test_each_kernel_gets_its_own_labelled_row(tiny_dir):
     entry = harness.ModelEntry.from_dir(tiny_dir)
-    plan = harness.BenchPlan(models=[entry], engines=("lazymoe",), gpu=True, placements=("gpu",),
-                             kernels=("auto", "batched"), vram_budgets_gb=(8.0,), include_resident=False)
+    plan = harness.BenchPlan(models=[entry], engines=("lazymoe",), gpu=True, placements=("fetch",),
+                             kernels=("auto", "batched"), vram_budgets_gb=(8.0,), include_resident=False,
+                             routings=("real-text",))
     specs = harness.build_specs(plan, llama_ok=False)
     assert [(s["label"], s["options"]["kernel"]) for s in specs] == [
-        ("lazymoe gpu", None), ("lazymoe gpu [batched]", "batched")]
+        ("lazymoe fetch", None), ("lazymoe fetch [batched]", "batched")]
 
 
 def test_a_pinned_checkpoint_is_labelled(tiny_dir):
     entry = harness.ModelEntry.from_dir(tiny_dir)
-    plan = harness.BenchPlan(models=[entry], engines=("lazymoe",), gpu=True, placements=("gpu",),
-                             pin_checkpoint=True, vram_budgets_gb=(8.0,), include_resident=False)
+    plan = harness.BenchPlan(models=[entry], engines=("lazymoe",), gpu=True, placements=("fetch",),
+                             pin_checkpoint=True, vram_budgets_gb=(8.0,), include_resident=False,
+                             routings=("real-text",))
     [spec] = harness.build_specs(plan, llama_ok=False)
-    assert spec["label"] == "lazymoe gpu, pinned file" and spec["options"]["pin_checkpoint"] is True
+    assert spec["label"] == "lazymoe fetch, pinned file" and spec["options"]["pin_checkpoint"] is True
 
 
 @pytest.mark.skipif(not (paths.bundled_model_dir() / "config.json").is_file(),

@@ -39,14 +39,21 @@ def test_the_override_array_is_null_terminated_and_points_at_the_cpu_buffer_type
 
 
 @pytest.mark.parametrize("api", ["lowlevel", "highlevel"])
-def test_cpu_moe_puts_every_expert_tensor_and_nothing_else_on_the_cpu(tiny_dir, api, monkeypatch):
-    monkeypatch.delenv("LAZYMOE_LLAMA_API", raising=False)
+def test_cpu_moe_puts_every_expert_tensor_and_nothing_else_on_the_cpu(tiny_dir, api):
     cfg = LlamaCppConfig(str(tiny_dir / "model-bf16.gguf"), cpu_moe=True, n_threads=1, api=api)
     with LlamaCppRunner(cfg) as r:
         overridden = [line.split()[1] for line in r.log if "buffer type overridden" in line]
         assert len(list(r.stream(PROMPT, 3))) == 3
     expected = {f"blk.{i}.ffn_{p}_exps.weight" for i in range(TINY.num_layers) for p in ("gate", "up", "down")}
     assert set(overridden) == expected
+
+
+def test_n_cpu_moe_keeps_only_the_first_layers_experts_on_the_cpu(tiny_dir):
+    cfg = LlamaCppConfig(str(tiny_dir / "model-bf16.gguf"), n_cpu_moe=1, n_threads=1)
+    with LlamaCppRunner(cfg) as r:
+        overridden = [line.split()[1] for line in r.log if "buffer type overridden" in line]
+        assert len(list(r.stream(PROMPT, 2))) == 2
+    assert TINY.num_layers > 1 and set(overridden) == {f"blk.0.ffn_{p}_exps.weight" for p in ("gate", "up", "down")}
 
 
 def test_without_cpu_moe_nothing_is_overridden(tiny_dir):

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from lazymoe.bench import cli, report
-from lazymoe.bench.measure import TimedRun, run_protocol, time_stream
+from lazymoe.bench.measure import TimedRun, cold_summary, run_protocol, time_stream
 
 GB = 1e9
 BYTES = {"dense_per_token_bytes": 2 * GB, "active_expert_bytes_per_token": 4 * GB}
@@ -20,26 +20,43 @@ def row(**fields) -> dict:
     return {**base, **fields}
 
 
-def test_cpu_moe_bound_reads_experts_at_cpu_bandwidth_and_the_rest_at_gpu_bandwidth():
+def test_cpu_moe_bound_is_the_slower_of_cpu_memory_for_experts_and_gpu_memory_for_the_rest():
     r = row(engine="llamacpp", label="llama.cpp --cpu-moe", placement="cpu", options={"cpu_moe": True})
-    assert report.roofline_tok_s(r, BYTES, BW) == pytest.approx(1 / (2 / 2000 + 4 / 100))
+    assert report.roofline_tok_s(r, BYTES, BW) == pytest.approx(1 / (4 / 100))  # overlapped: RAM's time
+    serial = report.roofline_tok_s(r, BYTES, BW, overlap=False)
+    assert serial == pytest.approx(1 / (2 / 2000 + 4 / 100))  # the calculator's: the parts added up
 
 
 def test_gpu_fetch_bound_moves_misses_over_pcie_then_reads_every_expert_from_vram():
-    r = row(engine="lazymoe", placement="gpu", vram_budget_gb=8, hit_rate=0.25)
-    expected = 1 / ((2 + 4) / 2000 + 0.75 * 4 / 50)  # calculator.expert_cache_bound
-    assert report.roofline_tok_s(r, BYTES, BW) == pytest.approx(expected)
+    r = row(engine="lazymoe", placement="fetch", vram_budget_gb=8, hit_rate=0.25)
+    assert report.roofline_tok_s(r, BYTES, BW) == pytest.approx(1 / (0.75 * 4 / 50))  # PCIe is slowest
+    expected_serial = 1 / ((2 + 4) / 2000 + 0.75 * 4 / 50)  # calculator.expert_cache_bound
+    assert report.roofline_tok_s(r, BYTES, BW, overlap=False) == pytest.approx(expected_serial)
+    old_name = {**r, "placement": "gpu"}  # results files written before the rename
+    assert report.roofline_tok_s(old_name, BYTES, BW) == pytest.approx(1 / (0.75 * 4 / 50))
     better = report.roofline_tok_s({**r, "hit_rate": 0.75}, BYTES, BW)
     assert better > report.roofline_tok_s(r, BYTES, BW)  # a higher hit rate raises the bound
+    resident = report.roofline_tok_s({**r, "hit_rate": 1.0}, BYTES, BW)
+    assert resident == pytest.approx(2000 / 6)  # nothing crosses PCIe: GPU memory sets the pace
 
 
-def test_auto_uses_the_faster_miss_path_and_no_gpu_means_everything_at_cpu_speed():
+def test_auto_uses_its_measured_split_else_the_faster_path_and_no_gpu_means_cpu_speed():
     r = row(engine="lazymoe", placement="auto", vram_budget_gb=8, hit_rate=0.0)
-    assert report.roofline_tok_s(r, BYTES, BW) == pytest.approx(1 / (2 / 2000 + 4 / 100))  # RAM 100 > PCIe 50
+    assert report.roofline_tok_s(r, BYTES, BW) == pytest.approx(100 / 4)  # RAM 100 > PCIe 50
+    measured = {**r, "hit_rate": 0.5, "experts_on_cpu": 1, "experts_on_device": 3}  # c = 0.25
+    # VRAM (2 + 3) / 2000, PCIe 0.25 * 4 / 50, RAM 0.25 * 4 / 100: PCIe is slowest
+    assert report.roofline_tok_s(measured, BYTES, BW) == pytest.approx(1 / (0.25 * 4 / 50))
     cpu_side = row(engine="lazymoe", placement="cpu", vram_budget_gb=8, hit_rate=0.5)
-    assert report.roofline_tok_s(cpu_side, BYTES, BW) == pytest.approx(1 / ((2 + 2) / 2000 + 2 / 100))
+    assert report.roofline_tok_s(cpu_side, BYTES, BW) == pytest.approx(1 / (2 / 100))
     cpu_only = {"cpu_read_gbps": 20.0}
     assert report.roofline_tok_s(r, BYTES, cpu_only) == pytest.approx(20 / 6)
+
+
+def test_llama_cpp_with_some_layers_experts_on_the_cpu():
+    r = row(engine="llamacpp", label="llama.cpp --n-cpu-moe 12", placement="cpu",
+            options={"cpu_moe": False, "n_cpu_moe": 12})
+    # 12 of 48 layers: a quarter of the experts read from CPU memory, the rest from VRAM
+    assert report.roofline_tok_s(r, BYTES, BW, num_layers=48) == pytest.approx(1 / (0.25 * 4 / 100))
 
 
 def document() -> dict:
@@ -66,11 +83,21 @@ def test_speedups_divide_by_llama_cpp_on_the_same_model_and_routing():
     assert ratios == {5: pytest.approx(0.5), 8: pytest.approx(1.5)}
 
 
+def test_regimes_compare_with_llama_cpps_own_routing_row_and_old_uniform_is_model_own():
+    doc = document()
+    doc["results"][0]["routing"] = "model-own"
+    doc["results"][1]["routing"] = "real-text"
+    ratios = {(r["routing"], r["vram_budget_gb"]): r["speedup"] for r in report.speedups(doc)}
+    assert ratios == {("real-text", 5): pytest.approx(0.5), ("model-own", 8): pytest.approx(1.5)}
+    assert "| m | model-own | lazymoe gpu | 8 |" in report.table(doc)  # "uniform" never shown
+    assert "uniform" not in report.table(doc)
+
+
 def test_figure_draws_each_series_and_the_lazymoe_bound():
     fig = report.figure(document())
     names = [trace.name for trace in fig.data]
     assert any(n.startswith("bound:") for n in names) and len(names) == 3
-    lazymoe = next(t for t in fig.data if t.name.endswith("lazymoe gpu (uniform)"))
+    lazymoe = next(t for t in fig.data if t.name.endswith("lazymoe gpu (model-own)"))
     assert list(lazymoe.x) == [5, 8] and list(lazymoe.y) == [10.0, 30.0]
 
 
@@ -97,6 +124,8 @@ def test_protocol_warms_up_then_reports_the_median():
 
     result = run_protocol(generate, [1, 2], new_tokens=3, repeats=3, warmup=2).as_dict()
     assert calls == [3] * 5 and len(result["runs"]) == 3 and result["first_tokens"] == [0, 1, 2]
+    assert result["cold"]["tokens"] == 3 and result["cold"]["first_token_s"] >= 0
+    assert run_protocol(generate, [1], new_tokens=2, repeats=1, warmup=0).as_dict()["cold"] is None
     with pytest.raises(ValueError, match="new_tokens >= 2"):
         run_protocol(generate, [1], new_tokens=1)
 
@@ -116,3 +145,11 @@ def test_cli_prints_the_table_of_a_saved_result(tmp_path, capsys):
 def test_bar_figure_has_a_bar_per_successful_row_and_the_bounds():
     fig = report.bar_figure(document())
     assert len(fig.data[0].x) == 3 and fig.data[1].name == "roofline bound"
+
+
+def test_cold_summary_times_the_first_tokens_of_the_first_run():
+    run = TimedRun(8, 40, 0.5, 3.9, token_times_s=[0.5 + 0.1 * i for i in range(40)])
+    cold = cold_summary(run, n_tokens=16)
+    assert cold["first_token_s"] == 0.5 and cold["tokens"] == 16
+    assert cold["decode_tok_s"] == pytest.approx(15 / 1.5)
+    assert cold["whole_run_decode_tok_s"] == pytest.approx(39 / 3.9)

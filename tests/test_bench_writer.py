@@ -72,3 +72,25 @@ def test_writing_the_two_files_separately_gives_the_same_bits(tiny_dir, tmp_path
     assert (tmp_path / "model.safetensors").read_bytes() == (tiny_dir / "model.safetensors").read_bytes()
     with pytest.raises(ValueError, match="formats"):
         write_model(TINY, tmp_path, formats=("onnx",))
+
+
+def test_the_benchmark_gguf_is_what_the_exporter_writes_from_its_safetensors(tiny_dir, tmp_path):
+    """One GGUF writer: exporting the benchmark's own checkpoint gives the same tensors and keys."""
+    import gguf
+
+    from lazymoe.models.gguf_export import export_gguf
+
+    exported = export_gguf(tiny_dir, tmp_path / "exported.gguf", "bf16", tokenizer_pre="qwen2",
+                           progress=False)
+    ours, theirs = gguf.GGUFReader(tiny_dir / "model-bf16.gguf"), gguf.GGUFReader(exported)
+    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+    for a, b in zip(ours.tensors, theirs.tensors, strict=True):
+        assert a.tensor_type == b.tensor_type, a.name
+        assert np.array_equal(np.asarray(a.data), np.asarray(b.data)), a.name
+    keys = [k for k in ours.fields if k != "general.name"]
+    assert keys == [k for k in theirs.fields if k != "general.name"]
+    for key in keys:
+        fa, fb = ours.fields[key], theirs.fields[key]
+        assert [bytes(fa.parts[i]) for i in fa.data] == [bytes(fb.parts[i]) for i in fb.data], key
+    tokens = ours.fields["tokenizer.ggml.tokens"]
+    assert len(tokens.data) == TINY.vocab_size  # padded to the embedding's rows

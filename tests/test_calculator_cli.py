@@ -43,7 +43,7 @@ def test_table_output_and_case_list(capsys):
     text = capsys.readouterr().out
     assert "full_gpu" in text and "best that fits" in text
     assert main(["calc", "--cases"]) == 0
-    assert "seed001-ntransformer" in capsys.readouterr().out
+    assert "ntransformer-70b" in capsys.readouterr().out
 
 
 def test_unknown_names_say_what_to_do(capsys):

@@ -42,7 +42,7 @@ def test_the_smallest_working_budget_is_exactly_top_k_experts(tiny):
         ("vram_budget", -5, "negative"),
         ("device", "tpu", "cpu"),
         ("dtype", "int4", "bfloat16"),
-        ("placement", "disk", "gpu, cpu, auto"),
+        ("placement", "disk", "fetch, cpu, auto"),
         ("policy", 3, "EvictionPolicy"),
     ],
 )

@@ -47,7 +47,7 @@ def test_greedy_tokens_match_transformers_for_every_cache_size(checkpoints, arch
         assert stats.misses > 0 and stats.bytes_moved >= stats.misses * expert_bytes
 
 
-@pytest.mark.parametrize("placement", ["gpu", "cpu", "auto"])
+@pytest.mark.parametrize("placement", ["fetch", "cpu", "auto", "gpu"])  # gpu: fetch's old name
 @pytest.mark.parametrize("arch", ["qwen3_moe", "qwen2_moe"])
 def test_every_placement_mode_gives_the_same_tokens(checkpoints, arch, placement):
     path, expected = checkpoints[arch]

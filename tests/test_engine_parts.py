@@ -9,7 +9,7 @@ import torch
 from lazymoe.engine import Engine, GenerationConfig
 from lazymoe.engine.compute.moe import reference_experts
 from lazymoe.engine.config import parse_bytes
-from lazymoe.engine.parts.policies import LRU
+from lazymoe.engine.parts.policies import LRU, EvictionPolicy
 from lazymoe.engine.parts.router import topk_route
 from lazymoe.engine.sampler import Sampler
 from lazymoe.models.random import make_random_checkpoint
@@ -151,3 +151,103 @@ def test_close_frees_the_engine_and_is_idempotent(tiny):
 def test_a_policy_class_gives_each_tier_a_fresh_instance(tiny):
     engine = Engine.from_pretrained(tiny, device="cpu", vram_budget=3 * EXPERT_BYTES, policy=LRU)
     assert isinstance(engine.tiers.device.book.policy, LRU)
+
+
+# -- an engine built from four parts written as a learner would (labs 05, 05b, 06, 07 -> lab08) ---
+def _learner_route(hidden, gate_weight, top_k):  # lab05: plain torch, no package helper
+    probs = torch.softmax(hidden @ gate_weight.T, dim=-1)
+    weights, experts = probs.topk(top_k, dim=-1)
+    return weights / weights.sum(dim=-1, keepdim=True), experts
+
+
+def _learner_reader(calls):
+    import struct
+
+    import numpy as np
+
+    def read_expert(path, header, layer, expert):  # lab05b: seek + read + np.frombuffer
+        calls.append((layer, expert))
+        with open(path, "rb") as f:
+            data_start = 8 + struct.unpack("<Q", f.read(8))[0]
+            out = []
+            for role in ("gate", "up", "down"):
+                info = header[f"model.layers.{layer}.mlp.experts.{expert}.{role}_proj.weight"]
+                start, end = info["data_offsets"]
+                f.seek(data_start + start)
+                out.append(np.frombuffer(f.read(end - start), dtype=np.float32).reshape(info["shape"]))
+        return tuple(out)
+
+    return read_expert
+
+
+class _LearnerLRU(EvictionPolicy):  # lab06: a list, least recently used first
+    name = "learner-lru"
+
+    def __init__(self):
+        self.order = []
+
+    def on_hit(self, key):
+        self.order.remove(key)
+        self.order.append(key)
+
+    def on_insert(self, key):
+        self.order.append(key)
+
+    def on_evict(self, key):
+        self.order.remove(key)
+
+    def victim(self, resident, protected):
+        for key in self.order:
+            if key not in protected:
+                return key
+        return None
+
+
+def test_an_engine_of_four_learner_parts_writes_the_tokens_of_transformers():
+    from lazymoe.engine.reference import full_model, reference_greedy
+    from lazymoe.exercises.lab08 import assemble
+    from lazymoe.paths import bundled_model_dir
+
+    model_dir, reads, guesses = bundled_model_dir(), [], []
+
+    def my_predict(hidden, router_weight, top_k):  # lab07
+        guesses.append(top_k)
+        return torch.topk(router_weight @ hidden, top_k).indices
+
+    parts = assemble(_learner_route, _learner_reader(reads), _LearnerLRU, my_predict)
+    assert all("yours" in note for note in parts.notes), parts.notes
+    reads.clear()  # the checks read and guessed too; count the engine's calls only
+    guesses.clear()
+    probe = Engine.from_pretrained(model_dir, device="cpu")
+    budget = (probe.total_experts // 4) * probe.expert_nbytes  # a quarter of the experts: misses
+    engine = parts.engine(model_path=model_dir, device="cpu", vram_budget=budget)
+    prompt = engine.tokenizer.encode("def parse_args(argv):\n    ")
+    mine = engine.generate(prompt, GenerationConfig(max_new_tokens=16, stop_token_ids=()))
+    assert mine == reference_greedy(full_model(model_dir), prompt, 16)
+    stats = engine.stats()
+    assert stats.misses > 0 and len(reads) >= stats.misses  # every miss went through the reader
+    assert stats.prefetch["predicted"] > 0  # every scored guess was my_predict's
+    assert len(guesses) * engine.top_k >= stats.prefetch["predicted"]
+    assert engine.runtime.tiers.device.book.policy.name == "learner-lru"
+
+
+def test_a_part_not_written_yet_is_replaced_by_the_packages_with_a_note():
+    from lazymoe.exercises.lab08 import assemble
+
+    def empty_predict(hidden, router_weight, top_k):
+        return None
+
+    parts = assemble(route=_learner_route, predict=empty_predict)
+    assert parts.route is _learner_route and parts.predict is None and parts.read_expert is None
+    assert "not written yet" in parts.notes[3] and "package's guess" in parts.notes[3]
+    assert "not written yet" in parts.notes[1]
+
+
+def test_a_reader_that_returns_the_wrong_matrix_is_stopped_with_a_message(tiny):
+    def swapped(path, header, layer, expert):
+        gate, up, down = _learner_reader([])(path, header, layer, expert)
+        return gate, up, down.T  # (I, D) where (D, I) belongs
+
+    engine = Engine.from_pretrained(tiny, device="cpu", vram_budget=3 * EXPERT_BYTES, expert_reader=swapped)
+    with pytest.raises(Exception, match="your expert reader gave down"):
+        engine.generate(PROMPT, GenerationConfig(max_new_tokens=2))

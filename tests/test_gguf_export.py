@@ -6,6 +6,8 @@ where llama-cpp-python is not installed.
 
 from __future__ import annotations
 
+import json
+
 import gguf
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lazymoe.models import bundled, corpus, recipe
+from lazymoe.models.archs import ARCHS
 from lazymoe.models.gguf_export import GGUFExportError, export_gguf
 from lazymoe.models.tokenizer import as_transformers, train_tokenizer
 from lazymoe.paths import bundled_model_dir
@@ -149,13 +152,12 @@ def test_llamacpp_runs_the_smaller_formats(tmp_path, out_type, min_top1_agreemen
     assert agreement >= min_top1_agreement, f"{out_type}: next-token agreement {agreement:.0%}"
 
 
-# -- every architecture the engine runs ------------------------------------------------------------
-ARCH_CASES = {  # model_type -> (llama.cpp architecture, config overrides for the tiny checkpoint)
-    "qwen3_moe": ("qwen3moe", {}),
-    "olmoe": ("olmoe", {"num_key_value_heads": 4}),  # llama.cpp's olmoe: k_norm over all heads
-    "qwen2_moe": ("qwen2moe", {}),
-    "mixtral": ("llama", {}),
-}
+# -- every architecture in the registry ------------------------------------------------------------
+def _overrides(arch) -> dict:
+    """Config changes a tiny checkpoint needs before llama.cpp computes the same model."""
+    if arch.qk_norm == "full":  # llama.cpp's olmoe: k_norm over all heads
+        return {"num_key_value_heads": arch.tiny_config["num_attention_heads"]}
+    return {}
 
 
 @pytest.fixture(scope="module")
@@ -163,25 +165,34 @@ def arch_dirs(tmp_path_factory):
     from lazymoe.models.random import make_random_checkpoint
 
     root = tmp_path_factory.mktemp("archs")
-    return {arch: make_random_checkpoint(root / arch, arch=arch, seed=5, **overrides)
-            for arch, (_, overrides) in ARCH_CASES.items()}
+    return {name: make_random_checkpoint(root / name, arch=name, seed=5, **_overrides(arch))
+            for name, arch in ARCHS.items()}
 
 
-@pytest.mark.parametrize("arch", list(ARCH_CASES))
+def test_llamacpp_architecture_names_are_the_known_ones():
+    assert {name: arch.gguf_arch for name, arch in ARCHS.items()} == {
+        "qwen3_moe": "qwen3moe", "olmoe": "olmoe", "qwen2_moe": "qwen2moe", "mixtral": "llama"}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
 def test_every_engine_architecture_exports_with_llamacpps_names(arch_dirs, tmp_path, arch):
+    record = ARCHS[arch]
     path = export_gguf(arch_dirs[arch], tmp_path / f"{arch}.gguf", "q8_0", progress=False)
     reader, tensors = _read(path)
     field = reader.fields["general.architecture"]
-    assert bytes(field.parts[field.data[0]]).decode() == ARCH_CASES[arch][0]
+    assert bytes(field.parts[field.data[0]]).decode() == record.gguf_arch
     for name in ("blk.0.ffn_gate_inp.weight", "blk.2.ffn_gate_exps.weight", "blk.2.ffn_up_exps.weight",
                  "blk.2.ffn_down_exps.weight", "blk.0.attn_q.weight", "output.weight"):
         assert name in tensors, name
-    assert ("blk.1.ffn_gate_inp_shexp.weight" in tensors) == (arch == "qwen2_moe")
+    assert ("blk.1.ffn_gate_inp_shexp.weight" in tensors) == record.shared_expert
     assert ("blk.1.attn_q.bias" in tensors) == (arch == "qwen2_moe")
     assert ("blk.1.attn_k_norm.weight" in tensors) == (arch in ("qwen3_moe", "olmoe"))
+    # the file holds exactly the registry's tensors, the names a GGUF reader looks up
+    config = json.loads((arch_dirs[arch] / "config.json").read_text())
+    assert list(tensors) == [slot.gguf_name for slot in record.tensors(config)]
 
 
-@pytest.mark.parametrize("arch", list(ARCH_CASES))
+@pytest.mark.parametrize("arch", list(ARCHS))
 def test_llamacpp_matches_transformers_for_every_engine_architecture(arch_dirs, tmp_path, arch):
     """F32 logits on a fixed prompt agree within 1e-4 of the largest logit, every position.
 
@@ -215,6 +226,7 @@ def test_llamacpp_matches_transformers_for_every_engine_architecture(arch_dirs, 
         ("qwen3_moe", {"norm_topk_prob": False}, "always renormalizes"),
         ("olmoe", {"norm_topk_prob": True, "num_key_value_heads": 4}, "never renormalizes"),
         ("olmoe", {}, "num_key_value_heads == num_attention_heads"),
+        ("qwen3_moe", {"mlp_only_layers": [1]}, "some layers are dense"),
     ],
 )
 def test_a_checkpoint_llamacpp_would_compute_differently_is_refused(tmp_path, arch, overrides, message):

@@ -31,10 +31,42 @@ def test_gpu_info_turns_bus_width_and_clock_into_bandwidth():
 
 
 def test_ram_copies_count_read_and_write():
-    for fn in (measure.ram_copy_numpy, measure.ram_copy_torch):
+    for fn in (measure.ram_copy, measure.ram_copy_numpy, measure.ram_copy_torch):
         r = fn(4 * MiB, repeats=2)
         assert r.gbps == pytest.approx(2 * 4 * MiB / min(r.seconds) / 1e9)
         assert r.repeats == 2 and len(r.seconds) == 2 and r.size_bytes == 4 * MiB
+
+
+def test_one_ram_copy_serves_lab01_the_benchmark_and_the_engine(monkeypatch):
+    import torch
+
+    from lazymoe.bench import bandwidth
+    from lazymoe.engine.compute import placement
+
+    before = torch.get_num_threads()
+    assert measure.ram_copy(MiB, 1, threads=1).name == "RAM copy, 1 thread"
+    assert torch.get_num_threads() == before  # the thread count is given back
+    calls = []
+
+    def fake(size_bytes, repeats, threads=None):
+        calls.append(size_bytes)
+        return measure.Measurement("RAM copy", 42.0, size_bytes, repeats, [1.0])
+
+    monkeypatch.setattr(measure, "ram_copy", fake)
+    monkeypatch.setattr(bandwidth, "ram_copy", fake)
+    assert bandwidth.measure_bandwidths(nbytes=MiB, repeats=1)["cpu_read_gbps"] == 42.0
+    assert placement.measure_cost_model(64, 32, torch.float32, "cpu", nbytes=MiB).cpu_bandwidth_gbps == 42.0
+    assert calls == [MiB, MiB]
+
+
+def test_measure_does_not_import_hardware():
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(measure.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "lazymoe.hardware" not in imported  # hardware -> measure only: no import loop
 
 
 def test_disk_read_uses_a_fresh_file_and_says_whether_the_cache_was_bypassed(tmp_path):
@@ -72,7 +104,7 @@ def test_module_cli_prints_json(capsys):
 @pytest.mark.gpu
 @requires_gpu
 def test_gpu_copies_are_measured_against_nvml_figures():
-    results = measure.gpu_measurements(64 * MiB, repeats=3)
+    results = measure.gpu_measurements(64 * MiB, repeats=3, datasheet=hardware.probe().gpus[0].datasheet())
     by_name = {r.name: r for r in results}
     assert by_name["host->GPU, pinned"].gbps > 0
     assert by_name["GPU device copy"].datasheet_gbps

@@ -1,10 +1,12 @@
-"""The README's first command: `make lab` brings up JupyterLab serving the first notebook."""
+"""The README's first command: `make lab` (or `lazymoe lab`, without make) brings up JupyterLab
+serving the first notebook."""
 
 from __future__ import annotations
 
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from lazymoe import cli
+from lazymoe import lab as lab_command
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,3 +71,48 @@ def _stop(process: subprocess.Popen) -> None:
         pass
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
+
+
+def _no_process(*args, **kwargs):
+    raise AssertionError(f"a dry run started a process: {args}")
+
+
+def test_lazymoe_lab_dry_run_prints_the_commands_and_starts_nothing(capsys, monkeypatch):
+    for name in ("call", "run", "Popen", "check_call"):
+        monkeypatch.setattr(subprocess, name, _no_process)
+    assert cli.main(["lab", "--dry-run", "--no-browser", "--port=8899"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert str(REPO) in lines[0]
+    prepare, doctor, jupyter = (line.strip() for line in lines[1:4])
+    assert prepare.endswith("-m lazymoe.models.prepare") and doctor.endswith("-m lazymoe doctor")
+    assert "-m jupyterlab" in jupyter and f"--ServerApp.root_dir={REPO}" in jupyter
+    assert jupyter.endswith("--no-browser --port=8899 course/00_start_here.ipynb")  # passed on, in order
+    assert ("--allow-root" in jupyter) == (os.geteuid() == 0)
+
+
+def test_allow_root_is_added_only_for_root_and_only_once():
+    as_root = lab_command.commands([], REPO, as_root=True)[-1]
+    assert as_root.count("--allow-root") == 1
+    assert "--allow-root" not in lab_command.commands([], REPO, as_root=False)[-1]
+    given = lab_command.commands(["--allow-root"], REPO, as_root=True)[-1]
+    assert given.count("--allow-root") == 1
+
+
+def test_steps_can_be_skipped_and_the_notebook_exists():
+    steps = lab_command.commands([], REPO, as_root=False, skip_model=True, skip_doctor=True)
+    assert len(steps) == 1 and steps[0][-1] == str(lab_command.START_NOTEBOOK)
+    assert (REPO / lab_command.START_NOTEBOOK).exists()
+
+
+def test_other_commands_still_refuse_unknown_arguments(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["progress", "--port=1"])
+    assert "unrecognized arguments: --port=1" in capsys.readouterr().err
+
+
+def test_make_lab_calls_lazymoe_lab():
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    dry = subprocess.run(["make", "-n", "-W", "pyproject.toml", "lab", "LAB_ARGS=--port=1"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    assert dry.strip().splitlines()[-1].endswith("-m lazymoe lab --port=1")

@@ -9,6 +9,7 @@ import nbformat
 import pytest
 
 from lazymoe import nbtools
+from lazymoe.exercises import solutions
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = nbtools.notebooks(REPO / "course", REPO / "labs")
@@ -44,6 +45,9 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.setenv(var, "1")
     monkeypatch.setenv("LAZYMOE_QUICK", "1")
+    # Every exercise runs with its solution, after its deliberately wrong answer failed its check
+    # (lazymoe.exercises.solutions.use_solution_if_testing); a learner's "Run All" runs their code.
+    monkeypatch.setenv(solutions.SWITCH, "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("PYTHONHASHSEED", "0")
     from nbclient.exceptions import CellTimeoutError, DeadKernelError

@@ -141,7 +141,7 @@ def test_nibbles_pack_in_gguf_order_and_unpack_back():
     assert torch.equal(quant.unpack_nibbles(packed), q)
 
 
-@pytest.mark.parametrize("bad", ["int3_g32", "q4_k", "int8", ""])
+@pytest.mark.parametrize("bad", ["int3_g32", "q3_k", "int8", ""])
 def test_unknown_format_names_list_the_known_ones(bad):
     with pytest.raises(quant.QuantError, match="q4_0"):
         quant.get_format(bad)

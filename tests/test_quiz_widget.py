@@ -145,3 +145,60 @@ def test_a_corrupt_progress_file_is_reported_in_the_widget():
 def test_an_unknown_language_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="'en' or 'ko'"):
         quiz_widget.build("01", lang="de")
+
+
+def test_language_switch_rerenders_feedback_and_title_already_shown(widget):
+    q = first_of(widget.bank, "single")
+    wrong = next(c for c in q.choices if c.id not in q.answers)
+    view = widget.view(q.id)
+    view.input.value = wrong.id
+    view.check_button.click()
+    assert "try again" in view.feedback.value and widget.title.value.startswith("<h3>Quiz 01:")
+    widget.language.value = "ko"
+    assert "try again" not in view.feedback.value
+    assert "다시 해 보세요" in view.feedback.value
+    if wrong.explanation.ko:
+        assert wrong.explanation.ko[:20] in view.feedback.value
+    assert "Quiz" not in widget.title.value and "퀴즈 01:" in widget.title.value
+    assert "[1 시도]" in view.status.value
+
+
+def test_the_score_line_appears_once_in_either_language(widget):
+    q = first_of(widget.bank, "single")
+    view = widget.view(q.id)
+    view.input.value = next(iter(q.answers))
+    view.check_button.click()
+    shown = [widget.score_label.value, *(v.feedback.value for v in widget.views)]
+    assert sum("first-attempt score" in s for s in shown) == 1
+    widget.language.value = "ko"
+    shown = [widget.score_label.value, *(v.feedback.value for v in widget.views)]
+    assert sum("첫 시도 점수" in s for s in shown) == 1
+    assert not any("first-attempt score" in s for s in shown)
+
+
+def test_one_attempt_is_singular(widget):
+    q = first_of(widget.bank, "single")
+    view = widget.view(q.id)
+    view.input.value = next(c.id for c in q.choices if c.id not in q.answers)
+    view.check_button.click()
+    assert "[1 attempt]" in view.status.value
+
+
+def test_the_picked_letter_is_highlighted(widget):
+    q = first_of(widget.bank, "single")
+    view = widget.view(q.id)
+    assert "background" not in view.choices.value
+    view.input.value = q.choice_ids[1]
+    row = next(r for r in view.choices.value.split("<li") if f"({q.choice_ids[1]})" in r)
+    assert "background" in row
+    m = first_of(widget.bank, "multiple")
+    mview = widget.view(m.id)
+    mview.input.children[0].value = True
+    assert mview.input.children[0].button_style == "info"
+    assert mview.input.children[1].button_style == ""
+
+
+def test_multi_answer_cards_say_to_press_letters_not_type_a_list(widget):
+    m = first_of(widget.bank, "multiple")
+    card = widget.view(m.id).choices.value
+    assert "a,c" not in card and "press every letter" in card

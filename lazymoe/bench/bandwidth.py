@@ -1,16 +1,19 @@
 """The three bandwidths the roofline bound needs, measured on this machine (GB/s = 1e9 bytes/s).
 
-    cpu_read_gbps   RAM read by the CPU (a sum over a large tensor, all torch threads)
+    cpu_read_gbps   RAM bandwidth of the CPU, all torch threads: `lazymoe.measure.ram_copy`, the
+                    package's one CPU-bandwidth measurement (a copy: 2 x size bytes moved / time)
     h2d_pinned_gbps pinned host memory -> GPU (cudaMemcpy through torch, non_blocking)
     gpu_read_gbps   GPU memory read by the GPU (a sum over a large tensor)
 
 Each is the best of a few repeats: a bound is about what the hardware can do. `lazymoe.hardware`
-measures more (pageable copies, disk); this module keeps the benchmark self-contained.
+measures more (pageable copies, disk); `cpu_measure` in the result names the CPU method.
 """
 
 from __future__ import annotations
 
 import time
+
+from lazymoe.measure import ram_copy
 
 GB = 1e9
 
@@ -29,14 +32,15 @@ def _best_seconds(fn, repeats: int, sync=None) -> float:
     return best
 
 
-def measure_bandwidths(nbytes: int = 1 << 30, repeats: int = 5) -> dict[str, float | None]:
+def measure_bandwidths(nbytes: int = 1 << 30, repeats: int = 5) -> dict[str, float | str | None]:
     """Measure; GPU entries are None without CUDA."""
     import torch
 
-    out: dict[str, float | None] = {"cpu_read_gbps": None, "h2d_pinned_gbps": None,
+    out: dict[str, float | str | None] = {"cpu_read_gbps": None, "h2d_pinned_gbps": None,
                                     "gpu_read_gbps": None, "bytes_per_test": nbytes}
+    out["cpu_read_gbps"] = ram_copy(nbytes, repeats).gbps
+    out["cpu_measure"] = "lazymoe.measure.ram_copy: torch copy, all threads, 2 x size / best time"
     host = torch.ones(nbytes // 4, dtype=torch.float32)
-    out["cpu_read_gbps"] = nbytes / _best_seconds(lambda: host.sum(), repeats) / GB
     if torch.cuda.is_available():
         sync = torch.cuda.synchronize
         pinned = host.pin_memory()

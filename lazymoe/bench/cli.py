@@ -1,7 +1,7 @@
 """`lazymoe bench`: run the harness (or print a saved result's table).
 
     lazymoe bench                                  # the bundled tiny model, every engine present
-    lazymoe bench --model DIR --budgets 5 8 12 --out data/results/mine.json
+    lazymoe bench --model DIR --vram-budget 5GB 8GB 12GB --out data/results/mine.json
     lazymoe bench --report data/results/*.json     # tables of saved results
 """
 
@@ -13,33 +13,51 @@ import shlex
 import sys
 from pathlib import Path
 
-from lazymoe.bench.harness import ENGINE_CHOICES
+from lazymoe.bench.harness import ENGINE_CHOICES, ROUTING_CHOICES
+from lazymoe.bench.routing import REGIMES
+from lazymoe.engine.options import add_engine_arguments
+
+# Engine options the bench sweeps: each takes several values, one row per combination
+# (lazymoe.bench.harness.build_specs). On a CPU-only machine lazymoe runs once, all resident.
+BENCH_SWEEP = ("model_path", "placement", "decode", "kernel", "vram_budget")
+# Where the bench's defaults differ from `lazymoe run`'s, and why:
+BENCH_DEFAULTS = {
+    # compare every placement, not only the default one
+    "placement": ["fetch", "cpu", "auto"],
+    # three cache sizes for the decode-speed-against-budget curve; decimal GB, as the committed
+    # results (data/results) were measured
+    "vram_budget": ["5GB", "8GB", "12GB"],
+    # per model: float32 for the bundled model, bfloat16 for benchmark-shape models (the same
+    # bits as the GGUF that llama.cpp reads); also the transformers baselines' and GGUF's dtype
+    "dtype": None,
+}
+OLD_SWEEP_FLAGS = {"placement": "--placements", "decode": "--decodes", "kernel": "--kernels"}
+# Fields the plan carries itself (swept, per model, or set per row by the harness)
+PLAN_FIELDS = (*BENCH_SWEEP, "dtype", "device", "pin_checkpoint")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", action="append", default=None, metavar="DIR",
-                        help="a model folder (config.json, safetensors, tokenizer.json; a *.gguf of "
-                             "the same weights beside them, else one is exported). Repeatable. "
-                             "Default: the bundled tiny model")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                        help="compute dtype for lazymoe/transformers and the GGUF type (default: "
-                             "float32 for the bundled model, bfloat16 for benchmark-shape models)")
     parser.add_argument("--engines", nargs="+", default=list(ENGINE_CHOICES), choices=ENGINE_CHOICES)
-    parser.add_argument("--placements", nargs="+", default=["gpu", "cpu", "auto"],
-                        choices=["gpu", "cpu", "auto"], help="lazymoe placements (GPU machines)")
-    parser.add_argument("--decodes", nargs="+", default=["auto"],
-                        choices=["auto", "model", "segments", "graphs"],
-                        help="lazymoe decode paths on a GPU (auto: CUDA graphs where they apply)")
-    parser.add_argument("--kernels", nargs="+", default=["auto"], choices=["auto", "batched", "fused"],
-                        help="lazymoe expert kernels on a GPU (auto: fused where Triton runs)")
-    parser.add_argument("--pin-checkpoint", action="store_true",
-                        help="lazymoe on a GPU: page-lock the mapped expert files (EngineConfig.pin_checkpoint)")
-    parser.add_argument("--budgets", nargs="+", type=float, default=[5.0, 8.0, 12.0], metavar="GB",
-                        help="VRAM budgets for lazymoe, in GB (1e9 bytes)")
+    lazymoe = parser.add_argument_group(
+        "engine options (the same as `lazymoe run`'s; the swept ones take several values)",
+        "--model: model folders (config.json, safetensors, tokenizer.json; a *.gguf of the same "
+        "weights beside them, else one is exported), used by every engine. --dtype: also the "
+        "GGUF's and the transformers baselines' (default: float32 for the bundled model, "
+        "bfloat16 for benchmark-shape models). The other options apply to lazymoe's rows.")
+    add_engine_arguments(lazymoe, sweep=BENCH_SWEEP, defaults=BENCH_DEFAULTS, aliases=OLD_SWEEP_FLAGS)
+    lazymoe.add_argument("--budgets", nargs="+", type=float, default=None, metavar="GB",
+                         dest="budgets_gb", help="old spelling of --vram-budget in GB (10**9 bytes): "
+                         "--budgets 5 8 is --vram-budget 5GB 8GB")
     parser.add_argument("--no-resident", action="store_true",
                         help="on a GPU, skip lazymoe with every expert resident")
     parser.add_argument("--prompt-tokens", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=128,
+                        help="generated tokens per run, after the prompt (llama-bench's tg128)")
+    parser.add_argument("--routing", nargs="+", default=list(REGIMES), choices=ROUTING_CHOICES,
+                        help="lazymoe's routing, one row each (lazymoe.bench.routing): independent "
+                             "(uniform draws, the worst case), real-text (calibrated to a measurement "
+                             "of real routing), zipf (static skew), model-own (the model's own routers; "
+                             "random weights reuse experts far more than real text)")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="0: greedy (default). >0: seeded sampling, for random-weight models, whose "
                              "greedy output repeats one token so every step routes alike")
@@ -60,22 +78,36 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         return report.main(args.report)
     from lazymoe import paths
-    from lazymoe.bench.harness import BenchPlan, ModelEntry, run_plan
+    from lazymoe.bench.harness import GB, BenchPlan, ModelEntry, run_plan
+    from lazymoe.engine.config import parse_bytes
 
-    model_dirs = args.model or [str(paths.bundled_model_dir())]
+    if args.budgets_gb:
+        if args.vram_budget is not BENCH_DEFAULTS["vram_budget"]:
+            print("lazymoe bench: give --vram-budget or the old --budgets, not both", file=sys.stderr)
+            return 2
+        args.vram_budget = [f"{gb:g}GB" for gb in args.budgets_gb]
+    model_dirs = args.model_path or [str(paths.bundled_model_dir())]
     for model_dir in model_dirs:
         if not (Path(model_dir) / "config.json").is_file():
             print(f"lazymoe bench: {model_dir} has no config.json. Give a model folder, or build the "
                   "bundled one with `python -m lazymoe.models.prepare`.", file=sys.stderr)
             return 2
+    models = [ModelEntry.from_dir(d, dtype=args.dtype) for d in model_dirs]
+    try:
+        shared = lazymoe_options(args, models)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"lazymoe bench: {exc}", file=sys.stderr)
+        return 2
     plan = BenchPlan(
-        models=[ModelEntry.from_dir(d, dtype=args.dtype) for d in model_dirs],
-        engines=tuple(args.engines), placements=tuple(args.placements), decodes=tuple(args.decodes), kernels=tuple(args.kernels),
+        models=models, engines=tuple(args.engines), lazymoe_options=shared,
+        placements=tuple(args.placement), decodes=tuple(args.decode), kernels=tuple(args.kernel),
         pin_checkpoint=args.pin_checkpoint,
-        vram_budgets_gb=tuple(args.budgets), prompt_tokens=args.prompt_tokens,
+        vram_budgets_gb=tuple(parse_bytes(b) / GB for b in args.vram_budget),
+        prompt_tokens=args.prompt_tokens, gpu=None if args.device == "auto" else args.device == "cuda",
         new_tokens=args.new_tokens, repeats=args.repeats, warmup=args.warmup,
         n_threads=args.threads, timeout_s=args.timeout, notes=list(args.note),
         include_resident=not args.no_resident, temperature=args.temperature, seed=args.seed,
+        routings=tuple(args.routing),
     )
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.out) if args.out else paths.home_dir() / "bench" / f"results-{stamp}.json"
@@ -87,3 +119,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(f"\nresults: {out}")
     return 0 if any(r.get("ok") for r in document["results"]) else 1
+
+
+def lazymoe_options(args: argparse.Namespace, models: list) -> dict:
+    """The engine options every lazymoe row shares (`BenchPlan.lazymoe_options`), checked now, on
+    every model and every swept value, so a bad flag fails before a long run, not in each row."""
+    from lazymoe.engine import EngineConfig
+
+    first = {name: getattr(args, name)[0] for name in BENCH_SWEEP if name != "model_path"}
+    for entry in models:
+        config = EngineConfig.from_args(args, **first, model_path=entry.model_dir, dtype=entry.dtype)
+    return {k: v for k, v in config.cli_values().items() if k not in PLAN_FIELDS}

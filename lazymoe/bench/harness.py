@@ -8,6 +8,18 @@ safetensors, llama.cpp the GGUF written from them), the same prompt token ids, t
 new tokens (greedy; or seeded sampling with `temperature` > 0, for random-weight models whose
 greedy output repeats one token), a warm-up before the timed runs, medians, and the machine,
 library versions and exact command stored beside the numbers.
+
+Routing: a random-weight model's routers reuse experts far more than real text does, so lazymoe's
+rows replay a routing regime instead (`lazymoe.bench.routing`: independent, real-text, zipf;
+`EngineConfig.routing_trace`): the routers still run, the experts fetched and computed are the
+trace's, everything else is the engine's normal path. Each row records its regime, the regime's
+parameters and the hit rate it produced at its budget. "model-own" rows use the model's own
+routers (never call a random model's routing uniform). llama.cpp cannot replay a trace; with its
+experts placed per layer, routing does not change the work it does, so it runs the model's own.
+
+Timing: `warmup` generations first (the first one starts with an empty cache: its prefill and
+first tokens are reported as "cold"), then `repeats` timed ones whose median decode tok/s is the
+steady state.
 """
 
 from __future__ import annotations
@@ -26,10 +38,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from lazymoe import atomic
+from lazymoe.bench import routing
 from lazymoe.bench.measure import library_versions
+from lazymoe.bench.protocol import protocol, resident_fraction, trace_file
 from lazymoe.bench.shapes import ModelShape
 
-SCHEMA = "lazymoe.bench/1"
+SCHEMA = "lazymoe.bench/2"  # 2: routing regimes (trace replay), cold first tokens; 1: model-own only
 GB = 1e9
 ENGINE_CHOICES = ("llamacpp-cpu-moe", "llamacpp-gpu", "lazymoe", "hf-full", "hf-offload")
 PROMPT_TEXT = (
@@ -39,6 +53,10 @@ PROMPT_TEXT = (
     "every active weight once. "
 )
 GGUF_TYPE = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
+# lazymoe.bench.writer's config "routing" -> what the model's own routers are ("uniform" was the
+# old name of random router rows, whose routing is anything but uniform)
+ROUTERS = {"uniform": "random", "zipf": "random-zipf"}
+ROUTING_CHOICES = (*routing.REGIMES, routing.MODEL_OWN)
 
 
 @dataclass
@@ -48,7 +66,7 @@ class ModelEntry:
     name: str
     model_dir: str
     gguf_path: str | None
-    routing: str = "trained"  # trained | uniform | zipf (random-weight benchmark models)
+    routers: str = "trained"  # the model's own routers: trained | random | random-zipf (skewed rows)
     dtype: str = "float32"
 
     @classmethod
@@ -60,7 +78,7 @@ class ModelEntry:
         dtype = dtype or ("bfloat16" if bench else "float32")
         return cls(name=name or bench.get("shape") or model_dir.name, model_dir=str(model_dir),
                    gguf_path=str(ggufs[0]) if ggufs else None,
-                   routing=bench.get("routing", "trained"), dtype=dtype)
+                   routers=ROUTERS.get(bench.get("routing"), "trained"), dtype=dtype)
 
     def shape(self) -> ModelShape:
         return ModelShape.from_config(json.loads((Path(self.model_dir) / "config.json").read_text()),
@@ -73,26 +91,38 @@ class BenchPlan:
 
     models: list[ModelEntry]
     engines: tuple[str, ...] = ENGINE_CHOICES
-    placements: tuple[str, ...] = ("gpu", "cpu", "auto")
+    placements: tuple[str, ...] = ("fetch", "cpu", "auto")  # lazymoe placements on a GPU
     decodes: tuple[str, ...] = ("auto",)  # lazymoe decode paths on a GPU (EngineConfig.decode)
     kernels: tuple[str, ...] = ("auto",)  # lazymoe expert kernels on a GPU (EngineConfig.kernel)
     pin_checkpoint: bool = False  # lazymoe on a GPU: EngineConfig.pin_checkpoint, labelled "pinned file"
+    # the other EngineConfig fields every lazymoe row shares (`lazymoe bench`'s engine flags)
+    lazymoe_options: dict = field(default_factory=dict)
     vram_budgets_gb: tuple[float, ...] = (5.0, 8.0, 12.0)
     prompt_tokens: int = 64
-    new_tokens: int = 32
+    new_tokens: int = 128  # llama-bench's tg128; fewer is mostly a cache's warm-up
     repeats: int = 3
     warmup: int = 1
     n_threads: int | None = None
     gpu: bool | None = None  # None: detect
     timeout_s: float = 1800.0
     include_resident: bool = True  # on a GPU, also lazymoe with every expert resident (no budget)
+    cpu_cache_budgets_gb: tuple[float, ...] = ()  # no GPU: also lazymoe with a RAM cache this big
     # 0: greedy. > 0: sample (seeded). Random-weight models decode one token over and over when
     # greedy, so every step routes alike; sampling gives the varied tokens real text has.
     temperature: float = 0.0
     seed: int = 0
+    # lazymoe's routing (lazymoe.bench.routing): one row per regime; "model-own": no trace
+    routings: tuple[str, ...] = routing.REGIMES
+    trace_tokens: int | None = None  # None: twice what the warm-up and timed runs route
+    # Prefetch guesses from the model's routers, which cannot predict a replayed trace: replayed
+    # rows run without it unless this is True (their prefetch accuracy is then recorded)
+    replay_prefetch: bool = False
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        unknown_routing = set(self.routings) - set(ROUTING_CHOICES)
+        if unknown_routing:
+            raise ValueError(f"unknown routings {sorted(unknown_routing)}: choose from {ROUTING_CHOICES}")
         unknown = set(self.engines) - set(ENGINE_CHOICES)
         if unknown:
             raise ValueError(f"unknown engines {sorted(unknown)}: choose from {ENGINE_CHOICES}")
@@ -100,6 +130,9 @@ class BenchPlan:
             raise ValueError("need prompt_tokens >= 1, new_tokens >= 2 and repeats >= 1")
         if self.gpu is None:
             self.gpu = _cuda_available()
+        if self.trace_tokens is None:
+            self.trace_tokens = 2 * (self.prompt_tokens + self.new_tokens) * (self.warmup + self.repeats)
+
 
 
 def _cuda_available() -> bool:
@@ -145,19 +178,37 @@ def ensure_gguf(entry: ModelEntry, cache_dir: Path) -> str | None:
     return entry.gguf_path
 
 
-def build_specs(plan: BenchPlan, llama_ok: bool) -> list[dict]:
-    """One spec per (model, engine configuration): what each worker process runs."""
+def build_specs(plan: BenchPlan, llama_ok: bool, trace_dir: Path | None = None) -> list[dict]:
+    """One spec per (model, engine configuration, routing): what each worker process runs.
+    Traces are written to (or found in) trace_dir (default: ~/.lazymoe/bench/traces)."""
+    from lazymoe import paths
+
+    trace_dir = trace_dir or paths.home_dir() / "bench" / "traces"
     specs = []
     for entry in plan.models:
         ids = prompt_ids(entry.model_dir, plan.prompt_tokens)
-        common = {"model": entry.name, "routing": entry.routing, "dtype": entry.dtype, "prompt_ids": ids,
-                  "new_tokens": plan.new_tokens, "repeats": plan.repeats, "warmup": plan.warmup,
-                  "temperature": plan.temperature, "seed": plan.seed}
+        common = {"model": entry.name, "model_routers": entry.routers, "dtype": entry.dtype,
+                  "prompt_ids": ids, "new_tokens": plan.new_tokens, "repeats": plan.repeats,
+                  "warmup": plan.warmup, "temperature": plan.temperature, "seed": plan.seed}
+        traces = {regime: trace_file(entry, regime, plan.trace_tokens, plan.seed, trace_dir)
+                  for regime in plan.routings if regime != routing.MODEL_OWN}
 
         def add(label: str, engine: str, options: dict, budget_gb: float | None, placement: str,
-                common=common) -> None:
-            specs.append({**common, "label": label, "engine": engine, "placement": placement,
-                          "vram_budget_gb": budget_gb, "options": options})
+                common=common, traces=traces, entry=entry) -> None:
+            if engine != "lazymoe":  # cannot replay a trace: the model's own routers
+                specs.append({**common, "label": label, "engine": engine, "placement": placement,
+                              "vram_budget_gb": budget_gb, "options": options,
+                              "routing": routing.MODEL_OWN, "routing_params": {}})
+                return
+            # every expert resident: routing changes no cache traffic, so one row (the first regime)
+            for regime in plan.routings if budget_gb is not None else plan.routings[:1]:
+                row_options, params = dict(options), {}
+                if regime != routing.MODEL_OWN:
+                    row_options["routing_trace"], params = traces[regime]
+                    row_options["prefetch"] = plan.replay_prefetch and options.get("prefetch", True)
+                specs.append({**common, "label": label, "engine": engine, "placement": placement,
+                              "vram_budget_gb": budget_gb, "options": row_options, "routing": regime,
+                              "routing_params": params, "resident_fraction": resident_fraction(entry, budget_gb)})
 
         llama = {"gguf_path": entry.gguf_path, "n_threads": plan.n_threads,
                  "n_ctx": max(256, plan.prompt_tokens + plan.new_tokens + 16)}
@@ -165,7 +216,7 @@ def build_specs(plan: BenchPlan, llama_ok: bool) -> list[dict]:
         if llama_here and "llamacpp-cpu-moe" in plan.engines:
             add("llama.cpp --cpu-moe", "llamacpp", {**llama, "cpu_moe": True}, None, "cpu")
         if "lazymoe" in plan.engines:
-            base = {"model_path": entry.model_dir, "dtype": entry.dtype}
+            base = {**plan.lazymoe_options, "model_path": entry.model_dir, "dtype": entry.dtype}
             if plan.gpu:  # budgets outer: the first budget's row of every placement comes first
                 for budget in plan.vram_budgets_gb:
                     for placement in plan.placements:
@@ -176,11 +227,15 @@ def build_specs(plan: BenchPlan, llama_ok: bool) -> list[dict]:
                             add(label, "lazymoe", {**base, "placement": placement, "decode": decode,
                                 "kernel": None if kernel == "auto" else kernel,
                                 "pin_checkpoint": plan.pin_checkpoint,
-                                "vram_budget": int(budget * GB), "device": "cuda"}, budget, placement)
+                                "vram_budget": round(budget * GB), "device": "cuda"}, budget, placement)
                 if plan.include_resident:
-                    add("lazymoe all resident", "lazymoe", {**base, "device": "cuda"}, None, "gpu")
+                    add("lazymoe all resident", "lazymoe", {**base, "device": "cuda"}, None, "fetch")
             else:
                 add("lazymoe (CPU)", "lazymoe", {**base, "device": "cpu", "placement": "cpu"}, None, "cpu")
+                for budget in plan.cpu_cache_budgets_gb:  # a RAM cache over the mapped checkpoint
+                    add(f"lazymoe (CPU), {budget:g} GB cache", "lazymoe", {
+                        **base, "device": "cpu", "placement": "cpu", "vram_budget": round(budget * GB)},
+                        budget, "cpu")
         if llama_here and "llamacpp-gpu" in plan.engines and plan.gpu:
             add("llama.cpp all on GPU", "llamacpp", {**llama, "cpu_moe": False}, None, "gpu")
         if "hf-full" in plan.engines:
@@ -258,11 +313,7 @@ def run_plan(plan: BenchPlan, out_path: str | Path | None = None, command: str |
         "bandwidths": bandwidths,
         "models": {e.name: {**dataclasses.asdict(e), "shape": dataclasses.asdict(e.shape()),
                             "bytes": e.shape().nbytes(e.dtype)} for e in plan.models},
-        "protocol": {"prompt_tokens": plan.prompt_tokens, "new_tokens": plan.new_tokens,
-                     "repeats": plan.repeats, "warmup": plan.warmup,
-                     "decoding": ("greedy" if plan.temperature == 0 else
-                                  f"sampled at temperature {plan.temperature}, seed {plan.seed}") + ", no stop token",
-                     "statistic": "median of the timed runs", "gpu": plan.gpu},
+        "protocol": protocol(plan),
         "notes": notes,
         "results": results,
     }

@@ -75,7 +75,7 @@ class HFRunner:
                 yield token
                 if i + 1 < max_new_tokens:
                     step = torch.tensor([[token]], device=self.input_device)
-                    out = self.model(input_ids=step, past_key_values=out.past_key_values, use_cache=True)
+                    out = self.model(input_ids=step, cache=out.cache, use_cache=True)
 
     def stats(self) -> dict:
         if not self.device_map:

@@ -3,44 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-
-@dataclass
-class LazyMoeRunSpec:
-    """One lazymoe configuration: where its experts are computed and how much VRAM it may use."""
-
-    model_path: str
-    placement: str = "auto"  # gpu (fetch experts to VRAM) | cpu (compute misses on the CPU) | auto
-    vram_budget: str | int | None = None  # None: every expert resident
-    ram_budget: str | int | None = None
-    device: str = "auto"
-    dtype: str = "bfloat16"
-    policy: str = "lru"
-    prefetch: bool = True
-    decode: str = "auto"  # auto | model | segments | graphs (lazymoe.engine.compute.graphs)
-    kernel: str | None = None  # None: the engine's default (lazymoe.engine.compute.kernels)
-    pin_checkpoint: bool = False  # EngineConfig.pin_checkpoint
-
-    def __post_init__(self) -> None:
-        if self.placement not in ("gpu", "cpu", "auto"):
-            raise ValueError(f"placement={self.placement!r}: use 'gpu', 'cpu' or 'auto'")
+from lazymoe.engine.config import EngineConfig
 
 
 class LazyMoeRunner:
+    """One lazymoe configuration (an `EngineConfig`, as `lazymoe run` would build it)."""
+
     temperature: float = 0.0  # 0: greedy
     seed: int = 0
 
-    def __init__(self, spec: LazyMoeRunSpec) -> None:
-        from lazymoe.engine import Engine, EngineConfig
+    def __init__(self, config: EngineConfig) -> None:
+        from lazymoe.engine import Engine
 
-        self.spec = spec
-        self.engine = Engine(EngineConfig(
-            model_path=spec.model_path, device=spec.device, dtype=spec.dtype,
-            vram_budget=spec.vram_budget, ram_budget=spec.ram_budget, placement=spec.placement,
-            policy=spec.policy, prefetch=spec.prefetch, decode=spec.decode, kernel=spec.kernel,
-            pin_checkpoint=spec.pin_checkpoint,
-        ))
+        self.config = config
+        self.engine = Engine(config)
 
     def stream(self, prompt_ids: list[int], max_new_tokens: int) -> Iterator[int]:
         from lazymoe.engine import GenerationConfig
@@ -66,7 +43,8 @@ class LazyMoeRunner:
         stats = self.engine.stats()
         as_dict = stats.as_dict() if hasattr(stats, "as_dict") else dict(vars(stats))
         keep = ("hit_rate", "hits", "misses", "bytes_moved", "prefetch_accuracy", "vram_in_use_bytes",
-                "tokens", "prefill_tok_s", "decode_tok_s")
+                "tokens", "prefill_tok_s", "decode_tok_s",
+                "experts_on_device", "experts_on_cpu")  # the roofline's split of the misses
         out = {f"engine_{k}" if k.endswith("tok_s") else k: as_dict.get(k) for k in keep if k in as_dict}
         out["decode_path"] = self.engine.decode_path
         out["kernel"] = self.engine.runtime.kernel

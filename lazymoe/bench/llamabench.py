@@ -1,14 +1,15 @@
-"""llama.cpp rows from llama.cpp's own `llama-bench` binary, merged into a results file.
+"""llama-bench's JSON imported as a CROSS-CHECK of the harness's llama.cpp rows, never instead of them.
 
-Where llama-cpp-python's bindings cannot load a model (they crashed on the H100, see
-data/results/h100-llama-diag.txt), the `llama-bench` binary built by CMake from the same source
-still runs. Its JSON output (`-o json`) becomes one ordinary results row, labelled as coming from
-llama-bench:
+The benchmark measures llama.cpp with its own runner (`lazymoe.bench.llamacpp`, the one lab09
+teaches: same prompt ids, same protocol, peak VRAM and RSS measured). llama.cpp's own `llama-bench`
+binary, built from the same source in the same run, times the same GGUF its own way; its output
+(`-o json`) becomes one row labelled "(llama-bench cross-check)" with `"cross_check": true`, so a
+reader sees whether the two agree:
 
-    llama-bench -m model-bf16.gguf -p 32 -n 16 -r 3 -ngl 99 -ot "\\.ffn_(up|down|gate)_exps=CPU" \\
-        -o json > llama-bench-uniform.json
-    python -m lazymoe.bench.llamabench llama-bench-uniform.json --model qwen3-30b-a3b \\
-        --routing uniform --into data/results/bench-h200-qwen3-30b-a3b.json --command "llama-bench -m ..."
+    llama-bench -m model-bf16.gguf -p 32 -n 128 -r 3 -ngl 99 -ot "\\.ffn_(up|down|gate)_exps=CPU" \\
+        -o json > llama-bench-cpumoe.json
+    python -m lazymoe.bench.llamabench llama-bench-cpumoe.json --model qwen3-30b-a3b \\
+        --routing model-own --into data/results/bench-h200-qwen3-30b-a3b.json --command "llama-bench -m ..."
 
 llama-bench times each test on its own (field names as in tools/llama-bench/llama-bench.cpp):
 
@@ -127,12 +128,12 @@ def _placement(test: dict) -> tuple[str, str]:
     """(placement, label) from where llama-bench put the expert tensors."""
     overrides = str(test.get("tensor_buft_overrides", "none"))
     if test.get("n_cpu_moe", 0) > 0:
-        return "cpu", f"llama.cpp --n-cpu-moe {test['n_cpu_moe']} (llama-bench)"
+        return "cpu", f"llama.cpp --n-cpu-moe {test['n_cpu_moe']} (llama-bench cross-check)"
     if EXPERTS_ON_CPU.search(overrides):
-        return "cpu", "llama.cpp --cpu-moe (llama-bench)"
+        return "cpu", "llama.cpp --cpu-moe (llama-bench cross-check)"
     if test.get("backends") == "CPU" or test.get("n_gpu_layers") == 0:  # a CPU-only build or -ngl 0
-        return "cpu", "llama.cpp on CPU (llama-bench)"
-    return "gpu", "llama.cpp all on GPU (llama-bench)"
+        return "cpu", "llama.cpp on CPU (llama-bench cross-check)"
+    return "gpu", "llama.cpp all on GPU (llama-bench cross-check)"
 
 
 def _dtype(model_type: str) -> str:
@@ -146,7 +147,7 @@ def _dtype(model_type: str) -> str:
 def parse_llama_bench(
     path_or_text: str | Path, *, model: str, routing: str, placement: str | None = None
 ) -> list[dict]:
-    """One results row (schema lazymoe.bench/1) from llama-bench's `-o json` output.
+    """One results row (a `lazymoe bench` results row) from llama-bench's `-o json` output.
 
     `path_or_text` is the file, or its text. `placement` is read from the output (experts on the
     CPU: "cpu", else "gpu"); passing it checks that the file is what you meant to measure.
@@ -177,6 +178,7 @@ def parse_llama_bench(
             "label": label,
             "engine": "llamacpp",
             "source": "llama-bench",
+            "cross_check": True,  # the harness's own llama.cpp rows are the measurement
             "placement": found,
             "vram_budget_gb": None,
             "options": {
@@ -195,7 +197,7 @@ def parse_llama_bench(
             "model_size_bytes": tg.get("model_size"),
             "peak_rss_bytes": None,
             "peak_vram_bytes": None,
-            "vram_source": "not measured (llama-bench)",
+            "vram_source": "not measured (llama-bench cross-check)",
             "llama_bench": {
                 **kept,
                 "n_depth": tg.get("n_depth", 0),
@@ -218,17 +220,18 @@ def _stamp(row: dict) -> tuple:
 
 
 def merge_into(results_path: str | Path, rows: list[dict], *, command: str, note: str) -> dict:
-    """Append `rows` to a results file of schema lazymoe.bench/1, with the command and a note.
+    """Append `rows` to a results file of `lazymoe bench` (schema lazymoe.bench/N), with the command and a note.
 
     Written atomically (a temporary file beside it, then os.replace): an interrupted merge leaves
     the old file. Returns the new document.
     """
     path = Path(results_path)
     document = json.loads(path.read_text())
-    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+    family = SCHEMA.split("/")[0] + "/"  # lazymoe.bench/1 files (before routing regimes) too
+    if not isinstance(document, dict) or not str(document.get("schema", "")).startswith(family):
         schema = document.get("schema") if isinstance(document, dict) else None
         raise ValueError(
-            f"{path} has schema {schema!r}, not {SCHEMA!r}: merge llama-bench rows "
+            f"{path} has schema {schema!r}, not {family}N: merge llama-bench rows "
             "only into a results file written by `lazymoe bench`"
         )
     stamps = {_stamp(r) for r in document.get("results", []) if r.get("source") == "llama-bench"}
@@ -271,12 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("file", help="llama-bench -o json output")
     parser.add_argument("--model", required=True, help="the model name used in the results file")
-    parser.add_argument("--routing", required=True, choices=["uniform", "zipf", "trained"])
+    parser.add_argument("--routing", required=True, choices=["model-own", "uniform", "zipf", "trained"],
+                        help="model-own: the model's own routers (llama.cpp cannot replay a trace)")
     parser.add_argument(
         "--into",
         required=True,
         metavar="RESULTS.json",
-        help="a results file of `lazymoe bench` (schema lazymoe.bench/1)",
+        help="a results file of `lazymoe bench` (schema lazymoe.bench/N)",
     )
     parser.add_argument("--command", default=None, help="the exact llama-bench command that ran")
     parser.add_argument("--note", default=None, help="a note stored with the results")

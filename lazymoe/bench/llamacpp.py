@@ -1,11 +1,18 @@
-"""llama.cpp through llama-cpp-python's C bindings, including the `--cpu-moe` configuration.
+"""THE llama.cpp runner: llama-cpp-python's C bindings, with `--cpu-moe` and `--n-cpu-moe N`.
 
-`--cpu-moe` (seed 003: GPT-OSS-120B on an 8 GB GPU) keeps every layer on the GPU except the expert
-tensors, which stay in CPU memory and are multiplied there. llama.cpp does it with buffer-type
-overrides: tensors whose name matches the regex `\\.ffn_(up|down|gate)_exps` get the CPU buffer
-type. The high-level `llama_cpp.Llama` class does not expose `tensor_buft_overrides`, so this module
-fills `llama_model_params` itself: an array of {pattern, buffer type} ending in {NULL, NULL}, with
-the CPU buffer type taken from ggml's backend device API
+The benchmark's llama.cpp rows come from here (llama-bench's JSON is only imported as a cross-check:
+`lazymoe.bench.llamabench`). Every choice is an explicit `LlamaCppConfig` field, not an environment
+variable, so a results file's `options` say exactly how llama.cpp ran.
+
+`--cpu-moe` keeps every layer on the GPU except the expert tensors, which stay in CPU memory and
+are multiplied there (how a report on GPT-OSS-120B with llama.cpp --cpu-moe ran it on an 8 GB GPU);
+`--n-cpu-moe N` does that for the first N layers only, so the other layers' experts use the VRAM
+that is left. llama.cpp does both with buffer-type overrides: tensors whose name matches a regex
+get the CPU buffer type; one regex for `--cpu-moe`, one per layer (`blk\\.i\\.ffn_...`) for
+`--n-cpu-moe`, as llama.cpp's common/arg.cpp builds them with `llm_ffn_exps_block_regex(i)`.
+The high-level `llama_cpp.Llama` class does not expose `tensor_buft_overrides`, so this module fills
+`llama_model_params` itself: an array of {pattern, buffer type} ending in {NULL, NULL}, with the CPU
+buffer type taken from ggml's backend device API
 (`ggml_backend_dev_buffer_type(ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU))`).
 
 Decoding is plain greedy argmax over the last logits, one token per `llama_decode`, so it measures
@@ -16,13 +23,15 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-CPU_MOE_PATTERN = r"\.ffn_(up|down|gate)_exps"  # the pattern llama.cpp's --cpu-moe uses
+# LLM_FFN_EXPS_REGEX in llama.cpp's common/common.h: expert tensors, fused gate_up and "chexps" too
+CPU_MOE_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 GGML_BACKEND_DEVICE_TYPE_CPU = 0  # enum ggml_backend_dev_type in ggml-backend.h
 LOAD_MODES = {"auto": -1, "none": 0, "mmap": 1, "mlock": 2}  # enum llama_load_mode in llama.h
 
@@ -64,8 +73,15 @@ class _LogSink:
 _LOG = _LogSink()
 
 
-def load_bindings():
-    """Import llama_cpp (the ctypes module), or raise LlamaCppUnavailable saying how to get it."""
+def load_bindings(check_libstdcxx: bool = True):
+    """Import llama_cpp (the ctypes module), or raise LlamaCppUnavailable saying how to get it.
+
+    check_libstdcxx: first make sure its libraries do not bring a second C++ runtime into a process
+    that has the system one (`lazymoe.bench.libstdcxx`): that crashes, this raises LibStdCxxClash."""
+    if check_libstdcxx and "llama_cpp" not in sys.modules:  # importing loads the libraries
+        from lazymoe.bench.libstdcxx import check_no_clash
+
+        check_no_clash()
     try:
         import llama_cpp
     except Exception as exc:  # ImportError, or OSError from a broken shared library
@@ -106,6 +122,15 @@ def buft_overrides(patterns: list[str], buft: int) -> ctypes.Array:
     return array
 
 
+def n_cpu_moe_patterns(n_layers: int) -> list[str]:
+    """`--n-cpu-moe N`'s overrides: one regex per layer 0..N-1 (llama.cpp's llm_ffn_exps_block_regex).
+
+    `blk\\.1\\.` cannot match layer 11 or 21: the dot after the number is part of the pattern."""
+    if n_layers < 0:
+        raise ValueError(f"n_cpu_moe={n_layers}: use 0 (no expert on the CPU) or more")
+    return [rf"blk\.{i}{CPU_MOE_PATTERN}" for i in range(n_layers)]
+
+
 def gpu_offload_supported() -> bool:
     try:
         return bool(load_bindings().llama_supports_gpu_offload())
@@ -115,17 +140,23 @@ def gpu_offload_supported() -> bool:
 
 @dataclass
 class LlamaCppConfig:
-    """How to load a GGUF: every layer on the GPU (n_gpu_layers=-1), experts on the CPU if cpu_moe."""
+    """How to load a GGUF: every layer on the GPU (n_gpu_layers=-1); where the experts go:
+    `n_cpu_moe=N` (`--n-cpu-moe N`: the first N layers' experts on the CPU) if set, else `cpu_moe`
+    (`--cpu-moe`: every expert on the CPU) or none."""
 
     gguf_path: str
     cpu_moe: bool = True
+    n_cpu_moe: int | None = None  # --n-cpu-moe N; None: cpu_moe decides
     n_gpu_layers: int = -1  # -1: all layers (ignored by a CPU-only build)
     n_ctx: int = 2048
     n_batch: int = 512
-    n_threads: int | None = None  # None: physical cores (llama.cpp's own default is similar)
+    n_threads: int | None = None  # -t; None: physical cores (llama.cpp's own default is similar)
     flash_attn: bool = False  # off by default: the same attention work as the reference
     load_mode: str = "auto"  # auto | none (read into RAM) | mmap | mlock
     api: str = "lowlevel"  # lowlevel: our own decode loop | highlevel: llama_cpp.Llama.generate
+    llama_log: bool = False  # True: llama.cpp's own logger (stderr) instead of capturing its lines
+    extra_bufts: bool = True  # False: no AMX / repacked CPU weight buffers (use_extra_bufts)
+    check_libstdcxx: bool = True  # refuse to load a build that would clash with torch's libstdc++
 
     def __post_init__(self) -> None:
         if not Path(self.gguf_path).is_file():
@@ -133,15 +164,24 @@ class LlamaCppConfig:
                                     "lazymoe.models.gguf_export or lazymoe.bench.writer)")
         if self.n_ctx < 16 or self.n_batch < 1:
             raise ValueError(f"n_ctx={self.n_ctx} and n_batch={self.n_batch} are too small")
-        self.api = os.environ.get("LAZYMOE_LLAMA_API", self.api)
         if self.api not in ("lowlevel", "highlevel"):
             raise ValueError(f"api={self.api!r}: use 'lowlevel' or 'highlevel'")
         if self.load_mode not in LOAD_MODES:
             raise ValueError(f"load_mode={self.load_mode!r}: use one of {sorted(LOAD_MODES)}")
+        if self.n_cpu_moe is not None and self.n_cpu_moe < 0:
+            raise ValueError(f"n_cpu_moe={self.n_cpu_moe}: use 0 or more layers (None: see cpu_moe)")
         if self.n_threads is None:
             import psutil
 
             self.n_threads = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        if self.n_threads < 1:
+            raise ValueError(f"n_threads={self.n_threads}: use 1 or more CPU threads")
+
+    def override_patterns(self) -> list[str]:
+        """The tensor-name regexes whose tensors stay in CPU memory."""
+        if self.n_cpu_moe is not None:
+            return n_cpu_moe_patterns(self.n_cpu_moe)
+        return [CPU_MOE_PATTERN] if self.cpu_moe else []
 
 
 class LlamaCppRunner:
@@ -153,10 +193,10 @@ class LlamaCppRunner:
 
     def __init__(self, cfg: LlamaCppConfig, verbose: bool = False) -> None:
         self.cfg = cfg
-        ll = self._ll = load_bindings()
+        ll = self._ll = load_bindings(check_libstdcxx=cfg.check_libstdcxx)
         _LOG.verbose = verbose
         self.log = _LOG.start()  # llama.cpp's log lines from here on (they show the overrides)
-        if os.environ.get("LAZYMOE_LLAMA_LOG") != "stderr":  # stderr: llama.cpp's own logger
+        if not cfg.llama_log:
             ll.llama_log_set(_LOG.callback(ll), ctypes.c_void_p())
         ll.llama_backend_init()
         params = self._model_params()
@@ -182,15 +222,15 @@ class LlamaCppRunner:
         self.gpu_offload = bool(ll.llama_supports_gpu_offload())
 
     def _model_params(self):
-        """llama_model_params with every layer on the GPU and, for cpu_moe, the expert overrides."""
+        """llama_model_params with every layer on the GPU and the expert overrides, if any."""
         params = self._ll.llama_model_default_params()
         params.n_gpu_layers = self.cfg.n_gpu_layers
         params.load_mode = LOAD_MODES[self.cfg.load_mode]
-        if os.environ.get("LAZYMOE_LLAMA_EXTRA_BUFTS") == "0":  # no AMX / repacked weight buffers
-            params.use_extra_bufts = False
-        self._overrides = None
-        if self.cfg.cpu_moe:
-            self._overrides = buft_overrides([CPU_MOE_PATTERN], cpu_buffer_type())
+        params.use_extra_bufts = self.cfg.extra_bufts
+        self._overrides = None  # kept alive as long as the model: llama.cpp keeps the pointers
+        patterns = self.cfg.override_patterns()
+        if patterns:
+            self._overrides = buft_overrides(patterns, cpu_buffer_type())
             params.tensor_buft_overrides = ctypes.cast(self._overrides, ctypes.c_void_p)
         return params
 

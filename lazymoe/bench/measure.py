@@ -5,8 +5,9 @@ One timed generation = the prompt, then `n_new` greedy tokens (no stop on EOS):
     prefill_tok_s = prompt tokens / time to the first new token
     decode_tok_s  = (n_new - 1) / (time of the last token - time of the first)
 
-The protocol: `warmup` untimed generations, then `repeats` timed ones; the result reports the
-median and every run. Peak RSS and peak VRAM come from a sampler thread (every 20 ms) that reads
+The protocol: `warmup` generations, then `repeats` timed ones; the result reports the median
+and every run (the steady state), and separately the first warm-up run ("cold": an engine with a
+cache starts it empty): its prefill and its first `COLD_TOKENS` new tokens. Peak RSS and peak VRAM come from a sampler thread (every 20 ms) that reads
 this process's resident memory (psutil) and its GPU memory (NVML, else torch's allocator).
 """
 
@@ -29,6 +30,7 @@ class TimedRun:
     new_tokens: int
     prefill_s: float  # seconds to the first new token
     decode_s: float  # seconds from the first to the last new token
+    token_times_s: list[float] = field(default_factory=list)  # seconds from the start to each token
 
     @property
     def prefill_tok_s(self) -> float:
@@ -45,22 +47,25 @@ def time_stream(prompt_tokens: int, tokens: Iterable[int]) -> tuple[TimedRun, li
     start = time.perf_counter()
     first = last = None
     out: list[int] = []
+    times: list[float] = []
     for token in tokens:
         now = time.perf_counter()
+        times.append(now - start)
         if first is None:
             first = now
         last = now
         out.append(int(token))
     if first is None:
         raise RuntimeError("the engine produced no token: check max_new_tokens and stop tokens")
-    return TimedRun(prompt_tokens, len(out), first - start, last - first), out
+    return TimedRun(prompt_tokens, len(out), first - start, last - first, times), out
 
 
 class ResourceSampler:
     """Peak resident memory (bytes) and peak GPU memory (bytes) of this process, sampled."""
 
-    def __init__(self, interval_s: float = 0.02) -> None:
+    def __init__(self, interval_s: float = 0.02, thread: bool = True) -> None:
         self.interval_s = interval_s
+        self.use_thread = thread  # False: peaks from the samples at start, end and sample() calls
         self.peak_rss_bytes = 0
         self.peak_vram_bytes = 0
         self.vram_source = "none"
@@ -112,7 +117,7 @@ class ResourceSampler:
 
     def __enter__(self) -> ResourceSampler:
         self.sample()
-        if os.environ.get("LAZYMOE_BENCH_SAMPLER", "1") != "0":  # 0: peaks from start/end only
+        if self.use_thread:
             self._thread = threading.Thread(target=self._loop, daemon=True)
             self._thread.start()
         return self
@@ -133,10 +138,24 @@ def _torch_reserved_bytes() -> int | None:
     return int(torch.cuda.max_memory_reserved())
 
 
+COLD_TOKENS = 16  # new tokens of the cold run whose speed is reported
+
+
+def cold_summary(run: TimedRun, n_tokens: int = COLD_TOKENS) -> dict:
+    """The first run from an empty cache: time to the first token and decode speed over the first
+    `n_tokens` new tokens (tokens/s = (n - 1) / seconds from the first of them to the n-th)."""
+    n = min(n_tokens, len(run.token_times_s))
+    span_s = run.token_times_s[n - 1] - run.token_times_s[0] if n > 1 else 0.0
+    return {"first_token_s": run.prefill_s, "prefill_tok_s": run.prefill_tok_s, "tokens": n,
+            "decode_tok_s": (n - 1) / span_s if span_s > 0 else float("nan"),
+            "whole_run_decode_tok_s": run.decode_tok_s}
+
+
 @dataclass
 class ProtocolResult:
     runs: list[TimedRun] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)  # the last run's new tokens (greedy: all equal)
+    cold: TimedRun | None = None  # the first warm-up run (None without a warm-up)
 
     def as_dict(self) -> dict:
         prefill = [r.prefill_tok_s for r in self.runs]
@@ -148,6 +167,7 @@ class ProtocolResult:
                       "decode_s": r.decode_s, "new_tokens": r.new_tokens}
                      for p, d, r in zip(prefill, decode, self.runs, strict=True)],
             "first_tokens": self.tokens[:16],
+            "cold": cold_summary(self.cold) if self.cold else None,
         }
 
 
@@ -161,12 +181,13 @@ def run_protocol(generate: Callable[[list[int], int], Iterator[int]], prompt_ids
     """
     if repeats < 1 or new_tokens < 2:
         raise ValueError("need repeats >= 1 and new_tokens >= 2 (decode speed needs two tokens)")
-    for _ in range(warmup):
-        for _token in generate(prompt_ids, new_tokens):
-            pass
+    result = ProtocolResult()
+    for i in range(warmup):
+        run, _ = time_stream(len(prompt_ids), generate(prompt_ids, new_tokens))
+        if i == 0:
+            result.cold = run
     if before_timed:
         before_timed()
-    result = ProtocolResult()
     for _ in range(repeats):
         run, tokens = time_stream(len(prompt_ids), generate(prompt_ids, new_tokens))
         result.runs.append(run)

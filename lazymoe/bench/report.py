@@ -1,19 +1,25 @@
 """Read a results JSON: the roofline bound of each row, a text table, a plotly chart.
 
-The bound of a row is the course calculator's (`lazymoe.calculator`): the decode speed if every
-byte a token needs moved at the measured bandwidth of the memory or link it crosses, one after the
-other (no overlap). With h the row's measured hit rate and E the routed experts' bytes per token:
+The bound of a row is the decode speed the machine allows at the row's measured hit rate: every
+byte a token needs moves at the measured bandwidth of the memory or link it crosses, and the
+three resources work at once (perfect overlap), so the slowest one sets the pace. That is the
+physical limit; `overlap=False` gives the course calculator's serial bound (the parts added up).
+With h the row's hit rate, c the share of the routed experts computed on the CPU, E the routed
+experts' bytes per token and dense the rest of a token's bytes:
 
-    GPU fetch (lazymoe "gpu"):    t = (dense + E) / VRAM  +  (1 - h) E / pinned H2D
-                                  (= calculator.expert_cache_bound: a missed expert crosses PCIe,
-                                   then is read from VRAM like a hit)
-    CPU compute ("cpu", llama.cpp --cpu-moe, where h = 0):
-                                  t = (dense + h E) / VRAM  +  (1 - h) E / CPU memory
-    auto:                         the faster of the two
-    no GPU:                       t = (dense + E) / CPU memory
+    GPU memory:       dense + (1 - c) E   at the GPU's read bandwidth
+                      (hits, and fetched misses, which are read from VRAM after their copy)
+    host link:        (1 - h - c) E       at pinned host-to-GPU bandwidth (fetched misses)
+    CPU memory:       c E                 at the CPU's read bandwidth (misses computed there)
+
+    lazymoe "fetch": c = 0;  "cpu" and llama.cpp --cpu-moe (h = 0): c = 1 - h;  "auto": c from the
+    row's counts (experts_on_cpu), else the faster of the two;  llama.cpp --n-cpu-moe N of L
+    layers: c = N / L, h = 1 - c;  no GPU: everything at CPU memory bandwidth.
 
 h is 1 when every expert is resident (llama.cpp all on GPU, the full transformers model). The
 bandwidths are measured on the machine that ran the benchmark (`lazymoe.bench.bandwidth`).
+Every row also carries its routing regime (`lazymoe.bench.routing`): a hit rate means nothing
+without the routing that produced it.
 """
 
 from __future__ import annotations
@@ -31,8 +37,11 @@ def load(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def _hit_rate(row: dict) -> float | None:
+def _hit_rate(row: dict, num_layers: int | None = None) -> float | None:
     if row.get("engine") == "llamacpp":
+        n_cpu_moe = row["options"].get("n_cpu_moe")
+        if n_cpu_moe is not None and num_layers:
+            return 1.0 - min(n_cpu_moe, num_layers) / num_layers
         return 0.0 if row["options"].get("cpu_moe") else 1.0
     if row.get("engine") == "hf":
         return 1.0 if row["options"].get("mode") == "full" else None
@@ -41,7 +50,21 @@ def _hit_rate(row: dict) -> float | None:
     return row.get("hit_rate")
 
 
-def roofline_tok_s(row: dict, model_bytes: dict, bandwidths: dict) -> float | None:
+def _cpu_share(row: dict, h: float) -> float | None:
+    """c above: the share of routed experts computed on the CPU; None: unknown (auto, no counts)."""
+    placement = "cpu" if row.get("engine") == "llamacpp" else row.get("placement")
+    if placement == "cpu":
+        return 1.0 - h
+    if placement in ("fetch", "gpu"):  # "gpu": fetch's old name, in results files before the rename
+        return 0.0
+    on_cpu, on_device = row.get("experts_on_cpu"), row.get("experts_on_device")
+    if on_cpu is None or on_device is None or on_cpu + on_device == 0:
+        return None
+    return min(1.0 - h, on_cpu / (on_cpu + on_device))
+
+
+def roofline_tok_s(row: dict, model_bytes: dict, bandwidths: dict, overlap: bool = True,
+                   num_layers: int | None = None) -> float | None:
     """The bound above for one result row; None when it does not apply (accelerate offload)."""
     gpu, cpu, h2d = (bandwidths.get(k) for k in ("gpu_read_gbps", "cpu_read_gbps", "h2d_pinned_gbps"))
     if not cpu:
@@ -49,15 +72,24 @@ def roofline_tok_s(row: dict, model_bytes: dict, bandwidths: dict) -> float | No
     dense, experts = model_bytes["dense_per_token_bytes"], model_bytes["active_expert_bytes_per_token"]
     if not gpu:
         return bound_from_parts([Part("RAM", dense + experts, cpu)]).tok_s
-    h = _hit_rate(row)
+    h = _hit_rate(row, num_layers)
     if h is None:
         return None
-    fetch = bound_from_parts([Part("VRAM", dense + experts, gpu),
-                              Part("PCIe", (1 - h) * experts, h2d or cpu)]).tok_s
-    compute = bound_from_parts([Part("VRAM", dense + h * experts, gpu),
-                                Part("RAM", (1 - h) * experts, cpu)]).tok_s
-    placement = "cpu" if row.get("engine") == "llamacpp" else row.get("placement")
-    return {"gpu": fetch, "cpu": compute}.get(placement, max(fetch, compute))
+
+    def bound(c: float) -> float:
+        return bound_from_parts([Part("VRAM", dense + (1 - c) * experts, gpu),
+                                 Part("PCIe", max(0.0, 1 - h - c) * experts, h2d or cpu),
+                                 Part("RAM", c * experts, cpu)], overlap=overlap).tok_s
+
+    c = _cpu_share(row, h)
+    return bound(c) if c is not None else max(bound(0.0), bound(1.0 - h))
+
+
+def routing_name(row: dict) -> str:
+    """The row's routing regime; results files before regimes said "uniform" for a random model's
+    own routing, which was anything but uniform: shown as model-own."""
+    name = row.get("routing") or "?"
+    return "model-own" if name == "uniform" else name
 
 
 def rows(document: dict) -> list[dict]:
@@ -66,14 +98,21 @@ def rows(document: dict) -> list[dict]:
     on_gpu = bool((document.get("bandwidths") or {}).get("gpu_read_gbps"))
     for r in document["results"]:
         model = document["models"].get(r.get("model"), {})
-        bound = roofline_tok_s(r, model["bytes"], document.get("bandwidths") or {}) if model else None
+        layers = (model.get("shape") or {}).get("num_layers")
+        bound = (roofline_tok_s(r, model["bytes"], document.get("bandwidths") or {}, num_layers=layers)
+                 if model else None)
         decode = r.get("decode_tok_s") if r.get("ok") else None
+        cold = (r.get("cold") or {}) if r.get("ok") else {}
         out.append({
-            "model": r.get("model"), "routing": r.get("routing"), "label": r.get("label"),
+            "model": r.get("model"), "routing": routing_name(r), "routing_params": r.get("routing_params"),
+            "label": r.get("label"),
             "engine": r.get("engine"), "placement": r.get("placement"),
             "vram_budget_gb": r.get("vram_budget_gb"),
             "prefill_tok_s": r.get("prefill_tok_s") if r.get("ok") else None, "decode_tok_s": decode,
-            "hit_rate": _hit_rate(r) if r.get("ok") and (r.get("engine") == "lazymoe" or on_gpu) else None,
+            "hit_rate": (_hit_rate(r, layers) if r.get("ok") and (r.get("engine") == "lazymoe" or on_gpu)
+                         else None),
+            "resident_fraction": r.get("resident_fraction"),
+            "cold_first_token_s": cold.get("first_token_s"), "cold_decode_tok_s": cold.get("decode_tok_s"),
             "bound_tok_s": bound,
             "of_bound": decode / bound if decode and bound else None,
             "peak_vram_gb": _gb(r.get("peak_vram_bytes")) if r.get("ok") else None,
@@ -96,7 +135,8 @@ def _fmt(value, spec: str) -> str:
 def table(document: dict) -> str:
     """A fixed-width text table (also valid Markdown)."""
     head = ["model", "routing", "engine / placement", "VRAM budget GB", "prefill tok/s", "decode tok/s",
-            "hit rate", "bound tok/s", "of bound", "peak VRAM GB", "peak RSS GB"]
+            "hit rate", "cold first token s", "cold tok/s", "bound tok/s", "of bound", "peak VRAM GB",
+            "peak RSS GB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows(document):
         if not r["ok"]:
@@ -106,17 +146,23 @@ def table(document: dict) -> str:
         lines.append("| " + " | ".join([
             str(r["model"]), str(r["routing"]), str(r["label"]), _fmt(r["vram_budget_gb"], "g"),
             _fmt(r["prefill_tok_s"], ".1f"), _fmt(r["decode_tok_s"], ".2f"), _fmt(r["hit_rate"], ".2f"),
-            _fmt(r["bound_tok_s"], ".1f"), _fmt(r["of_bound"], ".0%"), _fmt(r["peak_vram_gb"], ".2f"),
+            _fmt(r["cold_first_token_s"], ".2f"), _fmt(r["cold_decode_tok_s"], ".2f"), _fmt(r["bound_tok_s"], ".1f"), _fmt(r["of_bound"], ".0%"), _fmt(r["peak_vram_gb"], ".2f"),
             _fmt(r["peak_rss_gb"], ".2f")]) + " |")
     return "\n".join(lines)
 
 
 def speedups(document: dict, baseline_label: str = "llama.cpp --cpu-moe") -> list[dict]:
-    """decode tok/s of every lazymoe row divided by the baseline's, same model and routing."""
+    """decode tok/s of every lazymoe row divided by the baseline's on the same model: the
+    baseline row of the same routing if there is one, else its model-own row (llama.cpp cannot
+    replay a trace, and with its experts placed per layer routing does not change its work)."""
     all_rows = [r for r in rows(document) if r["ok"] and r["decode_tok_s"]]
     base = {(r["model"], r["routing"]): r["decode_tok_s"] for r in all_rows if r["label"] == baseline_label}
-    return [{**r, "speedup": r["decode_tok_s"] / base[(r["model"], r["routing"])]}
-            for r in all_rows if r["engine"] == "lazymoe" and (r["model"], r["routing"]) in base]
+    out = []
+    for r in all_rows:
+        found = base.get((r["model"], r["routing"])) or base.get((r["model"], "model-own"))
+        if r["engine"] == "lazymoe" and found:
+            out.append({**r, "speedup": r["decode_tok_s"] / found})
+    return out
 
 
 def figure(document: dict, model: str | None = None):

@@ -2,12 +2,19 @@
 
 A benchmark needs the byte counts of a real model (how many bytes one token reads), not its
 knowledge: random weights with Qwen3-30B-A3B's shapes move exactly as many bytes per token as the
-real thing. Two routings:
+real thing. Their own routing is not real routing, though. Two kinds of router rows (the
+writer's `--routing` option, which still calls the first one "uniform"):
 
-- ``uniform``: random router rows. Every expert is equally likely: the worst case for a cache.
+- random router rows ("uniform" in `lazymoe.bench.writer`): every expert equally likely on
+  average, yet the routers pick nearly the same experts token after token, far more reuse than
+  real text: a cache hits much more than it will on real text. Never report it as uniform
+  routing: the results call it ``model-own``.
 - ``zipf``: router row e of each layer is scaled by ``(rank_e + 1) ** -skew`` (ranks permuted per
-  layer), so a few experts win the top-k far more often, as in trained models. Both engines read the
+  layer), so a few experts win the top-k far more often (static skew). Both engines read the
   same weights, so both see the same routing.
+
+So the benchmark does not rely on either: lazymoe's rows replay a routing trace of a stated regime
+(`lazymoe.bench.routing`: independent, real-text, zipf) through `EngineConfig.routing_trace`.
 
 Byte counts here feed the roofline bound in `lazymoe.bench.report`.
 """
@@ -18,6 +25,8 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+
+from lazymoe.models.archs import get_arch
 
 BYTES_PER_PARAM = {"bfloat16": 2, "float16": 2, "float32": 4}
 
@@ -50,7 +59,9 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config: dict, name: str = "") -> ModelShape:
-        """The shape of a Qwen3-MoE-style Hugging Face config.json (loaded as a dict)."""
+        """The shape of a Hugging Face config.json (loaded as a dict; Qwen3-MoE if it names no
+        model_type). Which fields count the experts and give their width: the architecture registry."""
+        arch = get_arch(config.get("model_type") or "qwen3_moe")
         heads = config["num_attention_heads"]
         return cls(
             name=name or config.get("lazymoe_bench", {}).get("shape") or config.get("model_type", "model"),
@@ -58,9 +69,8 @@ class ModelShape:
             num_layers=config["num_hidden_layers"], num_heads=heads,
             num_kv_heads=config.get("num_key_value_heads", heads),
             head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-            num_experts=config.get("num_experts") or config["num_local_experts"],
-            top_k=config["num_experts_per_tok"],
-            moe_intermediate_size=config.get("moe_intermediate_size") or config["intermediate_size"],
+            num_experts=arch.num_experts(config), top_k=config["num_experts_per_tok"],
+            moe_intermediate_size=arch.expert_width(config),
             source="config.json",
         )
 
@@ -144,7 +154,7 @@ def router_row_scales(num_experts: int, skew: float, rng: np.random.Generator) -
 
     With random rows w_e, the logit w_e . h of every expert is an independent Gaussian for any
     hidden state h, so scaling row e by s_e sets how often e lands in the top-k, whatever h is.
-    skew = 0 gives uniform routing.
+    skew = 0 scales no row (the writer's plain random rows).
     """
     ranks = rng.permutation(num_experts)
     return ((ranks + 1.0) ** -skew).astype(np.float32)  # (E,)

@@ -27,9 +27,10 @@ def make_runner(engine: str, options: dict):
 
         return LlamaCppRunner(LlamaCppConfig(**options))
     if engine == "lazymoe":
-        from lazymoe.bench.lazymoe_runner import LazyMoeRunner, LazyMoeRunSpec
+        from lazymoe.bench.lazymoe_runner import LazyMoeRunner
+        from lazymoe.engine import EngineConfig
 
-        return LazyMoeRunner(LazyMoeRunSpec(**options))
+        return LazyMoeRunner(EngineConfig(**options))
     if engine == "hf":
         from lazymoe.bench.hf_runner import HFRunner, HFRunSpec
 
@@ -41,17 +42,27 @@ def run_spec(spec: dict) -> dict:
     """Load, warm up, time; return the spec's labels plus every measured field."""
     result = {k: v for k, v in spec.items() if k != "prompt_ids"}
     result["prompt_tokens"] = len(spec["prompt_ids"])
-    with ResourceSampler() as sampler:
+    with ResourceSampler(thread=spec.get("sampler_thread", True)) as sampler:
         started = time.perf_counter()
         runner = make_runner(spec["engine"], spec.get("options", {}))
         runner.temperature, runner.seed = float(spec.get("temperature", 0.0)), int(spec.get("seed", 0))
         result["load_s"] = time.perf_counter() - started
+        warm_up_stats: dict = {}
+
+        def before_timed() -> None:  # the warm-up's counters (its hit rate), then a fresh start
+            if hasattr(runner, "stats"):
+                warm_up_stats.update(runner.stats())
+            if hasattr(runner, "reset_stats"):
+                runner.reset_stats()
+
         try:
             measured = run_protocol(
                 runner.stream, spec["prompt_ids"], spec["new_tokens"], spec.get("repeats", 3),
-                spec.get("warmup", 1), before_timed=getattr(runner, "reset_stats", None))
+                spec.get("warmup", 1), before_timed=before_timed)
             sampler.sample()  # once more while the model is still loaded
             result.update(measured.as_dict())
+            if result.get("cold") and "hit_rate" in warm_up_stats:
+                result["cold"]["warm_up_hit_rate"] = warm_up_stats["hit_rate"]  # all warm-up runs
             result.update(runner.stats() if hasattr(runner, "stats") else {})
             for attr in ("model_size_bytes", "gpu_offload"):
                 if hasattr(runner, attr):

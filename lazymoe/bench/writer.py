@@ -1,8 +1,10 @@
 """Write a random-weight model of a given `ModelShape` as BOTH a Hugging Face checkpoint and a GGUF.
 
 Every tensor is drawn once and written to both files, so lazymoe (safetensors) and llama.cpp (GGUF)
-compute with the same bits. Tensors stream to disk one at a time: a 61 GB model needs no 61 GB of
-RAM. The tokenizer is byte-level (256 byte tokens, one merge, one special token), padded to the
+compute with the same bits. Tensor names, shapes and order come from the architecture registry
+(`lazymoe.models.archs`, Qwen3-MoE's record), and the GGUF from the same writer the exporter uses
+(`lazymoe.models.gguf_write`). Tensors stream to disk one at a time: a 61 GB model needs no 61 GB
+of RAM. The tokenizer is byte-level (256 byte tokens, one merge, one special token), padded to the
 model's vocabulary in the GGUF, so both engines tokenize identically.
 
     python -m lazymoe.bench.writer qwen3-30b-a3b /data/q30 --routing zipf --device cuda
@@ -15,13 +17,17 @@ import json
 import os
 import struct
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lazymoe.bench.shapes import SHAPES, ModelShape, get_shape, router_row_scales
+from lazymoe.models.archs import TensorSlot, get_arch
+from lazymoe.models.gguf_write import vocab_from_tokenizer_files, write_gguf
+
+# ModelShape describes a Qwen3-MoE-style decoder (q/k norms per head, every layer sparse)
+ARCH = get_arch("qwen3_moe")
 
 EOS_TEXT = "<|endoftext|>"
 INIT_STD = 0.02  # std of random weights: keeps activations finite over 48 layers
@@ -59,13 +65,13 @@ def write_hf_tokenizer(out_dir: Path) -> None:
     tok.add_special_tokens([EOS_TEXT])
     tok.save(str(out_dir / "tokenizer.json"))
     (out_dir / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": EOS_TEXT, "pad_token": EOS_TEXT,
-        "model_max_length": 1 << 20}, indent=1))
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOS_TEXT, "eos_token": EOS_TEXT,
+        "pad_token": EOS_TEXT, "model_max_length": 1 << 20}, indent=1))
 
 
 def hf_config(shape: ModelShape, eos_id: int, routing: str = "uniform", skew: float = 0.0) -> dict:
     return {
-        "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+        "architectures": [ARCH.hf_class], "model_type": ARCH.model_type,
         "vocab_size": shape.vocab_size, "hidden_size": shape.hidden_size,
         "intermediate_size": 6 * shape.moe_intermediate_size,  # unused: every layer is sparse
         "num_hidden_layers": shape.num_layers, "num_attention_heads": shape.num_heads,
@@ -81,28 +87,10 @@ def hf_config(shape: ModelShape, eos_id: int, routing: str = "uniform", skew: fl
     }
 
 
-def tensor_plan(shape: ModelShape) -> Iterator[tuple[str, tuple[int, ...], str, list[str]]]:
-    """(gguf name, numpy shape, kind, hf names) in file order. Expert tensors are fused (E, ...) in
-    the GGUF and one tensor per expert in the safetensors (the Hub layout of Qwen3-MoE)."""
-    d, hd, e, i = shape.hidden_size, shape.head_dim, shape.num_experts, shape.moe_intermediate_size
-    yield "token_embd.weight", (shape.vocab_size, d), "dense", ["model.embed_tokens.weight"]
-    for layer in range(shape.num_layers):
-        p, b = f"model.layers.{layer}.", f"blk.{layer}."
-        yield b + "attn_norm.weight", (d,), "norm", [p + "input_layernorm.weight"]
-        yield b + "attn_q.weight", (shape.num_heads * hd, d), "dense", [p + "self_attn.q_proj.weight"]
-        yield b + "attn_k.weight", (shape.num_kv_heads * hd, d), "dense", [p + "self_attn.k_proj.weight"]
-        yield b + "attn_v.weight", (shape.num_kv_heads * hd, d), "dense", [p + "self_attn.v_proj.weight"]
-        yield b + "attn_output.weight", (d, shape.num_heads * hd), "dense", [p + "self_attn.o_proj.weight"]
-        yield b + "attn_q_norm.weight", (hd,), "norm", [p + "self_attn.q_norm.weight"]
-        yield b + "attn_k_norm.weight", (hd,), "norm", [p + "self_attn.k_norm.weight"]
-        yield b + "ffn_norm.weight", (d,), "norm", [p + "post_attention_layernorm.weight"]
-        yield b + "ffn_gate_inp.weight", (e, d), f"router:{layer}", [p + "mlp.gate.weight"]
-        for proj, gguf_name, dims in (("gate_proj", "ffn_gate_exps", (i, d)), ("up_proj", "ffn_up_exps", (i, d)),
-                                      ("down_proj", "ffn_down_exps", (d, i))):
-            yield (b + gguf_name + ".weight", (e, *dims), "dense",
-                   [f"{p}mlp.experts.{x}.{proj}.weight" for x in range(e)])
-    yield "output_norm.weight", (d,), "norm", ["model.norm.weight"]
-    yield "output.weight", (shape.vocab_size, d), "dense", ["lm_head.weight"]
+def tensor_slots(shape: ModelShape, config: dict | None = None) -> list[TensorSlot]:
+    """Every tensor in file order (the registry's): expert tensors are fused (E, ...) in the GGUF
+    and one tensor per expert in the safetensors (the Hub layout of Qwen3-MoE)."""
+    return ARCH.tensors(config or hf_config(shape, eos_id=len(byte_vocab()[0]) - 1))
 
 
 def write_model(shape: ModelShape, out_dir: str | Path, routing: str = "uniform", skew: float = 1.0,
@@ -114,7 +102,6 @@ def write_model(shape: ModelShape, out_dir: str | Path, routing: str = "uniform"
     now and the safetensors later (after deleting the GGUF) still gives both engines the same bits,
     with half the disk or RAM. Returns {"safetensors": path, "gguf": path, "seconds", "bytes"}.
     """
-    import gguf
 
     if routing not in ("uniform", "zipf"):
         raise ValueError(f"routing={routing!r}: use 'uniform' or 'zipf'")
@@ -125,55 +112,20 @@ def write_model(shape: ModelShape, out_dir: str | Path, routing: str = "uniform"
         raise ValueError(f"formats={formats!r}: give 'safetensors', 'gguf' or both")
     gguf_path = Path(gguf_path) if gguf_path else out_dir / "model-bf16.gguf"
     if "gguf" not in formats:
-        gguf_path = Path(os.devnull)  # drawn and thrown away: the random stream stays the same
+        gguf_path = Path(os.devnull)  # nothing written there: the tensors are drawn all the same
     started = time.perf_counter()
-    tokens, merges = byte_vocab()
-    eos_id = len(tokens) - 1
-    plan = list(tensor_plan(shape))
-
-    # GGUF metadata and tensor table first (llama.cpp's qwen3moe keys).
-    writer = gguf.GGUFWriter(str(gguf_path), "qwen3moe")
-    writer.add_name(f"lazymoe-bench {shape.name} random {routing}")
-    writer.add_block_count(shape.num_layers)
-    writer.add_context_length(shape.max_position_embeddings)
-    writer.add_embedding_length(shape.hidden_size)
-    writer.add_feed_forward_length(6 * shape.moe_intermediate_size)
-    writer.add_head_count(shape.num_heads)
-    writer.add_head_count_kv(shape.num_kv_heads)
-    writer.add_key_length(shape.head_dim)
-    writer.add_value_length(shape.head_dim)
-    writer.add_rope_freq_base(shape.rope_theta)
-    writer.add_layer_norm_rms_eps(shape.rms_norm_eps)
-    writer.add_expert_count(shape.num_experts)
-    writer.add_expert_used_count(shape.top_k)
-    writer.add_expert_feed_forward_length(shape.moe_intermediate_size)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_BF16)
-    pad = [f"<|pad{n}|>" for n in range(shape.vocab_size - len(tokens))]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("qwen2")
-    writer.add_token_list(tokens + pad)
-    writer.add_token_types([gguf.TokenType.NORMAL] * (len(tokens) - 1) + [gguf.TokenType.CONTROL]
-                           + [gguf.TokenType.UNUSED] * len(pad))
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(eos_id)
-    writer.add_eos_token_id(eos_id)
-    writer.add_add_bos_token(False)
-    for name, np_shape, kind, _ in plan:
-        dtype = gguf.GGMLQuantizationType.F32 if kind == "norm" else gguf.GGMLQuantizationType.BF16
-        nbytes = int(np.prod(np_shape)) * (4 if kind == "norm" else 2)
-        writer.add_tensor_info(name, np_shape, np.dtype(np.float32 if kind == "norm" else np.uint16),
-                               nbytes, raw_dtype=dtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
+    eos_id = len(byte_vocab()[0]) - 1
+    config = hf_config(shape, eos_id, routing, skew if routing == "zipf" else 0.0)
+    slots = tensor_slots(shape, config)
+    write_hf_tokenizer(out_dir)  # first: the GGUF's vocabulary is read from it
 
     # safetensors header: every tensor BF16, in the same order as the GGUF.
     header, offset = {}, 0
-    for _, np_shape, _, hf_names in plan:
-        per = np_shape[1:] if len(hf_names) > 1 else np_shape
+    for slot in slots:
+        per = slot.shape[1:] if slot.kind == "experts" else slot.shape
         nbytes = int(np.prod(per)) * 2
-        for hf_name in hf_names:
-            header[hf_name] = {"dtype": "BF16", "shape": list(per), "data_offsets": [offset, offset + nbytes]}
+        for source in slot.sources:
+            header[source] = {"dtype": "BF16", "shape": list(per), "data_offsets": [offset, offset + nbytes]}
             offset += nbytes
     header["__metadata__"] = {"format": "pt", "lazymoe_bench": f"{shape.name} {routing} seed={seed}"}
     blob = json.dumps(header, separators=(",", ":")).encode()
@@ -181,24 +133,32 @@ def write_model(shape: ModelShape, out_dir: str | Path, routing: str = "uniform"
     st_path = out_dir / "model.safetensors" if "safetensors" in formats else Path(os.devnull)
     gen = torch.Generator(device=device).manual_seed(seed)
     rng = np.random.default_rng(seed)
+
+    def draw(slot: TensorSlot) -> torch.Tensor:
+        """One tensor's values, drawn in file order (the random stream fixes the bits), also
+        appended to the safetensors: bfloat16 values, or float32 ones for the norms."""
+        if slot.kind == "norm":
+            values = torch.ones(slot.shape, dtype=torch.float32)
+            st.write(values.to(torch.bfloat16).view(torch.uint16).numpy().tobytes())
+            return values
+        values = torch.randn(slot.shape, generator=gen, device=device, dtype=torch.float32) * INIT_STD
+        if slot.kind == "router" and routing == "zipf":
+            scales = torch.from_numpy(router_row_scales(shape.num_experts, skew, rng)).to(device)
+            values *= scales[:, None]  # (E, D): row e scaled by s_e
+        values = values.to(torch.bfloat16).cpu()
+        values.view(torch.uint16).numpy().tofile(st)  # bf16 bits
+        return values
+
     with open(st_path, "wb") as st:
         st.write(struct.pack("<Q", len(blob)) + blob)
-        for _name, np_shape, kind, _ in plan:
-            if kind == "norm":
-                values = torch.ones(np_shape, dtype=torch.float32)
-                writer.write_tensor_data(values.numpy())
-                st.write(values.to(torch.bfloat16).view(torch.uint16).numpy().tobytes())
-                continue
-            values = torch.randn(np_shape, generator=gen, device=device, dtype=torch.float32) * INIT_STD
-            if kind.startswith("router") and routing == "zipf":
-                scales = torch.from_numpy(router_row_scales(shape.num_experts, skew, rng)).to(device)
-                values *= scales[:, None]  # (E, D): row e scaled by s_e
-            raw = values.to(torch.bfloat16).view(torch.uint16).cpu().numpy()  # bf16 bits
-            writer.write_tensor_data(raw)
-            raw.tofile(st)
-    writer.close()
-    (out_dir / "config.json").write_text(json.dumps(hf_config(shape, eos_id, routing, skew if routing == "zipf" else 0.0), indent=1))
-    write_hf_tokenizer(out_dir)
+        if "gguf" in formats:
+            vocab = vocab_from_tokenizer_files(out_dir, "qwen2", shape.vocab_size)
+            write_gguf(gguf_path, ARCH, config, draw, "bf16", vocab,
+                       name=f"lazymoe-bench {shape.name} random {routing}", progress=False)
+        else:  # drawn in the same order, so a later GGUF-only run gives the same bits
+            for slot in slots:
+                draw(slot)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=1))
     seconds = time.perf_counter() - started
     total = sum(p.stat().st_size for p in (st_path, gguf_path) if p.is_file())
     return {"safetensors": str(st_path), "gguf": str(gguf_path), "seconds": seconds, "bytes": total,
@@ -224,45 +184,48 @@ def set_routing(model_dir: str | Path, gguf_path: str | Path | None = None, rout
     gguf_path = Path(gguf_path) if gguf_path else next(iter(sorted(model_dir.glob("*.gguf"))), None)
     shape = get_shape(bench["shape"]) if bench.get("shape") in SHAPES else None
     num_layers = config["num_hidden_layers"]
-    num_experts = config.get("num_experts") or config["num_local_experts"]
+    num_experts = ARCH.num_experts(config)
     rng = np.random.default_rng(seed)
     scales = {layer: router_row_scales(num_experts, skew, rng) for layer in range(num_layers)}
+    routers = [slot for slot in ARCH.tensors(config) if slot.kind == "router"]  # one per layer
 
-    # where each layer's router tensor lives in each file that is there: {file: {layer: (start, end)}}
-    spans: dict[Path, dict[int, tuple[int, int]]] = {}
+    # where each layer's router lives in each file that is there, and its dtype:
+    # {file: {layer: (start, end, "bf16" | "f32")}}; the GGUF keeps routers in F32 (older files: BF16)
+    spans: dict[Path, dict[int, tuple[int, int, str]]] = {}
     st_path = model_dir / "model.safetensors"
     if st_path.is_file():
         with open(st_path, "rb") as f:
             (header_len,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(header_len))
-        spans[st_path] = {layer: tuple(8 + header_len + x for x in
-                                       header[f"model.layers.{layer}.mlp.gate.weight"]["data_offsets"])
-                          for layer in range(num_layers)}
+        spans[st_path] = {}
+        for slot in routers:
+            begin, end = (8 + header_len + x for x in header[slot.sources[0]]["data_offsets"])
+            spans[st_path][slot.layer] = (begin, end, "bf16")
     if gguf_path is not None and gguf_path.is_file():
         reader = gguf.GGUFReader(gguf_path)
-        offsets = {t.name: (int(t.data_offset), int(t.n_bytes)) for t in reader.tensors}
+        where = {t.name: (int(t.data_offset), int(t.n_bytes), t.tensor_type.name.lower()) for t in reader.tensors}
         del reader
-        spans[gguf_path] = {layer: (offsets[f"blk.{layer}.ffn_gate_inp.weight"][0],
-                                    sum(offsets[f"blk.{layer}.ffn_gate_inp.weight"]))
-                            for layer in range(num_layers)}
+        spans[gguf_path] = {}
+        for slot in routers:
+            begin, nbytes, dtype = where[slot.gguf_name]
+            spans[gguf_path][slot.layer] = (begin, begin + nbytes, dtype)
     if not spans:
         raise FileNotFoundError(f"{model_dir}: neither model.safetensors nor a GGUF to patch")
     for path, layer_spans in spans.items():
         buf = np.memmap(path, dtype=np.uint8, mode="r+")
-        for layer, (begin, end) in layer_spans.items():
-            rows = _bf16_rows(buf, begin, end, num_experts)
-            scaled = torch.from_numpy(_bf16_to_f32(rows)) * torch.from_numpy(scales[layer])[:, None]
-            buf[begin:end] = scaled.to(torch.bfloat16).view(torch.uint16).numpy().view(np.uint8).ravel()
+        for layer, (begin, end, dtype) in layer_spans.items():
+            raw = np.array(buf[begin:end])
+            rows = torch.from_numpy(_bf16_to_f32(raw.view(np.uint16)) if dtype == "bf16" else raw.view(np.float32))
+            # rounded to bfloat16 in both files, so both engines still read the same values
+            scaled = (rows.reshape(num_experts, -1) * torch.from_numpy(scales[layer])[:, None]).to(torch.bfloat16)
+            out = scaled.view(torch.uint16) if dtype == "bf16" else scaled.to(torch.float32)
+            buf[begin:end] = out.numpy().view(np.uint8).ravel()
         buf.flush()
         del buf
     bench.update(routing="zipf", skew=skew, shape=bench.get("shape", shape.name if shape else None))
     config["lazymoe_bench"] = bench
     config_path.write_text(json.dumps(config, indent=1))
     return {layer: s.tolist() for layer, s in scales.items()}
-
-
-def _bf16_rows(buf: np.ndarray, begin: int, end: int, rows: int) -> np.ndarray:
-    return np.array(buf[begin:end]).view(np.uint16).reshape(rows, -1)
 
 
 def _bf16_to_f32(bits: np.ndarray) -> np.ndarray:

@@ -28,8 +28,15 @@ from lazymoe.calculator.bounds import (
     hit_rate_needed,
     prefill_bound,
 )
-from lazymoe.calculator.cases import CaseStudy, case_studies, module01_example_machines
+from lazymoe.calculator.cases import CaseStudy, case_studies, case_study, module01_example_machines
 from lazymoe.calculator.curves import size_curve
+from lazymoe.calculator.measured import (
+    MeasuredBandwidths,
+    default_bandwidths,
+    load_measured,
+    measured_path,
+    save_measured,
+)
 from lazymoe.calculator.memory import MemoryStack, memory_needed, where_it_fits
 from lazymoe.calculator.planning import DESCRIPTIONS, STRATEGIES, compare, describe, plan
 from lazymoe.calculator.strategies import (
@@ -47,10 +54,10 @@ from lazymoe.calculator.workload import Machine, Workload
 
 __all__ = [
     "DESCRIPTIONS", "STRATEGIES", "Bound", "CalculatorError", "CaseStudy", "Machine",
-    "MemoryStack", "Part", "Plan", "Verdict", "Workload", "bound_from_parts", "case_studies",
-    "compare", "cpu_moe", "cpu_only", "decode_bound", "decode_bound_tok_s", "describe",
-    "expert_cache", "expert_cache_bound", "expert_cache_bound_tok_s", "full_gpu",
-    "hit_rate_needed", "layer_split", "layer_streaming", "memory_needed",
-    "module01_example_machines", "multi_gpu", "plan", "prefill_bound", "size_curve", "verdict",
-    "where_it_fits",
+    "MeasuredBandwidths", "MemoryStack", "Part", "Plan", "Verdict", "Workload", "bound_from_parts",
+    "case_studies", "case_study", "compare", "cpu_moe", "cpu_only", "decode_bound",
+    "decode_bound_tok_s", "default_bandwidths", "describe", "expert_cache", "expert_cache_bound",
+    "expert_cache_bound_tok_s", "full_gpu", "hit_rate_needed", "layer_split", "layer_streaming",
+    "load_measured", "measured_path", "memory_needed", "module01_example_machines", "multi_gpu",
+    "plan", "prefill_bound", "save_measured", "size_curve", "verdict", "where_it_fits",
 ]

@@ -3,6 +3,9 @@
     lazymoe calc --gpu "RTX 4060 Laptop" --ram-gb 32 --model Qwen3-30B-A3B --format Q4_K_M
     lazymoe calc --vram-gb 12 --vram-gbps 549 --pcie "3.0 x16" --gpus 2 --params-b 32 --bits 4.9
     lazymoe calc --model GPT-OSS-120B --gpu 3090 --strategy cpu_moe --n-cpu-moe 28 --json
+    lazymoe calc --gpu 3090 --pcie "3.0 x8" --link-gbps 6.5 --model Llama-3.1-70B --format Q4_K_M
+    lazymoe calc --gpu 3090 --model Qwen3-30B-A3B --format Q4_K_M --other-format Q8_0
+    lazymoe calc --gpu "RTX 4060 Laptop" --model Qwen3-30B-A3B --measured   # lab01's figures
     lazymoe calc --list models          # catalog names (a unique part of a name is enough)
     lazymoe calc --cases                # the source documents' case studies: bound vs reported
 """
@@ -36,10 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hw.add_argument("--gpus", type=int, default=1, help="number of such GPUs (default 1)")
     hw.add_argument("--nvlink", action="store_true", help="GPUs talk over NVLink, not PCIe")
     hw.add_argument("--vram-gb", type=float, help="explicit GPU: memory in GiB")
-    hw.add_argument("--vram-gbps", type=float, help="explicit GPU: memory bandwidth in GB/s")
-    hw.add_argument("--pcie", default="4.0 x16", help="explicit GPU: host link (default '4.0 x16')")
+    hw.add_argument("--vram-gbps", type=float,
+                    help="GPU memory bandwidth in GB/s (explicit GPU; with --gpu: the measured rate)")
+    hw.add_argument("--pcie", help="host link the GPU runs at, e.g. '3.0 x8' (default: the GPU's "
+                    "own; '4.0 x16' for an explicit GPU)")
+    hw.add_argument("--link-gbps", type=float,
+                    help="effective host->GPU bandwidth in GB/s (default: the link's nominal rate)")
     hw.add_argument("--host", help=f"CPU memory configuration or Apple chip (default '{DEFAULT_HOST}')")
-    hw.add_argument("--ram-gbps", type=float, help="explicit RAM bandwidth in GB/s")
+    hw.add_argument("--ram-gbps", type=float, help="RAM bandwidth in GB/s (default: the host row's)")
+    hw.add_argument("--measured", action="store_true",
+                    help="use this machine's bandwidths as lab01 measured them (explicit numbers win)")
     hw.add_argument("--ram-gb", type=float, help="RAM in GiB (default 32; a Mac: its memory)")
     hw.add_argument("--disk-gbps", type=float, default=calc.workload.DISK_GBPS,
                     help="disk sequential read in GB/s (default %(default)s)")
@@ -47,8 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     wl.add_argument("--model", help="model name from the catalog")
     wl.add_argument("--params-b", type=float, help="explicit dense model: billions of parameters")
     wl.add_argument("--active-b", type=float, help="explicit MoE: billions read per token")
-    wl.add_argument("--format", help="weight format from the catalog (default: the model's own)")
-    wl.add_argument("--bits", type=float, help="explicit bits per weight")
+    wl.add_argument("--format", help="weight format from the catalog, the experts' for an MoE "
+                    "(default: as the model ships)")
+    wl.add_argument("--other-format", help="MoE: format of everything outside the experts "
+                    "(default: the --format mix's own, or as shipped)")
+    wl.add_argument("--bits", type=float, help="explicit bits per weight (the experts', for an MoE)")
+    wl.add_argument("--other-bits", type=float, help="MoE: explicit bits per weight outside the experts")
     wl.add_argument("--context", type=int, default=4096, help="context tokens (default 4096)")
     wl.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     wl.add_argument("--kv-bits", type=float, default=16, help="bits per KV value (default 16)")
@@ -67,23 +80,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_machine(args: argparse.Namespace) -> calc.Machine:
-    gpu = None
+    gpu, link = None, args.pcie
     if args.gpu:
         gpu = catalog.hardware(args.gpu)
     elif args.vram_gb or args.vram_gbps:
         if not (args.vram_gb and args.vram_gbps):
             raise calc.CalculatorError("an explicit GPU needs both --vram-gb and --vram-gbps")
-        gen, lanes = catalog.parse_link(args.pcie)
+        gen, lanes = catalog.parse_link(args.pcie or "4.0 x16")
         gpu = HardwareSpec("your GPU", "gpu", args.vram_gbps, int(args.vram_gb * 2**30),
                            pcie_gen=gen, pcie_lanes=lanes, source="command line")
-    if args.ram_gbps:
-        host = HardwareSpec("your RAM", "cpu", args.ram_gbps, source="command line")
-    else:
-        host = catalog.hardware(args.host or DEFAULT_HOST)
+        link = None
+    host = catalog.hardware(args.host or DEFAULT_HOST)
     ram_gb = args.ram_gb if args.ram_gb else (None if host.memory_bytes else 32)
     ram_bytes = int(ram_gb * 2**30) if ram_gb else host.memory_bytes
-    return calc.Machine(host, ram_bytes, gpu, gpu_count=args.gpus, disk_gbps=args.disk_gbps,
-                        use_nvlink=args.nvlink)
+    figures: dict = {"disk_gbps": args.disk_gbps}
+    if args.measured:
+        measured = calc.load_measured()
+        if measured is None:
+            raise calc.CalculatorError(f"no measured bandwidths yet ({calc.measured_path()}): run "
+                                       "lab01's measurement cell first, or leave out --measured")
+        figures.update(measured.machine_kwargs())
+        if gpu is None:
+            figures.pop("effective_link_gbps", None)
+            figures.pop("effective_vram_gbps", None)
+        if args.disk_gbps != calc.workload.DISK_GBPS:
+            figures["disk_gbps"] = args.disk_gbps
+    explicit = {"effective_link_gbps": args.link_gbps, "effective_ram_gbps": args.ram_gbps,
+                "effective_vram_gbps": args.vram_gbps if args.gpu else None}
+    figures.update({k: v for k, v in explicit.items() if v is not None})
+    return calc.Machine(host, ram_bytes, gpu, gpu_count=args.gpus, use_nvlink=args.nvlink,
+                        link=link if gpu is not None else None, **figures)
 
 
 def build_workload(args: argparse.Namespace) -> calc.Workload:
@@ -95,8 +121,19 @@ def build_workload(args: argparse.Namespace) -> calc.Workload:
                          args.params_b * 1e9, params_active=active, source="command line")
     else:
         raise calc.CalculatorError("say which model: --model NAME, or --params-b N (and --active-b)")
-    bits = args.bits or catalog.weight_format(args.format or spec.native_format).bits_per_weight
-    return calc.Workload(spec, bits, context_tokens=args.context, batch=args.batch, kv_bits=args.kv_bits)
+    if spec.name in catalog.all_models():
+        bits, other, label = calc.workload.weight_bits(spec, args.format, args.other_format)
+    else:
+        fmt = catalog.weight_format(args.format or spec.native_format)
+        bits, other, label = fmt.bits_per_weight, None, fmt.name
+    if args.bits:
+        bits, label = args.bits, f"{args.bits:g} bits"
+    if args.other_bits:
+        if not spec.has_expert_shapes:
+            raise calc.CalculatorError(f"{spec.name} has no separate experts: leave out --other-bits")
+        other, label = args.other_bits, f"{label}, rest {args.other_bits:g} bits"
+    return calc.Workload(spec, bits, other, context_tokens=args.context, batch=args.batch,
+                         kv_bits=args.kv_bits, format_label=label)
 
 
 def _options(args: argparse.Namespace, strategy: str) -> dict:
@@ -134,6 +171,7 @@ def _cases(as_json: bool) -> int:
     print(f"{'case':<26}{'reported':>10}{'bound':>10}  bottleneck")
     for r in rows:
         print(f"{r['case']:<26}{r['reported_tok_s']:>10.3g}{r['bound_tok_s']:>10.3g}  {r['bottleneck']}")
+    print("\nreported: tokens/s as published; bound: the calculator's upper bound for the same setup")
     return 0
 
 
@@ -160,14 +198,21 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"machine": machine.describe(), "model": workload.model.name,
                           "bits_per_weight": workload.bits_per_weight,
+                          "other_bits_per_weight": workload.other_bits_per_weight,
+                          "formats": workload.describe_formats(),
+                          "bandwidths_gbps": {"vram": machine.vram_gbps if machine.has_gpu else None,
+                                              "ram": machine.ram_gbps,
+                                              "link": machine.pcie_gbps if machine.gpu else None,
+                                              "disk": machine.disk_gbps},
                           "best": best.strategy if best else None,
                           "plans": {k: v.as_dict() if isinstance(v, calc.Plan) else {"skipped": v}
                                     for k, v in results.items()}}, indent=2))
         return 0
     print(f"machine: {machine.describe()}")
-    print(f"model:   {workload.model.name} at {workload.bits_per_weight:g} bits/weight, "
+    print(f"model:   {workload.model.name} at {workload.describe_formats()}, "
           f"{gib(workload.weight_bytes)} of weights, KV {gib(workload.kv_cache_bytes)} "
-          f"({workload.context_tokens} tokens x {workload.batch})\n")
+          f"({workload.context_tokens} tokens x {workload.batch})")
+    print(f"         {workload.describe_read()}\n")
     print(f"{'strategy':<18}{'tok/s max':>10}  {'bottleneck':<16}{'VRAM':>10}{'RAM':>10}{'disk':>10}  verdict")
     for name, result in results.items():
         print(_row(result) if isinstance(result, calc.Plan) else f"{name:<18}{'-':>10}  ({result})")

@@ -21,7 +21,7 @@ slowest part instead, as if every copy hid behind the other work (perfect prefet
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lazymoe.calculator.bounds import Bound, CalculatorError, Part, bound_from_parts, prefill_bound
 from lazymoe.calculator.memory import MemoryStack
@@ -39,6 +39,7 @@ class Plan:
     offloaded: bool
     notes: tuple[str, ...] = ()
     prefill: Bound | None = None
+    options: dict = field(default_factory=dict)   # the options it used, defaults resolved
 
     @property
     def fits(self) -> bool:
@@ -62,21 +63,27 @@ class Plan:
                 "prefill_tok_s": self.prefill.tok_s if self.prefill else None,
                 "fits": self.fits, "offloaded": self.offloaded,
                 "verdict": self.verdict.label, "verdict_detail": self.verdict.sentence,
-                "memory": self.memory.as_dict(), "notes": list(self.notes)}
+                "memory": self.memory.as_dict(), "notes": list(self.notes),
+                "options": dict(self.options)}
 
 
 def _need_gpu(machine: Machine, strategy: str) -> None:
     if machine.gpu is None:
-        raise CalculatorError(f"{strategy} needs a discrete GPU; this machine has "
-                              f"{'unified memory: use full_gpu' if machine.unified else 'none'}")
+        if machine.unified:
+            raise CalculatorError(f"{strategy} moves weights between RAM and a graphics card, and "
+                                  "this machine has one shared memory: choose full_gpu instead.")
+        raise CalculatorError(f"{strategy} needs a graphics card (GPU), and this machine has none: "
+                              "pick a GPU, or choose cpu_only.")
 
 
 def _need_experts(workload: Workload, strategy: str) -> None:
     m = workload.model
     if not m.has_expert_shapes:
-        why = "is dense" if not m.is_moe else "has no expert shapes in the catalog"
-        raise CalculatorError(f"{strategy} needs an MoE with known experts; {m.name} {why}. "
-                              "Use layer_split or layer_streaming instead.")
+        why = ("is dense: it has no experts to move" if not m.is_moe
+               else "has no expert shapes in the catalog")
+        raise CalculatorError(f"{strategy} places a mixture-of-experts model's experts, and "
+                              f"{m.name} {why}. Choose layer_split or layer_streaming, "
+                              "or pick an MoE model.")
 
 
 def _prefill(machine: Machine, workload: Workload) -> Bound | None:
@@ -104,7 +111,8 @@ def full_gpu(machine: Machine, workload: Workload) -> Plan:
     stack = MemoryStack((("VRAM", "weights", w.weight_bytes), ("VRAM", "KV cache", w.kv_cache_bytes),
                          ("VRAM", "runtime overhead", machine.gpu_overhead_bytes)), _capacity(machine))
     decode = bound_from_parts([Part(machine.vram_name, w.bytes_per_step, machine.vram_gbps)], w.batch)
-    return Plan("full_gpu", stack, decode, False, tuple(w.notes()), _prefill(machine, w))
+    return Plan("full_gpu", stack, decode, False, (*w.notes(), *machine.bandwidth_notes()),
+                _prefill(machine, w))
 
 
 def cpu_only(machine: Machine, workload: Workload) -> Plan:
@@ -114,7 +122,7 @@ def cpu_only(machine: Machine, workload: Workload) -> Plan:
     stack = MemoryStack(((tier, "weights", w.weight_bytes), (tier, "KV cache", w.kv_cache_bytes)),
                         _capacity(machine))
     decode = bound_from_parts([Part("RAM", w.bytes_per_step, machine.ram_gbps)], w.batch)
-    return Plan("cpu_only", stack, decode, False, tuple(w.notes()))
+    return Plan("cpu_only", stack, decode, False, (*w.notes(), *machine.bandwidth_notes()))
 
 
 def layer_split(machine: Machine, workload: Workload, gpu_layers: int | None = None) -> Plan:
@@ -140,8 +148,9 @@ def layer_split(machine: Machine, workload: Workload, gpu_layers: int | None = N
         ("RAM", "KV cache (CPU layers)", (1 - f) * w.kv_cache_bytes)), _capacity(machine))
     decode = bound_from_parts([Part("VRAM", f * w.bytes_per_step, machine.vram_gbps),
                                Part("RAM", (1 - f) * w.bytes_per_step, machine.ram_gbps)], w.batch)
-    notes = (f"llama.cpp: -ngl {gpu_layers}", *w.notes())
-    return Plan("layer_split", stack, decode, gpu_layers < n, notes)
+    notes = (f"llama.cpp: -ngl {gpu_layers}", *w.notes(), *machine.bandwidth_notes())
+    return Plan("layer_split", stack, decode, gpu_layers < n, notes,
+                options={"gpu_layers": gpu_layers})
 
 
 def layer_streaming(machine: Machine, workload: Workload, resident_layers: int | None = None,
@@ -175,8 +184,10 @@ def layer_streaming(machine: Machine, workload: Workload, resident_layers: int |
         Part("VRAM", w.bytes_per_step, machine.vram_gbps),
         Part(link, in_ram, machine.pcie_gbps),
         Part("disk", on_disk, min(machine.disk_gbps, machine.pcie_gbps))], w.batch, overlap)
-    notes = (f"{n - resident_layers} layers cross {link} for every token", *w.notes())
-    return Plan("layer_streaming", stack, decode, streamed > 0, notes)
+    notes = (f"{n - resident_layers} layers cross {link} for every token", *w.notes(),
+             *machine.bandwidth_notes())
+    return Plan("layer_streaming", stack, decode, streamed > 0, notes,
+                options={"resident_layers": resident_layers, "overlap": overlap})
 
 
 def cpu_moe(machine: Machine, workload: Workload, n_cpu_moe: int | None = None) -> Plan:
@@ -207,8 +218,10 @@ def cpu_moe(machine: Machine, workload: Workload, n_cpu_moe: int | None = None) 
     decode = bound_from_parts([Part("VRAM", gpu_bytes, machine.vram_gbps),
                                Part("RAM", f_cpu * w.active_expert_bytes_per_step,
                                     machine.ram_gbps)], w.batch)
-    notes = (f"llama.cpp: --n-gpu-layers 999 --n-cpu-moe {n_cpu_moe}", *w.notes())
-    return Plan("cpu_moe", stack, decode, n_cpu_moe > 0, notes, _prefill(machine, w))
+    notes = (f"llama.cpp: --n-gpu-layers 999 --n-cpu-moe {n_cpu_moe}", *w.notes(),
+             *machine.bandwidth_notes())
+    return Plan("cpu_moe", stack, decode, n_cpu_moe > 0, notes, _prefill(machine, w),
+                options={"n_cpu_moe": n_cpu_moe})
 
 
 def expert_cache(machine: Machine, workload: Workload, hit_rate: float | None = None,
@@ -219,6 +232,7 @@ def expert_cache(machine: Machine, workload: Workload, hit_rate: float | None = 
     where the link is PCIe for misses found in pinned RAM, min(disk, PCIe) for the rest.
     cache_bytes=None: all VRAM left after the resident part. hit_rate=None: cache / all experts,
     what uniform (random) routing gives; real routing is skewed and does better (lab06 measures it).
+    When the cache holds every expert, every lookup hits: the hit rate is 1, whatever was asked.
     """
     _need_gpu(machine, "expert_cache")
     _need_experts(workload, "expert_cache")
@@ -226,19 +240,27 @@ def expert_cache(machine: Machine, workload: Workload, hit_rate: float | None = 
     fixed = w.outside_bytes + w.kv_cache_bytes + machine.gpu_overhead_bytes
     if cache_bytes is None:
         cache_bytes = max(0.0, machine.vram_bytes - fixed)
+    if hit_rate is not None and not 0.0 <= hit_rate <= 1.0:
+        raise CalculatorError(f"the hit rate must be between 0 and 1, got {hit_rate!r}")
     cache_bytes = min(cache_bytes, w.expert_bytes)
-    if hit_rate is None:
+    if cache_bytes >= w.expert_bytes:
+        if hit_rate is not None and hit_rate < 1:
+            notes.insert(0, f"every expert fits in VRAM, so every lookup hits: hit rate 1, "
+                            f"not the {hit_rate:.2f} asked for")
+        else:
+            notes.insert(0, "every expert fits in VRAM: hit rate 1, nothing crosses the link")
+        hit_rate = 1.0
+    elif hit_rate is None:
         hit_rate = cache_bytes / w.expert_bytes
         notes.insert(0, f"hit rate {hit_rate:.0%} = cache / all experts (uniform routing)")
-    if not 0.0 <= hit_rate <= 1.0:
-        raise CalculatorError(f"hit_rate must be between 0 and 1, got {hit_rate!r}")
     rest = w.expert_bytes - cache_bytes
     in_ram = min(rest, machine.ram_usable_bytes)
     f_ram = in_ram / rest if rest > 0 else 1.0
     slots = cache_bytes / w.expert_bytes * w.model.experts
     stack = MemoryStack((
         ("VRAM", "non-expert weights", w.outside_bytes), ("VRAM", "KV cache", w.kv_cache_bytes),
-        ("VRAM", f"expert cache ({slots:.0f} of {w.model.experts} per layer)", cache_bytes),
+        ("VRAM", f"expert cache ({slots:.0f} of {w.model.experts} per layer, hit rate "
+                 f"{hit_rate:.2f})", cache_bytes),
         ("VRAM", "runtime overhead", machine.gpu_overhead_bytes),
         ("RAM", "experts (pinned)", in_ram), ("disk", "experts", rest - in_ram)), _capacity(machine))
     misses = (1 - hit_rate) * w.active_expert_bytes_per_step
@@ -248,7 +270,10 @@ def expert_cache(machine: Machine, workload: Workload, hit_rate: float | None = 
         Part(machine.gpu_link_name, f_ram * misses, machine.pcie_gbps),
         Part("disk", (1 - f_ram) * misses, min(machine.disk_gbps, machine.pcie_gbps))],
         w.batch, overlap)
-    return Plan("expert_cache", stack, decode, hit_rate < 1, tuple(notes))
+    notes += machine.bandwidth_notes()
+    return Plan("expert_cache", stack, decode, hit_rate < 1, tuple(notes),
+                options={"hit_rate": hit_rate, "cache_bytes": cache_bytes, "overlap": overlap,
+                         "everything_fits": cache_bytes >= w.expert_bytes})
 
 
 def multi_gpu(machine: Machine, workload: Workload, mode: str = "layer") -> Plan:
@@ -266,7 +291,8 @@ def multi_gpu(machine: Machine, workload: Workload, mode: str = "layer") -> Plan
     _need_gpu(machine, "multi_gpu")
     n, w, m = machine.gpu_count, workload, workload.model
     if n < 2:
-        raise CalculatorError("multi_gpu needs gpu_count >= 2")
+        raise CalculatorError("multi_gpu splits the model over several GPUs, and this machine has "
+                              "one: set the number of GPUs to 2 or more, or choose another strategy.")
     if mode not in ("layer", "tensor"):
         raise CalculatorError(f"mode must be 'layer' or 'tensor', got {mode!r}")
     notes = [f"{n} GPUs, {mode} split; memory is per GPU x {n}"]
@@ -288,4 +314,4 @@ def multi_gpu(machine: Machine, workload: Workload, mode: str = "layer") -> Plan
         parts = [Part("VRAM", w.bytes_per_step / n, machine.vram_gbps),
                  Part(link, layers * 2 * 2 * (n - 1) / n * act, link_gbps)]
     return Plan(f"multi_gpu_{mode}", stack, bound_from_parts(parts, w.batch), False,
-                (*notes, *w.notes()))
+                (*notes, *w.notes(), *machine.bandwidth_notes()), options={"mode": mode})

@@ -1,6 +1,7 @@
-"""What runs (a model at a format, context and batch) and what it runs on (GPU, CPU, RAM, disk).
+"""What runs: a model at a format (or a mix of formats), a context length and a batch.
 
 All byte counts here are bookkeeping over the catalog's parameter counts: no tensors.
+What it runs on is `Machine` (lazymoe/calculator/machine.py, re-exported here).
 """
 
 from __future__ import annotations
@@ -9,24 +10,50 @@ from dataclasses import dataclass
 
 from lazymoe import catalog
 from lazymoe.calculator.bounds import CalculatorError
-from lazymoe.catalog import HardwareSpec, ModelSpec
+from lazymoe.calculator.machine import (
+    DISK_GBPS,
+    GPU_OVERHEAD_BYTES,
+    RAM_RESERVE_BYTES,
+    GiB,
+    Machine,
+)
+from lazymoe.catalog import ModelSpec
 
-GiB = 2**30
-# Assumptions, not measurements: change them where you know better.
-GPU_OVERHEAD_BYTES = GiB // 2   # CUDA context + scratch buffers per GPU; `nvidia-smi` shows yours
-RAM_RESERVE_BYTES = 2 * GiB     # left to the OS, the browser and the notebook
-# A PCIe 3.0 x4 NVMe SSD's sequential read (e.g. Samsung 970 EVO Plus datasheet: 3,500 MB/s).
-DISK_GBPS = 3.5
+GB = 1e9
+
+
+def weight_bits(spec: ModelSpec, fmt: str | None = None,
+                other_fmt: str | None = None) -> tuple[float, float | None, str]:
+    """(expert bits, other bits or None, label) for a catalog model at catalog format names."""
+    expert_format = catalog.weight_format(fmt or spec.native_format)
+    if not spec.has_expert_shapes:
+        if other_fmt:
+            raise CalculatorError(f"{spec.name} has no separate experts, so it has one format for "
+                                  "all its weights: leave the second format out")
+        return expert_format.bits_per_weight, None, expert_format.name
+    if other_fmt:
+        other_format = catalog.weight_format(other_fmt)
+    elif expert_format.name == spec.native_format and spec.native_other_format:
+        other_format = catalog.weight_format(spec.native_other_format)
+    else:
+        other_format = expert_format
+    if other_format.name == expert_format.name:
+        label = expert_format.name
+    else:
+        label = f"{expert_format.name} experts, {other_format.name} rest"
+    return expert_format.expert_bits, other_format.other_bits, label
 
 
 @dataclass(frozen=True)
 class Workload:
     """A model at a weight format, for `context_tokens` of context and `batch` sequences.
 
-    bits_per_weight         bits per weight, scales included (formats.yaml)
+    bits_per_weight         bits per weight, scales included (formats.yaml); for an MoE with known
+                            experts, the routed experts' bits
     other_bits_per_weight   for MoE: the weights outside the experts, when they are kept at
                             another format (GPT-OSS: MXFP4 experts, BF16 rest); None = same
     kv_bits                 bits per cached K/V value (16 for an fp16 cache, 8 for q8_0)
+    format_label            how the formats are named in results ("Q4_K_M", "MXFP4 experts, BF16 rest")
     """
 
     model: ModelSpec
@@ -35,24 +62,42 @@ class Workload:
     context_tokens: int = 4096
     batch: int = 1
     kv_bits: float = 16.0
+    format_label: str = ""
 
     def __post_init__(self) -> None:
-        if not 0 < self.bits_per_weight <= 32:
-            raise CalculatorError(f"bits_per_weight must be in (0, 32], got {self.bits_per_weight}")
+        for name in ("bits_per_weight", "other_bits_per_weight"):
+            bits = getattr(self, name)
+            if bits is not None and not 0 < bits <= 32:
+                raise CalculatorError(f"{name} must be in (0, 32], got {bits}")
         if self.context_tokens < 1 or self.batch < 1:
             raise CalculatorError("context_tokens and batch must be at least 1")
 
     @classmethod
-    def from_names(cls, model: str, fmt: str | None = None, **kwargs) -> Workload:
-        """Build from catalog names: `Workload.from_names("Qwen3-30B-A3B", "Q4_K_M")`."""
+    def from_names(cls, model: str, fmt: str | None = None, other_fmt: str | None = None,
+                   **kwargs) -> Workload:
+        """Build from catalog names: `Workload.from_names("Qwen3-30B-A3B", "Q4_K_M")`.
+
+        fmt         the experts' format (a dense model: all weights); None = as the model ships
+        other_fmt   MoE: the format of everything outside the experts; None = the mix that `fmt`
+                    describes (Q4_K_M's own average for the rest), or the shipped one when `fmt` is
+                    the model's own format (GPT-OSS: BF16)
+        """
         spec = catalog.model(model)
-        bits = catalog.weight_format(fmt or spec.native_format).bits_per_weight
-        return cls(spec, bits, **kwargs)
+        bits, other, label = weight_bits(spec, fmt, other_fmt)
+        return cls(spec, bits, other, format_label=label, **kwargs)
 
     # ---- bytes held -----------------------------------------------------------------------
     @property
     def _other_bits(self) -> float:
         return self.other_bits_per_weight or self.bits_per_weight
+
+    def describe_formats(self) -> str:
+        """'Q4_K_M (experts 4.84 bits, rest 5.2 bits per weight)' or '4.9 bits per weight'."""
+        name = f"{self.format_label} " if self.format_label else ""
+        if self.model.has_expert_shapes and self._other_bits != self.bits_per_weight:
+            return (f"{name}(experts {self.bits_per_weight:g} bits, rest {self._other_bits:g} bits "
+                    "per weight)")
+        return f"{name}({self.bits_per_weight:g} bits per weight)"
 
     @property
     def expert_bytes(self) -> float:
@@ -115,6 +160,15 @@ class Workload:
         """Weights read once per step, plus every sequence's KV cache (at full context)."""
         return self.weights_read_per_step + self.kv_cache_bytes
 
+    def describe_read(self) -> str:
+        """What one decode step reads, in the words lab01, module 01 and the widget all use."""
+        weights = self.weights_read_per_step / GB
+        if self.kv_cache_bytes <= 0:
+            return f"{weights:.2f} GB read per token: weights only (no KV cache counted)"
+        return (f"{self.bytes_per_step / GB:.2f} GB read per token: {weights:.2f} GB of weights "
+                f"+ {self.kv_cache_bytes / GB:.2f} GB of KV cache ({self.context_tokens} tokens"
+                f"{f' x {self.batch} sequences' if self.batch > 1 else ''})")
+
     @property
     def bytes_per_layer(self) -> float:
         """Weight bytes of one layer, embeddings spread evenly (what layer splits move)."""
@@ -137,87 +191,6 @@ class Workload:
         return out
 
 
-@dataclass(frozen=True)
-class Machine:
-    """A computer: an optional GPU (x gpu_count), the host's memory system, RAM size and a disk.
 
-    host is a catalog row of kind "cpu" (RAM bandwidth) or "unified" (Apple: one memory for CPU
-    and GPU; then `gpu` is None and the GPU strategies use the unified memory).
-    """
-
-    host: HardwareSpec
-    ram_bytes: int
-    gpu: HardwareSpec | None = None
-    gpu_count: int = 1
-    disk_gbps: float = DISK_GBPS
-    use_nvlink: bool = False
-    gpu_overhead_bytes: int = GPU_OVERHEAD_BYTES
-    ram_reserve_bytes: int = RAM_RESERVE_BYTES
-
-    def __post_init__(self) -> None:
-        if self.gpu is not None and self.gpu.kind != "gpu":
-            raise CalculatorError(f"{self.gpu.name} is a {self.gpu.kind} row: pass it as host=")
-        if self.host.kind == "gpu":
-            raise CalculatorError(f"{self.host.name} is a GPU: pass it as gpu=, and a CPU row as host=")
-        if self.gpu_count < 1:
-            raise CalculatorError("gpu_count must be at least 1")
-        if self.use_nvlink and (self.gpu is None or not self.gpu.nvlink_gbps):
-            raise CalculatorError("use_nvlink=True, but this GPU has no NVLink in the catalog")
-
-    @classmethod
-    def from_names(cls, host: str, ram_gb: float | None = None, gpu: str | None = None,
-                   **kwargs) -> Machine:
-        """`Machine.from_names("DDR5-5600 dual", 64, gpu="RTX 3090")`; ram_gb in GiB."""
-        host_spec = catalog.hardware(host)
-        if ram_gb is None:
-            if host_spec.memory_bytes is None:
-                raise CalculatorError(f"{host_spec.name} is a CPU row: say how much RAM (ram_gb)")
-            ram_bytes = host_spec.memory_bytes
-        else:
-            ram_bytes = int(ram_gb * GiB)
-        return cls(host_spec, ram_bytes, catalog.hardware(gpu) if gpu else None, **kwargs)
-
-    @property
-    def unified(self) -> bool:
-        return self.host.kind == "unified"
-
-    @property
-    def has_gpu(self) -> bool:
-        return self.gpu is not None or self.unified
-
-    @property
-    def vram_bytes(self) -> int:
-        """Memory of one GPU (the unified memory, on an Apple machine)."""
-        if self.gpu is not None:
-            return self.gpu.memory_bytes or 0
-        return self.ram_bytes if self.unified else 0
-
-    @property
-    def vram_gbps(self) -> float:
-        return self.gpu.bandwidth_gbps if self.gpu is not None else self.host.bandwidth_gbps
-
-    @property
-    def vram_name(self) -> str:
-        return "VRAM" if self.gpu is not None else "unified memory"
-
-    @property
-    def ram_gbps(self) -> float:
-        return self.host.bandwidth_gbps
-
-    @property
-    def pcie_gbps(self) -> float:
-        if self.gpu is None or self.gpu.link_gbps is None:
-            raise CalculatorError("this machine has no GPU host link in the catalog")
-        return self.gpu.link_gbps
-
-    @property
-    def gpu_link_name(self) -> str:
-        return self.gpu.link_name if self.gpu is not None else "none"
-
-    @property
-    def ram_usable_bytes(self) -> int:
-        return max(0, self.ram_bytes - self.ram_reserve_bytes)
-
-    def describe(self) -> str:
-        gpu = f"{self.gpu_count} x {self.gpu.name}" if self.gpu else "no GPU"
-        return f"{gpu}; {self.host.name}; {self.ram_bytes / GiB:.0f} GiB RAM"
+__all__ = ["DISK_GBPS", "GPU_OVERHEAD_BYTES", "RAM_RESERVE_BYTES", "GiB", "Machine", "Workload",
+           "weight_bits"]

@@ -2,6 +2,7 @@
 
     lazymoe run "def fibonacci(n):" --vram-budget 64MiB --max-new-tokens 64
     lazymoe run --model path/to/Qwen3-30B-A3B --vram-budget 6GiB --ram-budget 24GiB --placement auto
+    lazymoe run --help                  # every engine option (the same in `lazymoe serve` and `lazymoe bench`)
 
 The text goes to stdout as it is made; the live line (tok/s, hit rate, bytes moved, VRAM) to
 stderr, so `lazymoe run ... > out.txt` keeps only the text.
@@ -17,36 +18,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lazymoe import paths
-from lazymoe.engine.config import KERNELS
+from lazymoe.engine.options import add_engine_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("prompt", nargs="?", default="def ", help="the prompt text")
-    parser.add_argument("--model", default=None, help="model folder (default: the bundled tiny model)")
+    add_engine_arguments(parser.add_argument_group("engine (lazymoe.engine.EngineConfig)"))
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--vram-budget", default=None, help="e.g. 6GiB; default: every expert resident")
-    parser.add_argument("--ram-budget", default=None, help="pinned-RAM tier, e.g. 24GiB")
-    parser.add_argument("--placement", default="gpu", choices=["gpu", "cpu", "auto"])
-    parser.add_argument("--policy", default="lru", choices=["lru", "lfu", "fifo"])
-    parser.add_argument("--experts-path", default=None,
-                        help="experts extracted by lazymoe.engine.storage.extract (e.g. int8: fewer bytes per miss)")
-    parser.add_argument("--no-prefetch", action="store_true", help="turn prefetch off")
-    parser.add_argument("--pin-checkpoint", action="store_true",
-                        help="page-lock the mapped expert files for direct copies to the GPU "
-                        "(needs RAM for all of them)")  # fmt: skip
-    parser.add_argument("--kernel", default=None, choices=list(KERNELS),
-                        help="how resident experts are computed (default: fused on a GPU with "
-                        "Triton, else batched; grouped on a CPU)")  # fmt: skip
-    parser.add_argument("--decode", default="auto", choices=["auto", "model", "segments", "graphs"],
-                        help="how a decode token runs (default auto: CUDA graphs on a GPU where "
-                        "they apply, else transformers' forward)")  # fmt: skip
     parser.add_argument("--stats-json", default=None, help="write the final statistics here")
     parser.add_argument("--quiet", action="store_true", help="no live line, no summary")
 
@@ -56,17 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from lazymoe.engine.errors import EngineError
     from lazymoe.engine.storage.store import ExpertStoreError
 
-    model = Path(args.model) if args.model else paths.bundled_model_dir()
     try:
-        engine = Engine(
-            EngineConfig(
-                model_path=model, device=args.device, dtype=args.dtype,
-                vram_budget=args.vram_budget, ram_budget=args.ram_budget,
-                placement=args.placement, policy=args.policy, prefetch=not args.no_prefetch,
-                experts_path=args.experts_path, kernel=args.kernel, decode=args.decode,
-                pin_checkpoint=args.pin_checkpoint,
-            )
-        )  # fmt: skip
+        engine = Engine(EngineConfig.from_args(args))
         gen = GenerationConfig(
             max_new_tokens=args.max_new_tokens, temperature=args.temperature,
             top_p=args.top_p, top_k=args.top_k, seed=args.seed,

@@ -5,11 +5,16 @@ Both validate themselves on construction, with messages that say what to change.
 
 from __future__ import annotations
 
+import argparse
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from lazymoe.engine.options import cli, cli_fields, size_arg
 from lazymoe.engine.parts.policies import EvictionPolicy
+from lazymoe.engine.parts.trace import RoutingTrace
 
 _UNITS = {
     "": 1, "b": 1,
@@ -19,7 +24,12 @@ _UNITS = {
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
-PLACEMENTS = ("gpu", "cpu", "auto")
+# "fetch": copy the missed expert to where the model runs, compute it there; "cpu": compute it on
+# the CPU from where it lives; "auto": choose per expert. "gpu" is fetch's old name (old commands
+# and results files use it).
+PLACEMENTS = ("fetch", "cpu", "auto")
+PLACEMENT_ALIASES = {"gpu": "fetch"}
+POLICY_NAMES = ("lru", "lfu", "fifo")  # lazymoe.engine.parts.policies.POLICIES
 KERNELS = ("reference", "grouped", "batched", "fused")  # see lazymoe.engine.compute.kernels
 DECODE_PATHS = ("auto", "model", "segments", "graphs")  # see lazymoe.engine.compute.graphs
 
@@ -42,6 +52,11 @@ def parse_bytes(value: str | int | float | None, what: str = "budget") -> int | 
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
+def canonical_placement(value: str) -> str:
+    """'gpu' (the old name) -> 'fetch'; every other value as it is."""
+    return PLACEMENT_ALIASES.get(value, value)
+
+
 def format_bytes(n_bytes: int | float) -> str:
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n_bytes >= size:
@@ -58,9 +73,11 @@ class EngineConfig:
         then `ram_budget` sizes it (or `vram_budget` when only that one is given).
     ram_budget: bytes of pinned RAM for a second tier under the GPU (None or 0: no RAM tier;
         misses are read from the memory-mapped checkpoint, which the OS page cache still helps).
-    placement: where a missed expert is computed: "gpu" copies it in (disk -> RAM -> VRAM),
-        "cpu" computes it on the CPU where it lives (llama.cpp's --cpu-moe), "auto" chooses per
-        expert with a cost model fed by measured bandwidths (as Fiddler does).
+    placement: where a missed expert is computed: "fetch" copies it to where the model runs
+        (disk -> RAM -> VRAM on a GPU) and computes it there, "cpu" computes it on the CPU where
+        it lives (llama.cpp's --cpu-moe), "auto" chooses per expert with a cost model fed by
+        measured bandwidths (as Fiddler does). "gpu" is accepted as fetch's old name. On a
+        CPU-only machine every placement computes on the CPU.
     policy: eviction policy name ("lru", "lfu", "fifo"), an `EvictionPolicy` instance (it keeps
         its state), or an `EvictionPolicy` subclass (a fresh one per tier).
     prefetch: predict the next layer's experts through its router and fetch them ahead.
@@ -71,7 +88,7 @@ class EngineConfig:
         (one expert at a time, the simple path), "grouped" (prefill rows sorted by expert; decode
         a plain loop), "batched" (decode: gather the chosen slots, two batched matmuls), "fused"
         (decode: Triton kernels reading the slots in place, GPU only); None: "fused" on a GPU
-        with Triton ("batched" without it), "grouped" on a CPU.
+        with Triton ("batched" without it), "grouped" on a CPU ("auto" is the same as None).
     decode: how a decode token runs (lazymoe.engine.compute.graphs): "model" (transformers' forward, one
         eager call per module), "segments" (the engine's own layer loop, cut at the routers),
         "graphs" (that loop captured as CUDA graphs: one launch per layer instead of ~100);
@@ -82,36 +99,89 @@ class EngineConfig:
         of ~20 GB/s from mapped pages, 3-8 GB/s from pages touched for the first time). The
         files stay locked in RAM until close(): it needs RAM for all of them, like llama.cpp's
         --mlock, and locking takes a while (~1.4 GB/s). GPU only; ignored on a CPU.
+
+    Fields with `cli(...)` metadata are also command-line options, defined once here for
+    `lazymoe run`, `lazymoe serve` and `lazymoe bench` (`lazymoe.engine.options`).
     """
 
-    model_path: str | Path
-    device: str = "auto"
-    dtype: str = "float32"
-    vram_budget: str | int | None = None
-    ram_budget: str | int | None = None
-    placement: str = "gpu"
-    policy: str | EvictionPolicy | type[EvictionPolicy] = "lru"
-    prefetch: bool = True
-    experts_path: str | Path | None = None
-    kernel: str | None = None
-    decode: str = "auto"
-    pin_checkpoint: bool = False
+    model_path: str | Path = field(metadata=cli(
+        "model folder: config.json, *.safetensors, tokenizer", flag="--model", metavar="DIR",
+        none_means="the bundled tiny model"))
+    device: str = field(default="auto", metadata=cli(
+        "where the model runs; auto: a CUDA GPU if PyTorch sees one, else the CPU",
+        choices=DEVICES))
+    dtype: str = field(default="float32", metadata=cli("compute dtype", choices=DTYPES))
+    vram_budget: str | int | None = field(default=None, metadata=cli(
+        "memory for cached experts where the model runs, e.g. 6GiB or 512MiB (GiB = 2**30 bytes, "
+        "GB = 10**9)", type=size_arg, metavar="SIZE", none_means="every expert resident"))
+    ram_budget: str | int | None = field(default=None, metadata=cli(
+        "pinned-RAM tier under the GPU, e.g. 24GiB (on a CPU-only machine: the cache itself)",
+        type=size_arg, metavar="SIZE", none_means="no RAM tier"))
+    placement: str = field(default="fetch", metadata=cli(
+        "where a missed expert is computed: fetch (copy it to where the model runs, compute it "
+        "there), cpu (compute it on the CPU where it lives, as llama.cpp's --cpu-moe), auto (choose "
+        "per expert from measured bandwidths); 'gpu' is accepted as the old name of fetch",
+        choices=PLACEMENTS, type=canonical_placement))
+    policy: str | EvictionPolicy | type[EvictionPolicy] = field(default="lru", metadata=cli(
+        "expert-cache eviction policy", choices=POLICY_NAMES))
+    prefetch: bool = field(default=True, metadata=cli(
+        "turn prefetch off (predicting the next layer's experts and fetching them ahead)",
+        flag="--no-prefetch", switch=True))
+    experts_path: str | Path | None = field(default=None, metadata=cli(
+        "experts extracted by lazymoe.engine.storage.extract (e.g. int8: fewer bytes per miss)",
+        metavar="DIR", none_means="the checkpoint's own safetensors"))
+    kernel: str | None = field(default="auto", metadata=cli(
+        "how resident experts are computed; auto: fused on a GPU with Triton, else batched; "
+        "grouped on a CPU", choices=("auto", *KERNELS)))
+    decode: str = field(default="auto", metadata=cli(
+        "how a decode token runs; auto: CUDA graphs on a GPU where they apply, else "
+        "transformers' forward", choices=DECODE_PATHS))
+    pin_checkpoint: bool = field(default=False, metadata=cli(
+        "page-lock the mapped expert files for direct copies to the GPU (needs RAM for all of "
+        "them)", switch=True))
     # Measured bandwidths for placement="auto" (GB/s); None: measured at load time.
-    h2d_bandwidth_gbps: float | None = None
-    cpu_bandwidth_gbps: float | None = None
+    h2d_bandwidth_gbps: float | None = field(default=None, metadata=cli(
+        "host-to-GPU bandwidth for placement auto, GB/s", type=float, metavar="GB/S",
+        none_means="measured at load time"))
+    cpu_bandwidth_gbps: float | None = field(default=None, metadata=cli(
+        "CPU memory bandwidth for placement auto, GB/s", type=float, metavar="GB/S",
+        none_means="measured at load time"))
+    # Parts written by a learner (lab08), objects rather than command-line options:
+    # expert_reader(path, header, layer, expert) -> (gate, up, down) reads every expert (lab05b);
+    # prefetch_predictor(hidden (D,), router_weight (E, D), top_k) -> ids guesses the next layer's
+    # experts (lab07). None: the package's own (lazymoe.engine.storage.reader, parts.prefetch).
+    expert_reader: Callable | None = None
+    prefetch_predictor: Callable | None = None
+    # Benchmarks only, not a command-line option: a RoutingTrace (or the path of one saved as .npz)
+    # whose experts are fetched and computed in place of the router's choice; the routers still
+    # run (lazymoe.engine.parts.replay). None: the model's own routing.
+    routing_trace: RoutingTrace | str | Path | None = None
     vram_budget_bytes: int | None = field(init=False, default=None)
     ram_budget_bytes: int | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.model_path = Path(self.model_path)
+        for name in ("expert_reader", "prefetch_predictor"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise TypeError(f"{name}={getattr(self, name)!r}: give a function, or None for the "
+                                "package's own")
+        if self.expert_reader is not None and self.experts_path is not None:
+            raise ValueError("expert_reader reads the checkpoint's safetensors: leave experts_path "
+                             "None when you give one")
+        self.placement = canonical_placement(self.placement)
+        if self.kernel == "auto":
+            self.kernel = None
         if self.device not in DEVICES:
             raise ValueError(f"device={self.device!r}: choose one of {', '.join(DEVICES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}: choose one of {', '.join(DTYPES)}")
         if self.placement not in PLACEMENTS:
-            raise ValueError(f"placement={self.placement!r}: choose one of {', '.join(PLACEMENTS)}")
+            raise ValueError(
+                f"placement={self.placement!r}: choose one of {', '.join(PLACEMENTS)} "
+                "('gpu' is accepted as the old name of 'fetch')"
+            )
         if self.kernel not in (None, *KERNELS):
-            raise ValueError(f"kernel={self.kernel!r}: choose one of {', '.join(KERNELS)} or None")
+            raise ValueError(f"kernel={self.kernel!r}: choose one of {', '.join(KERNELS)}, 'auto' or None")
         if self.decode not in DECODE_PATHS:
             raise ValueError(f"decode={self.decode!r}: choose one of {', '.join(DECODE_PATHS)}")
         is_policy_class = isinstance(self.policy, type) and issubclass(self.policy, EvictionPolicy)
@@ -136,6 +206,44 @@ class EngineConfig:
                     f"experts_path {self.experts_path} holds no manifest.json: write it with "
                     f"lazymoe.engine.storage.extract.extract({str(self.model_path)!r}, out_dir, fmt=...)"
                 )
+
+    @classmethod
+    def from_args(cls, namespace: argparse.Namespace, **overrides: Any) -> EngineConfig:
+        """The config the command-line flags say (`lazymoe.engine.options.add_engine_arguments`);
+        `overrides` (field name -> value) win. A missing --model means the bundled model."""
+        values = {}
+        for f in cli_fields(cls):
+            if f.name in overrides:
+                values[f.name] = overrides.pop(f.name)
+            elif hasattr(namespace, f.name):
+                values[f.name] = getattr(namespace, f.name)
+            else:
+                raise ValueError(
+                    f"the command line has no {f.metadata['cli'].flag_for(f.name)}: add the engine "
+                    "options with lazymoe.engine.options.add_engine_arguments(parser)"
+                )
+            if isinstance(values[f.name], list):  # a swept option (lazymoe bench) holds several
+                raise ValueError(
+                    f"{f.name}={values[f.name]!r} holds several values: pass one as "
+                    f"EngineConfig.from_args(args, {f.name}=...)"
+                )
+        if values["model_path"] is None:
+            from lazymoe import paths
+
+            values["model_path"] = paths.bundled_model_dir()
+        return cls(**values, **overrides)
+
+    def cli_values(self) -> dict[str, Any]:
+        """The command-line fields as plain values (JSON-ready): what a results file records."""
+        out = {}
+        for f in cli_fields(type(self)):
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, EvictionPolicy | type):  # a policy object: record its name
+                value = getattr(value, "name", None) or value.__name__
+            out[f.name] = value
+        return out
 
     def resolved_device(self) -> str:
         import torch

@@ -1,6 +1,6 @@
 """Engine: a MoE model with its non-expert weights resident and its experts in a tiered cache.
 
-    engine = Engine(EngineConfig(model_path=..., vram_budget="6GiB", placement="gpu"))
+    engine = Engine(EngineConfig(model_path=..., vram_budget="6GiB", placement="fetch"))
     new_ids = engine.generate(engine.tokenizer.encode("def "), GenerationConfig(max_new_tokens=32))
     print(engine.stats().line())
 
@@ -27,10 +27,12 @@ from lazymoe.engine.loading import load_resident
 from lazymoe.engine.parts.cache import CacheBook
 from lazymoe.engine.parts.policies import EvictionPolicy, make_policy
 from lazymoe.engine.parts.prefetch import Prefetcher
+from lazymoe.engine.parts.replay import TraceReplay
 from lazymoe.engine.parts.router import LearnerRouter
 from lazymoe.engine.sampler import Sampler
 from lazymoe.engine.stats import EngineStats
 from lazymoe.engine.storage.pool import ExpertPool, expert_nbytes
+from lazymoe.engine.storage.reader import ReaderStore
 from lazymoe.engine.storage.store import ExpertStore
 from lazymoe.engine.storage.tiers import Tier, TierStack
 
@@ -44,6 +46,8 @@ class Engine:
         self.dtype = getattr(torch, config.dtype)
         self.model, self.spec, blocks = load_resident(config.model_path, self.device, self.dtype)
         self.store = ExpertStore.open(config.experts_path or config.model_path)
+        if config.expert_reader is not None:  # the learner's reader (lab08) does every read
+            self.store = ReaderStore(self.store, config.expert_reader)
         self.tokenizer = AutoTokenizer.from_pretrained(config.model_path)
         self.blocks = dict(blocks)  # layer -> MoE block
         self.moe_layers = sorted(self.blocks)
@@ -69,12 +73,14 @@ class Engine:
             cost_model = self._cost_model()
         prefetcher = None
         if config.prefetch and self.tiers.device.pool.n_slots < self.total_experts:
-            prefetcher = Prefetcher(self.blocks)
+            prefetcher = Prefetcher(self.blocks, config.prefetch_predictor)
         act = next(iter(self.blocks.values())).experts.act_fn
         self.runtime = ExpertRuntime(
             self.tiers, act, config.placement, cost_model, prefetcher,
             expert_flops_per_token=6 * self.intermediate * self.hidden,
             top_k=self.top_k, kernel=config.kernel,
+            replay=TraceReplay.from_config(config.routing_trace, self.moe_layers, self.num_experts,
+                                           self.top_k),
         )  # fmt: skip
         for layer, block in self.blocks.items():
             block.experts = OffloadedExperts(layer, self.runtime)
@@ -235,7 +241,7 @@ class Engine:
                 if decoder is not None and not prefill:
                     logits = decoder.step(new[-1], len(prompt_ids) + len(new) - 1)
                 else:
-                    logits = self.model(input_ids=ids, past_key_values=cache, use_cache=True,
+                    logits = self.model(input_ids=ids, cache=cache, use_cache=True,
                                         logits_to_keep=1).logits[0, -1]  # fmt: skip
                     if decoder is not None:
                         decoder.load_prefill(cache, len(prompt_ids))
@@ -311,15 +317,27 @@ class Engine:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _placement_words(self) -> str:
+        """What the placement does on this device, in words (a CPU-only machine has one place)."""
+        if not self.tiers.on_gpu:
+            return "the model runs on the CPU, so a missed expert is read into the RAM cache"
+        return {
+            "fetch": "a missed expert is copied to the GPU and computed there",
+            "cpu": "a missed expert is computed on the CPU, where it lives",
+            "auto": "each missed expert is copied to the GPU or computed on the CPU, "
+            "whichever the measured bandwidths say is faster",
+        }[self.config.placement]
+
     def describe(self) -> str:
         """A few lines: what lives where."""
         t = self.tiers
         lines = [
             f"model {self.config.model_path} ({self.spec.model_type}, {len(self.moe_layers)} MoE layers "
             f"x {self.num_experts} experts, top-{self.top_k}, expert {format_bytes(self.expert_nbytes)})",
-            f"device {self.device}, dtype {self.config.dtype}, placement {self.config.placement}, "
+            f"device {self.device}, dtype {self.config.dtype}, "
             f"prefetch {'on' if self.runtime.prefetcher else 'off'}, kernel {self.runtime.kernel}, "
             f"decode {self.decode_path}",
+            f"placement {self.config.placement}: {self._placement_words()}",
         ]
         if self.pinned_bytes:
             lines.append(f"checkpoint page-locked for direct copies: {format_bytes(self.pinned_bytes)}")

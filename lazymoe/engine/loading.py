@@ -16,8 +16,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from lazymoe.engine.arch import ArchSpec, is_expert_key, moe_blocks, spec_for
+from lazymoe.engine.arch import is_expert_key, moe_blocks, spec_for
 from lazymoe.engine.errors import CheckpointError
+from lazymoe.models.archs import Arch
 
 
 class ExpertsPlaceholder(torch.nn.Module):
@@ -63,7 +64,7 @@ def safetensors_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def iter_resident_tensors(model_dir: Path, spec: ArchSpec) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_resident_tensors(model_dir: Path, spec: Arch) -> Iterator[tuple[str, torch.Tensor]]:
     """(module parameter name, CPU tensor) for every non-expert tensor of the checkpoint."""
     for path in safetensors_files(model_dir):
         try:
@@ -81,7 +82,7 @@ def iter_resident_tensors(model_dir: Path, spec: ArchSpec) -> Iterator[tuple[str
 
 
 def load_resident(model_dir: Path, device: str, dtype: torch.dtype):
-    """(model, spec, [(layer, moe block)]) with every non-expert weight on `device`.
+    """(model, architecture record, [(layer, moe block)]) with every non-expert weight on `device`.
 
     Each `block.experts` is an `ExpertsPlaceholder` until the engine installs its own.
     """

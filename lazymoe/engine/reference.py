@@ -28,7 +28,7 @@ def reference_greedy(model, prompt_ids: list[int], max_new_tokens: int) -> list[
     ids = torch.tensor([list(prompt_ids)], device=device)
     cache, out = DynamicCache(config=model.config), []
     for _ in range(max_new_tokens):
-        logits = model(input_ids=ids, past_key_values=cache, use_cache=True).logits[0, -1]
+        logits = model(input_ids=ids, cache=cache, use_cache=True).logits[0, -1]
         out.append(int(logits.argmax()))
         ids = torch.tensor([[out[-1]]], device=device)
     return out

@@ -14,6 +14,7 @@ class CheckResult:
     passed: bool
     message: str
     details: list[str] = field(default_factory=list)
+    started: bool = True  # False: the learner's function is still empty (not counted as a try)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -42,4 +43,33 @@ def failed(exercise: str, message: str, *details: str) -> CheckResult:
 
 
 def not_started(exercise: str) -> CheckResult:
-    return CheckResult(exercise, False, "your function returned None: fill in the body and run again.")
+    return CheckResult(
+        exercise, False, "your function returned None: fill in the body and run again.", started=False
+    )
+
+
+def explain_error(err: Exception) -> str:
+    """What a learner's exception usually means, in one sentence ('' when there is nothing to add).
+
+    The dead ends seen when non-engineers tried the labs: a name used inside a class without
+    `self.`, and a dtype written as the safetensors header spells it ("F32") instead of numpy's."""
+    text = str(err)
+    if isinstance(err, NameError) and _raised_in_a_method(err):
+        name = getattr(err, "name", None) or "name"
+        return (f" Inside a class, what one method stores is reached as self.{name}: create it in "
+                f"__init__ (self.{name} = ...) and write self.{name} wherever you use it.")
+    if isinstance(err, TypeError) and "data type" in text and "not understood" in text:
+        return (" numpy does not know the header's dtype names: give np.frombuffer dtype=np.float32 "
+                "for 'F32' (np.float16 for 'F16').")
+    if isinstance(err, AttributeError) and "'NoneType'" in text:
+        return " something you use was never set: does __init__ create it (self.x = ...)?"
+    return ""
+
+
+def _raised_in_a_method(err: Exception) -> bool:
+    tb = err.__traceback__
+    while tb is not None:
+        if "self" in tb.tb_frame.f_code.co_varnames[: tb.tb_frame.f_code.co_argcount]:
+            return True
+        tb = tb.tb_next
+    return False

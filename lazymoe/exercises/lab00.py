@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from lazymoe import doctor, hardware
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
+from lazymoe.exercises.solutions import tracked
 
 GiB = 1024**3
 
 
+@tracked("lab00.reading")
 def check_reading(ram_total_gib: float | None, cpu_threads: int | None, nvidia_gpus: int | None) -> CheckResult:
     """Compare what the learner read off the doctor's report with what the probe sees."""
     name = "reading the doctor's report"
@@ -31,6 +33,7 @@ def check_reading(ram_total_gib: float | None, cpu_threads: int | None, nvidia_g
     return passed(name, "you can read a machine's report.")
 
 
+@tracked("lab00.repair")
 def check_repaired() -> CheckResult:
     """After the repair, the doctor must pass on the (scratch) data folder it is pointed at."""
     name = "repairing the setup"

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from lazymoe import calculator as calc
 from lazymoe.catalog import ModelSpec
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
+from lazymoe.exercises.solutions import tracked
 
 # (bandwidth GB/s, bytes per token): the source module's example first
 DECODE_CASES = [(700.0, 14e9), (936.0, 42.5e9), (89.6, 1.9e9), (51.2, 4.9e9)]
@@ -38,6 +39,7 @@ def _diagnose(got: float, want: float) -> str:
     return f"off by a factor of {ratio:.3g}"
 
 
+@tracked("lab01.decode_bound")
 def check_decode_bound(fn: Callable[[float, float], float]) -> CheckResult:
     """fn(bandwidth_gbps, bytes_per_token) -> tokens per second (upper bound)."""
     name = "decode bound"
@@ -66,6 +68,7 @@ def check_decode_bound(fn: Callable[[float, float], float]) -> CheckResult:
     return passed(name, "tokens/s <= bandwidth / bytes per token. 700 GB/s over 14 GB: 50 tok/s.")
 
 
+@tracked("lab01.moe_bytes")
 def check_moe_bytes_per_token(fn: Callable[[float, float, int, int, float], float]) -> CheckResult:
     """fn(params_outside, params_per_expert, top_k, moe_layers, bits) -> bytes read per token."""
     name = "MoE bytes per token"

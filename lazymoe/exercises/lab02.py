@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
+from lazymoe.exercises.solutions import tracked
 from lazymoe.models.speed import fit_roofline
 
 KV_CASES = (  # (layers, kv_heads, head_dim, tokens, bytes_per_value)
@@ -41,6 +42,7 @@ _KV_SLIPS = (  # (what the learner probably computed, the hint)
 )
 
 
+@tracked("lab02.kv_cache")
 def check_kv_cache_bytes(fn: Callable[..., int]) -> CheckResult:
     name = "kv_cache_bytes"
     got = [fn(*case) for case in KV_CASES]
@@ -73,6 +75,7 @@ def _synthetic_points() -> tuple[np.ndarray, np.ndarray, float, float]:
     return x, y, bandwidth_gbps, overhead_s
 
 
+@tracked("lab02.fit")
 def check_fit_roofline(fn: Callable) -> CheckResult:
     name = "fit_roofline"
     x, y, true_bw, _ = _synthetic_points()

@@ -12,6 +12,7 @@ import torch
 
 from lazymoe import quant
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
+from lazymoe.exercises.solutions import tracked
 from lazymoe.quant.codecs import split_blocks
 
 
@@ -99,6 +100,7 @@ def _diagnose(name: str, q: torch.Tensor, scale: torch.Tensor, ref: torch.Tensor
     return problem if problem is not None else _diagnose_q(name, q, w, scale, qmax)
 
 
+@tracked("lab03.int8")
 def check_int8_rows(fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]) -> CheckResult:
     """fn(w) -> (q, scale): q int8 (R, C), scale (R,) with scale = max|w_row| / 127, q = round(w / scale)."""
     name = "int8 per-row quantization"
@@ -116,6 +118,7 @@ def check_int8_rows(fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tenso
                   "(+ one float32 scale per row).")
 
 
+@tracked("lab03.int4")
 def check_int4_groups(fn: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor] | None]) -> CheckResult:
     """fn(w, group_size) -> (q, scales): q int8 (R, C) in -7..7, scales (R, C // group_size) = max|w_group| / 7."""
     name = "4-bit group quantization"
@@ -139,6 +142,7 @@ def check_int4_groups(fn: Callable[[torch.Tensor, int], tuple[torch.Tensor, torc
                   f"(int8 per row: {int8_err:.1%}) at 4 + 32/32 = 5 bits per weight.")
 
 
+@tracked("lab03.pack")
 def check_pack_int4(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> CheckResult:
     """fn(q) -> packed: q (blocks, 32) int8 in -8..7 -> (blocks, 16) uint8, byte j = (q[j]+8) | (q[j+16]+8) << 4."""
     name = "packing two 4-bit values per byte"

@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable
 
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
+from lazymoe.exercises.solutions import tracked
 from lazymoe.server.loadtest import queue_wait_bound_s, ttft_and_decode_rate
 
 
@@ -17,6 +18,7 @@ def _close(a: float, b: float, rel: float = 1e-3) -> bool:
     return math.isclose(a, b, rel_tol=rel, abs_tol=1e-9)
 
 
+@tracked("lab04.ttft")
 def check_ttft_and_rate(fn: Callable[[float, list[float]], tuple[float, float]]) -> CheckResult:
     """fn(sent_s, arrivals_s) -> (ttft_s, decode_tok_s)."""
     name = "time to first token and decode speed"
@@ -68,6 +70,7 @@ def check_ttft_and_rate(fn: Callable[[float, list[float]], tuple[float, float]])
     )
 
 
+@tracked("lab04.queue")
 def check_queue_wait(fn: Callable[[int, int, float, float], float]) -> CheckResult:
     """fn(n_users, max_tokens, decode_tok_s, prefill_s) -> seconds the last user waits for a first token."""
     name = "the wait at the back of the queue"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
+from lazymoe.exercises.solutions import tracked
 
 SNIPPET = "def read_config(path):\n    with open(path) as f:\n        return json.load(f)\n"
 
@@ -43,6 +44,7 @@ def _sorted_by_expert(weights: torch.Tensor, experts: torch.Tensor) -> tuple[tor
     return weights.gather(-1, order), experts.gather(-1, order)
 
 
+@tracked("lab05.route")
 def check_route(fn: Callable, model=None, tokenizer=None, layer: int = 1) -> CheckResult:
     """Compare fn with the model's router (default: the bundled tiny MoE) on real hidden states."""
     name = "route"

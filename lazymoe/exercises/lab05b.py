@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lazymoe.engine.storage.store import ARCHS, ExpertStore
-from lazymoe.exercises.base import CheckResult, failed, not_started, passed
+from lazymoe.engine.storage.store import ExpertStore
+from lazymoe.exercises.base import CheckResult, explain_error, failed, not_started, passed
+from lazymoe.exercises.solutions import tracked
+from lazymoe.models.archs import get_arch
 from lazymoe.paths import bundled_model_dir
 
 ROLES = ("gate", "up", "down")
@@ -52,7 +54,7 @@ def dtype_nbytes(config: dict) -> int:
 
 def reference_expert_nbytes(config: dict) -> int:
     """3 x I x D x bytes per element, I the expert's own intermediate size (as ExpertStore does)."""
-    intermediate = config[ARCHS[config["model_type"]].intermediate_key]
+    intermediate = get_arch(config["model_type"]).expert_width(config)
     return 3 * intermediate * config["hidden_size"] * dtype_nbytes(config)
 
 
@@ -79,6 +81,7 @@ def _mistakes(config: dict) -> list[tuple[int, str]]:
     ]  # fmt: skip
 
 
+@tracked("lab05b.expert_nbytes")
 def check_expert_nbytes(fn: Callable[[dict], int]) -> CheckResult:
     """Your fn(config) against the store's expert_nbytes: the bundled model and two real configs."""
     name = "lab05b: bytes per expert"
@@ -229,6 +232,7 @@ def _compare(
     return f"{at} differs from ExpertStore.read: {why}"
 
 
+@tracked("lab05b.read_expert")
 def check_read_expert(
     fn: Callable[[str, dict, int, int], object], model_dir: str | Path | None = None
 ) -> CheckResult:
@@ -245,7 +249,7 @@ def check_read_expert(
             return failed(
                 name,
                 f"your function raised {type(err).__name__}: {err} (expert {expert}, layer "
-                f"{layer}).{_reshape_hint(str(err))}",
+                f"{layer}).{_reshape_hint(str(err))}{explain_error(err)}",
             )
         three = None if out is None else _as_three(out)
         if out is None or (three is not None and all(x is None for x in three)):

@@ -9,7 +9,8 @@ from __future__ import annotations
 from lazymoe.engine.parts.cache import CacheBook, CacheFullError
 from lazymoe.engine.parts.policies import FIFO, LFU, LRU, EvictionPolicy, PolicyError
 from lazymoe.engine.parts.trace import RoutingTrace, simulate, synthetic_trace
-from lazymoe.exercises.base import CheckResult, failed, not_started, passed
+from lazymoe.exercises.base import CheckResult, explain_error, failed, not_started, passed
+from lazymoe.exercises.solutions import tracked
 
 
 def zipf_trace(
@@ -21,7 +22,8 @@ def zipf_trace(
 
 def _not_written(name: str) -> CheckResult:
     return CheckResult(
-        name, False, "victim() returned None: write your class's methods and run again."
+        name, False, "victim() returned None: write your class's methods and run again.",
+        started=False,
     )
 
 
@@ -67,6 +69,7 @@ SCENARIOS = [  # (trace, n_slots): a tiny cache, a middling one, more layers
 ]
 
 
+@tracked("lab06.lru")
 def check_lru(policy_cls) -> CheckResult:
     """Your LRU class, replayed next to lazymoe's LRU on small traces: the same victim every time?"""
     name = "lab06: LRU"
@@ -89,7 +92,7 @@ def check_lru(policy_cls) -> CheckResult:
         except CacheFullError as err:
             return failed(name, str(err))
         except Exception as err:  # a learner's bug: show it, do not crash the notebook
-            return failed(name, f"your policy raised {type(err).__name__}: {err}")
+            return failed(name, f"your policy raised {type(err).__name__}: {err}.{explain_error(err)}")
         want = _evictions(LRU(), trace, n_slots)
         if mine == want:
             continue
@@ -108,6 +111,7 @@ def check_lru(policy_cls) -> CheckResult:
     return passed(name, "your policy evicts exactly what LRU evicts on every test trace.")
 
 
+@tracked("lab06.policy")
 def check_policy(policy_cls, trace: RoutingTrace, n_slots: int) -> CheckResult:
     """Your own policy on a real trace: it keeps the cache's rules and its hit rate is >= LRU's."""
     name = f"lab06: your policy at {n_slots} slots"
@@ -128,7 +132,7 @@ def check_policy(policy_cls, trace: RoutingTrace, n_slots: int) -> CheckResult:
             return _not_written(name)
         return failed(name, f"your policy broke a rule of the cache: {err}")
     except Exception as err:
-        return failed(name, f"your policy raised {type(err).__name__}: {err}")
+        return failed(name, f"your policy raised {type(err).__name__}: {err}.{explain_error(err)}")
     lru = simulate(trace, n_slots, "lru").hit_rate
     opt = simulate(trace, n_slots, "opt").hit_rate
     detail = f"hit rate {mine:.1%}; LRU {lru:.1%}; the optimum (OPT) {opt:.1%}"
@@ -136,6 +140,7 @@ def check_policy(policy_cls, trace: RoutingTrace, n_slots: int) -> CheckResult:
         return failed(
             name,
             f"{detail}: below LRU.",
+            *_tuning_hint(policy_cls, trace, n_slots, mine),
             "experts a layer uses a lot come back again and again: a policy that remembers how "
             "often a key was used (with some forgetting, so old favourites can leave) tends to win.",
         )
@@ -143,3 +148,30 @@ def check_policy(policy_cls, trace: RoutingTrace, n_slots: int) -> CheckResult:
     return passed(
         name, f"{detail}: you closed {closed:.0%} of the gap between LRU and the optimum."
     )
+
+
+def _tuning_hint(policy_cls, trace: RoutingTrace, n_slots: int, mine: float) -> list[str]:
+    """Try each number your policy keeps on itself (a half-life, a fading factor) up to 100x larger and
+    smaller: if one does better, say which way to turn it (forgetting too fast or too slow)."""
+    base = _fresh(policy_cls)
+    knobs = {k: v for k, v in vars(base).items()
+             if isinstance(v, int | float) and not isinstance(v, bool) and v > 0}
+    best = None
+    for attr, value in knobs.items():
+        for factor in (0.01, 0.1, 0.25, 4, 10, 100):
+            new = type(value)(value * factor) if isinstance(value, float) else max(1, int(value * factor))
+            try:
+                policy = _fresh(policy_cls)
+                setattr(policy, attr, new)
+                rate = simulate(trace, n_slots, policy).hit_rate
+            except Exception:  # a knob that is not a knob (a counter): skip it
+                continue
+            if rate > mine + 0.002 and (best is None or rate > best[3]):
+                best = (attr, value, new, rate)
+    if best is None:
+        return []
+    attr, value, new, rate = best
+    way = "larger" if new > value else "smaller"
+    return [f"with self.{attr} = {new} instead of {value} your policy gets {rate:.1%}: try a {way} "
+            f"{attr}. If it sets how long counts last, a {way} value means your policy was forgetting "
+            f"too {'fast' if way == 'larger' else 'slowly'}."]

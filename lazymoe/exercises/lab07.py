@@ -9,6 +9,7 @@ import torch
 
 from lazymoe.engine.parts.prefetch import predict_experts
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
+from lazymoe.exercises.solutions import tracked
 
 NAME = "lab07: predict the next layer's experts"
 
@@ -31,6 +32,7 @@ def _as_ids(result) -> list[int] | None:
         return None
 
 
+@tracked("lab07.predict")
 def check_predict(fn) -> CheckResult:
     """`fn(hidden (D,), router_weight (E, D), top_k)` must return the top_k expert ids."""
     if fn is None:

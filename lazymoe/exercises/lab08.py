@@ -2,14 +2,24 @@
 
 check_route(my_route)              your top-k router equals lazymoe's (transformers') routing
 check_same_tokens(mine, reference) the engine built from your parts writes the package's tokens
+assemble(route, read_expert, policy, predict)
+                                   your four parts from labs 05-07, checked, ready for the engine
 """
 
 from __future__ import annotations
 
+import html
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import torch
 
+from lazymoe.engine import Engine, EngineConfig
+from lazymoe.engine.parts.policies import EvictionPolicy
 from lazymoe.engine.parts.router import topk_route
+from lazymoe.exercises import lab05, lab05b, lab06, lab07
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
+from lazymoe.exercises.solutions import tracked
 
 ROUTE = "lab08: top-k routing"
 TOKENS = "lab08: your engine against the package's"
@@ -106,3 +116,92 @@ def check_same_tokens(mine: list[int] | None, reference: list[int], tokenizer=No
         "a cache policy cannot change tokens (it only decides what is resident): look at your "
         "router (check_route), and use temperature 0 (greedy) for both.",
     )
+
+
+# -- the engine from your own parts --------------------------------------------------------------
+# lab08's exercise cells run the earlier labs' checks, recorded under lab08's keys.
+check_route_lab05 = tracked("lab08.route")(lab05.check_route.__wrapped__)
+check_read_expert = tracked("lab08.read_expert")(lab05b.check_read_expert.__wrapped__)
+check_lru = tracked("lab08.policy")(lab06.check_lru.__wrapped__)
+check_predict = tracked("lab08.predict")(lab07.check_predict.__wrapped__)
+
+
+def engine_route(route: Callable) -> Callable:
+    """lab05's `route(hidden (T, D), gate_weight (E, D), top_k)` as the engine's router hook
+    `fn(router_logits (T, E), top_k, norm_topk_prob)`.
+
+    The engine hands over the logits (hidden @ gate_weight.T, already computed); passing them as
+    `hidden` with the identity as `gate_weight` gives your function the same logits bit for bit
+    (each output is one product by 1.0 plus exact zeros). lab05's route always renormalizes, as
+    the bundled model's norm_topk_prob=True says."""
+
+    def hook(router_logits: torch.Tensor, top_k: int, norm_topk_prob: bool):
+        if not norm_topk_prob:
+            raise ValueError("this model has norm_topk_prob=False; lab05's route renormalizes: "
+                             "use the package's router (set_router(None)) for it")
+        eye = torch.eye(router_logits.shape[-1], dtype=router_logits.dtype, device=router_logits.device)
+        return route(router_logits, eye, top_k)
+
+    hook.__name__ = getattr(route, "__name__", "route")
+    return hook
+
+
+@dataclass
+class MyParts:
+    """The parts of yours that passed their checks (None: the package's part runs instead)."""
+
+    route: Callable | None = None
+    read_expert: Callable | None = None
+    policy: type[EvictionPolicy] | EvictionPolicy | None = None
+    predict: Callable | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def config(self, **kwargs) -> EngineConfig:
+        """An EngineConfig with your reader, policy and predictor (kwargs: the rest)."""
+        if self.policy is not None:
+            kwargs.setdefault("policy", self.policy() if isinstance(self.policy, type) else self.policy)
+        return EngineConfig(expert_reader=self.read_expert, prefetch_predictor=self.predict, **kwargs)
+
+    def engine(self, **kwargs) -> Engine:
+        """`Engine(self.config(**kwargs))` with your router installed."""
+        engine = Engine(self.config(**kwargs))
+        engine.set_router(engine_route(self.route) if self.route is not None else None)
+        return engine
+
+    def __str__(self) -> str:
+        return "\n".join(self.notes)
+
+    def _repr_html_(self) -> str:
+        items = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes)
+        return f"<b>The engine's parts</b><ul>{items}</ul>"
+
+
+PACKAGE_PARTS = {
+    "route": "the package's router (lazymoe.engine.parts.router.topk_route)",
+    "read_expert": "the package's reader (ExpertStore.read)",
+    "policy": "the package's LRU",
+    "predict": "the package's guess (the next router's own top-k)",
+}
+
+
+def assemble(route=None, read_expert=None, policy=None, predict=None) -> MyParts:
+    """Check each of your four parts; those that pass drive the engine, the others are replaced
+    by the package's part, with a note that says so."""
+    checks = {
+        "route": (route, lab05.check_route.__wrapped__, "your router (lab05)"),
+        "read_expert": (read_expert, lab05b.check_read_expert.__wrapped__, "your expert reader (lab05b)"),
+        "policy": (policy, lab06.check_lru.__wrapped__, "your eviction policy (lab06)"),
+        "predict": (predict, lab07.check_predict.__wrapped__, "your prefetch guess (lab07)"),
+    }
+    parts = MyParts()
+    for name, (part, check, label) in checks.items():
+        result = check(part) if part is not None else None
+        if result is not None and result.passed:
+            setattr(parts, name, part)
+            parts.notes.append(f"{label}: yours, it passes its check.")
+        elif result is None or not result.started:
+            parts.notes.append(f"{label}: not written yet, so the engine runs {PACKAGE_PARTS[name]}.")
+        else:
+            parts.notes.append(f"{label}: does not pass its check yet ({result.message}), so the "
+                               f"engine runs {PACKAGE_PARTS[name]}.")
+    return parts

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from lazymoe.calculator import expert_cache_bound_tok_s
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
+from lazymoe.exercises.solutions import tracked
 
 EXERCISE = "lab09: roofline bound with a hit rate"
 GB = 1e9
@@ -37,6 +38,7 @@ def _wrong_formulas(dense: float, experts: float, h: float, vram: float, link: f
     }
 
 
+@tracked("lab09.bound")
 def check_bound(fn: Callable[[float, float, float, float, float], float | None]) -> CheckResult:
     """fn(dense_bytes, expert_bytes, hit_rate, vram_gbps, link_gbps) -> tok/s upper bound."""
     for case in CASES:

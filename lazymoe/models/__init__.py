@@ -9,6 +9,8 @@
     card.py         metrics.json + MODEL_CARD.md
     params.py       total vs active parameter counts
     speed.py        prefill / decode timing, dense random models, roofline fit
+    archs.py        the architecture registry: one record per MoE model type (engine, GGUF, random)
+    gguf_write.py   the one GGUF writer (metadata, vocabulary, tensors streamed one at a time)
     gguf_export.py  export_gguf(model_dir, out_path, out_type) for llama.cpp
     random.py       tiny random checkpoints of several MoE architectures (tests, benchmarks)
 """

@@ -22,55 +22,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from lazymoe import paths
+from lazymoe.models.archs import ARCHS, UnknownArchitectureError, get_arch
 
 EOS_TOKEN = "<|endoftext|>"
 
-# Small shapes that still exercise everything: several layers, more experts than top-k.
-_COMMON: dict[str, Any] = {
-    "hidden_size": 32,
-    "num_hidden_layers": 3,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 256,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-}
-
-# Per architecture: transformers' model_type and the fields naming experts and their width.
-TINY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "qwen3_moe": {
-        **_COMMON,
-        "head_dim": 8,
-        "intermediate_size": 64,
-        "moe_intermediate_size": 16,
-        "num_experts": 8,
-        "num_experts_per_tok": 2,
-        "norm_topk_prob": True,
-    },
-    "olmoe": {
-        **_COMMON,
-        "intermediate_size": 16,  # OLMoE's experts use `intermediate_size`
-        "num_experts": 8,
-        "num_experts_per_tok": 2,
-        "norm_topk_prob": False,
-    },
-    "mixtral": {
-        **_COMMON,
-        "intermediate_size": 16,  # Mixtral's experts use `intermediate_size`
-        "num_local_experts": 8,
-        "num_experts_per_tok": 2,
-    },
-    "qwen2_moe": {
-        **_COMMON,
-        "intermediate_size": 64,
-        "moe_intermediate_size": 16,
-        "shared_expert_intermediate_size": 32,
-        "num_experts": 8,
-        "num_experts_per_tok": 2,
-        "norm_topk_prob": False,
-    },
-}
-SUPPORTED_ARCHS = tuple(TINY_DEFAULTS)
+# The tiny default config of each architecture is its registry record's `tiny_config`.
+SUPPORTED_ARCHS = tuple(ARCHS)
 
 
 def byte_level_tokenizer() -> PreTrainedTokenizerFast:
@@ -110,13 +67,13 @@ def make_random_checkpoint(
     `config_overrides` replace the tiny defaults (any field of the transformers config). The
     vocabulary is the tokenizer's unless `vocab_size` is given. Returns `out_dir`.
     """
-    if arch not in TINY_DEFAULTS:
-        raise ValueError(
-            f"unknown architecture {arch!r}: choose one of {', '.join(SUPPORTED_ARCHS)}"
-        )
+    try:
+        record = get_arch(arch)
+    except UnknownArchitectureError as err:
+        raise UnknownArchitectureError(f"{err}: pass one of them as arch=") from err
     out = Path(out_dir)
     tokenizer = _tokenizer_for(Path(tokenizer_from) if tokenizer_from else None)
-    fields = {**TINY_DEFAULTS[arch], **config_overrides}
+    fields = {**record.tiny_config, **config_overrides}
     fields.setdefault("vocab_size", len(tokenizer))
     eos_id = tokenizer.eos_token_id
     config = AutoConfig.for_model(

@@ -72,12 +72,12 @@ def time_decode(model, n_new: int = 32, prompt_tokens: int = 16) -> float:
     reusing the KV cache (the way every generation loop works)."""
     ids = torch.randint(0, model.config.vocab_size, (1, prompt_tokens), generator=torch.Generator().manual_seed(0))
     cache = DynamicCache()
-    out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+    out = model(input_ids=ids, cache=cache, use_cache=True)
     token = out.logits[:, -1:].argmax(-1)  # (1, 1)
     times = []
     for step in range(n_new + 1):  # step 0 is a warm-up, not timed
         t0 = time.perf_counter()
-        out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+        out = model(input_ids=token, cache=out.cache, use_cache=True)
         token = out.logits[:, -1:].argmax(-1)
         if step:
             times.append(time.perf_counter() - t0)

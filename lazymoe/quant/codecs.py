@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from lazymoe.quant.formats import QuantFormat
+from lazymoe.quant import kquants
+from lazymoe.quant.formats import K_KINDS, QuantFormat
 from lazymoe.quant.packing import pack_nibbles, unpack_nibbles
 
 
@@ -57,6 +58,8 @@ def encode(w: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
         return w.to(fmt.value_dtype).contiguous().view(torch.uint8).reshape(rows, -1)
     group = fmt.group(cols)
     x = w.to(torch.float32).reshape(-1, group)  # (blocks, G)
+    if fmt.kind in K_KINDS:  # scales sit inside the block: kquants writes whole blocks
+        return kquants.encode(x, fmt.kind).reshape(rows, -1)
     if fmt.kind == "int8":
         scale = _div(x.abs().amax(dim=-1, keepdim=True), 127)  # (blocks, 1)
         q = torch.round(_div(x, _nonzero(scale))).clamp(-127, 127)
@@ -104,6 +107,8 @@ def decode(data: torch.Tensor, fmt: QuantFormat, cols: int) -> torch.Tensor:
     rows = data.shape[0]
     if fmt.kind == "plain":
         return data.contiguous().view(fmt.value_dtype).reshape(rows, cols).to(torch.float32)
+    if fmt.kind in K_KINDS:
+        return kquants.decode(data, fmt.kind).reshape(rows, cols)
     scales, payload = split_blocks(data, fmt, cols)
     if fmt.payload_bits == 8:
         q = payload.view(torch.int8).to(torch.float32)  # (blocks, G)

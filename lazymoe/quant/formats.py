@@ -12,11 +12,15 @@ Every format stores a matrix row by row, and each row as a run of blocks:
     q8_0       32      float16 d = absmax/127      32 int8                    8.5   (GGUF)
     q4_0       32      float16 d = signed max/-8   16 bytes of nibbles        4.5   (GGUF)
     q4_1       32      float16 d, float16 min      16 bytes of nibbles        5.0   (GGUF)
+    q4_k       256     f16 d, f16 dmin, 8x6-bit    128 bytes of nibbles       4.5   (GGUF K-quant)
+    q5_k       256     as q4_k, + 32 bytes high bits                          5.5   (GGUF K-quant)
+    q6_k       256     16 int8 sub-scales, f16 d   192 bytes, 6 bits each     6.5625 (GGUF K-quant)
 
 q8_0, q4_0 and q4_1 are byte-for-byte the blocks of GGUF / llama.cpp (ggml-quants.c), so a
 tensor quantized here can be written into a .gguf file and llama.cpp reads the same numbers.
 4-bit payloads put element j of a block in the low nibble of byte j and element j + group/2 in
-the high nibble (GGUF's order). All numbers are little-endian.
+the high nibble (GGUF's order). All numbers are little-endian. The K-quants' own layouts (scales
+inside the block, not only in front of it) are in lazymoe/quant/kquants.py.
 
 A row length (`cols`, the last dimension) that is not a multiple of the group size is an error,
 as in llama.cpp: pad the rows yourself (`lazymoe.quant.pad_cols`) or pick a per-row format.
@@ -31,6 +35,8 @@ import torch
 
 PLAIN_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 GGUF_BLOCK = 32  # weights per block in q8_0 / q4_0 / q4_1
+K_BLOCK = 256  # weights per super-block in q4_k / q5_k / q6_k (ggml's QK_K)
+K_KINDS = ("q4_k", "q5_k", "q6_k")
 
 
 class QuantError(ValueError):
@@ -45,16 +51,17 @@ class QuantFormat:
     """
 
     name: str
-    kind: str  # "plain" | "int8" | "int4" | "q8_0" | "q4_0" | "q4_1"
+    kind: str  # "plain" | "int8" | "int4" | "q8_0" | "q4_0" | "q4_1" | "q4_k" | "q5_k" | "q6_k"
     group_size: int | None
     payload_bits: int  # bits per stored weight value, before scales
     scale_dtype: torch.dtype | None  # dtype of each scale in a block header
     n_scales: int  # scales per block: 0 (plain), 1 (symmetric), 2 (scale and minimum)
     value_dtype: torch.dtype | None = None  # plain formats only
+    fixed_block_bytes: int | None = None  # K-quants: the whole block, scales mixed in (kquants.py)
 
     @property
     def is_gguf(self) -> bool:
-        return self.kind in ("q8_0", "q4_0", "q4_1")
+        return self.kind in ("q8_0", "q4_0", "q4_1", *K_KINDS)
 
     @property
     def header_bytes(self) -> int:
@@ -80,6 +87,9 @@ class QuantFormat:
 
     def block_bytes(self, cols: int) -> int:
         """Bytes of one block (header + payload) for rows of `cols` weights."""
+        if self.fixed_block_bytes is not None:
+            self.group(cols)  # raises if the rows do not split into whole blocks
+            return self.fixed_block_bytes
         return self.header_bytes + self.group(cols) * self.payload_bits // 8
 
     def row_bytes(self, cols: int) -> int:
@@ -123,6 +133,9 @@ _FIXED = {
     "q8_0": QuantFormat("q8_0", "q8_0", GGUF_BLOCK, 8, torch.float16, 1),
     "q4_0": QuantFormat("q4_0", "q4_0", GGUF_BLOCK, 4, torch.float16, 1),
     "q4_1": QuantFormat("q4_1", "q4_1", GGUF_BLOCK, 4, torch.float16, 2),
+    "q4_k": QuantFormat("q4_k", "q4_k", K_BLOCK, 4, torch.float16, 2, fixed_block_bytes=144),
+    "q5_k": QuantFormat("q5_k", "q5_k", K_BLOCK, 5, torch.float16, 2, fixed_block_bytes=176),
+    "q6_k": QuantFormat("q6_k", "q6_k", K_BLOCK, 6, torch.float16, 1, fixed_block_bytes=210),
 }
 FORMAT_NAMES = (*_FIXED, "int8_g{N}", "int4_g{N}")
 

@@ -14,6 +14,7 @@ import json
 from lazymoe import quiz
 from lazymoe.quiz import text
 from lazymoe.quiz.loading import normalize_module
+from lazymoe.quiz.progress import ExerciseRecord
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,4 +71,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"Quiz progress ({store.path}); the score counts answers right at the first attempt.\n")
     print(table(scores, lang))
+    print("\nLab exercises:")
+    print(exercise_table(store))
     return 0
+
+
+def exercise_table(store: quiz.ProgressStore) -> str:
+    """One line per lab exercise tried: solved on the first try, with hints, with the solution."""
+    labs = store.load().get("exercises", {})
+    lines = [f"  {key:<24} {ExerciseRecord.from_dict(rec).status()}"
+             for lab in sorted(labs) for key, rec in sorted(labs[lab].items()) if isinstance(rec, dict)]
+    return "\n".join(lines) or "  none tried yet (each lab's exercises are recorded when you run their checks)"

@@ -1,7 +1,8 @@
 """The learner's progress file: `$LAZYMOE_HOME/progress.json` (default `~/.lazymoe/`).
 
     {"version": 1,
-     "modules": {"01": {"q1": {"attempts": 2, "first_correct": false, "solved": true, ...}}}}
+     "modules": {"01": {"q1": {"attempts": 2, "first_correct": false, "solved": true, ...}}},
+     "exercises": {"lab06": {"lab06.lru": {"attempts": 3, "solved": true, "hints_seen": 1, ...}}}}
 
 Writes are atomic: the new state goes to a temporary file in the same folder, is flushed and
 fsync'ed, then `os.replace`d over the old one, so a crash at any moment leaves either the old or
@@ -56,6 +57,45 @@ class QuestionRecord:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+@dataclass
+class ExerciseRecord:
+    """What happened on one lab exercise (lazymoe.exercises.solutions records it)."""
+
+    attempts: int = 0  # check runs with something written, until solved
+    solved: bool = False
+    hints_seen: int = 0
+    used_blanks: bool = False  # asked for the fill-in-the-blank version
+    solution_shown: bool = False  # before it was solved
+    solved_at: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExerciseRecord:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def apply(self, event: str) -> None:
+        """event: "pass", "fail" (a check run), "hint", "blanks" or "solution" (asked for)."""
+        if event in ("pass", "fail") and not self.solved:
+            self.attempts += 1
+            if event == "pass":
+                self.solved, self.solved_at = True, _now()
+        elif event == "hint":
+            self.hints_seen += 1
+        elif event == "blanks":
+            self.used_blanks = True
+        elif event == "solution" and not self.solved:
+            self.solution_shown = True
+
+    def status(self) -> str:
+        if not self.solved:
+            return f"not solved yet ({self.attempts} tries)" if self.attempts else "not tried yet"
+        if self.solution_shown:
+            return "solved with the solution shown"
+        if self.hints_seen or self.used_blanks:
+            return "solved with hints"
+        return "solved on the first try" if self.attempts == 1 else f"solved in {self.attempts} tries"
+
+
 def _now() -> float:
     return round(time.time(), 3)
 
@@ -98,6 +138,32 @@ class ProgressStore:
     def record_of(self, module: str, question_id: str) -> QuestionRecord | None:
         return self.records(module).get(question_id)
 
+    def exercise_records(self, lab: str) -> dict[str, ExerciseRecord]:
+        raw = self.load().get("exercises", {}).get(lab, {})
+        return {key: ExerciseRecord.from_dict(r) for key, r in raw.items() if isinstance(r, dict)}
+
+    def exercise_record(self, lab: str, key: str) -> ExerciseRecord | None:
+        return self.exercise_records(lab).get(key)
+
+    def exercise_event(self, lab: str, key: str, event: str) -> ExerciseRecord:
+        """Record one event of a lab exercise (see ExerciseRecord.apply); returns the record."""
+        with self._locked():
+            data = self.load()
+            labs = data.setdefault("exercises", {})
+            if not isinstance(labs, dict):
+                labs = data["exercises"] = {}
+            raw = labs.setdefault(lab, {}).get(key)
+            rec = ExerciseRecord.from_dict(raw) if isinstance(raw, dict) else ExerciseRecord()
+            rec.apply(event)
+            labs[lab][key] = asdict(rec)
+            try:
+                self.save(data)
+            except OSError as exc:  # the check still answers on screen, unsaved
+                warnings.warn(f"Could not save your progress to {self.path} ({exc}); set "
+                              "LAZYMOE_HOME to a folder you can write to.", ProgressFileWarning,
+                              stacklevel=2)
+        return rec
+
     # --- writing -------------------------------------------------------------------------
     def record(self, module: str, question_id: str, response: Any, correct: bool) -> QuestionRecord:
         """Count one valid answer. Only the first attempt decides the score; answers after the
@@ -129,8 +195,10 @@ class ProgressStore:
             data = self.load()
             if module is None:
                 data["modules"] = {}
+                data["exercises"] = {}
             else:
                 data["modules"].pop(module, None)
+                data.get("exercises", {}).pop(module, None)
             self.save(data)
 
     def save(self, data: dict) -> None:

@@ -23,18 +23,22 @@ _BOLD = re.compile(r"\*\*([^*]+)\*\*")
 LABELS = {
     "en": {
         "correct": "Correct", "wrong": "Not quite, try again", "invalid": "Not counted",
-        "first": "first try", "attempts": "attempts", "solved": "solved",
+        "first": "first try", "attempt": "attempt", "attempts": "attempts", "solved": "solved",
+        "quiz": "Quiz", "picked": "your pick",
         "how": 'Answer with answer("{module}", "<question id>", <your answer>), e.g. '
                'answer("{module}", "{qid}", {example}).',
         "multi": "(more than one may be true: answer with a list like \"a,c\")",
+        "multi_buttons": "(more than one may be true: press every letter that fits, then Check)",
         "numeric": "(answer with a number in {unit})",
     },
     "ko": {
         "correct": "정답", "wrong": "아쉽네요, 다시 해 보세요", "invalid": "집계하지 않음",
-        "first": "첫 시도", "attempts": "시도", "solved": "해결",
+        "first": "첫 시도", "attempt": "시도", "attempts": "시도", "solved": "해결",
+        "quiz": "퀴즈", "picked": "고른 답",
         "how": '답은 answer("{module}", "<문제 id>", <답>) 으로 입력하세요. 예: '
                'answer("{module}", "{qid}", {example}).',
         "multi": "(정답이 여러 개일 수 있습니다: \"a,c\"처럼 답하세요)",
+        "multi_buttons": "(정답이 여러 개일 수 있습니다: 맞는 글자를 모두 누른 뒤 확인을 누르세요)",
         "numeric": "(단위 {unit}의 숫자로 답하세요)",
     },
 }
@@ -70,13 +74,18 @@ def example_answer(question: Question) -> str:
     return '"b"'
 
 
+def attempts_text(count: int, lang: str) -> str:
+    """"1 attempt", "2 attempts" (Korean has no plural: "1 시도")."""
+    return f"{count} {label('attempt' if count == 1 else 'attempts', lang)}"
+
+
 def record_line(record: QuestionRecord | None, lang: str) -> str:
     if record is None or record.attempts == 0:
         return ""
     if record.solved:
-        how = label("first", lang) if record.first_correct else f"{record.attempts} {label('attempts', lang)}"
+        how = label("first", lang) if record.first_correct else attempts_text(record.attempts, lang)
         return f"[{label('solved', lang)}: {how}]"
-    return f"[{record.attempts} {label('attempts', lang)}]"
+    return f"[{attempts_text(record.attempts, lang)}]"
 
 
 def question_text(question: Question, lang: str = "en", record: QuestionRecord | None = None) -> str:
@@ -100,7 +109,7 @@ def bank_text(bank: Bank, lang: str = "en", records: dict[str, QuestionRecord] |
               summary: str = "") -> str:
     """The whole quiz of one module as text, with how to answer."""
     records = records or {}
-    title = f"Quiz {bank.module}: {bank.title.get(lang)}"
+    title = f"{label('quiz', lang)} {bank.module}: {bank.title.get(lang)}"
     parts = [title + "\n" + "=" * min(len(title), WIDTH)]
     if bank.intro:
         parts.append(_wrap(bank.intro.get(lang)))
@@ -123,7 +132,8 @@ def feedback_text(feedback: Feedback, lang: str = "en") -> str:
     return "\n".join(lines)
 
 
-def feedback_html(feedback: Feedback, lang: str = "en") -> str:
+def feedback_html(feedback: Feedback, lang: str = "en", *, with_score: bool = True) -> str:
+    """The feedback box; the widget passes with_score=False (it shows the score once, below)."""
     color = {"correct": "#1a7f37", "wrong": "#b35900"}.get(feedback.status, "#57606a")
     mark = {"correct": "&#10004;", "wrong": "&#10008;"}.get(feedback.status, "&#8226;")
     head = label(feedback.status, lang)
@@ -134,5 +144,6 @@ def feedback_html(feedback: Feedback, lang: str = "en") -> str:
         f'<div style="border-left:4px solid {color};padding:4px 10px">'
         f"<b style='color:{color}'>{mark} {html.escape(head)}</b>"
         f"{f'<ul>{items}</ul>' if items else ''}"
-        f"<small>{html.escape(feedback.score.summary(lang))}</small></div>"
+        f"{f'<small>{html.escape(feedback.score.summary(lang))}</small>' if with_score else ''}"
+        "</div>"
     )

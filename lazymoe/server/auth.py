@@ -7,7 +7,12 @@ is shown once, when it is made, and never stored or logged.
 
 Keys file (JSON, written with mode 0600):
     {"version": 1, "keys": [{"member": "alice", "key_id": "1a2b3c4d", "salt": "<hex>",
-                             "hash": "<hex>", "n": 16384, "r": 8, "p": 1, "created": "<iso time>"}]}
+                             "hash": "<hex>", "n": 16384, "r": 8, "p": 1, "created": "<iso time>",
+                             "role": "member", "requests_per_minute": null,
+                             "tokens_per_minute": null, "tokens_per_day": null}]}
+
+`role` is "member" or "admin" (the admin sees every member's figures on /metrics); a limit left
+null (or absent, as in files written before limits existed) is the server's own limit.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ KEY_PREFIX = "lzm-"
 MEMBER_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 # scrypt cost: 2**14 * 8 * 128 B = 16 MiB and ~50 ms per check; verified keys are cached in memory.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+ROLES = ("member", "admin")
+LIMIT_FIELDS = ("requests_per_minute", "tokens_per_minute", "tokens_per_day")
 
 
 class KeyFileError(ValueError):
@@ -44,6 +51,29 @@ class KeyRecord:
     r: int = SCRYPT_R
     p: int = SCRYPT_P
     created: str = ""
+    role: str = "member"  # or "admin"
+    requests_per_minute: int | None = None  # None: the server's limit
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role {self.role!r} of member {self.member!r} must be one of {ROLES}")
+        for name in LIMIT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(
+                    f"{name}={value!r} of member {self.member!r} must be a positive whole number "
+                    "(or null for the server's limit)"
+                )
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+# Who a request is from when the server has no keys (loopback only): the person at this machine.
+LOCAL = KeyRecord(member="local", key_id="", salt="", hash="", role="admin")
 
 
 def _scrypt(secret: str, salt: bytes, n: int, r: int, p: int) -> bytes:
@@ -69,7 +99,7 @@ class KeyStore:
         self._lock = threading.Lock()
         self._records: dict[str, KeyRecord] = {}
         self._mtime_ns: int | None = None
-        self._verified: dict[bytes, str] = {}  # hmac(process secret, key) -> member
+        self._verified: dict[bytes, KeyRecord] = {}  # hmac(process secret, key) -> its record
         self._cache_secret = secrets.token_bytes(32)
         # At most 4 hashes at once: 32 clients arriving together must not take 32 x 16 MiB.
         self._hashing = threading.BoundedSemaphore(4)
@@ -108,11 +138,28 @@ class KeyStore:
 
     def verify(self, key: str | None) -> str | None:
         """The member who owns `key`, or None. Takes the same time for a wrong secret of any length."""
+        record = self.identify(key)
+        return record.member if record else None
+
+    def tag_of(self, key: str) -> bytes:
+        """The key as the cache knows it: an HMAC under a secret of this process, never the key."""
+        return hmac.new(self._cache_secret, key.encode(), hashlib.sha256).digest()
+
+    def cached(self, key: str | None) -> KeyRecord | None:
+        """The record of a key verified before (microseconds, no hashing), or None."""
         if not key:
             return None
         with self._lock:
             self._reload_if_changed()
-            tag = hmac.new(self._cache_secret, key.encode(), hashlib.sha256).digest()
+            return self._verified.get(self.tag_of(key))
+
+    def identify(self, key: str | None) -> KeyRecord | None:
+        """The record (member, role, limits) of the key's owner, or None for a wrong key."""
+        if not key:
+            return None
+        with self._lock:
+            self._reload_if_changed()
+            tag = self.tag_of(key)
             if tag in self._verified:
                 return self._verified[tag]
             parts = _split(key)
@@ -129,12 +176,24 @@ class KeyStore:
         if not hmac.compare_digest(digest, bytes.fromhex(record.hash)):
             return None
         with self._lock:
-            self._verified[tag] = record.member
-        return record.member
+            if self._records.get(record.key_id) == record:  # not revoked while we hashed
+                self._verified[tag] = record
+        return record
 
     # -- writing ---------------------------------------------------------------------------------
-    def add(self, member: str) -> str:
-        """Make a new key for `member` and return it in plain text: the only time it exists."""
+    def add(
+        self,
+        member: str,
+        *,
+        role: str = "member",
+        requests_per_minute: int | None = None,
+        tokens_per_minute: int | None = None,
+        tokens_per_day: int | None = None,
+    ) -> str:
+        """Make a new key for `member` and return it in plain text: the only time it exists.
+
+        The limits left None are the server's own; `role="admin"` may read every member's figures.
+        """
         if not MEMBER_PATTERN.match(member):
             raise ValueError(
                 f"member name {member!r} must be 1-64 letters, digits or _ . @ - (no spaces)"
@@ -147,6 +206,10 @@ class KeyStore:
             salt=salt.hex(),
             hash=_scrypt(secret, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P).hex(),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            role=role,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            tokens_per_day=tokens_per_day,
         )
         with self._lock:
             self._reload_if_changed()
@@ -167,7 +230,9 @@ class KeyStore:
 
     def _write(self, records: dict[str, KeyRecord]) -> None:
         keys = {"version": 1, "keys": [asdict(r) for r in records.values()]}
-        atomic.write_json(self.path, keys, mode=0o600, indent=1)  # readable by the server's user only
+        atomic.write_json(
+            self.path, keys, mode=0o600, indent=1
+        )  # readable by the server's user only
         self._records = records
         self._mtime_ns = self.path.stat().st_mtime_ns
         self._verified.clear()

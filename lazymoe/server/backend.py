@@ -26,6 +26,9 @@ class SamplingParams:
 class Backend(Protocol):
     model_id: str
     eos_token_ids: frozenset[int]
+    vocab_size: int  # token ids are 0..vocab_size - 1
+    context_tokens: int | None  # prompt + new tokens the model can attend to; None: no limit
+    max_chars_per_token: int  # the most characters one token stands for (bounds prompt checks)
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -59,6 +62,11 @@ class EngineBackend:
         self.tokenizer = engine.tokenizer
         eos = getattr(self.tokenizer, "eos_token_id", None)
         self.eos_token_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
+        self.vocab_size = engine.model.get_input_embeddings().num_embeddings
+        self.context_tokens = getattr(engine.model.config, "max_position_embeddings", None)
+        # A vocabulary entry is spelled with at least one character per character it decodes
+        # to (byte-level BPE: one per byte; SentencePiece: `▁` for a space, `<0x0A>` for one).
+        self.max_chars_per_token = max(len(t) for t in self.tokenizer.get_vocab())
 
     @classmethod
     def from_model_path(cls, model_path: str | Path, **engine_fields: Any) -> EngineBackend:

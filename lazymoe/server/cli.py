@@ -14,7 +14,7 @@ import contextlib
 import logging
 import sys
 
-from lazymoe import paths
+from lazymoe.engine.options import add_engine_arguments
 from lazymoe.server.config import ServerConfig
 
 
@@ -36,21 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     keys.add_argument(
         "--list-keys", action="store_true", help="list the members who have keys, exit"
     )
-    model = parser.add_argument_group("model (passed to the engine)")
-    model.add_argument(
-        "--model", default=None, help="model folder (default: the bundled tiny model)"
-    )
-    model.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    model.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    model.add_argument(
-        "--vram-budget", default=None, help="e.g. 6GiB; default: every expert resident"
-    )
-    model.add_argument("--ram-budget", default=None, help="pinned RAM tier, e.g. 16GiB")
-    model.add_argument("--placement", default="gpu", choices=["gpu", "cpu", "auto"])
-    model.add_argument(
-        "--policy", default="lru", help="expert-cache eviction policy: lru, lfu, fifo"
-    )
-    model.add_argument("--no-prefetch", action="store_true", help="turn the expert prefetcher off")
+    model = parser.add_argument_group("model (passed to the engine: lazymoe.engine.EngineConfig)")
+    add_engine_arguments(model)
     model.add_argument(
         "--fake", action="store_true", help="serve a deterministic echo model (no weights)"
     )
@@ -137,15 +124,9 @@ def _backend(args: argparse.Namespace):  # -> Backend
         from lazymoe.server.fake import EchoBackend
 
         return EchoBackend()
+    from lazymoe.engine import EngineConfig
     from lazymoe.server.backend import EngineBackend
 
-    return EngineBackend.from_model_path(
-        args.model or paths.bundled_model_dir(),
-        device=args.device,
-        dtype=args.dtype,
-        vram_budget=args.vram_budget,
-        ram_budget=args.ram_budget,
-        placement=args.placement,
-        policy=args.policy,
-        prefetch=not args.no_prefetch,
-    )
+    config = EngineConfig.from_args(args)
+    fields = {k: v for k, v in config.cli_values().items() if k != "model_path"}
+    return EngineBackend.from_model_path(config.model_path, **fields)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +22,18 @@ class ServerConfig:
     port: int = 8000
     keys_file: Path | None = None  # None: no keys, no auth (only for a server on loopback)
     max_queue: int = 64  # requests waiting for the engine, all keys together
-    max_prompt_tokens: int = 2048
+    max_prompt_tokens: int = 2048  # never above the model's context: see `fitted_to`
     max_body_bytes: int = 4 * 2**20  # a request body larger than this is refused (413) unread
     max_tokens_cap: int = 512  # the most new tokens one request may ask for
     default_max_tokens: int = 64  # when a request does not say (never above the cap)
     request_timeout_s: float = 120.0  # from arrival to the last token
     requests_per_minute: int = 120  # per key
     tokens_per_minute: int = 60_000  # per key: prompt + completion tokens
+    tokens_per_day: int | None = None  # per key, over the last 24 hours; None: no daily limit
     shutdown_grace_s: float = 30.0  # how long the request in flight may finish on shutdown
+    header_timeout_s: float = 10.0  # a connection must send a request's headers within this
+    body_timeout_s: float = 30.0  # and then its whole body within this
+    auth_failures_per_minute: int = 10  # wrong keys per client address before 429 (no hashing)
 
     def __post_init__(self) -> None:
         if self.keys_file is not None:
@@ -46,10 +51,15 @@ class ServerConfig:
             "request_timeout_s": self.request_timeout_s,
             "requests_per_minute": self.requests_per_minute,
             "tokens_per_minute": self.tokens_per_minute,
+            "header_timeout_s": self.header_timeout_s,
+            "body_timeout_s": self.body_timeout_s,
+            "auth_failures_per_minute": self.auth_failures_per_minute,
         }
         for name, value in positive.items():
             if value <= 0:
                 raise ValueError(f"{name}={value} must be positive: raise it or leave the default")
+        if self.tokens_per_day is not None and self.tokens_per_day <= 0:
+            raise ValueError(f"tokens_per_day={self.tokens_per_day} must be positive (or None)")
         if self.shutdown_grace_s < 0:
             raise ValueError("shutdown_grace_s must be >= 0 seconds")
         if self.keys_file is None and not is_loopback(self.host):
@@ -57,6 +67,17 @@ class ServerConfig:
                 f"host={self.host!r} is reachable from other machines but no keys file is set: "
                 "create keys with `lazymoe serve --add-key NAME --keys FILE` and pass --keys FILE"
             )
+
+    def fitted_to(self, context_tokens: int | None) -> tuple[ServerConfig, list[str]]:
+        """This config with `max_prompt_tokens` no larger than the model's context, and what
+        was changed, in words (the server says it at startup)."""
+        if context_tokens is None or self.max_prompt_tokens <= context_tokens:
+            return self, []
+        note = (
+            f"max_prompt_tokens={self.max_prompt_tokens} is more than the model's context of "
+            f"{context_tokens} tokens: prompts are capped at {context_tokens} tokens instead"
+        )
+        return dataclasses.replace(self, max_prompt_tokens=context_tokens), [note]
 
 
 def is_loopback(host: str) -> bool:

@@ -20,6 +20,7 @@ from lazymoe.server.app import create_app
 from lazymoe.server.auth import KeyStore
 from lazymoe.server.backend import Backend
 from lazymoe.server.config import ServerConfig
+from lazymoe.server.protocol import protocol_with_header_timeout
 
 START_TIMEOUT_S = 30.0
 
@@ -46,6 +47,7 @@ def build_server(app: Any, config: ServerConfig, log_level: str = "warning") -> 
         log_level=log_level,
         timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5,
         access_log=False,  # request lines carry no keys, but they are noise in a notebook
+        http=protocol_with_header_timeout(config.header_timeout_s),
     )
     return GracefulServer(uv_config, app)
 
@@ -61,7 +63,7 @@ class EmbeddedServer:
 
     server = EmbeddedServer(backend, keys_file=tmp / "keys.json").start()
     server.base_url   # "http://127.0.0.1:PORT/v1"
-    server.api_key    # a fresh key for the member "you" (when auth is on)
+    server.api_key    # a fresh admin key for the member "you" (when auth is on)
     server.stop()
     """
 
@@ -79,7 +81,7 @@ class EmbeddedServer:
         self.api_key: str | None = None
         if keys_file is not None:
             self.keys = KeyStore(keys_file, create=True)
-            self.api_key = self.keys.add(member)
+            self.api_key = self.keys.add(member, role="admin")  # whoever runs it sees /metrics
         self.config = config
         self.backend = backend
         self.app = create_app(backend, config, self.keys)

@@ -12,6 +12,8 @@ ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "invalid_request_error",
+    405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -44,7 +46,9 @@ class APIError(Exception):
         return {
             "error": {
                 "message": self.message,
-                "type": ERROR_TYPES.get(self.status, "server_error"),
+                "type": ERROR_TYPES.get(
+                    self.status, "invalid_request_error" if self.status < 500 else "server_error"
+                ),
                 "param": self.param,
                 "code": self.code,
             }
@@ -55,9 +59,9 @@ def unauthorized(message: str) -> APIError:
     return APIError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
-def rate_limited(message: str, retry_after_s: float) -> APIError:
+def rate_limited(message: str, retry_after_s: float, code: str = "rate_limit_exceeded") -> APIError:
     seconds = max(1, int(retry_after_s + 0.999))
-    return APIError(429, message, code="rate_limit_exceeded", headers={"Retry-After": str(seconds)})
+    return APIError(429, message, code=code, headers={"Retry-After": str(seconds)})
 
 
 def overloaded(message: str, code: str = "queue_full") -> APIError:

@@ -25,9 +25,13 @@ class EchoBackend:
         token_delay_s: float = 0.0,
         eos_after: int | None = None,
         fail_after: int | None = None,
+        context_tokens: int | None = None,
     ) -> None:
         self.model_id = model_id
         self.eos_token_ids = frozenset([EOS])
+        self.vocab_size = EOS + 1  # the 256 byte values and end-of-sequence
+        self.context_tokens = context_tokens  # None: echoing has no context limit
+        self.max_chars_per_token = 1  # one byte per token, and a character is 1-4 bytes
         self.token_delay_s = token_delay_s
         self.eos_after = eos_after  # emit end-of-sequence after this many tokens
         self.fail_after = fail_after  # raise after this many tokens (an engine bug)

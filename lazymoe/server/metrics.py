@@ -1,7 +1,8 @@
 """What an instructor watches on `GET /metrics`: requests, tokens/s, queue depth, hit rate.
 
 Plain text in the Prometheus exposition format by default (so a real monitoring stack can read it),
-or JSON with `?format=json` (what the lab plots). Member names appear; keys never do.
+or JSON with `?format=json` (what the lab plots). Keys never appear. The admin sees every member's
+figures; a member sees the server's totals and only their own figures (`member=` below).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class Metrics:
         self.started_s = clock()
         self.requests: Counter[tuple[str, int]] = Counter()  # (endpoint, HTTP status) -> count
         self.requests_by_member: Counter[str] = Counter()
+        self.prompt_tokens_by_member: Counter[str] = Counter()
+        self.completion_tokens_by_member: Counter[str] = Counter()
         self.prompt_tokens_total = 0
         self.completion_tokens_total = 0
         self.cancelled_total = 0
@@ -39,9 +42,16 @@ class Metrics:
         with self._lock:
             self.requests_by_member[member] += 1
 
-    def count_prompt(self, n_tokens: int) -> None:
+    def count_prompt(self, n_tokens: int, member: str | None = None) -> None:
         with self._lock:
             self.prompt_tokens_total += n_tokens
+            if member is not None:
+                self.prompt_tokens_by_member[member] += n_tokens
+
+    def count_member_completion(self, member: str, n_tokens: int) -> None:
+        """A finished request of `member` generated `n_tokens`."""
+        with self._lock:
+            self.completion_tokens_by_member[member] += n_tokens
 
     def count_cancelled(self) -> None:
         with self._lock:
@@ -62,8 +72,8 @@ class Metrics:
         while self._token_times and self._token_times[0] < now_s - RATE_WINDOW_S:
             self._token_times.popleft()
 
-    def snapshot(self) -> dict[str, Any]:
-        """Everything as one JSON-able dict."""
+    def snapshot(self, member: str | None = None) -> dict[str, Any]:
+        """Everything as one JSON-able dict; with `member`, only that member's own figures."""
         now_s = self._clock()
         with self._lock:
             self._trim(now_s)
@@ -73,7 +83,11 @@ class Metrics:
                 "uptime_s": now_s - self.started_s,
                 "requests_total": sum(self.requests.values()),
                 "requests_by_status": _by_status(self.requests),
-                "requests_by_member": dict(self.requests_by_member),
+                "requests_by_member": (
+                    dict(self.requests_by_member)
+                    if member is None
+                    else {member: self.requests_by_member[member]}
+                ),
                 "prompt_tokens_total": self.prompt_tokens_total,
                 "completion_tokens_total": self.completion_tokens_total,
                 "cancelled_total": self.cancelled_total,
@@ -81,6 +95,13 @@ class Metrics:
                 "ttft_p50_s": ttft[len(ttft) // 2] if ttft else None,
                 "ttft_p90_s": ttft[int(len(ttft) * 0.9)] if ttft else None,
             }
+            if member is not None:
+                snap["member"] = {
+                    "name": member,
+                    "requests": self.requests_by_member[member],
+                    "prompt_tokens": self.prompt_tokens_by_member[member],
+                    "completion_tokens": self.completion_tokens_by_member[member],
+                }
         for name, read in self.gauges.items():
             snap[name] = read()
         if self.engine_stats is not None:
@@ -94,8 +115,8 @@ class Metrics:
             snap["hit_rate"] = engine.get("hit_rate")
         return snap
 
-    def prometheus(self) -> str:
-        snap = self.snapshot()
+    def prometheus(self, member: str | None = None) -> str:
+        snap = self.snapshot(member)
         lines = []
 
         def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, Any]]) -> None:

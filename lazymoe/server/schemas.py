@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lazymoe.server.errors import APIError
 
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
+
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -67,6 +69,12 @@ class _CommonRequest(BaseModel):
             raise APIError(400, "n > 1 is not supported: send n=1 (or several requests)", param="n")
         if self.logprobs:
             raise APIError(400, "logprobs are not supported by this server", param="logprobs")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise APIError(
+                400,
+                f"seed={self.seed} is out of range: use 0..{MAX_SEED} (2**63 - 1)",
+                param="seed",
+            )
 
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)

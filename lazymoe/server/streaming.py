@@ -31,15 +31,16 @@ async def text_pieces(
     text: TextStream,
     request: Request,
     metrics: Metrics,
-    settle: Callable[[], None],
+    settle: Callable[[APIError | None], None],
     poll_disconnect: bool,
 ) -> AsyncIterator[tuple[str, str]]:
     """("text", piece)... then ("done", finish_reason); raises the job's APIError.
 
+    `settle(error or None)` is called once at the end, whatever happened.
     If the consumer goes away (the SSE response is cancelled when its client disconnects) or the
     client of a non-streaming request disconnects, the job is cancelled so the engine stops.
     """
-    completed = False
+    completed, failure = False, None
     try:
         last_poll_s = time.monotonic()
         while True:
@@ -50,9 +51,10 @@ async def text_pieces(
                 if job.started_s is None and time.monotonic() > job.deadline_s:
                     job.cancel()  # still queued behind long requests: give up now
                     completed = True
-                    raise APIError(
+                    failure = APIError(
                         504, "the request timed out while waiting in the queue", code="timeout"
-                    ) from None
+                    )
+                    raise failure from None
             if poll_disconnect and time.monotonic() - last_poll_s >= DISCONNECT_POLL_S:
                 last_poll_s = time.monotonic()
                 if await request.is_disconnected():
@@ -75,14 +77,14 @@ async def text_pieces(
                 yield ("done", value)
                 return
             elif kind == "error":
-                completed = True
+                completed, failure = True, value
                 raise value
     finally:
         if not completed:
             job.cancel()
             metrics.count_cancelled()
             log.info("request %s cancelled: its client went away", job.job_id)
-        settle()
+        settle(failure)
 
 
 async def sse_events(

@@ -3,8 +3,10 @@
     from lazymoe.widgets.calculator import CalculatorWidget
     CalculatorWidget(gpu="RTX 4060 Laptop", model="Qwen3-30B-A3B")
 
-Wiring only: every number comes from `lazymoe.calculator` (plan, size_curve, case_studies);
-this file turns controls into its inputs and its results into a figure and a few lines of text.
+Wiring only: every number comes from `lazymoe.calculator` (plan, size_curve, case_studies,
+default_bandwidths, load_measured); this file turns controls into its inputs and its results into
+two charts and a few lines of text. Layout: a fixed-width column of controls on the left (it never
+shrinks, so no value is ever hidden), results on the right, their text wrapping to the space left.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from lazymoe import calculator as calc
 from lazymoe import catalog
 
 NO_GPU = "(no GPU)"
+SHIPPED = "(the format's own mix)"
 CONTEXTS = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072]
+CONTROL_WIDTH = "400px"        # the control column; fixed, so the controls never lose their values
 TIER_COLORS = {"weights": "#4c78a8", "KV": "#f58518", "overhead": "#9d9d9d", "cache": "#54a24b",
                "experts": "#b279a2", "staging": "#e45756", "streamed": "#72b7b2"}
+TEXT_STYLE = "white-space:normal;overflow-wrap:anywhere;line-height:1.4"
 
 
 def _color(label: str) -> str:
@@ -29,7 +34,7 @@ def _color(label: str) -> str:
 
 
 class CalculatorWidget:
-    """Controls on the left, verdict and charts on the right; `.plan` is what is shown."""
+    """Controls on the left, verdict and two stacked charts on the right; `.plan` is what is shown."""
 
     def __init__(self, gpu: str | None = "RTX 4060 Laptop", host: str = "Laptop, DDR5-5600 dual channel",
                  ram_gb: int = 32, model: str = "Qwen3-30B-A3B", fmt: str | None = "Q4_K_M",
@@ -37,80 +42,171 @@ class CalculatorWidget:
         hw = catalog.all_hardware()
         gpus = [n for n, h in hw.items() if h.kind == "gpu"]
         hosts = [n for n, h in hw.items() if h.kind != "gpu"]
-        style = {"description_width": "110px"}
-        layout = w.Layout(width="360px")
+        style = {"description_width": "130px"}
+        row = w.Layout(width="100%")
+        self._quiet = 0   # > 0 while the widget itself sets control values (no recompute)
+        try:
+            self.measured, measured_error = calc.load_measured(), ""
+        except calc.CalculatorError as exc:
+            self.measured, measured_error = None, str(exc)
+
         self.gpu = w.Dropdown(options=[NO_GPU, *gpus], value=catalog.hardware(gpu).name if gpu else NO_GPU,
-                              description="GPU", style=style, layout=layout)
+                              description="GPU", style=style, layout=row)
         self.gpu_count = w.BoundedIntText(value=1, min=1, max=8, description="GPUs", style=style,
-                                          layout=layout)
+                                          layout=row)
         self.nvlink = w.Checkbox(value=False, description="GPUs linked by NVLink", indent=False)
         self.host = w.Dropdown(options=hosts, value=catalog.hardware(host).name,
-                               description="CPU / memory", style=style, layout=layout)
+                               description="CPU / memory", style=style, layout=row)
         self.ram_gb = w.IntSlider(value=ram_gb, min=4, max=512, step=4, description="RAM (GiB)",
-                                  style=style, layout=layout)
+                                  style=style, layout=row)
+        self.use_measured = w.Checkbox(value=False, indent=False, disabled=self.measured is None,
+                                       description="use my measured numbers (lab01)")
+        self.measured_note = w.HTML(self._measured_note(measured_error))
+        self.vram_gbps = w.BoundedFloatText(min=0, max=100_000, step=1, description="VRAM GB/s",
+                                            style=style, layout=row)
+        self.ram_gbps = w.BoundedFloatText(min=0, max=100_000, step=1, description="RAM GB/s",
+                                           style=style, layout=row)
+        self.link_gbps = w.BoundedFloatText(min=0, max=10_000, step=0.5, description="host link GB/s",
+                                            style=style, layout=row)
         self.model = w.Dropdown(options=list(catalog.all_models()), value=catalog.model(model).name,
-                                description="model", style=style, layout=layout)
-        self.fmt = w.Dropdown(options=list(catalog.all_formats()), description="format", style=style,
-                              layout=layout,
+                                description="model", style=style, layout=row)
+        self.fmt = w.Dropdown(options=list(catalog.all_formats()), description="format (experts)",
+                              style=style, layout=row,
                               value=catalog.weight_format(fmt or catalog.model(model).native_format).name)
+        self.other_fmt = w.Dropdown(options=[SHIPPED, *catalog.all_formats()], value=SHIPPED,
+                                    description="format (the rest)", style=style, layout=row)
         self.context = w.SelectionSlider(options=CONTEXTS, value=context, description="context",
-                                         style=style, layout=layout)
+                                         style=style, layout=row)
         self.batch = w.IntSlider(value=batch, min=1, max=64, description="batch", style=style,
-                                 layout=layout)
+                                 layout=row)
         self.strategy = w.Dropdown(options=[("auto: fastest that fits", "auto"),
-                                            *[(f"{k}: {v}", k) for k, v in calc.DESCRIPTIONS.items()]],
-                                   value=strategy, description="strategy", style=style, layout=layout)
-        self.set_hit_rate = w.Checkbox(value=False, indent=False,
-                                       description="set the expert-cache hit rate myself")
+                                            *[(k, k) for k in calc.DESCRIPTIONS]],
+                                   value=strategy, description="strategy", style=style, layout=row)
+        self.strategy_note = w.HTML()
         self.hit_rate = w.FloatSlider(value=0.85, min=0.0, max=1.0, step=0.01, description="hit rate",
-                                      style=style, layout=layout, disabled=True)
-        self.summary = w.HTML()
+                                      style=style, layout=row)
+        self.uniform = w.Button(description="hit rate of uniform routing", layout=row,
+                                tooltip="cache / all experts: what random routing would give")
+        self.summary = w.HTML(layout=w.Layout(width="100%"))
         self.stack_out, self.curve_out = w.Output(), w.Output()
         self.plan: calc.Plan | None = None
         self.cases = calc.case_studies()
         self.error: str = ""
         self.stack_figure = go.Figure()
         self.curve_figure = go.Figure()
-        controls = w.VBox([w.HTML("<b>Machine</b>"), self.gpu, self.gpu_count, self.nvlink, self.host,
-                           self.ram_gb, w.HTML("<b>Workload</b>"), self.model, self.fmt, self.context,
-                           self.batch, w.HTML("<b>Strategy</b>"), self.strategy, self.set_hit_rate,
-                           self.hit_rate])
-        self.widget = w.HBox([controls, w.VBox([self.summary, self.stack_out, self.curve_out])])
-        for control in (self.gpu, self.gpu_count, self.nvlink, self.host, self.ram_gb, self.model,
-                        self.fmt, self.context, self.batch, self.strategy, self.set_hit_rate,
-                        self.hit_rate):
+
+        def heading(text: str) -> w.HTML:
+            return w.HTML(f"<b>{text}</b>")
+
+        controls = w.VBox(
+            [heading("Machine"), self.gpu, self.gpu_count, self.nvlink, self.host, self.ram_gb,
+             heading("Bandwidths (datasheet, or what you measured)"), self.use_measured,
+             self.measured_note, self.vram_gbps, self.ram_gbps, self.link_gbps,
+             heading("Workload"), self.model, self.fmt, self.other_fmt, self.context, self.batch,
+             heading("Strategy"), self.strategy, self.strategy_note, self.hit_rate, self.uniform],
+            layout=w.Layout(width=CONTROL_WIDTH, min_width=CONTROL_WIDTH, flex="0 0 " + CONTROL_WIDTH))
+        results = w.VBox([self.summary, self.stack_out, self.curve_out],
+                         layout=w.Layout(flex="1 1 0%", min_width="0", overflow="hidden"))
+        self.widget = w.HBox([controls, results], layout=w.Layout(
+            width="100%", flex_flow="row nowrap", align_items="flex-start", grid_gap="16px"))
+        self.widget.add_class("lazymoe-calculator")
+        for control in (self.gpu, self.host, self.use_measured):
+            control.observe(self._refill_bandwidths, names="value")
+        for control in (self.gpu_count, self.nvlink, self.ram_gb, self.vram_gbps, self.ram_gbps,
+                        self.link_gbps, self.model, self.fmt, self.other_fmt, self.context,
+                        self.batch, self.strategy, self.hit_rate):
             control.observe(self.update, names="value")
-        self.update()
+        self.uniform.on_click(self._uniform_hit_rate)
+        self._refill_bandwidths()
 
     # ---- inputs -> calculator ----------------------------------------------------------------
+    def _gpu_spec(self):
+        return None if self.gpu.value == NO_GPU else catalog.hardware(self.gpu.value)
+
     def machine(self) -> calc.Machine:
-        gpu = None if self.gpu.value == NO_GPU else catalog.hardware(self.gpu.value)
-        return calc.Machine(catalog.hardware(self.host.value), self.ram_gb.value * 2**30, gpu,
+        gpu = self._gpu_spec()
+        host = catalog.hardware(self.host.value)
+        measured = self.measured.machine_kwargs() if self.use_measured.value and self.measured else {}
+        return calc.Machine(host, self.ram_gb.value * 2**30, gpu,
                             gpu_count=self.gpu_count.value,
-                            use_nvlink=self.nvlink.value and bool(gpu and gpu.nvlink_gbps))
+                            use_nvlink=self.nvlink.value and bool(gpu and gpu.nvlink_gbps),
+                            disk_gbps=measured.get("disk_gbps", calc.workload.DISK_GBPS),
+                            effective_ram_gbps=self.ram_gbps.value,
+                            effective_vram_gbps=self.vram_gbps.value if gpu else None,
+                            effective_link_gbps=self.link_gbps.value if gpu else None)
 
     def workload(self) -> calc.Workload:
-        return calc.Workload(catalog.model(self.model.value),
-                             catalog.weight_format(self.fmt.value).bits_per_weight,
-                             context_tokens=self.context.value, batch=self.batch.value)
+        other = None if self.other_fmt.value == SHIPPED else self.other_fmt.value
+        return calc.Workload.from_names(self.model.value, self.fmt.value, other,
+                                        context_tokens=self.context.value, batch=self.batch.value)
 
     def options(self) -> dict:
-        use = self.set_hit_rate.value and self.strategy.value == "expert_cache"
-        return {"hit_rate": self.hit_rate.value} if use else {}
+        return {"hit_rate": self.hit_rate.value} if self.strategy.value == "expert_cache" else {}
+
+    # ---- control state -----------------------------------------------------------------------
+    def _set(self, control, value) -> None:
+        self._quiet += 1
+        try:
+            control.value = value
+        finally:
+            self._quiet -= 1
+
+    def _measured_note(self, error: str = "") -> str:
+        if error:
+            text = error
+        elif self.measured is None:
+            text = "Nothing measured yet: lab01's measurement cell saves your machine's numbers."
+        else:
+            text = self.measured.describe()
+        return f"<div style='font-size:12px;color:#555;{TEXT_STYLE}'>{html.escape(text)}</div>"
+
+    def _refill_bandwidths(self, *_) -> None:
+        """Start the three GB/s fields from the datasheet, or from lab01's measurements."""
+        gpu = self._gpu_spec()
+        measured = self.measured if self.use_measured.value else None
+        figures = calc.default_bandwidths(gpu, catalog.hardware(self.host.value), measured)
+        for control, key in ((self.vram_gbps, "vram_gbps"), (self.ram_gbps, "ram_gbps"),
+                             (self.link_gbps, "link_gbps")):
+            value = figures[key]
+            self._set(control, value or 0.0)
+            control.disabled = value is None
+        self.update()
+
+    def _uniform_hit_rate(self, *_) -> None:
+        try:
+            uniform = calc.expert_cache(self.machine(), self.workload(), hit_rate=None)
+        except calc.CalculatorError:
+            return
+        self.hit_rate.value = round(uniform.options["hit_rate"], 2)
+
+    def _sync_controls(self) -> None:
+        """Enable what the current choice uses, and make the hit rate show what was computed."""
+        self.gpu_count.disabled = self.gpu.value == NO_GPU
+        self.other_fmt.disabled = not catalog.model(self.model.value).has_expert_shapes
+        strategy = self.strategy.value
+        self.strategy_note.value = (
+            f"<div style='font-size:12px;color:#555;{TEXT_STYLE}'>"
+            f"{html.escape(calc.DESCRIPTIONS.get(strategy, 'the fastest strategy that fits'))}</div>")
+        options = self.plan.options if self.plan is not None else {}
+        used, chosen = options.get("hit_rate"), strategy == "expert_cache"
+        if used is not None and (not chosen or used != self.hit_rate.value):
+            self._set(self.hit_rate, round(used, 2))   # auto's choice, or 1 when everything fits
+        self.hit_rate.disabled = not chosen or bool(options.get("everything_fits"))
+        self.uniform.disabled = self.hit_rate.disabled
 
     # ---- calculator -> display ---------------------------------------------------------------
     def update(self, *_) -> None:
-        self.hit_rate.disabled = not self.set_hit_rate.value
-        self.gpu_count.disabled = self.gpu.value == NO_GPU
+        if self._quiet:
+            return
         try:
             machine, workload = self.machine(), self.workload()
             self.plan = calc.plan(machine, workload, self.strategy.value, **self.options())
             self.error = ""
-        except calc.CalculatorError as exc:
-            self.plan, self.error = None, str(exc)
-            self.summary.value = f"<p style='color:#b35900'><b>Cannot compute:</b> {html.escape(self.error)}</p>"
+        except (calc.CalculatorError, catalog.CatalogError) as exc:
+            self._show_error(str(exc))
             return
-        self.summary.value = self._summary_html(self.plan)
+        self._sync_controls()
+        self.summary.value = self._summary_html(self.plan, machine, workload)
         self.stack_figure = self._stack_figure(self.plan)
         self.curve_figure = self._curve_figure(machine, workload)
         for out, fig in ((self.stack_out, self.stack_figure), (self.curve_out, self.curve_figure)):
@@ -118,16 +214,28 @@ class CalculatorWidget:
             with out:
                 fig.show()
 
+    def _show_error(self, message: str) -> None:
+        """No stale charts: clear both, and say what to change."""
+        self.plan, self.error = None, message
+        self._sync_controls()
+        self.stack_figure, self.curve_figure = go.Figure(), go.Figure()
+        for out in (self.stack_out, self.curve_out):
+            out.clear_output()
+        self.summary.value = (f"<div style='font-size:15px;color:#b35900;{TEXT_STYLE}'>"
+                              f"<b>Cannot compute this choice.</b> {html.escape(message)}</div>")
+
     @staticmethod
-    def _summary_html(p: calc.Plan) -> str:
+    def _summary_html(p: calc.Plan, machine: calc.Machine, workload: calc.Workload) -> str:
         color = "#b00020" if not p.fits else ("#1a7f37" if p.tok_s >= 10 else "#b35900")
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in p.notes)
         prefill = f", prefill up to {p.prefill.tok_s:,.0f} tok/s (compute)" if p.prefill else ""
-        return (f"<div style='font-size:15px'><b style='color:{color}'>{html.escape(p.verdict.label)}"
-                f"</b> &mdash; {html.escape(p.verdict.sentence)}<br>"
+        return (f"<div style='font-size:15px;{TEXT_STYLE}'><b style='color:{color}'>"
+                f"{html.escape(p.verdict.label)}</b> &mdash; {html.escape(p.verdict.sentence)}<br>"
                 f"strategy <b>{p.strategy}</b>: decode at most <b>{p.tok_s:.3g} tok/s</b>, "
                 f"bottleneck <b>{html.escape(p.bottleneck)}</b>{prefill}</div>"
-                f"<div style='font-size:12px;color:#555'>{html.escape(p.decode.detail)}"
+                f"<div style='font-size:12px;color:#555;{TEXT_STYLE}'>"
+                f"{html.escape(workload.model.name)} at {html.escape(workload.describe_formats())}: "
+                f"{html.escape(workload.describe_read())}<br>{html.escape(p.decode.detail)}"
                 f"<ul style='margin:2px'>{notes}</ul></div>")
 
     @staticmethod
@@ -146,9 +254,10 @@ class CalculatorWidget:
                 usable = " usable" if tier == "RAM" else ""
                 fig.add_annotation(x=tier, y=cap / 2**30, text=f"{tier}: {cap / 2**30:.0f} GiB{usable}",
                                    showarrow=False, yshift=10)
-        fig.update_layout(barmode="stack", height=330, width=620, title="Where the bytes go",
+        fig.update_layout(barmode="stack", height=330, autosize=True,
+                          title="Where the bytes go (dashed: what each memory holds)",
                           yaxis_title="GiB", xaxis={"categoryorder": "array", "categoryarray": tiers},
-                          legend={"font": {"size": 10}}, margin={"t": 40, "b": 30})
+                          legend={"font": {"size": 10}}, margin={"t": 40, "b": 30, "l": 50, "r": 10})
         return fig
 
     def _curve_figure(self, machine: calc.Machine, workload: calc.Workload) -> go.Figure:
@@ -165,10 +274,10 @@ class CalculatorWidget:
                         y=[c.reported_tok_s for c in cases], mode="markers",
                         marker={"size": 10, "symbol": "diamond"}, name="case studies (reported)",
                         text=[f"{c.key}: {c.title}" for c in cases])
-        fig.update_layout(height=330, width=620, xaxis_type="log", yaxis_type="log",
+        fig.update_layout(height=330, autosize=True, xaxis_type="log", yaxis_type="log",
                           xaxis_title="parameters (billions)", yaxis_title="decode tok/s (bound)",
                           title="Bound tok/s vs model size on this machine",
-                          legend={"font": {"size": 10}}, margin={"t": 40, "b": 30})
+                          legend={"font": {"size": 10}}, margin={"t": 40, "b": 30, "l": 50, "r": 10})
         return fig
 
     def _ipython_display_(self) -> None:

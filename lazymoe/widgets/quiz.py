@@ -29,6 +29,11 @@ __all__ = ["QuizWidget", "answer", "frontend_available", "show"]
 answer = quiz.answer  # the text-mode way to answer: answer("01", "q1", "b")
 
 BUTTONS = {"en": ("Check", "Language"), "ko": ("확인", "언어")}
+CHOICE_CLASS = "lazymoe-quiz-choice"
+# The picked letter button filled blue, and its choice text tinted, so the pick is plain to see.
+PICKED_CSS = (f"<style>.{CHOICE_CLASS} .mod-active{{background:#0969da !important;"
+              "color:#fff !important;font-weight:bold}</style>")
+PICKED_ROW = " style='background:#ddf4ff;border-radius:4px'"
 KEYS_HELP = {
     "en": "Keyboard: Tab moves between the buttons, Space or Enter presses the focused one.",
     "ko": "키보드: Tab으로 버튼 사이를 이동하고, Space나 Enter로 누릅니다.",
@@ -77,6 +82,13 @@ class QuestionView:
         else:
             self.input = w.Text(placeholder=question.unit, continuous_update=True,
                                 layout=w.Layout(width="12em"))
+        self.last_feedback: quiz.Feedback | None = None  # re-rendered when the language changes
+        if question.kind == "single":
+            self.input.add_class(CHOICE_CLASS)
+            self.input.observe(lambda _change: self.relabel(self.owner.lang), names="value")
+        elif question.kind == "multiple":
+            for box in self.input.children:
+                box.observe(lambda change: self._mark(change["owner"]), names="value")
         unit = w.Label(question.unit if question.kind == "numeric" else "")
         self.box = w.VBox(
             [self.prompt, self.choices, w.HBox([self.input, unit]),
@@ -89,16 +101,34 @@ class QuestionView:
         self.prompt.value = f"<b>{q.id}.</b> {text.to_html(q.prompt, lang)}"
         self.check_button.description = BUTTONS[lang][0]
         if q.kind != "numeric":
-            rows = "".join(f"<li><b>({c.id})</b> {text.to_html(c.text, lang)}</li>" for c in q.choices)
-            hint = text.label("multi", lang) if q.kind == "multiple" else ""
+            picked = self.picked()
+            rows = "".join(
+                f"<li{PICKED_ROW if c.id in picked else ''}><b>({c.id})</b> "
+                f"{text.to_html(c.text, lang)}</li>" for c in q.choices)
+            hint = text.label("multi_buttons", lang) if q.kind == "multiple" else ""
             self.choices.value = (f"<ul style='list-style:none;padding-left:0.5em;margin:2px 0'>"
                                   f"{rows}</ul><small>{hint}</small>")
+        if self.last_feedback is not None:
+            self.feedback.value = text.feedback_html(self.last_feedback, lang, with_score=False)
+
+    def picked(self) -> list[str]:
+        """The letters selected now (none for a number question)."""
+        if self.question.kind == "single":
+            return [self.input.value] if self.input.value else []
+        if self.question.kind == "multiple":
+            return [box.description for box in self.input.children if box.value]
+        return []
+
+    def _mark(self, box: Any) -> None:
+        # A pressed letter turns solid blue: the default pressed look is barely darker.
+        box.button_style = "info" if box.value else ""
+        self.relabel(self.owner.lang)
 
     def response(self) -> Any:
         if self.question.kind == "single":
             return self.input.value
         if self.question.kind == "multiple":
-            return [box.description for box in self.input.children if box.value]
+            return self.picked()
         return self.input.value
 
     def show_record(self, lang: str) -> None:
@@ -108,7 +138,8 @@ class QuestionView:
     def submit(self) -> quiz.Feedback:
         feedback = quiz.answer(self.owner.bank.module, self.question.id, self.response(),
                                store=self.owner.store, lang=self.owner.lang)
-        self.feedback.value = text.feedback_html(feedback, self.owner.lang)
+        self.last_feedback = feedback
+        self.feedback.value = text.feedback_html(feedback, self.owner.lang, with_score=False)
         self.show_record(self.owner.lang)
         self.owner.show_score(feedback.score)
         return feedback
@@ -141,8 +172,9 @@ class QuizWidget:
 
     def set_language(self, lang: str) -> None:
         self.lang = lang
-        self.title.value = f"<h3>Quiz {self.bank.module}: {text.to_html(self.bank.title, lang)}</h3>"
-        self.help.value = f"<small>{KEYS_HELP[lang]}</small>"
+        self.title.value = (f"<h3>{text.label('quiz', lang)} {self.bank.module}: "
+                            f"{text.to_html(self.bank.title, lang)}</h3>")
+        self.help.value = f"{PICKED_CSS}<small>{KEYS_HELP[lang]}</small>"
         for view in self.views:
             view.relabel(lang)
             view.show_record(lang)

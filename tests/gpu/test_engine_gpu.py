@@ -31,10 +31,10 @@ def checkpoint(tmp_path_factory):
 
 
 @pytest.mark.parametrize("n_slots", [2, 5, 17, None])
-@pytest.mark.parametrize("placement", ["gpu", "cpu", "auto"])
+@pytest.mark.parametrize("placement", ["fetch", "cpu", "auto"])
 @pytest.mark.parametrize("ram_slots", [0, 20])
 @pytest.mark.parametrize("prefetch", [False, True])
-@pytest.mark.parametrize("decode", ["model", "auto"])  # auto: CUDA graphs where placement="gpu"
+@pytest.mark.parametrize("decode", ["model", "auto"])  # auto: CUDA graphs where placement="fetch"
 def test_tokens_match_the_full_model_on_the_gpu(
     checkpoint, n_slots, placement, ram_slots, prefetch, decode
 ):
@@ -45,7 +45,7 @@ def test_tokens_match_the_full_model_on_the_gpu(
         ram_budget=ram_slots * EXPERT_BYTES or None,
         placement=placement, prefetch=prefetch, decode=decode,
     )  # fmt: skip
-    assert engine.decode_path == ("graphs" if decode == "auto" and placement == "gpu" else "model")
+    assert engine.decode_path == ("graphs" if decode == "auto" and placement == "fetch" else "model")
     assert engine.generate(PROMPT, GREEDY) == expected
     stats = engine.stats()
     if placement == "cpu" and n_slots is not None and not prefetch:
@@ -103,12 +103,12 @@ def test_bf16_graphs_stay_close_to_the_bf16_model_path(checkpoint):
     with torch.inference_mode():
         cache = DynamicCache(config=engine.model.config)
         ids = torch.tensor([PROMPT], device="cuda")
-        token = int(engine.model(input_ids=ids, past_key_values=cache, use_cache=True).logits[0, -1].argmax())
+        token = int(engine.model(input_ids=ids, cache=cache, use_cache=True).logits[0, -1].argmax())
         decoder = engine._decoder_for(len(PROMPT) + 4)
         decoder.load_prefill(cache, len(PROMPT))
         got = decoder.step(token, len(PROMPT)).float().clone()
         step = torch.tensor([[token]], device="cuda")
-        want = engine.model(input_ids=step, past_key_values=cache, use_cache=True).logits[0, -1].float()
+        want = engine.model(input_ids=step, cache=cache, use_cache=True).logits[0, -1].float()
     assert (got - want).abs().max() <= 0.05 * want.abs().max(), (got - want).abs().max()
 
 

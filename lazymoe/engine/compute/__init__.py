@@ -4,5 +4,5 @@
     kernels.py          reference / batched / grouped expert kernels over the slot pool
     triton_kernels.py   Triton decode kernels reading experts in place (GPU)
     graphs.py           the segmented decoder: a decode token as a few CUDA graphs (GPU)
-    placement.py        where a missed expert is computed: copied to the GPU, or on the CPU
+    placement.py        where a missed expert is computed: fetched to the GPU, or on the CPU
 """

@@ -29,27 +29,27 @@ for token against transformers); decode="graphs" captures it (CUDA only).
 from __future__ import annotations
 
 import contextlib
-import inspect
 import time
 
 import torch
 
 from lazymoe.engine.compute import kernels, triton_kernels
+from lazymoe.models.archs import ARCHS
 
 # decoder layers of the plain norm -> attention -> norm -> routed-experts form, whose router
-# returns (logits, top-k weights, top-k ids); Qwen2-MoE's shared expert is outside this loop
-GRAPH_ARCHS = ("qwen3_moe", "olmoe", "mixtral")
+# returns (logits, top-k weights, top-k ids): the registry's records with segmented_decoder
+GRAPH_ARCHS = tuple(name for name, arch in ARCHS.items() if arch.segmented_decoder)
 
 
 def unsupported_reason(engine) -> str | None:
     """Why the segmented decoder cannot run this engine, or None when it can."""
     model_type = engine.spec.model_type
-    if model_type not in GRAPH_ARCHS:
+    if not engine.spec.segmented_decoder:
         return f"model type {model_type!r} (the layer loop is written for {', '.join(GRAPH_ARCHS)})"
     n_layers = len(engine.model.model.layers)
     if engine.moe_layers != list(range(n_layers)):
         return "some layers are dense (the layer loop expects a MoE block in every layer)"
-    if engine.config.placement != "gpu":
+    if engine.config.placement != "fetch":
         return f"placement={engine.config.placement!r} (experts computed on the CPU need the eager path)"
     if any(hasattr(block.gate, "original") for block in engine.blocks.values()):
         return "a learner router is set (set_router): its code may not be graph-safe"
@@ -119,8 +119,6 @@ class SegmentedDecoder:
         self._ids_np, self._index_np = self.ids_host.numpy(), self.index_host.numpy()  # no copies
         pool = self.pool = self.runtime.tiers.device.pool
         self.workspace = self.runtime.workspace or kernels.DecodeWorkspace(k, pool.gate_up, pool.down)
-        params = inspect.signature(self.layers[0].self_attn.forward).parameters
-        self.cache_kw = "cache" if "cache" in params else "past_key_values"  # transformers >= 5.2x
         self.state: list[tuple | None] = [None] * n  # per layer: (moe input, residual, weights)
         self.rope = None
         # kernel "fused": the model's RMSNorms run as one Triton kernel each inside the segments
@@ -156,9 +154,8 @@ class SegmentedDecoder:
         layer = self.layers[i]
         residual = h
         x = layer.input_layernorm(h)
-        attn = {self.cache_kw: self.kv}
         x, _ = layer.self_attn(
-            hidden_states=x, position_embeddings=self.rope, attention_mask=self.mask, **attn
+            hidden_states=x, position_embeddings=self.rope, attention_mask=self.mask, cache=self.kv
         )
         h = residual + x
         residual = h

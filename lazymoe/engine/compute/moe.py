@@ -18,7 +18,7 @@ Shapes: T tokens, K experts per token, D hidden size, I expert width.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 
 import torch
@@ -28,6 +28,7 @@ from lazymoe.engine.compute import kernels
 from lazymoe.engine.compute.kernels import expert_fused
 from lazymoe.engine.compute.placement import CostModel
 from lazymoe.engine.parts.prefetch import Prefetcher
+from lazymoe.engine.parts.replay import TraceReplay
 from lazymoe.engine.storage.store import ExpertWeights
 from lazymoe.engine.storage.tiers import TierStack
 
@@ -71,8 +72,14 @@ class ExpertRuntime:
         expert_flops_per_token: int,
         top_k: int,
         kernel: str | None = None,
+        replay: TraceReplay | None = None,
     ) -> None:
         self.tiers = tiers
+        # benchmarks: a trace's experts in place of the router's (lazymoe.engine.parts.replay)
+        self.replay = replay
+        # None, or a Counter that every computed expert adds to: (layer, expert) -> token rows
+        # (tests and lab checks read which experts ran; off by default, it costs a little)
+        self.computed_experts: Counter | None = None
         self.act = act
         self.placement = placement
         self.cost_model = cost_model
@@ -89,7 +96,7 @@ class ExpertRuntime:
 
     def _compute_where(self, n_tokens: int) -> str:
         """Where a device-tier miss is computed: "device" (fetch it) or "cpu"."""
-        if not self.tiers.on_gpu or self.placement == "gpu":
+        if not self.tiers.on_gpu or self.placement == "fetch":
             return "device"
         if self.placement == "cpu":
             return "cpu"
@@ -101,6 +108,8 @@ class ExpertRuntime:
         self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
     ) -> torch.Tensor:
         n_tokens, k = top_k_index.shape
+        if self.replay is not None:  # the trace's experts, with the router's weights by position
+            top_k_index = self.replay.ids_like(layer, top_k_index)
         guess = None
         if self.prefetcher is not None and n_tokens == 1:
             guess = self.prefetcher.predict(layer, hidden)
@@ -115,6 +124,8 @@ class ExpertRuntime:
         experts = sorted(rows)
         if self.prefetcher is not None:
             self.prefetcher.score(layer, set(experts))
+        if self.computed_experts is not None:
+            self.computed_experts.update({(layer, e): len(rows[e]) for e in experts})
 
         out = torch.zeros_like(hidden)
         capacity = self.tiers.device.pool.n_slots
@@ -145,7 +156,7 @@ class ExpertRuntime:
         stream: torch.cuda.Stream | None = None,
     ) -> tuple[list[int], list[int]]:
         """The host half of one decode step's layer, for a caller that computes on the device
-        itself (the graph decoder, placement "gpu" only, so every miss is fetched into a slot):
+        itself (the graph decoder, placement "fetch" only, so every miss is fetched into a slot):
         look up (or fetch) each chosen expert, start the prefetch of
         the guessed next-layer experts, make the compute stream wait for the copies.
 
@@ -154,14 +165,18 @@ class ExpertRuntime:
         Returns (slots, positions): per expert in ascending id order, its device slot and its
         position k in `ids` (which top-k weight it takes).
         """
+        if self.replay is not None:  # the trace's experts take the router's weights by position
+            ids = self.replay.take(layer, 1)[0].tolist()
         positions = {e: k for k, e in enumerate(ids)}
         experts = sorted(positions)
         if len(experts) != len(ids):
             raise ValueError(f"layer {layer}: the router chose an expert twice ({ids})")
         if self.prefetcher is not None:
             self.prefetcher.score(layer, set(experts))
+        if self.computed_experts is not None:
+            self.computed_experts.update(dict.fromkeys(((layer, e) for e in experts), 1))
         protected = frozenset((layer, e) for e in experts)
-        slots = [self._device_slot((layer, e), 1, protected) for e in experts]  # placement "gpu"
+        slots = [self._device_slot((layer, e), 1, protected) for e in experts]  # placement "fetch"
         if guess_layer is not None and self.prefetcher is not None:
             self._prefetch(guess_layer, guessed, protected)
         if stream is None and self.tiers.on_gpu:

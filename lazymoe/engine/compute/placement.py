@@ -1,6 +1,7 @@
-"""Where a missed expert is computed: copied to the GPU, or computed on the CPU where it lives.
+"""Where a missed expert is computed: fetched to the GPU, or computed on the CPU where it lives.
 
-    "gpu"   copy it in (disk -> RAM -> VRAM), then compute on the GPU. Pays the PCIe transfer.
+    "fetch" copy it in (disk -> RAM -> VRAM), then compute on the GPU. Pays the PCIe transfer.
+            (Its old name, "gpu", is still accepted by EngineConfig.)
     "cpu"   compute it on the CPU from RAM, as llama.cpp's --cpu-moe does: only the hidden state
             (D numbers per token) crosses PCIe, but the CPU reads the expert at RAM bandwidth and
             does the matmuls with its far smaller FLOP rate.
@@ -11,7 +12,8 @@
         cpu_seconds = max(expert_bytes / cpu_bandwidth, tokens * 6 * I * D / cpu_flops)
 
     One token (decode) makes the CPU cost a memory read; a long prompt (prefill) makes it a
-    FLOP count, and the GPU wins. On a machine without a GPU there is no choice to make.
+    FLOP count, and the GPU wins. On a machine without a GPU there is no choice to make: the
+    model runs on the CPU, and "fetch" copies a missed expert into the RAM cache tier.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 
 @dataclass
 class CostModel:
-    """Measured (or given) speeds; `choose` picks "gpu" or "cpu" for one missed expert."""
+    """Measured (or given) speeds; `choose` picks "fetch" or "cpu" for one missed expert."""
 
     h2d_bandwidth_gbps: float  # GB/s, pinned host -> GPU
     cpu_bandwidth_gbps: float  # GB/s, RAM read by the CPU
@@ -45,21 +47,17 @@ class CostModel:
 
     def choose(self, expert_bytes: int, n_tokens: int, expert_flops_per_token: int) -> str:
         cpu_s = self.cpu_seconds(expert_bytes, n_tokens, expert_flops_per_token)
-        return "cpu" if cpu_s < self.gpu_seconds(expert_bytes) else "gpu"
+        return "cpu" if cpu_s < self.gpu_seconds(expert_bytes) else "fetch"
 
 
 def measure_cost_model(
     hidden: int, intermediate: int, dtype: torch.dtype, device: str, nbytes: int = 32 * 2**20
 ) -> CostModel:
     """Measure the three speeds on this machine (a fraction of a second)."""
+    from lazymoe.measure import ram_copy  # the package's one CPU-bandwidth measurement
+
+    cpu_gbps = ram_copy(nbytes, repeats=3).gbps
     src = torch.empty(nbytes // 4, dtype=torch.float32)
-    dst = torch.empty_like(src)
-    dst.copy_(src)  # touch the pages first
-    start = time.perf_counter()
-    for _ in range(3):
-        dst.copy_(src)
-    # a copy reads and writes each byte: count both
-    cpu_gbps = 3 * 2 * nbytes / (time.perf_counter() - start) / 1e9
     h2d_gbps = cpu_gbps  # no GPU: the "transfer" is a RAM copy
     if device.startswith("cuda"):
         pinned = src.pin_memory()

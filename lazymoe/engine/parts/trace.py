@@ -141,9 +141,11 @@ def synthetic_trace(
     tokens: int, num_layers: int, num_experts: int, top_k: int, skew: float = 1.2, seed: int = 0
 ) -> RoutingTrace:
     """A trace with Zipf-like popularity: in each layer the r-th most popular expert is chosen with
-    weight 1 / r**skew (a different ranking per layer). skew=0 is uniform routing, what random
-    weights give: the worst case for a cache. Use it where no model is at hand (tests, benchmarks
-    of real shapes); say that it is synthetic when you report numbers measured with it."""
+    weight 1 / r**skew (a different ranking per layer). skew=0 is independent uniform routing: the
+    worst case for a cache (a random-weight model's own routers are NOT this: they reuse experts
+    far more than real text). Use it where no model is at hand (tests); for benchmarks, the
+    regimes of `lazymoe.bench.routing` (independent, real-text calibrated to a measurement of
+    real routing, zipf); say that a trace is synthetic when you report numbers measured with it."""
     rng = np.random.default_rng(seed)
     popularity = 1.0 / np.arange(1, num_experts + 1) ** skew
     experts = np.empty((tokens, num_layers, top_k), dtype=np.int32)
@@ -297,10 +299,10 @@ def record_trace(
     device = next(model.parameters()).device
     try:
         with torch.no_grad():
-            past = None
+            cache = None
             for start in range(0, len(ids), chunk_tokens):
                 chunk = torch.tensor([ids[start : start + chunk_tokens]], device=device)
-                past = model(input_ids=chunk, past_key_values=past, use_cache=True).past_key_values
+                cache = model(input_ids=chunk, cache=cache, use_cache=True).cache
     finally:
         for handle in handles:
             handle.remove()

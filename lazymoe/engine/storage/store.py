@@ -26,85 +26,32 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lazymoe.engine.storage.extracted import ExtractedStore
 from lazymoe.engine.storage.safetensors_file import (
     ExpertStoreError,
     SafetensorsFile,
     safetensors_files,
     torch_dtype,
 )
+from lazymoe.engine.storage.weights import ExpertSource, ExpertWeights
+from lazymoe.models.archs import (
+    ARCHS,
+    ROLES,
+    Arch,
+    UnknownArchitectureError,
+    get_arch,
+    moe_layers_from_config,
+)
 
-__all__ = ["ARCHS", "ExpertStore", "ExpertStoreError", "ExpertWeights", "moe_layers_from_config"]
+__all__ = ["ExpertStore", "ExpertStoreError", "ExpertWeights", "moe_layers_from_config"]
 
-
-@dataclass
-class ExpertWeights:
-    """One expert's three projections, as CPU (or pinned) tensors.
-
-    gate: (I, D), up: (I, D), down: (D, I); the expert computes down @ (silu(gate @ x) * (up @ x)).
-    """
-
-    gate: torch.Tensor
-    up: torch.Tensor
-    down: torch.Tensor
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.gate, self.up, self.down))
-
-    @classmethod
-    def empty(
-        cls, intermediate: int, hidden: int, dtype: torch.dtype, pin_memory: bool = False
-    ) -> ExpertWeights:
-        """Preallocated buffers to `read_into` (pinned: page-locked, for fast async copies to a GPU)."""
-
-        def buf(*shape: int) -> torch.Tensor:
-            return torch.empty(shape, dtype=dtype, pin_memory=pin_memory)
-
-        return cls(buf(intermediate, hidden), buf(intermediate, hidden), buf(hidden, intermediate))
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """The per-architecture part: where the experts sit and how their projections are named."""
-
-    block: str  # "mlp" or "block_sparse_moe"
-    gate: str
-    up: str
-    down: str
-    intermediate_key: str
-
-
-ARCHS: dict[str, ArchSpec] = {
-    "qwen3_moe": ArchSpec("mlp", "gate_proj", "up_proj", "down_proj", "moe_intermediate_size"),
-    "qwen2_moe": ArchSpec("mlp", "gate_proj", "up_proj", "down_proj", "moe_intermediate_size"),
-    "olmoe": ArchSpec("mlp", "gate_proj", "up_proj", "down_proj", "intermediate_size"),
-    "mixtral": ArchSpec("block_sparse_moe", "w1", "w3", "w2", "intermediate_size"),
-}
-
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(mlp|block_sparse_moe)\.experts\.(.+)$")
-
-
-def moe_layers_from_config(config: dict) -> list[int]:
-    """The decoder layers that hold routed experts (Qwen MoE can keep some layers dense)."""
-    n = config["num_hidden_layers"]
-    dense = set(config.get("mlp_only_layers") or [])
-    step = config.get("decoder_sparse_step") or 1
-    return [i for i in range(n) if i not in dense and (i + 1) % step == 0]
-
-
-def num_experts_of(config: dict) -> int:
-    """Routed experts per layer (configs spell it num_experts or num_local_experts)."""
-    for key in ("num_experts", "num_local_experts"):
-        if config.get(key):
-            return int(config[key])
-    raise ExpertStoreError(
-        "config.json names no num_experts / num_local_experts: is it an MoE model?"
-    )
+# an expert tensor's key: layer, MoE block (every name the registry's checkpoints use), the rest
+_BLOCKS = "|".join(sorted({"mlp"} | {arch.moe_block for arch in ARCHS.values()}))
+_LAYER = re.compile(rf"(?:^|\.)layers\.(\d+)\.({_BLOCKS})\.experts\.(.+)$")
 
 
 def read_config(model_dir: Path) -> dict:
@@ -122,17 +69,23 @@ def read_config(model_dir: Path) -> dict:
         ) from err
 
 
-def arch_spec(config: dict, where: Path) -> ArchSpec:
-    arch = config.get("model_type")
-    if arch not in ARCHS:
-        raise ExpertStoreError(
-            f"{where}: model_type {arch!r} is not supported by the expert store; supported "
-            f"architectures are {sorted(ARCHS)}"
-        )
-    return ARCHS[arch]
+def arch_spec(config: dict, where: Path) -> Arch:
+    """The architecture record of config.json, or an error naming the supported ones."""
+    try:
+        return get_arch(config.get("model_type"))
+    except UnknownArchitectureError as err:
+        raise ExpertStoreError(f"{where}: {err} (by the expert store)") from err
 
 
-class ExpertStore:
+def num_experts_of(config: dict, where: Path) -> int:
+    """Routed experts per layer, in the field the architecture's configs use."""
+    try:
+        return arch_spec(config, where).num_experts(config)
+    except UnknownArchitectureError as err:
+        raise ExpertStoreError(f"{where}: {err}") from err
+
+
+class ExpertStore(ExpertSource):
     """Reads experts from a checkpoint's safetensors files. Use `ExpertStore.open(model_dir)`.
 
     Attributes: arch, num_layers (decoder layers), moe_layers, num_experts, hidden_size (D),
@@ -146,15 +99,11 @@ class ExpertStore:
         self.arch: str = config["model_type"]
         self.num_layers: int = config["num_hidden_layers"]
         self.moe_layers: list[int] = sorted({layer for layer, _ in locations})
-        self.num_experts: int = num_experts_of(config)
+        self.num_experts: int = num_experts_of(config, model_dir)
         self.hidden_size: int = config["hidden_size"]
-        self.intermediate_size: int = config[spec.intermediate_key]
+        self.intermediate_size: int = spec.expert_width(config)
         self.dtype = dtype
         self._locations = locations  # (layer, expert) -> {"gate"|"up"|"down": Span}
-
-    @property
-    def expert_nbytes(self) -> int:
-        return 3 * self.intermediate_size * self.hidden_size * self.dtype.itemsize  # bytes
 
     @classmethod
     def open(cls, model_dir: str | Path) -> ExpertStore:
@@ -164,8 +113,6 @@ class ExpertStore:
         """
         model_dir = Path(model_dir)
         if (model_dir / "manifest.json").is_file():
-            from lazymoe.engine.storage.extract import ExtractedStore
-
             return ExtractedStore.open(model_dir)
         config = read_config(model_dir)
         spec = arch_spec(config, model_dir)
@@ -173,7 +120,7 @@ class ExpertStore:
         locations: dict[tuple[int, int], dict] = {}  # (layer, expert) -> {role: Span}
         shapes: dict[str, tuple[int, ...]] = {}
         dtypes: set[str] = set()
-        names = {spec.gate: "gate", spec.up: "up", spec.down: "down"}
+        names = dict(zip(spec.expert_projections, ROLES, strict=True))  # checkpoint name -> role
         for file in files:
             for name, info in file.tensors.items():
                 m = _LAYER.search(name)
@@ -236,16 +183,6 @@ class ExpertStore:
             nbytes += s.numel() * s.element_size()
         return nbytes
 
-    def empty_buffers(
-        self, pin_memory: bool | None = None, dtype: torch.dtype | None = None
-    ) -> ExpertWeights:
-        """Buffers shaped for one expert; pinned by default when CUDA is available."""
-        if pin_memory is None:
-            pin_memory = torch.cuda.is_available()
-        return ExpertWeights.empty(
-            self.intermediate_size, self.hidden_size, dtype or self.dtype, pin_memory
-        )
-
     def keys(self) -> list[tuple[int, int]]:
         """Every (layer, expert) the store holds, layer by layer."""
         return sorted(self._locations)
@@ -280,12 +217,6 @@ class ExpertStore:
         for file in self._files():
             file.close()
 
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}({str(self.model_dir)!r}, arch={self.arch}, moe_layers="
-            f"{len(self.moe_layers)}, experts={self.num_experts}, expert={self.expert_nbytes} bytes)"
-        )
-
     def _where(self, layer: int, expert: int) -> dict:
         loc = self._locations.get((layer, expert))
         if loc is None:
@@ -297,10 +228,10 @@ class ExpertStore:
 
 
 def _check_complete(
-    model_dir: Path, config: dict, spec: ArchSpec, locations: dict, shapes: dict
+    model_dir: Path, config: dict, spec: Arch, locations: dict, shapes: dict
 ) -> None:
-    num_experts = num_experts_of(config)
-    intermediate, hidden = config.get(spec.intermediate_key), config.get("hidden_size")
+    num_experts = num_experts_of(config, model_dir)
+    intermediate, hidden = config.get(spec.expert_width_field), config.get("hidden_size")
     expected = {
         "gate": (intermediate, hidden),
         "up": (intermediate, hidden),
@@ -310,7 +241,7 @@ def _check_complete(
         if tuple(shape) != expected[role]:
             raise ExpertStoreError(
                 f"{model_dir}: expert {role} tensors have shape {tuple(shape)} but config.json says "
-                f"{expected[role]} ({spec.intermediate_key}={intermediate}, hidden_size={hidden}): "
+                f"{expected[role]} ({spec.expert_width_field}={intermediate}, hidden_size={hidden}): "
                 "the weights and the config do not belong together"
             )
     for layer in moe_layers_from_config(config):
@@ -319,6 +250,6 @@ def _check_complete(
             if missing:
                 raise ExpertStoreError(
                     f"{model_dir}: expert ({layer}, {e}) lacks its {sorted(missing)} weights "
-                    f"(model.layers.{layer}.{spec.block}.experts...): the checkpoint is incomplete "
+                    f"(model.layers.{layer}.{spec.moe_block}.experts...): the checkpoint is incomplete "
                     "or not the architecture config.json names"
                 )

@@ -1,0 +1,140 @@
+"""The engine's command-line options, defined once from `EngineConfig`'s fields.
+
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser)                      # --model, --device, ..., --decode
+    config = EngineConfig.from_args(parser.parse_args())
+
+`lazymoe run`, `lazymoe serve` and `lazymoe bench` all call `add_engine_arguments`, so an option
+added to `EngineConfig` (a field with `cli(...)` metadata) reaches every front end with the same
+name, help, choices and default. The bench sweeps some options (`sweep=`: several values, one row
+each) and changes some defaults (`defaults=`), in one visible place (`lazymoe.bench.cli`).
+
+This module must not import `lazymoe.engine.config` at the top: config imports `cli` from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# argparse's _ActionsContainer: an ArgumentParser or one of its argument groups
+ArgumentContainer = argparse.ArgumentParser | argparse._ArgumentGroup
+
+
+@dataclass(frozen=True)
+class CliOption:
+    """How an `EngineConfig` field appears on the command line.
+
+    Only fields that carry one (`metadata=cli(...)`) are command-line options: the others
+    (objects such as an `EvictionPolicy` instance or a learner's router) are set from Python.
+    """
+
+    help: str
+    flag: str | None = None  # default: "--" + the field name with dashes
+    choices: tuple[str, ...] | None = None
+    type: Callable[[str], Any] | None = None  # argparse's type= (str when None)
+    switch: bool = False  # a bool field whose flag flips its default (--no-prefetch, --pin-checkpoint)
+    metavar: str | None = None
+    none_means: str | None = None  # what the field's None default does, for the help
+
+    def flag_for(self, name: str) -> str:
+        return self.flag or "--" + name.replace("_", "-")
+
+
+def cli(help: str, **how: Any) -> dict[str, CliOption]:
+    """Field metadata marking a dataclass field as a command-line option."""
+    return {"cli": CliOption(help, **how)}
+
+
+def cli_fields(config_cls: type | None = None) -> list[dataclasses.Field]:
+    """The fields of `config_cls` (default `EngineConfig`) that are command-line options."""
+    if config_cls is None:
+        from lazymoe.engine.config import EngineConfig
+
+        config_cls = EngineConfig
+    return [f for f in dataclasses.fields(config_cls) if "cli" in f.metadata]
+
+
+def engine_flags() -> dict[str, str]:
+    """Field name -> its flag ("model_path" -> "--model"), for every engine option."""
+    return {f.name: f.metadata["cli"].flag_for(f.name) for f in cli_fields()}
+
+
+def size_arg(text: str) -> str:
+    """argparse type for a size: checked with `parse_bytes`, kept as written ('6GiB')."""
+    from lazymoe.engine.config import parse_bytes
+
+    try:
+        parse_bytes(text, "size")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+class _Sweep(argparse.Action):
+    """nargs="+" and repeatable (`--model A --model B` or `--model A B`): the values given
+    replace the default."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        current = getattr(namespace, self.dest, None)
+        kept = [] if current is self.default or current is None else list(current)
+        setattr(namespace, self.dest, [*kept, *values])
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return None  # model_path: None on the command line means the bundled model
+
+
+def add_engine_arguments(
+    parser: ArgumentContainer,
+    *,
+    sweep: Collection[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+    aliases: Mapping[str, str] | None = None,
+) -> None:
+    """Add every engine option of `EngineConfig` to `parser` (dest: the field name).
+
+    sweep: field names that take several values (`nargs="+"`, a list in the namespace; the bench
+        runs one configuration per combination). A swept switch is not supported.
+    defaults: field name -> a default other than the dataclass's (a list for a swept field).
+    aliases: field name -> one more flag for it (old spellings that scripts still use).
+    """
+    defaults = dict(defaults or {})
+    aliases = dict(aliases or {})
+    fields = {f.name: f for f in cli_fields()}
+    unknown = (set(sweep) | set(defaults) | set(aliases)) - set(fields)
+    if unknown:
+        raise ValueError(f"not engine options: {sorted(unknown)}; they are {sorted(fields)}")
+    for name, f in fields.items():
+        how: CliOption = f.metadata["cli"]
+        flags = [how.flag_for(name)] + ([aliases[name]] if name in aliases else [])
+        default = defaults.get(name, _field_default(f))
+        if name in sweep and default is not None and not isinstance(default, list):
+            default = [default]  # a swept option holds a list, defaults too
+        if how.switch:
+            if name in sweep:
+                raise ValueError(f"{name} is a switch: it cannot be swept")
+            # the flag says what it turns on or off; the field keeps its plain meaning
+            action = "store_false" if default else "store_true"
+            parser.add_argument(*flags, dest=name, action=action, default=default, help=how.help)
+            continue
+        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default
+        shown = how.none_means if shown is None else shown
+        help_text = how.help if shown is None else f"{how.help} (default: {shown})"
+        if name in sweep:
+            help_text += "; several values: one run each"
+        parser.add_argument(
+            *flags,
+            dest=name,
+            default=default,
+            type=how.type,
+            choices=how.choices,
+            metavar=how.metavar,
+            **({"nargs": "+", "action": _Sweep} if name in sweep else {}),
+            help=help_text.replace("%", "%%"),
+        )

@@ -1,0 +1,3 @@
+from lazymoe.i18n.cli import main
+
+raise SystemExit(main())

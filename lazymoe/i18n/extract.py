@@ -1,0 +1,48 @@
+"""Find the package's translatable messages: string literals passed to `_`, `gettext`, `ngettext`.
+
+    _("Your machine has {ram_gb:.0f} GB of RAM")            -> msgid
+    _("Hit rate", context="calculator chart")               -> msgid with msgctxt
+    ngettext("{n} attempt", "{n} attempts", n)              -> msgid + msgid_plural
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from lazymoe.i18n.catalog import Source
+
+PACKAGE = Path(__file__).resolve().parents[1]
+_NAMES = {"_", "gettext"}
+
+
+def _literal(node: ast.AST) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def messages_in(path: Path, package: Path = PACKAGE) -> list[Source]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    where = path.relative_to(package.parent).as_posix()
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+        if name in _NAMES and node.args and (msgid := _literal(node.args[0])) is not None:
+            context = next((_literal(k.value) for k in node.keywords if k.arg == "context"), None)
+            found.append(Source(msgid=msgid, msgctxt=context, comment=f"{where}:{node.lineno}"))
+        elif name == "ngettext" and len(node.args) >= 2:
+            singular, plural = _literal(node.args[0]), _literal(node.args[1])
+            if singular is not None and plural is not None:
+                found.append(Source(msgid=singular, msgid_plural=plural, comment=f"{where}:{node.lineno}"))
+    return found
+
+
+def package_messages(package: Path = PACKAGE) -> list[Source]:
+    """Every message of the package, in file order (the i18n folder's own docs excluded)."""
+    found: list[Source] = []
+    for path in sorted(package.rglob("*.py")):
+        if "i18n" in path.relative_to(package).parts:
+            continue
+        found.extend(messages_in(path, package))
+    return found

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# The project's one device recipe: set up, build llama.cpp, run the GPU checks and the comparison,
+# write the results. Two halves, because the GPU machine has no network:
+#
+#   here (a machine with PyPI):  bash scripts/device_bench.sh carry
+#       fills .device/ (git-ignored) with what the GPU machine lacks: wheels of transformers, gguf,
+#       polib and diskcache, and llama-cpp-python's source (its vendored llama.cpp) slimmed to ~8 MB.
+#   on the GPU machine, from the repository root, with .device carried:
+#       bash scripts/device_bench.sh run [SUITE...]     in the foreground (one short call)
+#       bash scripts/device_bench.sh start [SUITE...]   detached from a snapshot of the code, then
+#       bash scripts/device_bench.sh wait [SECONDS]     watch it; each call packs what is done
+#
+# Suites (default: check compare):
+#   check    lazymoe doctor, the machine's bandwidths, the GPU tests, llama.cpp's libstdc++ check
+#            and a tiny model through the harness's llama.cpp runner with torch loaded first
+#   compare  SHAPE (default qwen3-30b-a3b, BF16 random weights in /dev/shm): lazymoe rows at
+#            BUDGETS, then llama.cpp through the harness's runner: the thread count tuned, --cpu-moe,
+#            and for each lazymoe row the smallest --n-cpu-moe whose peak VRAM is at most lazymoe's
+#            (lazymoe.bench.llamacpp_tune); llama-bench of the same GGUF as a cross-check; one table
+#   profile  where a decode step's time goes (python -m lazymoe.bench.profile, 8 layers)
+#
+# llama.cpp is built ONCE by CMake with the SYSTEM compiler (a wrapper compiler's own libstdc++
+# crashed llama-cpp-python beside torch: lazymoe/bench/libstdcxx.py), CUDA for sm_90: the shared
+# libraries llama-cpp-python's bindings load, llama-bench and llama-quantize.
+# Results: $RESULTS (default /tmp/lazymoe-device/results), packed into $OUT/results.tar.gz for the
+# device tool (8 files at most come back); unpack into data/results/ and name the files by machine.
+# Knobs (environment): SHAPE, BUDGETS ("8", GB; each budget adds a --n-cpu-moe search of ~6 model
+# loads), NEW_TOKENS (128), PROMPT_TOKENS (32), REPEATS (3), BENCH_ARGS (more `lazymoe bench` flags,
+# e.g. a routing regime), TUNE_THREADS (thread counts to try; default half/all cores, all CPUs),
+# BUILD_JOBS. Time on an H200 (16 cores): setup ~5 min, check ~5, compare at one budget ~25.
+set -uo pipefail
+CARRY=${CARRY:-.device}
+LLAMA_CPP_PYTHON_VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
+WORK=${WORK:-/tmp/lazymoe-device}
+RESULTS=${RESULTS:-$WORK/results}
+SITE=$WORK/site; SRC=$WORK/src/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION; BUILD=$WORK/llama-build
+SHAPE=${SHAPE:-qwen3-30b-a3b}; BUDGETS=${BUDGETS:-8}; M=${MODEL_DIR:-/dev/shm/lazymoe-$SHAPE}
+PROTOCOL="--prompt-tokens ${PROMPT_TOKENS:-32} --new-tokens ${NEW_TOKENS:-128} --repeats ${REPEATS:-3} --warmup 1 --temperature 1 --timeout 900"
+ts() { date -u +%T; }
+log() { echo "device_bench: $* ($(ts))"; }
+
+carry() {  # here, with network
+  set -e
+  grep -qx "/$CARRY/" .git/info/exclude 2>/dev/null || echo "/$CARRY/" >> .git/info/exclude
+  mkdir -p "$CARRY/whl"
+  local py=.venv/bin/python; [ -x $py ] || py=python3
+  local tf gg
+  tf=$($py -c "import importlib.metadata as m; print(m.version('transformers'))")
+  gg=$($py -c "import importlib.metadata as m; print(m.version('gguf'))")
+  $py -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux2014_x86_64 --platform any -d "$CARRY/whl" \
+    "transformers==$tf" "gguf==$gg" polib diskcache
+  local tmp; tmp=$(mktemp -d)
+  $py -m pip download -q --no-deps --no-binary=:all: -d "$tmp" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+  tar xzf "$tmp"/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz -C "$tmp"
+  local src="$tmp/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION" vendor
+  vendor="$src/vendor/llama.cpp"
+  find "$src" -name .git -prune -exec rm -rf {} +
+  rm -rf "$src/docs" "$vendor"/docs "$vendor"/examples "$vendor"/media "$vendor"/models/*.gguf* \
+    "$vendor"/tools/server/public* "$vendor"/tools/ui "$vendor"/gguf-py/tests \
+    "$vendor"/ggml/src/{ggml-sycl,ggml-vulkan,ggml-opencl,ggml-cann,ggml-webgpu,ggml-hexagon,ggml-zdnn,ggml-openvino,ggml-virtgpu}
+  tar czf "$CARRY/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION-slim.tar.gz" -C "$tmp" llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION
+  rm -rf "$tmp"
+  du -sh "$CARRY"/* "$CARRY"/whl/*
+  echo "carry: done; on the device machine: carry [\"$CARRY\"] and run bash scripts/device_bench.sh run check"
+}
+
+setup() {  # on the device: the wheels, llama.cpp built, llama-cpp-python's package over that build
+  mkdir -p "$SITE" "$RESULTS" "$WORK/src"
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "$CARRY"/whl/*.whl || return 1
+  export PYTHONPATH="$SITE:$PWD" PYTHONUNBUFFERED=1
+  if [ -x "$BUILD/bin/llama-bench" ] && [ -e "$SITE/llama_cpp/lib" ]; then log "llama.cpp already built"; return 0; fi
+  [ -d "$SRC" ] || tar xzf "$CARRY/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION-slim.tar.gz" -C "$WORK/src" || return 1
+  log "building llama.cpp (CUDA sm_90, system g++)"
+  CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++ \
+  cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DBUILD_SHARED_LIBS=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF > "$RESULTS/llama-build.log" 2>&1 \
+  && cmake --build "$BUILD" -j "${BUILD_JOBS:-$(nproc)}" --target llama llama-bench llama-quantize \
+    >> "$RESULTS/llama-build.log" 2>&1 || { tail -20 "$RESULTS/llama-build.log"; return 1; }
+  # llama-cpp-python's Python package (pure ctypes) loading the libraries of this build
+  rm -rf "$SITE/llama_cpp" && cp -r "$SRC/llama_cpp" "$SITE/" && ln -sfn "$BUILD/bin" "$SITE/llama_cpp/lib"
+  log "llama.cpp built: $(ls "$BUILD"/bin | tr '\n' ' ')"
+}
+
+suite_check() {
+  nvidia-smi > "$RESULTS/nvidia-smi.txt" 2>&1
+  python3 -m lazymoe doctor --role server > "$RESULTS/doctor.txt" 2>&1
+  python3 -m lazymoe.hardware --measure --json > "$RESULTS/hardware-measure.json" 2> "$RESULTS/hardware-measure.err"
+  python3 -m lazymoe.bench.bandwidth > "$RESULTS/bandwidths.json" 2>&1; cat "$RESULTS/bandwidths.json"
+  timeout 420 python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu tests/test_hardware.py \
+    tests/test_store.py tests/test_bench_llamacpp.py tests/test_libstdcxx.py > "$RESULTS/gpu-tests.log" 2>&1
+  log "gpu tests rc=$? $(tail -1 "$RESULTS/gpu-tests.log")"
+  python3 -m lazymoe.bench.writer tiny-random "$WORK/tiny" --device cuda > /dev/null
+  # torch first, as in the harness: the case the libstdc++ clash crashed
+  timeout 180 python3 -X faulthandler -c "
+import torch; torch.zeros(1, device='cuda')
+from lazymoe.bench.libstdcxx import check_no_clash
+for e in check_no_clash(): print(e.path.name, e.std_symbols, 'std:: symbols, runtime copy:', e.carries_runtime)
+from lazymoe.bench.llamacpp import LlamaCppConfig as C, LlamaCppRunner as R
+for n in (None, 1):
+    with R(C('$WORK/tiny/model-bf16.gguf', cpu_moe=True, n_cpu_moe=n)) as r:
+        print('n_cpu_moe', n, 'tokens', list(r.stream(list(range(40, 60)), 4)), 'gpu offload', r.gpu_offload)
+" > "$RESULTS/llama-check.txt" 2>&1
+  log "llama.cpp runner check rc=$?: $(tail -2 "$RESULTS/llama-check.txt" | tr '\n' ' ')"
+}
+
+suite_compare() {
+  local out="$RESULTS/bench-$SHAPE.json" lb="$BUILD/bin/llama-bench" g
+  python3 -m lazymoe.bench.writer "$SHAPE" "$M" --only safetensors --device cuda 2>&1 | tail -1
+  log "lazymoe rows"
+  # shellcheck disable=SC2086
+  python3 -m lazymoe bench --model "$M" --engines lazymoe --placement fetch --budgets $BUDGETS --no-resident \
+    $PROTOCOL ${BENCH_ARGS:-} --note "random weights, shapes of $SHAPE" --out "$out" 2>&1 | grep "^|"
+  rm -f "$M"/*.safetensors  # RAM: one copy of the weights at a time (the same bits, same seed)
+  python3 -m lazymoe.bench.writer "$SHAPE" "$M" --only gguf --device cuda 2>&1 | tail -1
+  g=$(ls "$M"/*.gguf | head -1)
+  log "llama.cpp rows: threads tuned, --cpu-moe, --n-cpu-moe at lazymoe's peak VRAM"
+  # shellcheck disable=SC2086
+  python3 -m lazymoe.bench.llamacpp_tune "$out" --gguf "$g" --timeout 900 ${TUNE_THREADS:+--threads $TUNE_THREADS}
+  log "llama-bench cross-check"
+  local ncmoe
+  ncmoe=$(python3 -c "import json; d = json.load(open('$out'))['llama_tuning']; print(d['best_threads'] or '', *[s['n_cpu_moe'] for s in d['searches'] if s['n_cpu_moe'] is not None])")
+  set -- $ncmoe; local t=${1:-}; shift || true
+  for n in cpu-moe "$@"; do
+    local args=(-ot "ffn_(up|down|gate)_exps=CPU"); [ "$n" = cpu-moe ] || args=(-ncmoe "$n")
+    local cmd=("$lb" -m "$g" -ngl 99 "${args[@]}" ${t:+-t "$t"} -p "${PROMPT_TOKENS:-32}" -n "${NEW_TOKENS:-128}" -r 3 -o json)
+    timeout 900 "${cmd[@]}" > "$WORK/lb-$n.json" 2> "$WORK/lb-$n.err" || { tail -3 "$WORK/lb-$n.err"; continue; }
+    python3 -m lazymoe.bench.llamabench "$WORK/lb-$n.json" --model "$SHAPE" --routing model-own --into "$out" \
+      --command "${cmd[*]}" --note "llama-bench (same build, same GGUF): a cross-check of the harness's llama.cpp rows"
+  done
+  python3 -m lazymoe bench --report "$out" | tee "$RESULTS/table-$SHAPE.md"
+  rm -rf "$M"
+}
+
+suite_profile() {
+  timeout 540 python3 -m lazymoe.bench.profile --layers 8 --model "$WORK/prof" --hf --out "$RESULTS/profile-decode-8layers.json" \
+    > "$RESULTS/profile.log" 2>&1
+  log "profile rc=$?"; rm -rf "$WORK/prof"
+}
+
+run_suites() {
+  setup || { log "SETUP FAILED"; echo "DEVICE_BENCH FAILED"; return 1; }
+  for suite in "${@:-check compare}"; do
+    for s in $suite; do log "suite $s"; "suite_$s"; done
+  done
+  echo "DEVICE_BENCH DONE $(ts)"
+}
+
+pack() { [ -n "${OUT:-}" ] && tar czf "$OUT/results.tar.gz" -C "$RESULTS" . 2>/dev/null; }
+
+case "${1:-}" in
+  carry) carry ;;
+  run) shift; run_suites "$@"; pack ;;
+  start)  # a snapshot of the code, so later calls (which re-send the working tree) do not change it
+    shift; rm -rf "$WORK/repo" && mkdir -p "$WORK/repo" "$RESULTS"
+    cp -r lazymoe scripts tests data pyproject.toml "$CARRY" "$WORK/repo/"
+    (cd "$WORK/repo" && setsid nohup bash scripts/device_bench.sh run "$@" > "$RESULTS/device_bench.log" 2>&1 < /dev/null &)
+    sleep 5; bash "$0" wait "${WAIT_S:-540}" ;;
+  wait)
+    start=$(date +%s)
+    while (( $(date +%s) - start < ${2:-540} )); do
+      grep -q "DEVICE_BENCH \(DONE\|FAILED\)" "$RESULTS/device_bench.log" 2>/dev/null && break; sleep 5
+    done
+    pack; grep -v "it/s\]" "$RESULTS/device_bench.log" | tail -40 ;;
+  *) sed -n '2,28p' "$0"; exit 2 ;;
+esac

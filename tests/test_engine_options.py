@@ -1,0 +1,185 @@
+"""Engine options are defined once (`EngineConfig` field metadata) and every front end has them all.
+
+`lazymoe run`, `lazymoe serve` and `lazymoe bench` must offer every engine option under the same
+flag, with the same default (the bench's own defaults only where `BENCH_DEFAULTS` says), and build
+the `EngineConfig` that the flags say.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from lazymoe.bench import cli as bench_cli
+from lazymoe.bench import harness
+from lazymoe.engine import EngineConfig
+from lazymoe.engine import cli as run_cli
+from lazymoe.engine.options import add_engine_arguments, cli_fields, engine_flags
+from lazymoe.models.random import make_random_checkpoint
+from lazymoe.server import cli as serve_cli
+
+FRONT_ENDS = {"run": run_cli, "serve": serve_cli, "bench": bench_cli}
+
+
+def parser_of(module) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    return parser
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_random_checkpoint(tmp_path_factory.mktemp("options") / "olmoe", arch="olmoe")
+
+
+@pytest.fixture(scope="module")
+def experts_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("experts")
+    (out / "manifest.json").write_text(json.dumps({}))  # the config only checks that it exists
+    return out
+
+
+def non_default_flags(model, experts_dir, **replace) -> tuple[list[str], dict]:
+    """A flag for every engine option, each away from its default, and the fields they mean;
+    `replace`: field -> the flag's words instead (several values for a swept option)."""
+    fields = {
+        "model_path": model, "device": "cpu", "dtype": "bfloat16", "vram_budget": "6GiB",
+        "ram_budget": "512MiB", "placement": "cpu", "policy": "lfu", "prefetch": False,
+        "experts_path": experts_dir, "kernel": "grouped", "decode": "model", "pin_checkpoint": True,
+        "h2d_bandwidth_gbps": 20.5, "cpu_bandwidth_gbps": 30.0,
+    }  # fmt: skip
+    flags = []
+    for name, flag in engine_flags().items():
+        value = fields[name]
+        if name in replace:
+            flags += [flag, *replace[name]]
+        else:
+            flags += [flag] if isinstance(value, bool) else [flag, str(value)]
+    return flags, fields
+
+
+def test_every_engine_option_is_covered_by_this_test(model, experts_dir):
+    _, fields = non_default_flags(model, experts_dir)
+    assert set(fields) == {f.name for f in cli_fields()}  # a new option needs a value above
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_every_front_end_offers_every_engine_option(front_end):
+    actions = {flag: a for a in parser_of(FRONT_ENDS[front_end])._actions for flag in a.option_strings}
+    missing = [flag for flag in engine_flags().values() if flag not in actions]
+    assert not missing, f"lazymoe {front_end} lacks {missing}"
+    for name, flag in engine_flags().items():
+        assert actions[flag].dest == name  # what EngineConfig.from_args reads
+
+
+def test_the_front_ends_share_defaults_and_the_bench_differs_only_where_it_says():
+    run = vars(parser_of(run_cli).parse_args([]))
+    serve = vars(parser_of(serve_cli).parse_args([]))
+    bench = vars(parser_of(bench_cli).parse_args([]))
+    for f in cli_fields():
+        assert serve[f.name] == run[f.name], f.name
+        want = bench_cli.BENCH_DEFAULTS.get(f.name, run[f.name])
+        if f.name in bench_cli.BENCH_SWEEP and want is not None and not isinstance(want, list):
+            want = [want]
+        assert bench[f.name] == want, f.name
+    assert run["vram_budget"] is None and run["placement"] == "fetch" and run["dtype"] == "float32"
+
+
+def test_lazymoe_run_builds_the_config_the_flags_say(model, experts_dir, monkeypatch):
+    flags, fields = non_default_flags(model, experts_dir)
+    made = []
+
+    def fake_engine(config):
+        made.append(config)
+        raise ValueError("stop here: the test needs only the config")
+
+    monkeypatch.setattr("lazymoe.engine.Engine", fake_engine)
+    assert run_cli.run(parser_of(run_cli).parse_args(["abc", *flags])) == 1
+    assert made == [EngineConfig(**fields)]
+
+
+def test_lazymoe_serve_builds_the_config_the_flags_say(model, experts_dir, monkeypatch):
+    from lazymoe.server.backend import EngineBackend
+
+    flags, fields = non_default_flags(model, experts_dir)
+    made = []
+    monkeypatch.setattr(EngineBackend, "from_model_path",
+                        classmethod(lambda cls, path, **kw: made.append(EngineConfig(path, **kw))))
+    serve_cli._backend(parser_of(serve_cli).parse_args(flags))
+    assert made == [EngineConfig(**fields)]
+
+
+class _Planned(Exception):
+    pass
+
+
+def bench_plan(argv: list[str], monkeypatch) -> harness.BenchPlan:
+    def fake_run_plan(plan, **_):
+        raise _Planned(plan)
+
+    monkeypatch.setattr(harness, "run_plan", fake_run_plan)
+    with pytest.raises(_Planned) as planned:
+        bench_cli.run(parser_of(bench_cli).parse_args(argv))
+    return planned.value.args[0]
+
+
+def test_lazymoe_bench_runs_one_config_per_swept_value_each_as_the_flags_say(
+    model, experts_dir, monkeypatch
+):
+    sweep = {"placement": ["cpu", "auto"], "vram_budget": ["6GiB", "512MiB"], "device": ["cuda"]}
+    flags, fields = non_default_flags(model, experts_dir, **sweep)
+    plan = bench_plan([*flags, "--engines", "lazymoe", "--no-resident"], monkeypatch)
+    specs = harness.build_specs(plan, llama_ok=False)
+    configs = [EngineConfig(**spec["options"]) for spec in specs]
+    # the harness hands each row its budget in bytes: exactly the flag's, 6GiB = 6 * 2**30
+    expected = [EngineConfig(**{**fields, "device": "cuda", "placement": placement, "vram_budget": budget})
+                for budget in (6 * 2**30, 512 * 2**20) for placement in ("cpu", "auto")]  # fmt: skip
+    # compared on the engine options: the harness may add per-row fields of its own (a routing
+    # trace) and more rows per configuration (one per routing regime)
+    got, want = [c.cli_values() for c in configs], [c.cli_values() for c in expected]
+    assert all(g in want for g in got) and all(w in got for w in want), (got, want)
+    assert {s["vram_budget_gb"] for s in specs} == {6 * 2**30 / 1e9, 512 * 2**20 / 1e9}
+    json.dumps(specs)  # the results file records each row's options
+
+
+def test_the_bench_keeps_its_old_spellings(model, monkeypatch):
+    argv = ["--model", str(model), "--engines", "lazymoe", "--device", "cuda"]
+    plan = bench_plan([*argv, "--placements", "gpu", "auto", "--budgets", "5", "8.5"], monkeypatch)
+    assert plan.placements == ("fetch", "auto") and plan.vram_budgets_gb == (5.0, 8.5)
+    specs = harness.build_specs(plan, llama_ok=False)
+    assert {s["options"]["vram_budget"] for s in specs if s["vram_budget_gb"]} == {5 * 10**9, 8.5e9}
+    code = bench_cli.run(parser_of(bench_cli).parse_args([*argv, "--budgets", "5", "--vram-budget", "5GB"]))
+    assert code == 2
+
+
+def test_a_bad_engine_flag_is_refused_by_every_front_end_before_anything_runs(capsys):
+    for module in FRONT_ENDS.values():
+        with pytest.raises(SystemExit):
+            parser_of(module).parse_args(["--vram-budget", "6 gigs"])
+        assert "'6GiB'" in capsys.readouterr().err  # says what to write
+        with pytest.raises(SystemExit):
+            parser_of(module).parse_args(["--placement", "disk"])
+
+
+def test_the_old_placement_name_is_accepted_and_means_fetch(model):
+    args = parser_of(run_cli).parse_args(["--model", str(model), "--placement", "gpu"])
+    assert EngineConfig.from_args(args).placement == "fetch"
+    assert EngineConfig(model_path=model, placement="gpu").placement == "fetch"
+
+
+def test_from_args_says_what_a_front_end_lacks(model):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", dest="model_path")
+    with pytest.raises(ValueError, match=r"--device.*add_engine_arguments"):
+        EngineConfig.from_args(parser.parse_args(["--model", str(model)]))
+
+
+def test_overrides_win_and_a_swept_option_needs_one(model):
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser, sweep=("placement",))
+    args = parser.parse_args(["--model", str(model), "--placement", "cpu", "auto"])
+    with pytest.raises(ValueError, match="several values"):
+        EngineConfig.from_args(args)
+    assert EngineConfig.from_args(args, placement="auto", device="cpu").placement == "auto"
