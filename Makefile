@@ -10,7 +10,7 @@ PIP := $(PY) -m pip
 # default PyPI wheel for Linux is a CUDA build; see README "CPU-only vs CUDA" for the small CPU one.
 TORCH_SPEC ?= torch==2.13.0
 LAB_EXTRAS ?= course,serve,bench
-TEST_EXTRAS ?= course,serve,bench,llama,dev
+TEST_EXTRAS ?= course,serve,bench,llama,hub,dev
 LAB_ARGS ?=
 PYTEST_ARGS ?=
 NOTEBOOK_WORKERS ?= 2

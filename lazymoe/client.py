@@ -5,6 +5,12 @@
     conn.http()                          # an httpx.Client with the key in its headers
     conn.close()                         # stops the local server, if this started one
 
+It works against any OpenAI-compatible server (lazymoe, llama.cpp's llama-server,
+llama-cpp-python's `python -m llama_cpp.server`, vLLM). What only lazymoe has (its JSON /metrics
+with the queue and the expert cache's hit rate) is detected: `conn.has_metrics`, and
+`conn.metrics_or_note(...)` prints one line and returns None elsewhere. Servers differ in how they
+say no: `error_of(response)` reads each one's error body in OpenAI's shape.
+
 Where the server is, first match wins:
   1. arguments: connect(base_url=..., api_key=...)
   2. environment: LAZYMOE_API_BASE (e.g. http://10.0.0.5:8000/v1) and LAZYMOE_API_KEY
@@ -69,6 +75,7 @@ class Connection:
     source: str  # "arguments", "environment", a config file path, or "embedded"
     server: Any = field(default=None, repr=False)  # the EmbeddedServer this started, if any
     _tmp: str | None = field(default=None, repr=False)
+    _has_metrics: bool | None = field(default=None, repr=False)  # probed once, on first use
 
     @property
     def root_url(self) -> str:
@@ -88,12 +95,48 @@ class Connection:
 
         return httpx.Client(base_url=self.root_url, headers=self.headers, timeout=timeout_s)
 
+    @property
+    def has_metrics(self) -> bool:
+        """Does this server answer lazymoe's JSON /metrics? (llama-server and vLLM serve Prometheus
+        text there, llama-cpp-python nothing: their figures are not the same.)"""
+        if self._has_metrics is None:
+            self._has_metrics = self._fetch_metrics() is not None
+        return self._has_metrics
+
+    def _fetch_metrics(self) -> dict[str, Any] | None:
+        import httpx
+
+        try:
+            with self.http(timeout_s=10.0) as client:
+                response = client.get("/metrics", params={"format": "json"})
+        except httpx.TransportError:
+            return None
+        if response.status_code != 200:
+            return None
+        try:
+            snap = response.json()
+        except ValueError:  # Prometheus text: another engine's /metrics
+            return None
+        return snap if isinstance(snap, dict) and "queue_depth" in snap else None
+
     def metrics(self) -> dict[str, Any]:
-        """The server's /metrics as a dict (lazymoe servers only)."""
-        with self.http(timeout_s=10.0) as client:
-            response = client.get("/metrics", params={"format": "json"})
-            response.raise_for_status()
-            return response.json()
+        """The server's /metrics as a dict (lazymoe servers only: see `has_metrics`)."""
+        snap = self._fetch_metrics()
+        if snap is None:
+            raise LookupError(
+                f"the server at {self.base_url} has no lazymoe /metrics (it is another "
+                "OpenAI-compatible server, or it refused the key): check `conn.has_metrics` first"
+            )
+        self._has_metrics = True
+        return snap
+
+    def metrics_or_note(self, what: str) -> dict[str, Any] | None:
+        """metrics(), or None after printing one line: `what` is skipped on this server."""
+        if self.has_metrics:
+            return self.metrics()
+        print(f"(skipped {what}: only a lazymoe server reports it, and {self.base_url} is another "
+              "OpenAI-compatible server)")
+        return None
 
     def close(self) -> None:
         if self.server is not None:
@@ -108,6 +151,47 @@ class Connection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def error_of(response: Any) -> dict[str, Any] | None:
+    """The error in an HTTP response, as OpenAI's {"message", "type", "code"}; None on success.
+
+    Servers say no in different shapes: OpenAI, lazymoe, llama-server and vLLM send
+    {"error": {...}}, older vLLM {"object": "error", "message": ...}, llama-cpp-python FastAPI's
+    {"detail": ...}; a proxy in front may send plain text.
+    """
+    if response.status_code < 400:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return body["error"]
+    if isinstance(body, dict) and body.get("object") == "error":
+        return {k: body.get(k) for k in ("message", "type", "code")}
+    if isinstance(body, dict) and "detail" in body:
+        detail = body["detail"]
+        if isinstance(detail, list):  # FastAPI's validation errors: one dict per bad field
+            detail = "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
+        return {"message": str(detail), "type": None, "code": response.status_code}
+    text = body if isinstance(body, str) else response.text
+    return {"message": text.strip()[:300] or f"HTTP {response.status_code}", "type": None,
+            "code": response.status_code}
+
+
+def fill_token_counts(*timings: Any) -> bool:
+    """Give each `lazymoe.server.loadtest.StreamTiming` a token count where the server sent none.
+
+    lazymoe and llama-server report `usage` at the end of a stream; llama-cpp-python's server does
+    not, so there the count is one token per piece of text (what it sends). True if any was filled.
+    """
+    filled = False
+    for timing in timings:
+        if not timing.n_tokens and timing.arrivals_s:
+            timing.n_tokens = len(timing.arrivals_s)
+            filled = True
+    return filled
 
 
 def connect(

@@ -27,7 +27,7 @@
 # Knobs (environment): SHAPE, BUDGETS ("8", GB; each budget adds a --n-cpu-moe search of ~6 model
 # loads), NEW_TOKENS (128), PROMPT_TOKENS (32), REPEATS (3), BENCH_ARGS (more `lazymoe bench` flags,
 # e.g. a routing regime), TUNE_THREADS (thread counts to try; default half/all cores, all CPUs),
-# BUILD_JOBS. Time on an H200 (16 cores): setup ~5 min, check ~5, compare at one budget ~25.
+# BUILD_JOBS, PLACEMENTS ("fetch"; e.g. "fetch auto"), CROSS_CHECK (1; 0 skips llama-bench). Time on an H200 (16 cores): setup ~5 min, check ~5, compare at one budget ~25.
 set -uo pipefail
 CARRY=${CARRY:-.device}
 LLAMA_CPP_PYTHON_VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
@@ -110,7 +110,7 @@ suite_compare() {
   python3 -m lazymoe.bench.writer "$SHAPE" "$M" --only safetensors --device cuda 2>&1 | tail -1
   log "lazymoe rows"
   # shellcheck disable=SC2086
-  python3 -m lazymoe bench --model "$M" --engines lazymoe --placement fetch --budgets $BUDGETS --no-resident \
+  python3 -m lazymoe bench --model "$M" --engines lazymoe --placement ${PLACEMENTS:-fetch} --budgets $BUDGETS --no-resident \
     $PROTOCOL ${BENCH_ARGS:-} --note "random weights, shapes of $SHAPE" --out "$out" 2>&1 | grep "^|"
   rm -f "$M"/*.safetensors  # RAM: one copy of the weights at a time (the same bits, same seed)
   python3 -m lazymoe.bench.writer "$SHAPE" "$M" --only gguf --device cuda 2>&1 | tail -1
@@ -122,7 +122,9 @@ suite_compare() {
   local ncmoe
   ncmoe=$(python3 -c "import json; d = json.load(open('$out'))['llama_tuning']; print(d['best_threads'] or '', *[s['n_cpu_moe'] for s in d['searches'] if s['n_cpu_moe'] is not None])")
   set -- $ncmoe; local t=${1:-}; shift || true
-  for n in cpu-moe "$@"; do
+  local first=cpu-moe
+  [ "${CROSS_CHECK:-1}" = 1 ] || { set --; first=; log "no llama-bench cross-check (CROSS_CHECK=0)"; }
+  for n in $first "$@"; do
     local args=(-ot "ffn_(up|down|gate)_exps=CPU"); [ "$n" = cpu-moe ] || args=(-ncmoe "$n")
     local cmd=("$lb" -m "$g" -ngl 99 "${args[@]}" ${t:+-t "$t"} -p "${PROMPT_TOKENS:-32}" -n "${NEW_TOKENS:-128}" -r 3 -o json)
     timeout 900 "${cmd[@]}" > "$WORK/lb-$n.json" 2> "$WORK/lb-$n.err" || { tail -3 "$WORK/lb-$n.err"; continue; }

@@ -7,6 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from lazymoe import paths
 from lazymoe.bench import routing
 from lazymoe.engine import Engine, EngineConfig, GenerationConfig
 from lazymoe.engine.parts.trace import RoutingTrace
@@ -134,3 +135,13 @@ def test_a_trace_of_another_shape_is_refused(checkpoint):
         Engine(EngineConfig(checkpoint, device="cpu", routing_trace=trace))
     with pytest.raises(TypeError, match="RoutingTrace"):
         Engine(EngineConfig(checkpoint, device="cpu", routing_trace=[[1, 2]]))
+
+
+@pytest.mark.skipif(not (paths.bundled_model_dir() / "config.json").is_file(),
+                    reason="the bundled model is not built (python -m lazymoe.models.prepare)")
+def test_the_bundled_models_own_routing_lies_between_independent_and_the_generator():
+    """The independent reference: a trained model's routing of text it never saw, 1,024 tokens."""
+    ref = routing.bundled_reference(max_tokens=1024)
+    assert ref["slots"] == [2, 4, 8] and ref["tokens"] == 1024
+    for own, independent, generated in zip(ref["model"], ref["independent"], ref["real-text"], strict=True):
+        assert independent < own < generated, ref

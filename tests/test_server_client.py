@@ -99,6 +99,29 @@ def test_keys_are_made_listed_and_revoked_from_the_command_line(tmp_path):
     assert lazymoe("serve", "--keys", keys, "--revoke-key", "alice").returncode == 1
 
 
+def test_an_admin_key_and_a_members_own_limits_from_the_command_line(tmp_path):
+    from lazymoe.server.auth import KeyStore
+
+    keys = str(tmp_path / "keys.json")
+    admin = lazymoe("serve", "--keys", keys, "--add-key", "teacher", "--admin")
+    limited = lazymoe(
+        "serve", "--keys", keys, "--add-key", "alice", "--key-requests-per-minute", "5",
+        "--key-tokens-per-day", "20000",
+    )  # fmt: skip
+    assert admin.returncode == limited.returncode == 0, admin.stderr + limited.stderr
+    store = KeyStore(keys)
+    teacher = store.identify(admin.stdout.split("\n")[1].strip())
+    alice = store.identify(limited.stdout.split("\n")[1].strip())
+    assert teacher.is_admin and not alice.is_admin
+    assert (alice.requests_per_minute, alice.tokens_per_minute, alice.tokens_per_day) == (
+        5,
+        None,
+        20000,
+    )
+    bad = lazymoe("serve", "--keys", keys, "--add-key", "bob", "--key-tokens-per-day", "0")
+    assert bad.returncode == 2 and "tokens_per_day" in bad.stderr
+
+
 def test_serving_on_an_open_address_without_keys_is_refused():
     refused = lazymoe("serve", "--fake", "--host", "0.0.0.0")
     assert refused.returncode == 2 and "no keys file" in refused.stderr

@@ -99,6 +99,34 @@ def test_streaming_and_not_streaming_give_the_engines_own_tokens(engine_backend,
     assert chat_whole["usage"]["completion_tokens"] >= 1
 
 
+def test_token_ids_outside_the_vocabulary_are_a_clear_error_in_the_engine_and_a_400(
+    engine_backend, served
+):
+    engine, vocab_size = engine_backend.engine, engine_backend.vocab_size
+    assert vocab_size == engine.model.get_input_embeddings().num_embeddings
+    for bad in (vocab_size, -1):
+        with pytest.raises(ValueError, match=rf"prompt_ids\[1\] = {bad} .* 0\.\.{vocab_size - 1}"):
+            engine.generate([1, bad])
+    with client_for(served) as client:
+        response = client.post(
+            "/v1/completions",
+            json={"model": engine_backend.model_id, "prompt": [1, vocab_size], "max_tokens": 2},
+        )
+        assert response.status_code == 400, response.text
+        assert f"0..{vocab_size - 1}" in response.json()["error"]["message"]
+        ok = client.post(
+            "/v1/completions",
+            json={"model": engine_backend.model_id, "prompt": [1, vocab_size - 1], "max_tokens": 2},
+        )
+        assert ok.status_code == 200, ok.text
+
+
+def test_the_prompt_cap_follows_the_models_context(engine_backend, served):
+    context = engine_backend.engine.model.config.max_position_embeddings
+    assert engine_backend.context_tokens == context
+    assert served.app.state.config.max_prompt_tokens == min(context, 2048)
+
+
 def test_32_concurrent_streaming_clients_all_get_the_right_tokens(engine_backend, served):
     max_tokens = 8
     wants = {p: expected_text(engine_backend, p, max_tokens)[0] for p in PROMPTS}
@@ -123,8 +151,9 @@ def test_32_concurrent_streaming_clients_all_get_the_right_tokens(engine_backend
 
 def test_a_client_killed_mid_stream_stops_the_engine_and_others_are_served(engine_backend, served):
     want, _ = expected_text(engine_backend, PROMPTS[1], 6)
+    # Prompt + max_tokens must fit the model's context (256 tokens for this checkpoint).
     _, full_length = expected_text(
-        engine_backend, PROMPTS[2], 256
+        engine_backend, PROMPTS[2], 200
     )  # uncancelled, it would make this many
     assert full_length > 20, "pick a prompt whose answer is long enough to be cut"
     metrics = served.app.state.metrics
@@ -133,7 +162,7 @@ def test_a_client_killed_mid_stream_stops_the_engine_and_others_are_served(engin
     body = {
         "model": engine_backend.model_id,
         "prompt": PROMPTS[2],
-        "max_tokens": 256,
+        "max_tokens": 200,
         "temperature": 0,
         "stream": True,
     }

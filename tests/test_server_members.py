@@ -67,17 +67,19 @@ def test_a_flood_of_wrong_keys_is_throttled_and_a_valid_key_does_not_wait(tmp_pa
         started_s = time.monotonic()
         assert client.get("/v1/models").status_code == 200
         waited_s = time.monotonic() - started_s
-        print(f"valid key answered in {waited_s:.3f} s")
-        assert waited_s < 0.5  # not queued behind 64 hashes
+        assert waited_s < 1.0  # not queued behind 64 hashes of 50 ms (on 2 busy cores)
         for t in flood:
             t.join(30)
         assert len(statuses) == 64 and set(statuses) <= {401, 429}
         assert statuses.count(429) >= 50  # refused without hashing
         assert len(hashes) <= 8  # 5 failures a minute, plus the few already in progress
         assert len({*hashes}) <= 2  # hashed on a small fixed set of threads (bounded memory)
-        throttled = httpx.get(
-            f"{server.root_url}/v1/models", headers=headers("lzm-00000001.nope"), timeout=30
-        )
+        for _ in range(5):  # the flood used up most of the 5 wrong keys a minute
+            throttled = httpx.get(
+                f"{server.root_url}/v1/models", headers=headers("lzm-00000001.nope"), timeout=30
+            )
+            if throttled.status_code == 429:
+                break
         error = assert_openai_error(throttled, 429)
         assert "wrong" in error["message"] and int(throttled.headers["retry-after"]) >= 1
         assert client.get("/v1/models").status_code == 200  # a valid key from the same address

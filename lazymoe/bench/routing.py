@@ -254,14 +254,15 @@ def bundled_reference(fractions: Sequence[float] = (0.125, 0.25, 0.5), max_token
     on) beside the `real-text` generator at the same shape: two LRU curves over resident fractions.
 
     An independent reference: a real (small, trained) model on real text, with coarse experts
-    (16 per layer, top-2), where each expert is a large share of a layer. Returns
-    {"fractions", "slots", "model": curve, "real-text": curve, "independent": curve, "tokens"}.
+    (16 per layer, top-2), where each expert is a large share of a layer. Measured on 4,096
+    tokens: the model hits about 17%, 36% and 63% with 2, 4 and 8 of 16 slots per layer, above
+    independent routing (10%, 22%, 48%) but far below the generator scaled to 16 experts, top-2
+    (51%, 71%, 85%): locality differs by model, so results must say which regime they assume.
+    Returns {"fractions", "slots", "model": curve, "real-text": curve, "independent": curve,
+    "tokens", "text"}.
     """
     from lazymoe.engine.parts.trace import record_trace
-    from lazymoe.models.bundled import heldout_ids, load_tokenizer
-    from lazymoe.paths import bundled_model_dir
-
-    from lazymoe.models.bundled import load_model
+    from lazymoe.models.bundled import heldout_ids, load_model, load_tokenizer
 
     ids = heldout_ids(load_tokenizer(), max_tokens).tolist()
     model = load_model()

@@ -209,12 +209,24 @@ class Engine:
         gen = gen or GenerationConfig()
         if not prompt_ids:
             raise ValueError("prompt_ids is empty: give at least one token (e.g. the EOS id)")
-        return self._stream(list(prompt_ids), gen)
+        return self._stream(self._checked_ids(prompt_ids), gen)
+
+    def _checked_ids(self, prompt_ids: list[int]) -> list[int]:
+        """The ids as a list, or ValueError naming the first one outside the vocabulary (torch
+        would only say IndexError, from deep inside the embedding)."""
+        vocab_size = self.model.get_input_embeddings().num_embeddings
+        for i, token_id in enumerate(prompt_ids):
+            if not 0 <= token_id < vocab_size:
+                raise ValueError(
+                    f"prompt_ids[{i}] = {token_id} is not a token of this model: ids must be "
+                    f"0..{vocab_size - 1} (encode text with engine.tokenizer)"
+                )
+        return list(prompt_ids)
 
     @torch.inference_mode()
     def forward_logits(self, prompt_ids: list[int]) -> torch.Tensor:
         """The model's logits for every position of `prompt_ids`: (T, V), float32, on the CPU."""
-        ids = torch.tensor([list(prompt_ids)], device=self.device)
+        ids = torch.tensor([self._checked_ids(prompt_ids)], device=self.device)
         return self.model(input_ids=ids, use_cache=False).logits[0].float().cpu()
 
     def _stop_ids(self, gen: GenerationConfig) -> set[int]:

@@ -36,6 +36,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     keys.add_argument(
         "--list-keys", action="store_true", help="list the members who have keys, exit"
     )
+    keys.add_argument(
+        "--admin", action="store_true", help="with --add-key: this member sees everyone on /metrics"
+    )
+    for name in ("requests-per-minute", "tokens-per-minute", "tokens-per-day"):
+        keys.add_argument(
+            f"--key-{name}",
+            type=int,
+            metavar="N",
+            help=f"with --add-key: this member's own {name.replace('-', ' ')} (default: the server's)",
+        )
     model = parser.add_argument_group("model (passed to the engine: lazymoe.engine.EngineConfig)")
     add_engine_arguments(model)
     model.add_argument(
@@ -50,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     limits.add_argument("--requests-per-minute", type=int, default=d.requests_per_minute)
     limits.add_argument("--tokens-per-minute", type=int, default=d.tokens_per_minute)
     limits.add_argument("--shutdown-grace-s", type=float, default=d.shutdown_grace_s)
+    limits.add_argument("--tokens-per-day", type=int, default=d.tokens_per_day)
+    limits.add_argument("--header-timeout-s", type=float, default=d.header_timeout_s)
+    limits.add_argument("--body-timeout-s", type=float, default=d.body_timeout_s)
+    limits.add_argument("--auth-failures-per-minute", type=int, default=d.auth_failures_per_minute)
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
@@ -66,7 +80,17 @@ def _manage_keys(args: argparse.Namespace) -> int:
         return 2
     store = KeyStore(args.keys, create=bool(args.add_key))
     if args.add_key:
-        key = store.add(args.add_key)
+        try:
+            key = store.add(
+                args.add_key,
+                role="admin" if args.admin else "member",
+                requests_per_minute=args.key_requests_per_minute,
+                tokens_per_minute=args.key_tokens_per_minute,
+                tokens_per_day=args.key_tokens_per_day,
+            )
+        except ValueError as exc:  # a bad name or limit: say which, no traceback
+            print(f"lazymoe serve: {exc}", file=sys.stderr)
+            return 2
         print(f"New key for {args.add_key} (shown only now; the file keeps only a hash):\n{key}")
         print(
             "They set it with: export LAZYMOE_API_KEY=<key>  (and LAZYMOE_API_BASE=http://<host>:<port>/v1)"
@@ -100,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
             requests_per_minute=args.requests_per_minute,
             tokens_per_minute=args.tokens_per_minute,
             shutdown_grace_s=args.shutdown_grace_s,
+            tokens_per_day=args.tokens_per_day,
+            header_timeout_s=args.header_timeout_s,
+            body_timeout_s=args.body_timeout_s,
+            auth_failures_per_minute=args.auth_failures_per_minute,
         )
         from lazymoe.server.app import create_app
         from lazymoe.server.embedded import build_server
@@ -109,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"lazymoe serve: {exc}", file=sys.stderr)
         return 2
+    for note in app.state.notes:  # limits changed to fit the model (its context...)
+        print(f"lazymoe serve: {note}")
     auth = f"keys from {config.keys_file}" if config.keys_file else "NO keys (loopback only)"
     print(
         f"lazymoe serve: {backend.model_id} on http://{config.host}:{config.port}/v1, {auth}. Ctrl+C stops."
