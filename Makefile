@@ -15,7 +15,7 @@ LAB_ARGS ?=
 PYTEST_ARGS ?=
 NOTEBOOK_WORKERS ?= 2
 
-.PHONY: lab test venv install-lab install-test data model lint unit notebooks strip test-gpu test-browser clean help
+.PHONY: lab test venv install-lab install-test data model lint unit notebooks strip test-gpu test-browser clean help hub hub-proxy test-hub
 
 help:
 	@sed -n '1,4p' Makefile
@@ -53,7 +53,7 @@ lint: install-test
 	$(VENV)/bin/ruff check .
 	$(PY) -m lazymoe.quiz
 
-unit: install-test
+unit: install-test hub-proxy
 	$(VENV)/bin/pytest -m "not notebook and not gpu and not browser" $(PYTEST_ARGS)
 
 notebooks: install-test
@@ -82,9 +82,26 @@ test-gpu:
 	$(PY) -m lazymoe doctor
 	$(VENV)/bin/pytest -m gpu $(PYTEST_ARGS)
 
+# The group's JupyterHub (docs/instructor.md): its proxy comes from npm, JupyterHub from PyPI.
+# `make hub HUB_ARGS="--keys keys.json --api-base http://SERVER:8000/v1"`
+HUB_ARGS ?= --keys keys.json
+hub-proxy:
+	@command -v configurable-http-proxy >/dev/null || { \
+	  if command -v npm >/dev/null; then echo ">> installing configurable-http-proxy (npm)"; \
+	    npm install -g --silent configurable-http-proxy; \
+	  else echo ">> no npm: tests/test_hub.py will be skipped (apt-get install nodejs npm)"; fi; }
+
+hub: install-lab hub-proxy
+	$(PIP) install -q -e ".[hub]"
+	$(PY) -m lazymoe hub $(HUB_ARGS)
+
+# Only the hub test (also part of `make unit`): two members log in on loopback, about a minute.
+test-hub: install-test hub-proxy
+	$(VENV)/bin/pytest tests/test_hub.py -p no:cacheprovider $(PYTEST_ARGS)
+
 # Strip outputs from every notebook (also run by the test that checks it).
 strip:
-	$(PY) -m lazymoe.nbtools strip course labs
+	$(PY) -m lazymoe.nbtools strip course labs instructor
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("lazymoe.server.cli", "OpenAI-compatible HTTP server over the engine"),
     "progress": ("lazymoe.quiz.cli", "your quiz scores per module"),
     "lab": ("lazymoe.lab", "check the model, run the doctor, start JupyterLab on the course (no make needed)"),
+    "hub": ("lazymoe.hub.cli", "the course in a browser for the group (JupyterHub) and members' passwords"),
 }
 PASS_THROUGH = {"lab"}  # commands that hand arguments they do not know to another program
 

@@ -6,8 +6,9 @@
 
 Three steps, in this order: make sure the bundled tiny model is there (`lazymoe.models.prepare`,
 which trains it by its recipe only if it is missing), run `lazymoe doctor` (its advice is printed,
-its verdict does not stop the lab), then start JupyterLab on course/00_start_here.ipynb with the
-repository as its root. As root (containers, WSL set up as root) JupyterLab needs --allow-root,
+its verdict does not stop the lab), then start JupyterLab on the start notebook with the repository
+as its root: course/00_start_here.ipynb, or course/ko/00_start_here.ipynb when the learner's language
+is Korean (LAZYMOE_LANG=ko, or a Korean system locale) and the Korean edition is built. As root (containers, WSL set up as root) JupyterLab needs --allow-root,
 which is added. Every step runs with this same Python, so it works from any virtual environment.
 """
 
@@ -21,8 +22,20 @@ import sys
 from pathlib import Path
 
 from lazymoe import paths
+from lazymoe.i18n import _, current_language
 
 START_NOTEBOOK = Path("course") / "00_start_here.ipynb"
+
+
+def start_notebook(root: Path | None = None, lang: str | None = None) -> Path:
+    """The start notebook in the learner's language (relative to `root`); English when the Korean
+    edition is not there."""
+    root = root or course_root()
+    lang = lang or current_language()
+    translated = START_NOTEBOOK.parent / lang / START_NOTEBOOK.name
+    if lang != "en" and (root / translated).exists():
+        return translated
+    return START_NOTEBOOK
 
 
 def is_root() -> bool:
@@ -48,17 +61,17 @@ def commands(lab_args: list[str], root: Path | None = None, as_root: bool | None
     jupyter = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={root}"]
     if as_root and "--allow-root" not in lab_args:
         jupyter.append("--allow-root")
-    steps.append([*jupyter, *lab_args, str(START_NOTEBOOK)])
+    steps.append([*jupyter, *lab_args, str(start_notebook(root))])
     return steps
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the commands it would run, start nothing")
+                        help=_("print the commands it would run, start nothing"))
     parser.add_argument("--skip-model", action="store_true",
-                        help="do not check the bundled model first")
-    parser.add_argument("--skip-doctor", action="store_true", help="do not run lazymoe doctor first")
-    parser.epilog = ("Any other argument (e.g. --port=8890 --no-browser) is passed on to JupyterLab.")
+                        help=_("do not check the bundled model first"))
+    parser.add_argument("--skip-doctor", action="store_true", help=_("do not run lazymoe doctor first"))
+    parser.epilog = _("Any other argument (e.g. --port=8890 --no-browser) is passed on to JupyterLab.")
     parser.set_defaults(lab_args=[])
 
 
@@ -71,29 +84,30 @@ def run(args: argparse.Namespace) -> int:
     lab_args = [a for a in args.lab_args if a != "--"]
     steps = commands(lab_args, root, skip_model=args.skip_model, skip_doctor=args.skip_doctor)
     if args.dry_run:
-        print(f"lazymoe lab would run, in {root}:")
+        print(_("lazymoe lab would run, in {root}:").format(root=root))
         for step in steps:
             print("  " + _show(step))
         return 0
     if not (root / START_NOTEBOOK).exists():
-        print(f"lazymoe lab: no {START_NOTEBOOK} under {root}. The course notebooks come with the "
-              "repository: clone it, then install it from there with `pip install -e .[course]` "
-              "and run `lazymoe lab` again.", file=sys.stderr)
+        print(_("lazymoe lab: no {notebook} under {root}. The course notebooks come with the "
+                "repository: clone it, then install it from there with `pip install -e .[course]` "
+                "and run `lazymoe lab` again.").format(notebook=START_NOTEBOOK, root=root), file=sys.stderr)
         return 1
     try:
         import jupyterlab  # noqa: F401
     except ImportError:
-        print("lazymoe lab: JupyterLab is not installed in this Python. Install the course extras: "
-              "pip install -e \".[course,serve,bench]\" (on Windows: .venv\\Scripts\\pip install -e .[course,serve,bench]).",
-              file=sys.stderr)
+        print(_("lazymoe lab: JupyterLab is not installed in this Python. Install the course extras: "
+                "pip install -e \".[course,serve,bench]\" (on Windows: "
+                ".venv\\Scripts\\pip install -e .[course,serve,bench])."), file=sys.stderr)
         return 1
     *setup, lab = steps
     for step in setup:
         print(f">> {_show(step)}", flush=True)
         code = subprocess.call(step, cwd=root)
         if code != 0 and "prepare" in step[-1]:
-            print(f"lazymoe lab: preparing the bundled model failed (exit {code}); the notebooks need "
-                  "it. Run `python -m lazymoe.models.prepare` to see why.", file=sys.stderr)
+            print(_("lazymoe lab: preparing the bundled model failed (exit {code}); the notebooks need "
+                    "it. Run `python -m lazymoe.models.prepare` to see why.").format(code=code),
+                  file=sys.stderr)
             return code
         # the doctor's verdict is advice: its messages are printed, the lab starts anyway
     print(f">> {_show(lab)}", flush=True)

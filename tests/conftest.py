@@ -16,6 +16,16 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("LAZYMOE_HOME", str(tmp_path_factory.mktemp("lazymoe-home")))
 
 
+@pytest.fixture(autouse=True)
+def _english(monkeypatch):
+    """Tests assert the English source text, so a developer with a Korean locale gets English too;
+    a test that wants Korean sets LAZYMOE_LANG=ko itself."""
+    monkeypatch.setenv("LAZYMOE_LANG", "en")
+    from lazymoe.i18n import set_language
+
+    set_language(None)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     rows = []
     for outcome in ("passed", "failed", "error"):

@@ -6,7 +6,6 @@ serves every test here (about 20 s to export and start on 2 cores; lab 04 runs i
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys

@@ -12,8 +12,11 @@ from lazymoe import nbtools
 from lazymoe.exercises import solutions
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = nbtools.notebooks(REPO / "course", REPO / "labs")
-IDS = [f"{p.parent.name}/{p.name}" for p in NOTEBOOKS]
+# The English notebooks, the Korean ones built from them (course/ko, labs/ko), the instructor's dashboard.
+NOTEBOOKS = nbtools.notebooks(
+    REPO / "course", REPO / "labs", REPO / "course" / "ko", REPO / "labs" / "ko", REPO / "instructor"
+)
+IDS = [p.relative_to(REPO).as_posix() for p in NOTEBOOKS]
 CELL_TIMEOUT_S = 300  # per cell; each notebook says in its first cell how long it takes
 
 

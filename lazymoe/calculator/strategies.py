@@ -5,12 +5,12 @@
     layer_split      the first layers on the GPU, the rest computed by the CPU from RAM
                      (llama.cpp's default: `-ngl N`)
     layer_streaming  some layers resident in VRAM, the rest copied over PCIe every token
-                     (from pinned RAM, or the disk when RAM is short: ntransformer, seed 001;
-                     accelerate's disk offload, seed 000)
+                     (from pinned RAM, or the disk when RAM is short: ntransformer;
+                     accelerate's disk offload)
     cpu_moe          MoE: everything but the experts on the GPU; the experts of n layers in RAM,
-                     computed by the CPU (llama.cpp `--cpu-moe` / `--n-cpu-moe n`, seed 003)
+                     computed by the CPU (llama.cpp `--cpu-moe` / `--n-cpu-moe n`)
     expert_cache     MoE: everything but the experts on the GPU, plus a VRAM cache of experts
-                     with hit rate h; misses cross PCIe (seed 000, seed 004; lazymoe's engine)
+                     with hit rate h; misses cross PCIe (nalexand's lazy expert loader; lazymoe's engine)
     multi_gpu        layers (or tensors) split over several GPUs, activations over PCIe/NVLink
 
 Each step's time is the sum of its parts (bytes / bandwidth per resource): an upper bound on
@@ -21,50 +21,14 @@ slowest part instead, as if every copy hid behind the other work (perfect prefet
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 from lazymoe.calculator.bounds import Bound, CalculatorError, Part, bound_from_parts, prefill_bound
 from lazymoe.calculator.memory import MemoryStack
-from lazymoe.calculator.verdict import Verdict, verdict
+from lazymoe.calculator.plan import Plan
 from lazymoe.calculator.workload import Machine, Workload
 
-
-@dataclass(frozen=True)
-class Plan:
-    """One strategy on one machine for one workload: memory, speed bound, verdict."""
-
-    strategy: str
-    memory: MemoryStack
-    decode: Bound
-    offloaded: bool
-    notes: tuple[str, ...] = ()
-    prefill: Bound | None = None
-    options: dict = field(default_factory=dict)   # the options it used, defaults resolved
-
-    @property
-    def fits(self) -> bool:
-        return self.memory.fits
-
-    @property
-    def tok_s(self) -> float:
-        return self.decode.tok_s
-
-    @property
-    def bottleneck(self) -> str:
-        return self.decode.bottleneck
-
-    @property
-    def verdict(self) -> Verdict:
-        return verdict(self.fits, self.offloaded, self.tok_s, self.memory.overflow())
-
-    def as_dict(self) -> dict:
-        return {"strategy": self.strategy, "decode_tok_s": self.tok_s,
-                "bottleneck": self.bottleneck, "detail": self.decode.detail,
-                "prefill_tok_s": self.prefill.tok_s if self.prefill else None,
-                "fits": self.fits, "offloaded": self.offloaded,
-                "verdict": self.verdict.label, "verdict_detail": self.verdict.sentence,
-                "memory": self.memory.as_dict(), "notes": list(self.notes),
-                "options": dict(self.options)}
+__all__ = ["Plan", "cpu_moe", "cpu_only", "expert_cache", "full_gpu", "layer_split",
+           "layer_streaming", "multi_gpu"]
 
 
 def _need_gpu(machine: Machine, strategy: str) -> None:

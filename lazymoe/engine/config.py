@@ -105,7 +105,8 @@ class EngineConfig:
     """
 
     model_path: str | Path = field(metadata=cli(
-        "model folder: config.json, *.safetensors, tokenizer", flag="--model", metavar="DIR",
+        "model folder (config.json, *.safetensors, tokenizer) or a .gguf file (experts stay "
+        "quantized on the CPU)", flag="--model", metavar="PATH",
         none_means="the bundled tiny model"))
     device: str = field(default="auto", metadata=cli(
         "where the model runs; auto: a CUDA GPU if PyTorch sees one, else the CPU",
@@ -195,7 +196,7 @@ class EngineConfig:
         if not self.model_path.exists():
             raise FileNotFoundError(
                 f"model_path {self.model_path} does not exist: give a folder with config.json and "
-                "*.safetensors (the bundled model: lazymoe.paths.bundled_model_dir(); build it with "
+                "*.safetensors, or a .gguf file (the bundled model: lazymoe.paths.bundled_model_dir(); build it with "
                 "`python -m lazymoe.models.prepare`)"
             )
 

@@ -16,14 +16,14 @@ from collections.abc import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, DynamicCache
+from transformers import DynamicCache
 
 from lazymoe.engine.compute.graphs import SegmentedDecoder, unsupported_reason
 from lazymoe.engine.compute.moe import ExpertRuntime, OffloadedExperts
 from lazymoe.engine.compute.placement import CostModel, measure_cost_model
 from lazymoe.engine.config import EngineConfig, GenerationConfig, format_bytes
 from lazymoe.engine.errors import BudgetTooSmallError
-from lazymoe.engine.loading import load_resident
+from lazymoe.engine.loading import load_resident, load_tokenizer
 from lazymoe.engine.parts.cache import CacheBook
 from lazymoe.engine.parts.policies import EvictionPolicy, make_policy
 from lazymoe.engine.parts.prefetch import Prefetcher
@@ -32,6 +32,7 @@ from lazymoe.engine.parts.router import LearnerRouter
 from lazymoe.engine.sampler import Sampler
 from lazymoe.engine.stats import EngineStats
 from lazymoe.engine.storage.pool import ExpertPool, expert_nbytes
+from lazymoe.engine.storage.qpool import QuantizedPool
 from lazymoe.engine.storage.reader import ReaderStore
 from lazymoe.engine.storage.store import ExpertStore
 from lazymoe.engine.storage.tiers import Tier, TierStack
@@ -48,7 +49,7 @@ class Engine:
         self.store = ExpertStore.open(config.experts_path or config.model_path)
         if config.expert_reader is not None:  # the learner's reader (lab08) does every read
             self.store = ReaderStore(self.store, config.expert_reader)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model_path)
+        self.tokenizer = load_tokenizer(config.model_path)  # a folder's, or a GGUF file's metadata
         self.blocks = dict(blocks)  # layer -> MoE block
         self.moe_layers = sorted(self.blocks)
         hf = self.model.config
@@ -57,6 +58,10 @@ class Engine:
         self.intermediate = self.spec.expert_width(hf)
         self.hidden = int(hf.hidden_size)
         self.expert_nbytes = expert_nbytes(self.intermediate, self.hidden, self.dtype)  # bytes
+        # a GGUF file on the CPU: slots hold the stored (quantized) bytes, so a budget holds more
+        self.quantized_experts = getattr(self.store, "quantized", False) and self.device.type == "cpu"
+        if self.quantized_experts:
+            self.expert_nbytes = self.store.max_expert_qbytes  # bytes as stored
         self.pinned_bytes = 0  # of the checkpoint, page-locked for direct copies (pin_checkpoint)
         if config.pin_checkpoint and self.device.type == "cuda":
             self.pinned_bytes = self.store.pin_for_cuda()
@@ -128,7 +133,10 @@ class Engine:
         if self.device.type == "cpu":  # the device tier is RAM
             budget = cfg.ram_budget_bytes if cfg.ram_budget_bytes is not None else cfg.vram_budget_bytes
             n_slots = self._slots_for(budget, "ram_budget" if cfg.ram_budget is not None else "vram_budget")
-            pool = ExpertPool(n_slots, *shape, device="cpu", name="ram")
+            if self.quantized_experts:
+                pool = QuantizedPool(n_slots, self.expert_nbytes, name="ram")
+            else:
+                pool = ExpertPool(n_slots, *shape, device="cpu", name="ram")
             book = CacheBook(n_slots, make_policy(cfg.policy), tier="ram")
             return TierStack(self.store, Tier("ram", pool, book))
         n_slots = self._slots_for(cfg.vram_budget_bytes, "vram_budget")

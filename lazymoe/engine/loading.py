@@ -4,6 +4,10 @@ The model is built on PyTorch's "meta" device (shapes only, no memory), its expe
 swapped for placeholders, and only then is memory allocated on the chosen device and filled
 from the checkpoint. So a 30B-parameter MoE whose non-expert part is 1.5 GB takes 1.5 GB here;
 the experts stay in the checkpoint file until the engine asks the expert store for them.
+
+A GGUF file (llama.cpp's format) works too: the config and tokenizer come from its metadata, the
+non-expert tensors are dequantized to floats (they are small), and the experts stay quantized in
+the file (lazymoe/engine/storage/gguf_file.py).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from lazymoe.engine.arch import is_expert_key, moe_blocks, spec_for
 from lazymoe.engine.errors import CheckpointError
@@ -32,8 +36,26 @@ class ExpertsPlaceholder(torch.nn.Module):
         raise RuntimeError("the engine has not installed its experts module yet")
 
 
+def is_gguf(path: Path) -> bool:
+    """A single .gguf file rather than a Hugging Face folder."""
+    return Path(path).suffix.lower() == ".gguf" and Path(path).is_file()
+
+
+def load_tokenizer(model_path: Path):
+    """The tokenizer of a model folder, or of a GGUF file (from its tokenizer.ggml.* metadata)."""
+    model_path = Path(model_path)
+    if is_gguf(model_path):
+        return AutoTokenizer.from_pretrained(model_path.parent, gguf_file=model_path.name)
+    return AutoTokenizer.from_pretrained(model_path)
+
+
 def load_config(model_dir: Path):
-    """The transformers config of `model_dir`, with an error saying what is missing."""
+    """The transformers config of `model_dir` (or a GGUF file), with an error saying what is missing."""
+    if is_gguf(model_dir):
+        from lazymoe.engine.storage.gguf_config import config_from_gguf, open_reader
+
+        fields = config_from_gguf(open_reader(Path(model_dir)), Path(model_dir))
+        return AutoConfig.for_model(**fields)
     if not (model_dir / "config.json").exists():
         raise CheckpointError(
             f"{model_dir / 'config.json'} is missing: a model folder needs config.json and "
@@ -98,8 +120,14 @@ def load_resident(model_dir: Path, device: str, dtype: torch.dtype):
     expected = dict(model.named_parameters())
     expected.update(dict(model.named_buffers()))
     loaded: set[str] = set()
+    if is_gguf(model_dir):
+        from lazymoe.engine.storage.gguf_config import iter_gguf_resident
+
+        tensors = iter_gguf_resident(Path(model_dir), spec, config.to_dict())
+    else:
+        tensors = iter_resident_tensors(model_dir, spec)
     with torch.no_grad():
-        for name, tensor in iter_resident_tensors(model_dir, spec):
+        for name, tensor in tensors:
             target = expected.get(name)
             if target is None:
                 continue  # e.g. an unused buffer saved by an older transformers

@@ -3,6 +3,9 @@
     _("Your machine has {ram_gb:.0f} GB of RAM")            -> msgid
     _("Hit rate", context="calculator chart")               -> msgid with msgctxt
     ngettext("{n} attempt", "{n} attempts", n)              -> msgid + msgid_plural
+
+Notebooks' code cells are shared by every language, so a chart title or an axis label in a code cell
+is written `_("Decode speed")` there too (with `from lazymoe.i18n import _`), and found the same way.
 """
 
 from __future__ import annotations
@@ -21,8 +24,14 @@ def _literal(node: ast.AST) -> str | None:
 
 
 def messages_in(path: Path, package: Path = PACKAGE) -> list[Source]:
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    where = path.relative_to(package.parent).as_posix()
+    return messages_in_source(path.read_text(encoding="utf-8"), path.relative_to(package.parent).as_posix())
+
+
+def messages_in_source(source: str, where: str) -> list[Source]:
+    try:
+        tree = ast.parse(source, filename=where)
+    except SyntaxError:  # a notebook cell with IPython magics: no messages there
+        return []
     found = []
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
@@ -38,11 +47,27 @@ def messages_in(path: Path, package: Path = PACKAGE) -> list[Source]:
     return found
 
 
+def notebook_messages(notebook: Path, root: Path) -> list[Source]:
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    where = notebook.relative_to(root).as_posix()
+    found = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            found.extend(messages_in_source(cell.source, f"{where}, cell {index}"))
+    return found
+
+
 def package_messages(package: Path = PACKAGE) -> list[Source]:
-    """Every message of the package, in file order (the i18n folder's own docs excluded)."""
+    """Every message of the package and of the English notebooks' code cells, in file order."""
     found: list[Source] = []
     for path in sorted(package.rglob("*.py")):
         if "i18n" in path.relative_to(package).parts:
             continue
         found.extend(messages_in(path, package))
+    from lazymoe.i18n.notebooks import sources
+
+    for notebook in sources(package.parent):
+        found.extend(notebook_messages(notebook, package.parent))
     return found

@@ -34,7 +34,7 @@ CATALOG_DIR = ROOT / "data" / "i18n"
 MANIFEST = ".built.json"
 _FENCE = re.compile(r"^(```|~~~)")
 _LINK = re.compile(r"(\]\(|src=\")([^)\"\s]+)")
-LANGUAGE_CELL = 'import os\nos.environ["LAZYMOE_LANG"] = "{lang}"  # this notebook\'s language'
+LANGUAGE_CELL = 'import os\n\nos.environ["LAZYMOE_LANG"] = "{lang}"  # this notebook\'s language'
 
 
 def sources(root: Path = ROOT) -> list[Path]:

@@ -2,6 +2,10 @@
 
     python -m lazymoe.models.gguf_export data/models/tiny-moe /tmp/tiny-moe-f32.gguf --type f32
 
+Types: f32, f16, bf16, q8_0, q4_0, q4_k, q4_k_m (Q4_K with llama.cpp's Q6_K choices), q6_k.
+`bundled_twin("q4_0")` writes the bundled model's GGUF twin once into data/cache/gguf/ and
+returns its path (what the engine's GGUF tests and `lazymoe run tiny-moe-q4_0.gguf` use).
+
 The architectures the engine runs: Qwen3-MoE (llama.cpp `qwen3moe`), OLMoE (`olmoe`), Qwen2-MoE
 with its shared expert (`qwen2moe`) and Mixtral (llama.cpp runs it as `llama` with experts).
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,7 +53,7 @@ from lazymoe.models.gguf_write import (
     write_gguf,
 )
 
-__all__ = ["OUT_TYPES", "GGUFExportError", "export_gguf"]
+__all__ = ["OUT_TYPES", "GGUFExportError", "bundled_twin", "export_gguf"]
 
 
 class _Checkpoint:
@@ -144,10 +149,11 @@ def _check_size(ck: _Checkpoint, source: str, slot: TensorSlot, shape: tuple[int
 def export_gguf(model_dir: str | Path, out_path: str | Path, out_type: str = "f32",
                 tokenizer_pre: str | None = None, progress: bool = True) -> Path:
     """Export a MoE HF checkpoint (an architecture of lazymoe.models.archs) to GGUF with
-    `out_type` in f32 | f16 | bf16 | q8_0.
+    `out_type` in f32 | f16 | bf16 | q8_0 | q4_0 | q4_k | q4_k_m | q6_k.
 
     Size on disk ~ n_params * bytes_per_weight, with bytes_per_weight = 4, 2, 2, 34/32 (Q8_0: 32
-    int8 weights + one f16 scale per block). Returns out_path.
+    int8 weights + one f16 scale per block), 18/32 (Q4_0), 144/256 (Q4_K), 210/256 (Q6_K); rows
+    whose length is not a multiple of the block fall back to a wider type. Returns out_path.
     """
     model_dir, out_path = Path(model_dir), Path(out_path)
     if out_type not in OUT_TYPES:
@@ -162,6 +168,28 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, out_type: str = "f3
     loaders = _loaders(_Checkpoint(model_dir), cfg, arch)
     return write_gguf(out_path, arch, cfg, lambda slot: loaders[slot.gguf_name](), out_type, vocab,
                       name=model_dir.name, progress=progress)
+
+
+def bundled_twin(out_type: str = "q8_0", cache_dir: str | Path | None = None) -> Path:
+    """The bundled tiny model as a GGUF file of `out_type`, written on first use (about a second)
+    into `cache_dir` (default data/cache/gguf/). The name carries a checksum of the bundled
+    weights' size and date, so a rebuilt model gets a fresh twin."""
+    from lazymoe.paths import bundled_model_dir, data_dir
+
+    model_dir = bundled_model_dir()
+    weights = model_dir / "model.safetensors"
+    if not weights.exists():
+        raise GGUFExportError(f"{weights} is missing: build the bundled model with `make data` "
+                              "(python -m lazymoe.models.prepare)")
+    stamp = zlib.crc32(f"{weights.stat().st_size}:{weights.stat().st_mtime_ns}".encode())
+    folder = Path(cache_dir) if cache_dir is not None else data_dir() / "cache" / "gguf"
+    path = folder / f"{model_dir.name}-{out_type}-{stamp:08x}.gguf"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        export_gguf(model_dir, partial, out_type, progress=False)
+        partial.replace(path)  # a crash mid-write never leaves a file that looks complete
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

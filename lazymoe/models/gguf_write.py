@@ -30,6 +30,7 @@ from lazymoe.models.archs import (
     llamacpp_would_compute_differently,
     moe_layers_from_config,
 )
+from lazymoe.quant import quantize
 
 Q = gguf.GGMLQuantizationType
 OUT_TYPES: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = {
@@ -37,7 +38,14 @@ OUT_TYPES: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = {
     "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
     "bf16": (Q.BF16, gguf.LlamaFileType.MOSTLY_BF16),
     "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+    "q4_0": (Q.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
+    "q4_k": (Q.Q4_K, gguf.LlamaFileType.MOSTLY_Q4_K_S),  # every big matrix Q4_K
+    "q4_k_m": (Q.Q4_K, gguf.LlamaFileType.MOSTLY_Q4_K_M),  # Q4_K, some ffn_down/attn_v Q6_K
+    "q6_k": (Q.Q6_K, gguf.LlamaFileType.MOSTLY_Q6_K),
 }
+# gguf-py quantizes the legacy types; the K-quants come from lazymoe.quant (valid blocks, simpler
+# scale search than llama-quantize's, decoded identically by both)
+K_FORMATS = {Q.Q4_K: "q4_k", Q.Q5_K: "q5_k", Q.Q6_K: "q6_k"}
 
 # one tensor's values, shaped as slot.shape: float32 numpy, or a torch tensor (bfloat16 bits are
 # written as they are when the target type is BF16)
@@ -100,12 +108,30 @@ def vocab_from_tokenizer_files(
     return GGUFVocab(tokens, types, merges, tokenizer_pre, special_ids)
 
 
-def target_type(slot: TensorSlot, qtype: Q) -> Q:
-    """Norms, biases and routers stay F32 (tiny, and precision matters there); the rest takes qtype."""
+def _more_bits(layer: int, n_layers: int) -> bool:
+    """llama.cpp's Q4_K_M rule (use_more_bits): the first and last eighth of the layers and every
+    third one between them keep ffn_down and attn_v in Q6_K."""
+    return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
+
+
+def target_type(slot: TensorSlot, qtype: Q, out_type: str = "", n_layers: int = 0) -> Q:
+    """Norms, biases and routers stay F32 (tiny, and precision matters there); the rest takes qtype.
+
+    A row length the type's blocks do not divide falls back, as llama.cpp does: K-quants (256
+    weights a block) to Q8_0, Q8_0 / Q4_0 (32) to F16.
+    """
     if len(slot.shape) == 1 or slot.kind == "router":
         return Q.F32
-    if qtype == Q.Q8_0 and slot.shape[-1] % 32:
-        return Q.F16  # Q8_0 works on blocks of 32 along a row
+    if out_type == "q4_k_m" and (
+        slot.kind == "output"
+        or (slot.layer is not None and _more_bits(slot.layer, n_layers)
+            and slot.gguf_name.endswith(("ffn_down_exps.weight", "attn_v.weight")))
+    ):
+        qtype = Q.Q6_K
+    if qtype in K_FORMATS and slot.shape[-1] % 256:
+        qtype = Q.Q8_0
+    if qtype in (Q.Q8_0, Q.Q4_0) and slot.shape[-1] % 32:
+        return Q.F16
     return qtype
 
 
@@ -141,7 +167,7 @@ def write_gguf(out_path: str | Path, arch: Arch, config: dict[str, Any], load: L
     _add_vocab(writer, vocab)
 
     # Pass 1: the tensor table from shapes alone. Pass 2 streams each tensor's bytes in order.
-    types = [target_type(slot, qtype) for slot in slots]
+    types = [target_type(slot, qtype, out_type, config["num_hidden_layers"]) for slot in slots]
     for slot, t in zip(slots, types, strict=True):
         if t in (Q.F32, Q.F16):
             nbytes = int(np.prod(slot.shape)) * (4 if t == Q.F32 else 2)
@@ -169,7 +195,11 @@ def _encode(values: np.ndarray | torch.Tensor, slot: TensorSlot, t: Q) -> np.nda
         if values.dtype == torch.bfloat16 and t == Q.BF16:
             return values.cpu().contiguous().view(torch.uint16).numpy()  # the bits as they are
         values = values.to(torch.float32).cpu().numpy()
-    return gguf.quants.quantize(np.asarray(values, dtype=np.float32), t)
+    values = np.asarray(values, dtype=np.float32)
+    if t in K_FORMATS:
+        blocks = quantize(torch.from_numpy(values), K_FORMATS[t]).data.numpy()
+        return blocks.reshape(gguf.quant_shape_to_byte_shape(values.shape, t))
+    return gguf.quants.quantize(values, t)
 
 
 def _add_metadata(writer: gguf.GGUFWriter, arch: Arch, cfg: dict[str, Any], name: str) -> None:

@@ -11,9 +11,14 @@ The whole API, in the order a reader meets it:
     raw = qt.to_bytes()                     # the blocks, row after row (for files)
     qt = quant.QuantizedTensor.from_bytes("q4_0", shape, raw)   # QuantError if they do not fit
 
-Formats: "f32", "f16", "bf16", "int8_row", "int8_g{N}", "int4_g{N}", "q8_0", "q4_0", "q4_1";
-q8_0 / q4_0 / q4_1 are byte-for-byte GGUF's (lazymoe/quant/formats.py has the table).
+Formats: "f32", "f16", "bf16", "int8_row", "int8_g{N}", "int4_g{N}", "q8_0", "q4_0", "q4_1",
+"q4_k", "q5_k", "q6_k"; the q* formats are byte-for-byte GGUF's (lazymoe/quant/formats.py has
+the table, lazymoe/quant/kquants.py the K-quants' super-blocks of 256 weights).
 A row length that is not a multiple of the group size is a QuantError (pad with pad_cols).
+
+One MoE expert straight from its quantized bytes (the engine's CPU path for GGUF files):
+    from lazymoe.quant.expert import expert_forward      # slab by slab, never a whole float copy
+    y = expert_forward(x, gate_qt, up_qt, down_qt)       # python -m lazymoe.quant.expert: GB/s
 
 For a file format (the expert store): record the format name and the shape next to the bytes;
 from_bytes refuses a buffer whose size does not match them.

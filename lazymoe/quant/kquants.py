@@ -65,7 +65,9 @@ def decode_q5_k(blocks: torch.Tensor) -> torch.Tensor:
     dsc = (d * sc.to(torch.float32)).reshape(n, 8, 1)
     dm = (dmin * mn.to(torch.float32)).reshape(n, 8, 1)
     shifts = torch.arange(8, dtype=torch.uint8, device=blocks.device).reshape(1, 8, 1)
-    qh = (blocks[:, 16:48].reshape(n, 1, 32) >> shifts) & 1  # bit j of byte i: sub-block j, weight i
+    qh = (
+        blocks[:, 16:48].reshape(n, 1, 32) >> shifts
+    ) & 1  # bit j of byte i: sub-block j, weight i
     q = (_low_high_nibbles(blocks[:, 48:176]) | (qh << 4)).to(torch.float32)
     return (dsc * q - dm).reshape(n, QK_K)
 
@@ -137,7 +139,9 @@ def _pack_low_nibbles(q: torch.Tensor) -> torch.Tensor:
 def encode_q4_k(x: torch.Tensor) -> torch.Tensor:
     """(n, 256) float32 -> (n, 144) uint8."""
     d, dmin, sc, m, q = _min_max_scales(x.reshape(-1, 8, 32), 15)
-    return torch.cat([_f16_bytes(d), _f16_bytes(dmin), _pack_scale_min(sc, m), _pack_low_nibbles(q)], -1)
+    return torch.cat(
+        [_f16_bytes(d), _f16_bytes(dmin), _pack_scale_min(sc, m), _pack_low_nibbles(q)], -1
+    )
 
 
 def encode_q5_k(x: torch.Tensor) -> torch.Tensor:

@@ -101,6 +101,8 @@ def quantize(w: torch.Tensor | np.ndarray, format: str | QuantFormat) -> Quantiz
     Symmetric absmax (int8_*, int4_*, q8_0):  scale = max|w_group| / qmax,  q = round(w / scale)
     q4_0:  d = (signed max-magnitude weight) / -8,  q = trunc(w / d + 8.5) in 0..15
     q4_1:  d = (max - min) / 15,  q = trunc((w - min) / d + 0.5) in 0..15
+    q4_k / q5_k / q6_k:  GGUF's K-quant super-blocks of 256 (lazymoe/quant/kquants.py); rows must
+        be a multiple of 256 long
     """
     fmt = get_format(format)
     t = torch.as_tensor(w)

@@ -33,6 +33,10 @@ OPEN_PATHS = {"/health"}  # no key needed
 BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
+class _ClientGone(Exception):
+    """The client hung up while sending its body: nobody to answer."""
+
+
 class Guard:
     def __init__(
         self,
@@ -64,6 +68,9 @@ class Guard:
             try:
                 scope.setdefault("state", {})["member"] = await self._member(scope)
                 receive = await self._read_body(scope, receive)
+            except _ClientGone:
+                status = 499  # for the request count: the client closed the connection
+                return
             except APIError as err:
                 if scope["method"] in BODY_METHODS and _has_body(scope):
                     err.headers = {**err.headers, "Connection": "close"}
@@ -154,7 +161,7 @@ class Guard:
                     code="request_timeout",
                 ) from None
             if message["type"] == "http.disconnect":
-                return _replay(b"", receive, message)
+                raise _ClientGone
             size += len(message.get("body", b""))
             if size > limit:
                 raise _too_large(limit)
@@ -176,7 +183,7 @@ def _too_large(limit: int) -> APIError:
     )
 
 
-def _replay(body: bytes, receive: Any, disconnect: dict[str, Any] | None = None) -> Any:
+def _replay(body: bytes, receive: Any) -> Any:
     """A `receive` that gives the body once, then whatever the connection says (disconnects)."""
     given = False
 
@@ -184,7 +191,7 @@ def _replay(body: bytes, receive: Any, disconnect: dict[str, Any] | None = None)
         nonlocal given
         if not given:
             given = True
-            return disconnect or {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
 
     return replay

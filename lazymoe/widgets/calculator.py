@@ -220,7 +220,7 @@ class CalculatorWidget:
         self._sync_controls()
         self.stack_figure, self.curve_figure = go.Figure(), go.Figure()
         for out in (self.stack_out, self.curve_out):
-            out.clear_output()
+            out.clear_output()   # now, not at the next output: no stale chart stays on screen
         self.summary.value = (f"<div style='font-size:15px;color:#b35900;{TEXT_STYLE}'>"
                               f"<b>Cannot compute this choice.</b> {html.escape(message)}</div>")
 

@@ -49,6 +49,8 @@ def unsupported_reason(engine) -> str | None:
     n_layers = len(engine.model.model.layers)
     if engine.moe_layers != list(range(n_layers)):
         return "some layers are dense (the layer loop expects a MoE block in every layer)"
+    if getattr(engine, "quantized_experts", False):
+        return "the experts are quantized (a GGUF file on the CPU): the eager path computes them"
     if engine.config.placement != "fetch":
         return f"placement={engine.config.placement!r} (experts computed on the CPU need the eager path)"
     if any(hasattr(block.gate, "original") for block in engine.blocks.values()):

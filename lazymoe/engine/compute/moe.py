@@ -31,6 +31,9 @@ from lazymoe.engine.parts.prefetch import Prefetcher
 from lazymoe.engine.parts.replay import TraceReplay
 from lazymoe.engine.storage.store import ExpertWeights
 from lazymoe.engine.storage.tiers import TierStack
+from lazymoe.quant.expert import expert_forward
+
+QUANTIZED_KERNELS = ("grouped", "reference")  # what runs on a QuantizedPool (CPU)
 
 
 def expert_split(x: torch.Tensor, w: ExpertWeights, act) -> torch.Tensor:
@@ -87,10 +90,18 @@ class ExpertRuntime:
         self.expert_flops_per_token = expert_flops_per_token
         self.computed_on: defaultdict[str, int] = defaultdict(int)  # "device"/"cpu" -> experts
         pool = tiers.device.pool
+        self.workspace = None  # the one-token decode path's buffers, made once
+        # a GGUF model on the CPU: slots hold stored bytes, computed by lazymoe.quant.expert
+        self.quantized = getattr(pool, "quantized", False)
+        if self.quantized:
+            self.kernel = kernel or "grouped"
+            if self.kernel not in QUANTIZED_KERNELS:
+                raise ValueError(f"kernel={self.kernel!r} cannot compute quantized experts (a GGUF "
+                                 f"file's) yet: use one of {', '.join(QUANTIZED_KERNELS)}")
+            return
         dtype = pool.gate_up.dtype
         self.kernel = kernel or kernels.default_kernel(pool.device, dtype, act)
         kernels.check_kernel(self.kernel, pool.device, dtype, act)
-        self.workspace = None  # the one-token decode path's buffers, made once
         if self.kernel in kernels.DECODE_KERNELS:
             self.workspace = kernels.DecodeWorkspace(top_k, pool.gate_up, pool.down, self.kernel)
 
@@ -199,6 +210,13 @@ class ExpertRuntime:
         if not on_device:
             return
         pool = self.tiers.device.pool
+        if self.quantized:  # straight from the stored bytes, slab by slab (lazymoe.quant.expert)
+            for e, slot in on_device:
+                q = pool.expert(slot)
+                self._add_rows(out, hidden, top_k_weights, rows[e],
+                               lambda x, q=q: expert_forward(x, q.gate, q.up, q.down, self.act))
+            self.computed_on["device"] += len(on_device)
+            return
         for _, slot in on_device:
             self.tiers.device_weights(slot)  # GPU: wait for copies into the slot
         self.computed_on["device"] += len(on_device)
@@ -241,6 +259,11 @@ class ExpertRuntime:
                 if host is None:
                     host = (hidden.to("cpu"), top_k_weights.to("cpu"))
                 self._add_cpu_expert(out, (layer, e), rows[e], host)
+            elif self.quantized:  # the whole expert dequantized to float32, the plain formula
+                w = self.tiers.device.pool.expert(slot).dequantize(torch.float32)
+                self._add_rows(out, hidden, top_k_weights, rows[e],
+                               lambda x, w=w: expert_split(x.to(torch.float32), w, self.act))
+                self.computed_on["device"] += 1
             else:
                 w = self.tiers.device_weights(slot)
                 pool = self.tiers.device.pool
@@ -258,6 +281,14 @@ class ExpertRuntime:
         pos = torch.tensor([k for _, k in rows], device=hidden.device)
         y = expert_fused(hidden[tok], gate_up, down, self.act) * top_k_weights[tok, pos, None]
         out.index_add_(0, tok, y.to(out.dtype))
+
+    def _add_rows(self, out, hidden, top_k_weights, rows, expert) -> None:
+        """out[t] += top_k_weights[t, k] * expert(hidden[t]) for (t, k) in rows; `expert` maps
+        (n, D) rows to (n, D) float32 (the quantized paths)."""
+        tok = torch.tensor([t for t, _ in rows], device=hidden.device)
+        pos = torch.tensor([k for _, k in rows], device=hidden.device)
+        y = expert(hidden[tok]).to(hidden.dtype) * top_k_weights[tok, pos, None]
+        out.index_add_(0, tok, y.to(out.dtype))  # like transformers: weighted, then added
 
     def _add_cpu_expert(self, out, key, rows, host) -> None:
         hidden_cpu, weights_cpu = host

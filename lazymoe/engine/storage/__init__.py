@@ -6,5 +6,8 @@
     extracted.py          ExtractedStore: reads the per-layer expert files extract() writes
     extract.py            one-time extraction of a checkpoint's experts into a contiguous layout
     pool.py               ExpertPool: the one owner of expert buffers, allocated once, in equal slots
+    gguf_file.py          GGUFExpertStore: a GGUF file's experts as quantized views into its map
+    gguf_config.py        a GGUF file's metadata as config.json, its other tensors as floats
+    qpool.py              QuantizedPool: slots of stored (quantized) bytes, for GGUF models on a CPU
     tiers.py              the tiers VRAM -> pinned RAM -> disk, each a pool plus a CacheBook
 """

@@ -4,6 +4,9 @@ The keys are llama.cpp's (`{arch}.embedding_length`, `{arch}.expert_count`, ...)
 `lazymoe.models.gguf_write` writes. transformers can read GGUF configs too, but in 5.24 its
 qwen3_moe mapping drops the experts' width (moe_intermediate_size), so we map the few fields the
 supported architectures need ourselves, with the architecture registry's names.
+
+Also here, for both GGUF modules: the ggml types the engine reads (`GGML_FORMATS`), `GGUFError`,
+and opening a file (`open_reader`); gguf_file.py (the expert store) builds on this module.
 """
 
 from __future__ import annotations
@@ -16,8 +19,47 @@ import gguf
 import numpy as np
 import torch
 
-from lazymoe.engine.storage.gguf_file import GGUFError, arch_of_gguf, field_value, open_reader
-from lazymoe.models.archs import Arch
+from lazymoe.engine.storage.safetensors_file import ExpertStoreError
+from lazymoe.models.archs import ARCHS, Arch
+
+_Q = gguf.GGMLQuantizationType
+# ggml type -> lazymoe.quant format name (same bytes)
+GGML_FORMATS: dict[gguf.GGMLQuantizationType, str] = {
+    _Q.F32: "f32", _Q.F16: "f16", _Q.BF16: "bf16", _Q.Q8_0: "q8_0", _Q.Q4_0: "q4_0",
+    _Q.Q4_1: "q4_1", _Q.Q4_K: "q4_k", _Q.Q5_K: "q5_k", _Q.Q6_K: "q6_k",
+}  # fmt: skip
+SUPPORTED_TYPES = ", ".join(t.name for t in GGML_FORMATS)
+
+
+class GGUFError(ExpertStoreError):
+    """A GGUF file the engine cannot use: the message names what and what to do."""
+
+
+def arch_of_gguf(reader: gguf.GGUFReader, path: Path) -> Arch:
+    """The registry's record for the file's general.architecture (Mixtral is llama with experts)."""
+    name = field_value(reader, "general.architecture")
+    for arch in ARCHS.values():
+        if arch.gguf_arch == name:
+            return arch
+    known = ", ".join(sorted(a.gguf_arch for a in ARCHS.values()))
+    raise GGUFError(f"{path}: GGUF architecture {name!r} is not one the engine runs ({known})")
+
+
+def field_value(reader: gguf.GGUFReader, key: str, default=None):
+    """A metadata value as a Python scalar, string or list; `default` when absent."""
+    f = reader.get_field(key)
+    if f is None:
+        return default
+    return f.contents()
+
+
+def open_reader(path: Path) -> gguf.GGUFReader:
+    if not path.is_file():
+        raise GGUFError(f"{path} does not exist: give the path of a .gguf file")
+    try:
+        return gguf.GGUFReader(path, mode="c")  # copy-on-write map: writable views, no copies
+    except (ValueError, OSError, KeyError) as err:
+        raise GGUFError(f"{path} is not a readable GGUF file ({err}): download it again") from err
 
 
 def _float(value: float) -> float:
@@ -50,13 +92,16 @@ def config_from_gguf(reader: gguf.GGUFReader, path: Path) -> dict[str, Any]:
         "head_dim": int(field_value(reader, f"{a}.attention.key_length", hidden // heads)),
         "max_position_embeddings": int(need("context_length")),
         "rms_norm_eps": _float(need("attention.layer_norm_rms_epsilon")),
-        "rope_parameters": {"rope_theta": _float(field_value(reader, f"{a}.rope.freq_base", 10000.0)),
-                            "rope_type": "default"},
+        "rope_parameters": {
+            "rope_theta": _float(field_value(reader, f"{a}.rope.freq_base", 10000.0)),
+            "rope_type": "default",
+        },
         "num_experts_per_tok": int(need("expert_used_count")),
         arch.num_experts_fields[0]: int(need("expert_count")),
         "intermediate_size": int(field_value(reader, f"{a}.feed_forward_length", 0)),
-        arch.expert_width_field: int(field_value(reader, f"{a}.expert_feed_forward_length", 0)
-                                     or need("feed_forward_length")),
+        arch.expert_width_field: int(
+            field_value(reader, f"{a}.expert_feed_forward_length", 0) or need("feed_forward_length")
+        ),
         "vocab_size": len(tokens) if tokens is not None else int(need("vocab_size")),
         "tie_word_embeddings": "output.weight" not in names,
         "hidden_act": "silu",
@@ -77,7 +122,11 @@ def config_from_gguf(reader: gguf.GGUFReader, path: Path) -> dict[str, Any]:
 
 def _unpermute_rotary(w: np.ndarray, n_heads: int) -> np.ndarray:
     """llama.cpp's interleaved rotary rows back to HF's halves (inverse of gguf_export's permute)."""
-    return w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return (
+        w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 def iter_gguf_resident(path: Path, arch: Arch, config: dict) -> Iterator[tuple[str, torch.Tensor]]:

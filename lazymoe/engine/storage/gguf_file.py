@@ -30,21 +30,25 @@ import numpy as np
 import torch
 
 from lazymoe import quant
-from lazymoe.engine.storage.safetensors_file import ExpertStoreError
+from lazymoe.engine.storage.gguf_config import (
+    GGML_FORMATS,
+    SUPPORTED_TYPES,
+    GGUFError,
+    arch_of_gguf,
+    config_from_gguf,
+    iter_gguf_resident,
+    open_reader,
+)
 from lazymoe.engine.storage.weights import ExpertSource, ExpertWeights
-from lazymoe.models.archs import ARCHS, ROLES, Arch
+from lazymoe.models.archs import ROLES
 
-_Q = gguf.GGMLQuantizationType
-# ggml type -> lazymoe.quant format name (same bytes)
-GGML_FORMATS: dict[gguf.GGMLQuantizationType, str] = {
-    _Q.F32: "f32", _Q.F16: "f16", _Q.BF16: "bf16", _Q.Q8_0: "q8_0", _Q.Q4_0: "q4_0",
-    _Q.Q4_1: "q4_1", _Q.Q4_K: "q4_k", _Q.Q5_K: "q5_k", _Q.Q6_K: "q6_k",
-}  # fmt: skip
-SUPPORTED_TYPES = ", ".join(t.name for t in GGML_FORMATS)
-
-
-class GGUFError(ExpertStoreError):
-    """A GGUF file the engine cannot use: the message names what and what to do."""
+__all__ = [
+    "GGML_FORMATS",
+    "GGUFError",
+    "GGUFExpertStore",
+    "QuantizedExpert",
+    "write_dequantized_checkpoint",
+]
 
 
 @dataclass(frozen=True)
@@ -66,33 +70,6 @@ class QuantizedExpert:
     def dequantize(self, dtype: torch.dtype = torch.float32) -> ExpertWeights:
         """The whole expert in floats (the reference path; the fast one never does this)."""
         return ExpertWeights(*(t.dequantize(dtype) for t in (self.gate, self.up, self.down)))
-
-
-def arch_of_gguf(reader: gguf.GGUFReader, path: Path) -> Arch:
-    """The registry's record for the file's general.architecture (Mixtral is llama with experts)."""
-    name = field_value(reader, "general.architecture")
-    for arch in ARCHS.values():
-        if arch.gguf_arch == name:
-            return arch
-    known = ", ".join(sorted(a.gguf_arch for a in ARCHS.values()))
-    raise GGUFError(f"{path}: GGUF architecture {name!r} is not one the engine runs ({known})")
-
-
-def field_value(reader: gguf.GGUFReader, key: str, default=None):
-    """A metadata value as a Python scalar, string or list; `default` when absent."""
-    f = reader.get_field(key)
-    if f is None:
-        return default
-    return f.contents()
-
-
-def open_reader(path: Path) -> gguf.GGUFReader:
-    if not path.is_file():
-        raise GGUFError(f"{path} does not exist: give the path of a .gguf file")
-    try:
-        return gguf.GGUFReader(path, mode="c")  # copy-on-write map: writable views, no copies
-    except (ValueError, OSError, KeyError) as err:
-        raise GGUFError(f"{path} is not a readable GGUF file ({err}): download it again") from err
 
 
 class GGUFExpertStore(ExpertSource):
@@ -120,7 +97,9 @@ class GGUFExpertStore(ExpertSource):
                     self._tensors[layer, role] = _expert_bytes(reader, t, path)
         self.moe_layers = sorted({layer for layer, _ in self._tensors})
         if not self.moe_layers:
-            raise GGUFError(f"{path} has no expert tensors (blk.N.ffn_gate_exps.weight): is it a MoE model?")
+            raise GGUFError(
+                f"{path} has no expert tensors (blk.N.ffn_gate_exps.weight): is it a MoE model?"
+            )
         first = self._tensors[self.moe_layers[0], "gate"]
         self.num_experts = first[0].shape[0]
         self.intermediate_size, self.hidden_size = first[2]
@@ -129,8 +108,6 @@ class GGUFExpertStore(ExpertSource):
 
     @classmethod
     def open(cls, path: str | Path) -> GGUFExpertStore:  # type: ignore[override]
-        from lazymoe.engine.storage.gguf_config import config_from_gguf  # metadata -> config.json
-
         path = Path(path)
         reader = open_reader(path)
         return cls(path, reader, config_from_gguf(reader, path))
@@ -163,14 +140,18 @@ class GGUFExpertStore(ExpertSource):
         for role in ROLES:
             stacked, fmt, shape = self._tensors[layer, role]
             rows, cols = shape
-            data = torch.from_numpy(stacked[expert]).view(rows, quant.get_format(fmt).row_bytes(cols))
+            data = torch.from_numpy(stacked[expert]).view(
+                rows, quant.get_format(fmt).row_bytes(cols)
+            )
             parts.append(quant.QuantizedTensor(fmt, shape, data))
         return QuantizedExpert(*parts)
 
     def read(self, layer: int, expert: int) -> ExpertWeights:
         return self.read_quantized(layer, expert).dequantize(self.dtype)
 
-    def read_into(self, layer: int, expert: int, out: ExpertWeights, non_blocking: bool = False) -> int:
+    def read_into(
+        self, layer: int, expert: int, out: ExpertWeights, non_blocking: bool = False
+    ) -> int:
         """Dequantize one expert into float buffers `out`; returns the bytes read from the file."""
         q = self.read_quantized(layer, expert)
         for role in ROLES:
@@ -178,7 +159,9 @@ class GGUFExpertStore(ExpertSource):
         return q.nbytes
 
     def pin_for_cuda(self) -> int:
-        raise GGUFError("pin_checkpoint page-locks a safetensors checkpoint; it does not apply to a GGUF file")
+        raise GGUFError(
+            "pin_checkpoint page-locks a safetensors checkpoint; it does not apply to a GGUF file"
+        )
 
     def close(self) -> None:
         self._tensors.clear()
@@ -193,7 +176,9 @@ class GGUFExpertStore(ExpertSource):
         )
 
 
-def _expert_bytes(reader: gguf.GGUFReader, t, path: Path) -> tuple[np.ndarray, str, tuple[int, int]]:
+def _expert_bytes(
+    reader: gguf.GGUFReader, t, path: Path
+) -> tuple[np.ndarray, str, tuple[int, int]]:
     """A stacked expert tensor as (E, bytes per expert) uint8 over the map, its format, (out, in)."""
     fmt = GGML_FORMATS.get(t.tensor_type)
     if fmt is None:
@@ -211,22 +196,58 @@ def _expert_bytes(reader: gguf.GGUFReader, t, path: Path) -> tuple[np.ndarray, s
     except quant.QuantError as err:
         raise GGUFError(f"{path}: {t.name}: {err}") from err
     if per_expert * n_experts != t.n_bytes:
-        raise GGUFError(f"{path}: {t.name} holds {t.n_bytes} bytes, {fmt} {shape} needs "
-                        f"{per_expert * n_experts}: the file is damaged")
+        raise GGUFError(
+            f"{path}: {t.name} holds {t.n_bytes} bytes, {fmt} {shape} needs "
+            f"{per_expert * n_experts}: the file is damaged"
+        )
     raw = reader.data[t.data_offset : t.data_offset + t.n_bytes]
     if raw.size != t.n_bytes:
-        raise GGUFError(f"{path} is shorter than its tensor table says (truncated): download it again")
+        raise GGUFError(
+            f"{path} is shorter than its tensor table says (truncated): download it again"
+        )
     return raw.view(np.ndarray).view(np.uint8).reshape(n_experts, per_expert), fmt, (rows, cols)
 
 
-def _check_layer(tensors: dict, layer: int, n_experts: int, gate_shape: tuple[int, int], path: Path) -> None:
+def _check_layer(
+    tensors: dict, layer: int, n_experts: int, gate_shape: tuple[int, int], path: Path
+) -> None:
     want = {"gate": gate_shape, "up": gate_shape, "down": gate_shape[::-1]}
     for role in ROLES:
         if (layer, role) not in tensors:
-            raise GGUFError(f"{path}: layer {layer} has experts but no blk.{layer}.ffn_{role}_exps.weight")
+            raise GGUFError(
+                f"{path}: layer {layer} has experts but no blk.{layer}.ffn_{role}_exps.weight"
+            )
         stacked, _, shape = tensors[layer, role]
         if stacked.shape[0] != n_experts or shape != want[role]:
             raise GGUFError(
                 f"{path}: blk.{layer}.ffn_{role}_exps.weight is ({stacked.shape[0]}, {shape}), expected "
-                f"({n_experts}, {want[role]}) like layer's gate: the file is inconsistent"
+                f"({n_experts}, {want[role]}) like the layer's gate: the file is inconsistent"
             )
+
+
+def write_dequantized_checkpoint(gguf_path: str | Path, out_dir: str | Path) -> Path:
+    """The GGUF model as a float32 Hugging Face folder (config.json, model.safetensors with the
+    Hub's per-expert names, tokenizer): what transformers runs as the reference for a quantized
+    file (tests/test_engine_gguf.py). Returns out_dir."""
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+
+    gguf_path, out = Path(gguf_path), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store = GGUFExpertStore.open(gguf_path)
+    config = store.config
+    arch = arch_of_gguf(open_reader(gguf_path), gguf_path)
+    tensors = dict(iter_gguf_resident(gguf_path, arch, config))
+    every_expert = store.keys()  # a list, not a dict view
+    for layer, expert in every_expert:
+        w = store.read(layer, expert)
+        for role in ("gate", "up", "down"):
+            tensors[arch.expert_key(layer, expert, role)] = getattr(w, role).contiguous()
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    tokenizer.save_pretrained(out)  # from the file's tokenizer.ggml.* metadata
+    store.close()
+    return out

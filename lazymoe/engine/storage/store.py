@@ -109,9 +109,14 @@ class ExpertStore(ExpertSource):
     def open(cls, model_dir: str | Path) -> ExpertStore:
         """Index the experts of the checkpoint in `model_dir` (reads headers only).
 
-        A folder holding `manifest.json` from `extract()` opens as an `ExtractedStore`.
+        A folder holding `manifest.json` from `extract()` opens as an `ExtractedStore`, a .gguf
+        file as a `GGUFExpertStore` (quantized experts, read from the file's memory map).
         """
         model_dir = Path(model_dir)
+        if model_dir.suffix.lower() == ".gguf" and model_dir.is_file():
+            from lazymoe.engine.storage.gguf_file import GGUFExpertStore  # experts stay quantized
+
+            return GGUFExpertStore.open(model_dir)
         if (model_dir / "manifest.json").is_file():
             return ExtractedStore.open(model_dir)
         config = read_config(model_dir)

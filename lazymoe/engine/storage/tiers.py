@@ -10,6 +10,7 @@ slot, and the hit/miss counts). This class moves bytes between them and counts e
                       -> page-locked checkpoint (pin_checkpoint): mapping -> device
                                                                  ("pinned file->vram")
     on a CPU device the device tier *is* RAM:  disk -> RAM slot         ("disk->ram")
+    (a quantized model on a CPU: the RAM slots hold the stored bytes, `QuantizedPool`)
 
 Copies to the GPU go on a side CUDA stream; each slot's event tells compute when it may read.
 """
@@ -93,6 +94,11 @@ class TierStack:
     def fetch(self, key: ExpertKey, protected: frozenset[ExpertKey]) -> int:
         """Bring `key` into the device tier (after a miss, or to prefetch it); its slot."""
         slot, _evicted = self.device.book.admit(key, protected)
+        if getattr(self.device.pool, "quantized", False):  # stored bytes as they are (qpool.py)
+            start = time.perf_counter()
+            nbytes = self.device.pool.fill(slot, self.store.read_quantized(*key))
+            self.links["disk->ram"].add(key[0], nbytes, time.perf_counter() - start)
+            return slot
         dst = self.device.pool.weights(slot)
         if not self.on_gpu:
             self._read_from_disk(key, dst, "disk->ram")
