@@ -61,9 +61,9 @@ notebooks: install-test
 
 test: install-test data lint unit notebooks
 
-# Module 01 in JupyterLab in headless Chromium (Debian's package; the playwright Python package
-# drives it, its own browser download is not used). Installs Chromium when absent and we are root;
-# otherwise says so and skips.
+# Module 01, English and Korean, in JupyterLab in headless Chromium (Debian's package; the playwright
+# Python package drives it, its own browser download is not used). Installs Chromium, and a font with
+# Hangul for the Korean module (fonts-noto-cjk), when absent and we are root; otherwise says so and skips.
 CHROMIUM ?= /usr/bin/chromium
 test-browser: install-test
 	@if [ ! -x "$(CHROMIUM)" ]; then \
@@ -73,6 +73,15 @@ test-browser: install-test
 	  else \
 	    echo ">> SKIPPED the browser test: no Chromium at $(CHROMIUM). Install it (sudo apt-get install chromium)"; \
 	    echo ">> or point CHROMIUM= at one, then run: make test-browser"; exit 0; \
+	  fi; \
+	fi; \
+	if command -v fc-list >/dev/null && [ -z "$$(fc-list :lang=ko family)" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo ">> installing a font with Hangul (apt-get install fonts-noto-cjk)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-noto-cjk >/dev/null; \
+	  else \
+	    echo ">> no font with Hangul (fc-list :lang=ko is empty): the Korean module's browser test will be"; \
+	    echo ">> SKIPPED. Install one (sudo apt-get install fonts-noto-cjk), then run: make test-browser"; \
 	  fi; \
 	fi; \
 	LAZYMOE_CHROMIUM="$(CHROMIUM)" $(VENV)/bin/pytest tests/browser -m browser -p no:cacheprovider $(PYTEST_ARGS)

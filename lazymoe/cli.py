@@ -11,16 +11,19 @@ import argparse
 import importlib
 import sys
 
-# name -> (module, one-line help)
+from lazymoe.i18n import _
+
+# name -> (module, one-line help); the help is marked for the catalog, kept in English here
+# (lang="en") and translated when the parser is built
 COMMANDS: dict[str, tuple[str, str]] = {
-    "doctor": ("lazymoe.doctor", "check this machine and the install; say what to fix"),
-    "calc": ("lazymoe.calculator.cli", "bandwidth-bound speed calculator (memory, tok/s, bottleneck)"),
-    "run": ("lazymoe.engine.cli", "generate text with the expert-caching engine"),
-    "bench": ("lazymoe.bench.cli", "benchmark lazymoe against llama.cpp CPU-MoE and baselines"),
-    "serve": ("lazymoe.server.cli", "OpenAI-compatible HTTP server over the engine"),
-    "progress": ("lazymoe.quiz.cli", "your quiz scores per module"),
-    "lab": ("lazymoe.lab", "check the model, run the doctor, start JupyterLab on the course (no make needed)"),
-    "hub": ("lazymoe.hub.cli", "the course in a browser for the group (JupyterHub) and members' passwords"),
+    "doctor": ("lazymoe.doctor", _("check this machine and the install; say what to fix", lang="en")),
+    "calc": ("lazymoe.calculator.cli", _("bandwidth-bound speed calculator (memory, tok/s, bottleneck)", lang="en")),
+    "run": ("lazymoe.engine.cli", _("generate text with the expert-caching engine", lang="en")),
+    "bench": ("lazymoe.bench.cli", _("benchmark lazymoe against llama.cpp CPU-MoE and baselines", lang="en")),
+    "serve": ("lazymoe.server.cli", _("OpenAI-compatible HTTP server over the engine", lang="en")),
+    "progress": ("lazymoe.quiz.cli", _("your quiz scores per module", lang="en")),
+    "lab": ("lazymoe.lab", _("check the model, run the doctor, start JupyterLab on the course (no make needed)", lang="en")),
+    "hub": ("lazymoe.hub.cli", _("the course in a browser for the group (JupyterHub) and members' passwords", lang="en")),
 }
 PASS_THROUGH = {"lab"}  # commands that hand arguments they do not know to another program
 
@@ -29,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lazymoe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser = sub.add_parser(name, help=_(help_text), description=_(help_text))
         sub_parser.set_defaults(_module=module_name)
         try:
             module = importlib.import_module(module_name)
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         if args.command not in PASS_THROUGH:
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+            parser.error(_("unrecognized arguments: {arguments}").format(arguments=" ".join(unknown)))
         args.lab_args = [*getattr(args, "lab_args", []), *unknown]
     if args.command is None:
         parser.print_help()
@@ -53,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     error = getattr(args, "_import_error", None)
     if error is not None:
         print(
-            f"lazymoe {args.command}: cannot load {args._module} ({error}).\n"
-            "Run `lazymoe doctor` to see which dependency is missing.",
+            _("lazymoe {command}: cannot load {module} ({error}).\n"
+              "Run `lazymoe doctor` to see which dependency is missing.").format(
+                command=args.command, module=args._module, error=error),
             file=sys.stderr,
         )
         return 1

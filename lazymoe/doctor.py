@@ -14,38 +14,40 @@ import sys
 from dataclasses import dataclass, field
 
 from lazymoe import hardware, paths
+from lazymoe.i18n import _
 
-OK, FAIL, OPTIONAL, INFO = "OK", "FAIL", "OPTIONAL", "INFO"
+OK, FAIL, OPTIONAL, INFO = "OK", "FAIL", "OPTIONAL", "INFO"  # status codes (--json keeps these)
 GiB = 1024**3
 MIN_PYTHON = (3, 10)
 
-# (import name, distribution name, what it is for)
+# (import name, distribution name, what it is for). The purposes are marked for the catalog but kept in
+# English here (lang="en"): they are translated where shown, so a language chosen later still applies.
 REQUIRED = [
-    ("torch", "torch", "tensors and the models"),
-    ("numpy", "numpy", "arrays"),
-    ("safetensors", "safetensors", "reading model weights"),
-    ("transformers", "transformers", "the reference model"),
-    ("tokenizers", "tokenizers", "the tokenizer"),
-    ("gguf", "gguf", "GGUF files for llama.cpp"),
-    ("yaml", "pyyaml", "catalogs and quiz banks"),
-    ("tqdm", "tqdm", "progress bars"),
-    ("psutil", "psutil", "CPU and RAM readings"),
+    ("torch", "torch", _("tensors and the models", lang="en")),
+    ("numpy", "numpy", _("arrays", lang="en")),
+    ("safetensors", "safetensors", _("reading model weights", lang="en")),
+    ("transformers", "transformers", _("the reference model", lang="en")),
+    ("tokenizers", "tokenizers", _("the tokenizer", lang="en")),
+    ("gguf", "gguf", _("GGUF files for llama.cpp", lang="en")),
+    ("yaml", "pyyaml", _("catalogs and quiz banks", lang="en")),
+    ("tqdm", "tqdm", _("progress bars", lang="en")),
+    ("psutil", "psutil", _("CPU and RAM readings", lang="en")),
 ]
 COURSE = [
-    ("jupyterlab", "jupyterlab", "the course notebooks"),
-    ("ipywidgets", "ipywidgets", "calculator and quiz widgets"),
-    ("plotly", "plotly", "charts"),
-    ("ipykernel", "ipykernel", "the notebook kernel"),
+    ("jupyterlab", "jupyterlab", _("the course notebooks", lang="en")),
+    ("ipywidgets", "ipywidgets", _("calculator and quiz widgets", lang="en")),
+    ("plotly", "plotly", _("charts", lang="en")),
+    ("ipykernel", "ipykernel", _("the notebook kernel", lang="en")),
 ]
 # (import name, distribution name, what it is for, extra that installs it)
 OPTIONAL_PARTS = [
-    ("llama_cpp", "llama-cpp-python", "lab09: the llama.cpp CPU-MoE comparison", "llama"),
-    ("fastapi", "fastapi", "lab04: the local API server", "serve"),
-    ("uvicorn", "uvicorn", "lab04: the local API server", "serve"),
-    ("httpx", "httpx", "lab04: raw HTTP calls", "serve"),
-    ("openai", "openai", "lab04: the OpenAI client", "serve"),
-    ("accelerate", "accelerate", "lab09: the naive offload baseline", "bench"),
-    ("pynvml", "nvidia-ml-py", "reading NVIDIA GPUs", ""),
+    ("llama_cpp", "llama-cpp-python", _("lab09: the llama.cpp CPU-MoE comparison", lang="en"), "llama"),
+    ("fastapi", "fastapi", _("lab04: the local API server", lang="en"), "serve"),
+    ("uvicorn", "uvicorn", _("lab04: the local API server", lang="en"), "serve"),
+    ("httpx", "httpx", _("lab04: raw HTTP calls", lang="en"), "serve"),
+    ("openai", "openai", _("lab04: the OpenAI client", lang="en"), "serve"),
+    ("accelerate", "accelerate", _("lab09: the naive offload baseline", lang="en"), "bench"),
+    ("pynvml", "nvidia-ml-py", _("reading NVIDIA GPUs", lang="en"), ""),
 ]
 
 
@@ -70,14 +72,15 @@ class DoctorReport:
 
     def format(self) -> str:
         width = max(len(c.name) for c in self.checks)
-        lines = [f"{c.status:<9}{c.name:<{width + 2}}{c.detail}" for c in self.checks]
+        words = {OK: _("OK"), FAIL: _("FAIL"), OPTIONAL: _("OPTIONAL"), INFO: _("INFO")}
+        lines = [f"{words.get(c.status, c.status):<9}{c.name:<{width + 2}}{c.detail}" for c in self.checks]
         fixes = [f"  - {c.name}: {c.fix}" for c in self.checks if c.status == FAIL and c.fix]
         optional = [f"  - {c.name}: {c.fix}" for c in self.checks if c.status == OPTIONAL and c.fix]
         if fixes:
-            lines += ["", "To fix the failures:", *fixes]
+            lines += ["", _("To fix the failures:"), *fixes]
         if optional:
-            lines += ["", "Optional parts (some labs skip without them):", *optional]
-        lines += ["", "All required checks passed." if self.ok else "Some required checks FAILED."]
+            lines += ["", _("Optional parts (some labs skip without them):"), *optional]
+        lines += ["", _("All required checks passed.") if self.ok else _("Some required checks FAILED.")]
         return "\n".join(lines)
 
 
@@ -93,9 +96,11 @@ def _import_check(module: str, dist: str, purpose: str, missing_status: str, fix
         importlib.import_module(module)
     except Exception as exc:  # ImportError, or a broken binary raising something else
         installed = _version(dist)
-        reason = f"installed ({installed}) but fails to import: {exc}" if installed else "not installed"
-        return Check(dist, missing_status, f"{reason} - needed for {purpose}", fix)
-    return Check(dist, OK, f"{_version(dist) or '?'}  ({purpose})")
+        reason = (_("installed ({version}) but fails to import: {error}").format(version=installed, error=exc)
+                  if installed else _("not installed"))
+        return Check(dist, missing_status, _("{reason} - needed for {purpose}").format(
+            reason=reason, purpose=_(purpose)), fix)
+    return Check(dist, OK, f"{_version(dist) or '?'}  ({_(purpose)})")
 
 
 # What each kind of machine must have, beyond REQUIRED. A learner's laptop runs the notebooks; the
@@ -110,16 +115,16 @@ ROLES = {
 def run_checks(role: str = "learner") -> DoctorReport:
     """Run every check for a machine of this role; never raises. Labs call this and print `report.format()`."""
     if role not in ROLES:
-        raise ValueError(f"unknown role {role!r}: choose one of {', '.join(ROLES)}")
+        raise ValueError(_("unknown role {role!r}: choose one of {roles}").format(role=role, roles=", ".join(ROLES)))
     needed = ROLES[role]
     report = DoctorReport()
     add = report.checks.append
 
     py_ok = sys.version_info[:2] >= MIN_PYTHON
     add(Check("python", OK if py_ok else FAIL, sys.version.split()[0],
-              "" if py_ok else "install Python 3.10 or newer, then run `make lab` again"))
+              "" if py_ok else _("install Python 3.10 or newer, then run `make lab` again")))
 
-    reinstall = "run `make lab` (or `pip install -e '.[course]'` inside .venv)"
+    reinstall = _("run `make lab` (or `pip install -e '.[course]'` inside .venv)")
     for module, dist, purpose in REQUIRED:
         add(_import_check(module, dist, purpose, FAIL, reinstall))
     for module, dist, purpose in COURSE:
@@ -128,36 +133,38 @@ def run_checks(role: str = "learner") -> DoctorReport:
     for module, dist, purpose, extra in OPTIONAL_PARTS:
         fix = f"pip install -e '.[{extra}]'" if extra else f"pip install {dist}"
         if module == "llama_cpp":
-            fix += " (needs a C/C++ compiler and CMake; see README, Troubleshooting)"
+            fix += _(" (needs a C/C++ compiler and CMake; see README, Troubleshooting)")
         add(_import_check(module, dist, purpose, FAIL if extra in needed else OPTIONAL, fix))
 
     machine = hardware.probe()
-    add(Check("cpu", INFO, f"{machine.cpu_model}; {machine.cpu_cores_physical} cores, "
-              f"{machine.cpu_threads} threads; {' '.join(machine.isa_flags) or 'no SIMD flags read'}"))
-    add(Check("ram", INFO, f"{machine.ram_total_bytes / GiB:.1f} GiB total, "
-              f"{machine.ram_available_bytes / GiB:.1f} GiB available"))
+    add(Check("cpu", INFO, _("{model}; {cores} cores, {threads} threads; {flags}").format(
+        model=machine.cpu_model, cores=machine.cpu_cores_physical, threads=machine.cpu_threads,
+        flags=" ".join(machine.isa_flags) or _("no SIMD flags read"))))
+    add(Check("ram", INFO, _("{total_gib:.1f} GiB total, {available_gib:.1f} GiB available").format(
+        total_gib=machine.ram_total_bytes / GiB, available_gib=machine.ram_available_bytes / GiB)))
     if machine.ram_total_bytes < 8 * GiB:
         report.checks[-1].status = OPTIONAL
-        report.checks[-1].fix = "under 8 GiB of RAM: close other programs before the labs"
+        report.checks[-1].fix = _("under 8 GiB of RAM: close other programs before the labs")
     if machine.gpus:
         for gpu in machine.gpus:
             bw = gpu.memory_bandwidth_gbps
-            link = f"PCIe {gpu.pcie_gen} x{gpu.pcie_width}" if gpu.pcie_gen else "link unknown"
-            add(Check(f"gpu{gpu.index}", INFO,
-                      f"{gpu.name}, {gpu.vram_total_bytes / GiB:.1f} GiB VRAM "
-                      f"({gpu.vram_used_bytes / GiB:.1f} in use), "
-                      f"{f'{bw:.0f} GB/s' if bw else 'bandwidth unknown'}, {link}, "
-                      f"driver {gpu.driver_version}, CUDA {gpu.cuda_version}"))
+            link = f"PCIe {gpu.pcie_gen} x{gpu.pcie_width}" if gpu.pcie_gen else _("link unknown")
+            add(Check(f"gpu{gpu.index}", INFO, _(
+                "{name}, {vram_gib:.1f} GiB VRAM ({used_gib:.1f} in use), {bandwidth}, {link}, "
+                "driver {driver}, CUDA {cuda}").format(
+                name=gpu.name, vram_gib=gpu.vram_total_bytes / GiB, used_gib=gpu.vram_used_bytes / GiB,
+                bandwidth=f"{bw:.0f} GB/s" if bw else _("bandwidth unknown"), link=link,
+                driver=gpu.driver_version, cuda=gpu.cuda_version)))
         add(_torch_cuda_check())
     else:
-        add(Check("gpu", INFO, f"{machine.gpu_note or 'none'}: the course runs on the CPU"))
+        add(Check("gpu", INFO, _("{note}: the course runs on the CPU").format(note=machine.gpu_note or _("none"))))
     for accel in machine.other_accelerators:
         add(Check("accelerator", INFO, accel))
 
     add(_bundled_model_check())
     free = shutil.disk_usage(paths.REPO_ROOT).free
-    add(Check("disk", OK if free > 2 * GiB else OPTIONAL, f"{free / GiB:.1f} GiB free",
-              "" if free > 2 * GiB else "free some disk space: the labs write a few hundred MB"))
+    add(Check("disk", OK if free > 2 * GiB else OPTIONAL, _("{free_gib:.1f} GiB free").format(free_gib=free / GiB),
+              "" if free > 2 * GiB else _("free some disk space: the labs write a few hundred MB")))
     return report
 
 
@@ -165,11 +172,13 @@ def _torch_cuda_check() -> Check:
     try:
         import torch
     except Exception:
-        return Check("torch.cuda", OPTIONAL, "torch missing")
+        return Check("torch.cuda", OPTIONAL, _("torch missing"))
     if torch.cuda.is_available():
-        return Check("torch.cuda", OK, f"CUDA {torch.version.cuda}, {torch.cuda.device_count()} device(s)")
-    return Check("torch.cuda", OPTIONAL, f"a GPU is present but this torch ({torch.__version__}) cannot use it",
-                 "install a CUDA build of torch (README, 'CPU-only vs CUDA') to use the GPU")
+        return Check("torch.cuda", OK, _("CUDA {cuda}, {count} device(s)").format(
+            cuda=torch.version.cuda, count=torch.cuda.device_count()))
+    return Check("torch.cuda", OPTIONAL,
+                 _("a GPU is present but this torch ({version}) cannot use it").format(version=torch.__version__),
+                 _("install a CUDA build of torch (README, 'CPU-only vs CUDA') to use the GPU"))
 
 
 def _bundled_model_check() -> Check:
@@ -177,17 +186,17 @@ def _bundled_model_check() -> Check:
     needed = ["config.json", "model.safetensors", "tokenizer.json"]
     missing = [name for name in needed if not (model_dir / name).is_file()]
     if missing:
-        return Check("bundled model", FAIL, f"{model_dir} lacks {', '.join(missing)}",
-                     "run `make data` to rebuild it from its recipe")
+        return Check("bundled model", FAIL, _("{folder} lacks {files}").format(folder=model_dir, files=", ".join(missing)),
+                     _("run `make data` to rebuild it from its recipe"))
     size = sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file())
     return Check("bundled model", OK, f"{model_dir} ({size / 1e6:.1f} MB)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print the checks as JSON")
+    parser.add_argument("--json", action="store_true", help=_("print the checks as JSON"))
     parser.add_argument("--role", choices=sorted(ROLES), default="learner",
-                        help="what this machine is for: learner (notebooks, the default), "
-                             "server (`lazymoe serve`, no JupyterLab needed), bench (llama.cpp comparison)")
+                        help=_("what this machine is for: learner (notebooks, the default), "
+                               "server (`lazymoe serve`, no JupyterLab needed), bench (llama.cpp comparison)"))
 
 
 def run(args: argparse.Namespace) -> int:

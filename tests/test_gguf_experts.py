@@ -118,3 +118,14 @@ def test_not_a_gguf_file_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not a gguf file at all")
     with pytest.raises(GGUFError, match="not a readable GGUF"):
         GGUFExpertStore.open(bad)
+
+
+def test_a_dense_model_is_refused_with_a_reason(tmp_path):
+    w = gguf.GGUFWriter(str(tmp_path / "dense.gguf"), "llama")
+    w.add_uint32("llama.block_count", 1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(GGUFError, match="not a mixture-of-experts model"):
+        GGUFExpertStore.open(tmp_path / "dense.gguf")

@@ -90,6 +90,22 @@ def test_lazymoe_lab_dry_run_prints_the_commands_and_starts_nothing(capsys, monk
     assert ("--allow-root" in jupyter) == (os.geteuid() == 0)
 
 
+@pytest.mark.parametrize(("lang", "notebook"), [("ko", "course/ko/00_start_here.ipynb"),
+                                                ("en", "course/00_start_here.ipynb")])
+def test_lazymoe_lab_opens_the_start_notebook_in_the_learners_language(lang, notebook, capsys, monkeypatch):
+    for name in ("call", "run", "Popen", "check_call"):
+        monkeypatch.setattr(subprocess, name, _no_process)
+    monkeypatch.setenv("LAZYMOE_LANG", lang)
+    assert (REPO / notebook).exists()
+    assert cli.main(["lab", "--dry-run", "--skip-model", "--skip-doctor"]) == 0
+    jupyter = capsys.readouterr().out.splitlines()[-1].strip()
+    assert jupyter.endswith(" " + notebook)
+
+
+def test_lazymoe_lab_falls_back_to_english_without_the_korean_edition(tmp_path):
+    assert lab_command.start_notebook(tmp_path, "ko") == lab_command.START_NOTEBOOK
+
+
 def test_allow_root_is_added_only_for_root_and_only_once():
     as_root = lab_command.commands([], REPO, as_root=True)[-1]
     assert as_root.count("--allow-root") == 1

@@ -47,3 +47,16 @@ def test_decode_into_is_bit_exact(fmt):
     out = torch.full((4, 512), float("nan"))
     decode_into(qt.data[1:5], qt, out)
     assert torch.equal(out, qt.dequantize()[1:5])
+
+
+def test_buffers_made_in_inference_mode_still_work_outside_it():
+    """The engine generates under torch.inference_mode; the reusable slab buffers it leaves
+    behind must not be inference tensors (in-place writes to those fail outside the mode)."""
+    from lazymoe.quant import expert as module
+
+    module._local.__dict__.clear()
+    gate, up, down = random_expert("q4_0")
+    x = torch.randn(1, 256)
+    with torch.inference_mode():
+        inside = expert_forward(x, gate, up, down)
+    torch.testing.assert_close(expert_forward(x, gate, up, down), inside)

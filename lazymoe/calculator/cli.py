@@ -19,6 +19,7 @@ from lazymoe import calculator as calc
 from lazymoe import catalog
 from lazymoe.calculator.memory import gib
 from lazymoe.catalog import CatalogError, HardwareSpec, ModelSpec
+from lazymoe.i18n import _
 
 DEFAULT_HOST = "Desktop, DDR5-5600 dual channel"
 STRATEGY_OPTIONS = {  # CLI option -> (strategy keyword, strategies it applies to)
@@ -97,8 +98,8 @@ def build_machine(args: argparse.Namespace) -> calc.Machine:
     if args.measured:
         measured = calc.load_measured()
         if measured is None:
-            raise calc.CalculatorError(f"no measured bandwidths yet ({calc.measured_path()}): run "
-                                       "lab01's measurement cell first, or leave out --measured")
+            raise calc.CalculatorError(_("no measured bandwidths yet ({path}): run lab01's measurement "
+                                         "cell first, or leave out --measured").format(path=calc.measured_path()))
         figures.update(measured.machine_kwargs())
         if gpu is None:
             figures.pop("effective_link_gbps", None)
@@ -120,7 +121,7 @@ def build_workload(args: argparse.Namespace) -> calc.Workload:
         spec = ModelSpec(f"{args.params_b:g}B model", "moe" if active else "dense",
                          args.params_b * 1e9, params_active=active, source="command line")
     else:
-        raise calc.CalculatorError("say which model: --model NAME, or --params-b N (and --active-b)")
+        raise calc.CalculatorError(_("say which model: --model NAME, or --params-b N (and --active-b)"))
     if spec.name in catalog.all_models():
         bits, other, label = calc.workload.weight_bits(spec, args.format, args.other_format)
     else:
@@ -130,7 +131,8 @@ def build_workload(args: argparse.Namespace) -> calc.Workload:
         bits, label = args.bits, f"{args.bits:g} bits"
     if args.other_bits:
         if not spec.has_expert_shapes:
-            raise calc.CalculatorError(f"{spec.name} has no separate experts: leave out --other-bits")
+            raise calc.CalculatorError(_("{model} has no separate experts: leave out --other-bits").format(
+                model=spec.name))
         other, label = args.other_bits, f"{label}, rest {args.other_bits:g} bits"
     return calc.Workload(spec, bits, other, context_tokens=args.context, batch=args.batch,
                          kv_bits=args.kv_bits, format_label=label)
@@ -168,10 +170,10 @@ def _cases(as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'case':<26}{'reported':>10}{'bound':>10}  bottleneck")
+    print(f"{_('case'):<26}{_('reported'):>10}{_('bound'):>10}  {_('bottleneck')}")
     for r in rows:
         print(f"{r['case']:<26}{r['reported_tok_s']:>10.3g}{r['bound_tok_s']:>10.3g}  {r['bottleneck']}")
-    print("\nreported: tokens/s as published; bound: the calculator's upper bound for the same setup")
+    print("\n" + _("reported: tokens/s as published; bound: the calculator's upper bound for the same setup"))
     return 0
 
 
@@ -208,14 +210,15 @@ def run(args: argparse.Namespace) -> int:
                           "plans": {k: v.as_dict() if isinstance(v, calc.Plan) else {"skipped": v}
                                     for k, v in results.items()}}, indent=2))
         return 0
-    print(f"machine: {machine.describe()}")
-    print(f"model:   {workload.model.name} at {workload.describe_formats()}, "
-          f"{gib(workload.weight_bytes)} of weights, KV {gib(workload.kv_cache_bytes)} "
-          f"({workload.context_tokens} tokens x {workload.batch})")
+    print(_("machine: {machine}").format(machine=machine.describe()))
+    print(_("model:   {model} at {formats}, {weights} of weights, KV {kv} ({tokens} tokens x {batch})").format(
+        model=workload.model.name, formats=workload.describe_formats(), weights=gib(workload.weight_bytes),
+        kv=gib(workload.kv_cache_bytes), tokens=workload.context_tokens, batch=workload.batch))
     print(f"         {workload.describe_read()}\n")
-    print(f"{'strategy':<18}{'tok/s max':>10}  {'bottleneck':<16}{'VRAM':>10}{'RAM':>10}{'disk':>10}  verdict")
+    print(f"{_('strategy'):<18}{_('tok/s max'):>10}  {_('bottleneck'):<16}{'VRAM':>10}{'RAM':>10}"
+          f"{_('disk'):>10}  {_('verdict')}")
     for name, result in results.items():
         print(_row(result) if isinstance(result, calc.Plan) else f"{name:<18}{'-':>10}  ({result})")
     if best is not None:
-        print(f"\nbest that fits: {calc.describe(best)}")
+        print("\n" + _("best that fits: {plan}").format(plan=calc.describe(best)))
     return 0

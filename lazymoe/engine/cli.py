@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lazymoe.engine.options import add_engine_arguments
+from lazymoe.i18n import _
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(stats.line(), file=sys.stderr)
         print(
-            f"{stats.tokens} tokens | prefill {stats.prefill_tok_s:.1f} tok/s | "
-            f"prefetch accuracy {stats.prefetch_accuracy:.1%}",
+            _("{tokens} tokens | prefill {prefill_tok_s:.1f} tok/s | prefetch accuracy {accuracy:.1%}").format(
+                tokens=stats.tokens, prefill_tok_s=stats.prefill_tok_s, accuracy=stats.prefetch_accuracy),
             file=sys.stderr,
         )
     if args.stats_json:

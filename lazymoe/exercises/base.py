@@ -5,12 +5,14 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass, field
 
+from lazymoe.i18n import _
+
 
 @dataclass
 class CheckResult:
     """The outcome of checking one exercise: passed or not, and what to look at."""
 
-    exercise: str
+    exercise: str  # its name; shown in the learner's language
     passed: bool
     message: str
     details: list[str] = field(default_factory=list)
@@ -20,8 +22,8 @@ class CheckResult:
         return self.passed
 
     def __str__(self) -> str:
-        mark = "PASS" if self.passed else "NOT YET"
-        lines = [f"[{mark}] {self.exercise}: {self.message}", *(f"  - {d}" for d in self.details)]
+        mark = _("PASS") if self.passed else _("NOT YET")
+        lines = [f"[{mark}] {_(self.exercise)}: {self.message}", *(f"  - {d}" for d in self.details)]
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -29,13 +31,13 @@ class CheckResult:
         items = "".join(f"<li>{html.escape(d)}</li>" for d in self.details)
         return (
             f'<div style="border-left:4px solid {color};padding:4px 10px">'
-            f"<b style='color:{color}'>{mark} {html.escape(self.exercise)}</b>: "
+            f"<b style='color:{color}'>{mark} {html.escape(_(self.exercise))}</b>: "
             f"{html.escape(self.message)}{f'<ul>{items}</ul>' if items else ''}</div>"
         )
 
 
-def passed(exercise: str, message: str = "correct.") -> CheckResult:
-    return CheckResult(exercise, True, message)
+def passed(exercise: str, message: str | None = None) -> CheckResult:
+    return CheckResult(exercise, True, _("correct.") if message is None else message)
 
 
 def failed(exercise: str, message: str, *details: str) -> CheckResult:
@@ -44,7 +46,7 @@ def failed(exercise: str, message: str, *details: str) -> CheckResult:
 
 def not_started(exercise: str) -> CheckResult:
     return CheckResult(
-        exercise, False, "your function returned None: fill in the body and run again.", started=False
+        exercise, False, _("your function returned None: fill in the body and run again."), started=False
     )
 
 
@@ -56,13 +58,13 @@ def explain_error(err: Exception) -> str:
     text = str(err)
     if isinstance(err, NameError) and _raised_in_a_method(err):
         name = getattr(err, "name", None) or "name"
-        return (f" Inside a class, what one method stores is reached as self.{name}: create it in "
-                f"__init__ (self.{name} = ...) and write self.{name} wherever you use it.")
+        return " " + _("Inside a class, what one method stores is reached as self.{name}: create it in "
+                       "__init__ (self.{name} = ...) and write self.{name} wherever you use it.").format(name=name)
     if isinstance(err, TypeError) and "data type" in text and "not understood" in text:
-        return (" numpy does not know the header's dtype names: give np.frombuffer dtype=np.float32 "
-                "for 'F32' (np.float16 for 'F16').")
+        return " " + _("numpy does not know the header's dtype names: give np.frombuffer dtype=np.float32 "
+                       "for 'F32' (np.float16 for 'F16').")
     if isinstance(err, AttributeError) and "'NoneType'" in text:
-        return " something you use was never set: does __init__ create it (self.x = ...)?"
+        return " " + _("something you use was never set: does __init__ create it (self.x = ...)?")
     return ""
 
 

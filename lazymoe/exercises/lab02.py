@@ -16,6 +16,7 @@ import numpy as np
 
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
 from lazymoe.exercises.solutions import tracked
+from lazymoe.i18n import _
 from lazymoe.models.speed import fit_roofline
 
 KV_CASES = (  # (layers, kv_heads, head_dim, tokens, bytes_per_value)
@@ -51,20 +52,18 @@ def check_kv_cache_bytes(fn: Callable[..., int]) -> CheckResult:
     try:
         got = [float(g) for g in got]
     except (TypeError, ValueError):
-        return failed(name, f"return a number of bytes, got {type(got[0]).__name__}.")
+        return failed(name, _('return a number of bytes, got {type_name}.').format(type_name=type(got[0]).__name__))
     want = [kv_cache_bytes(*case) for case in KV_CASES]
     if all(math.isclose(g, w, rel_tol=1e-9) for g, w in zip(got, want, strict=True)):
-        return passed(name, "correct: 2 * layers * kv_heads * head_dim * tokens * bytes.")
+        return passed(name, _('correct: 2 * layers * kv_heads * head_dim * tokens * bytes.'))
     for slip, hint in _KV_SLIPS:
         if all(math.isclose(g, slip(*case), rel_tol=1e-9) for g, case in zip(got, KV_CASES, strict=True)):
             return failed(name, hint)
     for g, w, case in zip(got, want, KV_CASES, strict=True):
         if not math.isclose(g, w, rel_tol=1e-9):
             layers, kv_heads, head_dim, tokens, nbytes = case
-            return failed(name, f"for layers={layers}, kv_heads={kv_heads}, head_dim={head_dim}, "
-                          f"tokens={tokens}, bytes={nbytes}: you returned {g:.0f}, expected {w} "
-                          f"(ratio {g / w:.3g}).")
-    return failed(name, "unexpected answer")  # unreachable: some case differs
+            return failed(name, _('for layers={layers}, kv_heads={kv_heads}, head_dim={head_dim}, tokens={tokens}, bytes={nbytes}: you returned {g:.0f}, expected {w} (ratio {value:.3g}).').format(layers=layers, kv_heads=kv_heads, head_dim=head_dim, tokens=tokens, nbytes=nbytes, g=g, w=w, value=g / w))
+    return failed(name, _('unexpected answer'))  # unreachable: some case differs
 
 
 def _synthetic_points() -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -78,33 +77,27 @@ def _synthetic_points() -> tuple[np.ndarray, np.ndarray, float, float]:
 @tracked("lab02.fit")
 def check_fit_roofline(fn: Callable) -> CheckResult:
     name = "fit_roofline"
-    x, y, true_bw, _ = _synthetic_points()
+    x, y, true_bw, _overhead_s = _synthetic_points()
     answer = fn(list(x), list(y))
     if answer is None:
         return not_started(name)
     if not isinstance(answer, tuple | list) or len(answer) != 2:
-        return failed(name, f"return a pair (bandwidth_gbps, overhead_s), got {answer!r}.")
+        return failed(name, _('return a pair (bandwidth_gbps, overhead_s), got {answer!r}.').format(answer=answer))
     bw, overhead = (float(a) for a in answer)
     want_bw, want_overhead = fit_roofline(x, y)
     if math.isclose(bw, want_bw, rel_tol=1e-3) and math.isclose(overhead, want_overhead,
                                                                 rel_tol=1e-2, abs_tol=1e-5):
-        return passed(name, f"correct: on these points {want_bw:.1f} GB/s and "
-                      f"{want_overhead * 1e3:.1f} ms of fixed cost per token (the truth was "
-                      f"{true_bw} GB/s, 4 ms: the fit recovers it through the noise).")
+        return passed(name, _('correct: on these points {want_bw:.1f} GB/s and {value:.1f} ms of fixed cost per token (the truth was {true_bw} GB/s, 4 ms: the fit recovers it through the noise).').format(want_bw=want_bw, value=want_overhead * 1e3, true_bw=true_bw))
     slope = 1 / (want_bw * 1e9)
     if math.isclose(bw, slope, rel_tol=1e-3) or math.isclose(bw, slope * 1e9, rel_tol=1e-3):
-        return failed(name, "you returned the slope (seconds per byte); bandwidth is its inverse: "
-                      "1 / slope bytes/s, then / 1e9 for GB/s.")
+        return failed(name, _('you returned the slope (seconds per byte); bandwidth is its inverse: 1 / slope bytes/s, then / 1e9 for GB/s.'))
     if math.isclose(bw, want_bw * 1e9, rel_tol=1e-3):
-        return failed(name, "your bandwidth is 1e9x too large: return GB/s (divide bytes/s by 1e9).")
+        return failed(name, _('your bandwidth is 1e9x too large: return GB/s (divide bytes/s by 1e9).'))
     if math.isclose(bw, want_bw * 2**30 / 1e9, rel_tol=1e-3) or math.isclose(bw, want_bw * 1e9 / 2**30, rel_tol=1e-3):
-        return failed(name, "close, but that is GiB/s: datasheets and the calculator use GB/s = 1e9 bytes/s.")
+        return failed(name, _('close, but that is GiB/s: datasheets and the calculator use GB/s = 1e9 bytes/s.'))
     if math.isclose(bw, want_bw, rel_tol=1e-3):
-        return failed(name, f"bandwidth right, overhead wrong: the intercept of the fit is "
-                      f"{want_overhead * 1e3:.2f} ms, you returned {overhead * 1e3:.2f} ms.")
+        return failed(name, _('bandwidth right, overhead wrong: the intercept of the fit is {value:.2f} ms, you returned {value2:.2f} ms.').format(value=want_overhead * 1e3, value2=overhead * 1e3))
     through_origin = float((x @ y) / (x @ x))
     if math.isclose(bw, 1 / through_origin / 1e9, rel_tol=1e-3):
-        return failed(name, "your line goes through the origin: allow a fixed cost per token "
-                      "(fit seconds = overhead + bytes / bandwidth, e.g. np.polyfit(x, y, 1)).")
-    return failed(name, f"expected about {want_bw:.2f} GB/s and {want_overhead * 1e3:.2f} ms; you "
-                  f"returned {bw:.4g} and {overhead:.4g}. Fit a straight line seconds vs bytes.")
+        return failed(name, _('your line goes through the origin: allow a fixed cost per token (fit seconds = overhead + bytes / bandwidth, e.g. np.polyfit(x, y, 1)).'))
+    return failed(name, _('expected about {want_bw:.2f} GB/s and {value:.2f} ms; you returned {bw:.4g} and {overhead:.4g}. Fit a straight line seconds vs bytes.').format(want_bw=want_bw, value=want_overhead * 1e3, bw=bw, overhead=overhead))

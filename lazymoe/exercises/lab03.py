@@ -13,6 +13,7 @@ import torch
 from lazymoe import quant
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
 from lazymoe.exercises.solutions import tracked
+from lazymoe.i18n import _
 from lazymoe.quant.codecs import split_blocks
 
 
@@ -36,14 +37,14 @@ def _unpack_answer(name: str, answer, rows: int, groups: int) -> tuple[torch.Ten
     if answer is None:
         return not_started(name)
     if not isinstance(answer, tuple) or len(answer) != 2:
-        return failed(name, f"return a pair (q, scale), got {type(answer).__name__}.")
+        return failed(name, _('return a pair (q, scale), got {type_name}.').format(type_name=type(answer).__name__))
     q, scale = (torch.as_tensor(a) for a in answer)
     if q.dtype != torch.int8:
-        hint = " (round first, then .to(torch.int8))" if q.is_floating_point() else ""
-        return failed(name, f"q must be torch.int8 (one byte per weight), got {q.dtype}{hint}.")
+        hint = _(' (round first, then .to(torch.int8))') if q.is_floating_point() else ""
+        return failed(name, _('q must be torch.int8 (one byte per weight), got {dtype}{hint}.').format(dtype=q.dtype, hint=hint))
     if scale.numel() != rows * groups:
         want = f"one per row: shape ({rows},) or ({rows}, 1)" if groups == 1 else f"one per group: shape ({rows}, {groups})"
-        return failed(name, f"scale has {scale.numel()} values; it needs {want}.")
+        return failed(name, _('scale has {value} values; it needs {want}.').format(value=scale.numel(), want=want))
     return q, scale.to(torch.float32).reshape(rows, groups)
 
 
@@ -55,41 +56,36 @@ def _diagnose_scale(name: str, scale: torch.Tensor, ref: torch.Tensor, w: torch.
     groups = ref.shape[1]
     signed_max = w.reshape(w.shape[0], groups, -1).amax(dim=-1) / qmax
     if abs(ratio - qmax) < 0.01 * qmax:
-        return failed(name, f"your scales are {qmax}x too large: scale = max|w| / {qmax}, not max|w|.")
+        return failed(name, _('your scales are {qmax}x too large: scale = max|w| / {qmax}, not max|w|.').format(qmax=qmax))
     if torch.allclose(scale * ref, torch.ones_like(ref), rtol=1e-3):
-        return failed(name, "your scale is upside down: return scale = max|w| / qmax (you returned its inverse).")
+        return failed(name, _('your scale is upside down: return scale = max|w| / qmax (you returned its inverse).'))
     for wrong in (qmax + 1, 2 * qmax + 1, 2 * qmax):
         if abs(ratio - qmax / wrong) < 1e-3:
             return failed(
-                name, f"you divided by {wrong}; divide max|w| by {qmax}: the symmetric range is "
-                f"-{qmax}..{qmax}, so the largest |w| lands exactly on {qmax}."
+                name, _('you divided by {wrong}; divide max|w| by {qmax}: the symmetric range is -{qmax}..{qmax}, so the largest |w| lands exactly on {qmax}.').format(wrong=wrong, qmax=qmax)
             )
     if torch.allclose(scale, signed_max, rtol=1e-4):
-        return failed(name, "use the largest ABSOLUTE value (w.abs().amax(...)): a row whose biggest "
-                      "weight is negative needs a scale too (look at row 2).")
+        return failed(name, _('use the largest ABSOLUTE value (w.abs().amax(...)): a row whose biggest weight is negative needs a scale too (look at row 2).'))
     rows, cols = w.shape
     strided = w.reshape(rows, cols // groups, groups).abs().amax(dim=1) / qmax  # every groups-th weight
     if groups > 1 and torch.allclose(scale, strided, rtol=1e-4):
-        return failed(name, "your groups take every k-th weight; a group is `group_size` NEIGHBOURS in "
-                      "one row: w.reshape(rows, cols // group_size, group_size).")
+        return failed(name, _('your groups take every k-th weight; a group is `group_size` NEIGHBOURS in one row: w.reshape(rows, cols // group_size, group_size).'))
     bad = int((~torch.isclose(scale, ref, rtol=1e-4)).sum())
-    return failed(name, f"{bad} of {ref.numel()} scales differ from max|w| / {qmax} of their "
-                  f"{'row' if groups == 1 else 'group'} (median ratio yours/expected = {ratio:.4g}).")
+    return failed(name, _('{bad} of {value} scales differ from max|w| / {qmax} of their {value2} (median ratio yours/expected = {ratio:.4g}).').format(bad=bad, value=ref.numel(), qmax=qmax, value2='row' if groups == 1 else 'group', ratio=ratio))
 
 
 def _diagnose_q(name: str, q: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, qmax: int) -> CheckResult | None:
     expanded = scale.repeat_interleave(w.shape[1] // scale.shape[1], dim=1)
     exact = w / expanded.clamp_min(1e-30)
     if q.shape != w.shape:
-        return failed(name, f"q has shape {tuple(q.shape)}; it must have the weights' shape {tuple(w.shape)}.")
+        return failed(name, _("q has shape {value}; it must have the weights' shape {value2}.").format(value=tuple(q.shape), value2=tuple(w.shape)))
     if int(q.abs().max()) > qmax:
-        return failed(name, f"some q are outside -{qmax}..{qmax}: clamp after rounding.")
+        return failed(name, _('some q are outside -{qmax}..{qmax}: clamp after rounding.').format(qmax=qmax))
     if torch.equal(q, torch.trunc(exact).to(torch.int8)) and not torch.equal(q, torch.round(exact).to(torch.int8)):
-        return failed(name, "you truncated (dropped the fraction); round to the nearest step with torch.round: "
-                      "truncation doubles the worst error.")
+        return failed(name, _('you truncated (dropped the fraction); round to the nearest step with torch.round: truncation doubles the worst error.'))
     off = (q.to(torch.float32) - torch.round(exact)).abs()
     if (off > 1).any() or (off == 1).float().mean() > 0.01:
-        return failed(name, f"{int((off > 0).sum())} of {q.numel()} values of q are not round(w / scale).")
+        return failed(name, _('{value} of {value2} values of q are not round(w / scale).').format(value=int((off > 0).sum()), value2=q.numel()))
     return None
 
 
@@ -103,7 +99,7 @@ def _diagnose(name: str, q: torch.Tensor, scale: torch.Tensor, ref: torch.Tensor
 @tracked("lab03.int8")
 def check_int8_rows(fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]) -> CheckResult:
     """fn(w) -> (q, scale): q int8 (R, C), scale (R,) with scale = max|w_row| / 127, q = round(w / scale)."""
-    name = "int8 per-row quantization"
+    name = _('int8 per-row quantization')
     w = sample_matrix()
     ref_scale = _reference_scales(w, "int8_row")
     got = _unpack_answer(name, fn(w.clone()), w.shape[0], 1)
@@ -114,14 +110,13 @@ def check_int8_rows(fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tenso
     if problem is not None:
         return problem
     err = quant.relative_error(w, q.to(torch.float32) * scale)
-    return passed(name, f"matches lazymoe.quant's int8_row; relative error {err:.2%} at 8 bits per weight "
-                  "(+ one float32 scale per row).")
+    return passed(name, _("matches lazymoe.quant's int8_row; relative error {err:.2%} at 8 bits per weight (+ one float32 scale per row).").format(err=err))
 
 
 @tracked("lab03.int4")
 def check_int4_groups(fn: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor] | None]) -> CheckResult:
     """fn(w, group_size) -> (q, scales): q int8 (R, C) in -7..7, scales (R, C // group_size) = max|w_group| / 7."""
-    name = "4-bit group quantization"
+    name = _('4-bit group quantization')
     results = []
     for group in (32, 16):
         w = sample_matrix(cols=64, seed=group)
@@ -129,7 +124,7 @@ def check_int4_groups(fn: Callable[[torch.Tensor, int], tuple[torch.Tensor, torc
         got = _unpack_answer(name, fn(w.clone(), group), w.shape[0], w.shape[1] // group)
         if isinstance(got, CheckResult):
             if group == 16 and "scale has" in got.message:
-                got.details.append("it worked with group_size=32: use the group_size argument, not a fixed 32.")
+                got.details.append(_('it worked with group_size=32: use the group_size argument, not a fixed 32.'))
             return got
         q, scale = got
         problem = _diagnose(name, q, scale, ref_scale, w, 7)
@@ -138,14 +133,13 @@ def check_int4_groups(fn: Callable[[torch.Tensor, int], tuple[torch.Tensor, torc
         expanded = scale.repeat_interleave(group, dim=1)
         results.append(quant.relative_error(w, q.to(torch.float32) * expanded))
     int8_err = quant.compare_formats(sample_matrix(cols=64, seed=32), ["int8_row"])[0].rel_error
-    return passed(name, f"matches lazymoe.quant's int4_g32; relative error {results[0]:.1%} "
-                  f"(int8 per row: {int8_err:.1%}) at 4 + 32/32 = 5 bits per weight.")
+    return passed(name, _("matches lazymoe.quant's int4_g32; relative error {value:.1%} (int8 per row: {int8_err:.1%}) at 4 + 32/32 = 5 bits per weight.").format(value=results[0], int8_err=int8_err))
 
 
 @tracked("lab03.pack")
 def check_pack_int4(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> CheckResult:
     """fn(q) -> packed: q (blocks, 32) int8 in -8..7 -> (blocks, 16) uint8, byte j = (q[j]+8) | (q[j+16]+8) << 4."""
-    name = "packing two 4-bit values per byte"
+    name = _('packing two 4-bit values per byte')
     g = torch.Generator().manual_seed(3)
     q = torch.randint(-8, 8, (4, 32), generator=g, dtype=torch.int8)
     ref = quant.pack_nibbles((q + 8).to(torch.uint8))
@@ -154,21 +148,19 @@ def check_pack_int4(fn: Callable[[torch.Tensor], torch.Tensor | None]) -> CheckR
         return not_started(name)
     out = torch.as_tensor(out)
     if tuple(out.shape) != tuple(ref.shape):
-        return failed(name, f"packed has shape {tuple(out.shape)}; 32 values of 4 bits fill {ref.shape[1]} bytes, "
-                      f"so it must be {tuple(ref.shape)}.")
+        return failed(name, _('packed has shape {value}; 32 values of 4 bits fill {value2} bytes, so it must be {value3}.').format(value=tuple(out.shape), value2=ref.shape[1], value3=tuple(ref.shape)))
     if out.dtype != torch.uint8:
-        return failed(name, f"packed must be torch.uint8, got {out.dtype}.")
+        return failed(name, _('packed must be torch.uint8, got {dtype}.').format(dtype=out.dtype))
     if torch.equal(out, ref):
-        return passed(name, "byte for byte GGUF's 4-bit layout: 16 bytes carry 32 weights.")
+        return passed(name, _("byte for byte GGUF's 4-bit layout: 16 bytes carry 32 weights."))
     pairs = ((q[:, 0::2] + 8) | ((q[:, 1::2] + 8) << 4)).to(torch.uint8)
     if torch.equal(out, pairs):
-        return failed(name, "you packed neighbours (0,1), (2,3), ...; GGUF pairs weight j with weight j + 16: "
-                      "low nibble = q[:, j], high nibble = q[:, j + 16].")
+        return failed(name, _('you packed neighbours (0,1), (2,3), ...; GGUF pairs weight j with weight j + 16: low nibble = q[:, j], high nibble = q[:, j + 16].'))
     swapped = quant.pack_nibbles(torch.cat([q[:, 16:], q[:, :16]], dim=1).add(8).to(torch.uint8))
     if torch.equal(out, swapped):
-        return failed(name, "low and high nibbles are swapped: the first half goes in the low 4 bits.")
+        return failed(name, _('low and high nibbles are swapped: the first half goes in the low 4 bits.'))
     no_offset = (q[:, :16].to(torch.uint8) & 0x0F) | ((q[:, 16:].to(torch.uint8) & 0x0F) << 4)
     if torch.equal(out, no_offset):
-        return failed(name, "add 8 first: a nibble holds 0..15, so -8..7 is stored as q + 8.")
+        return failed(name, _('add 8 first: a nibble holds 0..15, so -8..7 is stored as q + 8.'))
     bad = int((out != ref).sum())
-    return failed(name, f"{bad} of {ref.numel()} bytes differ from (q[:, j] + 8) | (q[:, j + 16] + 8) << 4.")
+    return failed(name, _('{bad} of {value} bytes differ from (q[:, j] + 8) | (q[:, j + 16] + 8) << 4.').format(bad=bad, value=ref.numel()))

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
 from lazymoe.exercises.solutions import tracked
+from lazymoe.i18n import _
 from lazymoe.server.loadtest import queue_wait_bound_s, ttft_and_decode_rate
 
 
@@ -21,7 +22,7 @@ def _close(a: float, b: float, rel: float = 1e-3) -> bool:
 @tracked("lab04.ttft")
 def check_ttft_and_rate(fn: Callable[[float, list[float]], tuple[float, float]]) -> CheckResult:
     """fn(sent_s, arrivals_s) -> (ttft_s, decode_tok_s)."""
-    name = "time to first token and decode speed"
+    name = _('time to first token and decode speed')
     # (sent at, first token after, tokens, seconds between tokens)
     cases = [(100.0, 0.8, 11, 0.05), (3.0, 2.5, 31, 0.02)]
     for sent_s, ttft_s, n, gap_s in cases:
@@ -29,51 +30,51 @@ def check_ttft_and_rate(fn: Callable[[float, list[float]], tuple[float, float]])
         try:
             got = fn(sent_s, list(arrivals_s))
         except Exception as exc:  # a learner's bug is a message, not a crash
-            return failed(name, f"your function raised {type(exc).__name__}: {exc}")
+            return failed(name, _('your function raised {error_type}: {exc}').format(error_type=type(exc).__name__, exc=exc))
         if got is None:
             return not_started(name)
         if not isinstance(got, tuple | list) or len(got) != 2:
-            return failed(name, f"return a pair (ttft_s, decode_tok_s); you returned {got!r}")
+            return failed(name, _('return a pair (ttft_s, decode_tok_s); you returned {got!r}').format(got=got))
         ttft, rate = float(got[0]), float(got[1])
         want_ttft, want_rate = ttft_and_decode_rate(sent_s, arrivals_s)
         if not _close(ttft, want_ttft):
             if _close(ttft, want_ttft * 1000):
                 return failed(
-                    name, "your TTFT is 1000x too large: keep it in seconds, not milliseconds"
+                    name, _('your TTFT is 1000x too large: keep it in seconds, not milliseconds')
                 )
             if _close(ttft, arrivals_s[-1] - sent_s):
                 return failed(
-                    name, "that is the time to the LAST token: TTFT ends at the first one"
+                    name, _('that is the time to the LAST token: TTFT ends at the first one')
                 )
             return failed(
                 name,
-                f"TTFT should be {want_ttft:.3f} s for request {sent_s} -> first token {arrivals_s[0]}; you gave {ttft:.3f}",
+                _('TTFT should be {want_ttft:.3f} s for request {sent_s} -> first token {value}; you gave {ttft:.3f}').format(want_ttft=want_ttft, sent_s=sent_s, value=arrivals_s[0], ttft=ttft),
             )
         if not _close(rate, want_rate):
             if _close(rate, n / (arrivals_s[-1] - sent_s)):
                 return failed(
                     name,
-                    "your rate includes the wait for the first token: decode speed starts at the first token",
+                    _('your rate includes the wait for the first token: decode speed starts at the first token'),
                 )
             if _close(rate, n / (arrivals_s[-1] - arrivals_s[0])):
                 return failed(
                     name,
-                    f"{n} tokens have {n - 1} gaps between them: count the tokens after the first",
+                    _('{n} tokens have {value} gaps between them: count the tokens after the first').format(n=n, value=n - 1),
                 )
             if _close(rate, 1 / want_rate):
-                return failed(name, "that is seconds per token: tokens per second is its inverse")
+                return failed(name, _('that is seconds per token: tokens per second is its inverse'))
             return failed(
-                name, f"decode speed should be {want_rate:.2f} tok/s here; you gave {rate:.2f}"
+                name, _('decode speed should be {want_rate:.2f} tok/s here; you gave {rate:.2f}').format(want_rate=want_rate, rate=rate)
             )
     return passed(
-        name, "TTFT is the wait for the first token; decode speed counts the tokens after it."
+        name, _('TTFT is the wait for the first token; decode speed counts the tokens after it.')
     )
 
 
 @tracked("lab04.queue")
 def check_queue_wait(fn: Callable[[int, int, float, float], float]) -> CheckResult:
     """fn(n_users, max_tokens, decode_tok_s, prefill_s) -> seconds the last user waits for a first token."""
-    name = "the wait at the back of the queue"
+    name = _('the wait at the back of the queue')
     for n_users, max_tokens, rate, prefill_s in [
         (16, 32, 40.0, 0.1),
         (4, 100, 25.0, 0.5),
@@ -82,7 +83,7 @@ def check_queue_wait(fn: Callable[[int, int, float, float], float]) -> CheckResu
         try:
             got = fn(n_users, max_tokens, rate, prefill_s)
         except Exception as exc:
-            return failed(name, f"your function raised {type(exc).__name__}: {exc}")
+            return failed(name, _('your function raised {error_type}: {exc}').format(error_type=type(exc).__name__, exc=exc))
         if got is None:
             return not_started(name)
         got, want = float(got), queue_wait_bound_s(n_users, max_tokens, rate, prefill_s)
@@ -92,25 +93,25 @@ def check_queue_wait(fn: Callable[[int, int, float, float], float]) -> CheckResu
         if _close(got, n_users * per_request_s):
             return failed(
                 name,
-                "the last user waits for the users IN FRONT of them (n_users - 1), then only for their own prefill",
+                _('the last user waits for the users IN FRONT of them (n_users - 1), then only for their own prefill'),
             )
         if _close(got, (n_users - 1) * per_request_s):
             return failed(
                 name,
-                "almost: after the others finish, the last user still waits for their own prefill",
+                _('almost: after the others finish, the last user still waits for their own prefill'),
             )
         if _close(got, (n_users - 1) * max_tokens / rate + prefill_s) and n_users > 1:
             return failed(
-                name, "every request in front also pays its prefill, not only the last one"
+                name, _('every request in front also pays its prefill, not only the last one')
             )
         if _close(got, (n_users - 1) * (prefill_s + max_tokens * rate) + prefill_s):
             return failed(
-                name, "max_tokens * tok/s is not a time: divide tokens by tokens per second"
+                name, _('max_tokens * tok/s is not a time: divide tokens by tokens per second')
             )
         return failed(
             name,
-            f"for {n_users} users, {max_tokens} tokens each at {rate} tok/s and {prefill_s} s prefill the answer is {want:.2f} s; you gave {got:.2f}",
+            _('for {n_users} users, {max_tokens} tokens each at {rate} tok/s and {prefill_s} s prefill the answer is {want:.2f} s; you gave {got:.2f}').format(n_users=n_users, max_tokens=max_tokens, rate=rate, prefill_s=prefill_s, want=want, got=got),
         )
     return passed(
-        name, "one request at a time: everyone in front of you costs a prefill plus their tokens."
+        name, _('one request at a time: everyone in front of you costs a prefill plus their tokens.')
     )

@@ -23,6 +23,7 @@ import torch
 from lazymoe.engine.storage.store import ExpertStore
 from lazymoe.exercises.base import CheckResult, explain_error, failed, not_started, passed
 from lazymoe.exercises.solutions import tracked
+from lazymoe.i18n import _
 from lazymoe.models.archs import get_arch
 from lazymoe.paths import bundled_model_dir
 
@@ -58,7 +59,7 @@ def reference_expert_nbytes(config: dict) -> int:
     return 3 * intermediate * config["hidden_size"] * dtype_nbytes(config)
 
 
-THREE = "an expert has three: gate (I x D), up (I x D) and down (D x I)"
+THREE = _("an expert has three: gate (I x D), up (I x D) and down (D x I)", lang="en")  # translated where used
 
 
 def _mistakes(config: dict) -> list[tuple[int, str]]:
@@ -66,25 +67,20 @@ def _mistakes(config: dict) -> list[tuple[int, str]]:
     d, i, b = config["hidden_size"], config["moe_intermediate_size"], dtype_nbytes(config)
     dense = config["intermediate_size"]  # the width of a dense MLP, not of an expert
     return [
-        (2 * i * d * b, f"you counted two matrices; {THREE}."),
-        (i * d * b, f"you counted one matrix; {THREE}."),
-        (3 * i * d * b * 8, f"8x too large: you multiplied by bits per element ({8 * b}); "
-                            f"a byte is 8 bits, so use {b}."),
-        (3 * i * d, f"you counted elements, not bytes: multiply by the bytes per element of "
-                    f"{config.get('dtype')} ({b})."),
-        (3 * d * d * b, "you used hidden_size for both dimensions: one side of each matrix is "
-                        "the expert's intermediate size I."),
-        (3 * dense * d * b, "you used intermediate_size, the width of a dense MLP layer; an "
-                            "expert's width is moe_intermediate_size."),
-        (3 * dense * d * b * 8, "you used intermediate_size (a dense MLP's width, use "
-                                "moe_intermediate_size) and bits instead of bytes."),
+        (2 * i * d * b, _('you counted two matrices; {THREE}.').format(THREE=_(THREE))),
+        (i * d * b, _('you counted one matrix; {THREE}.').format(THREE=_(THREE))),
+        (3 * i * d * b * 8, _('8x too large: you multiplied by bits per element ({value}); a byte is 8 bits, so use {b}.').format(value=8 * b, b=b)),
+        (3 * i * d, _('you counted elements, not bytes: multiply by the bytes per element of {value} ({b}).').format(value=config.get('dtype'), b=b)),
+        (3 * d * d * b, _("you used hidden_size for both dimensions: one side of each matrix is the expert's intermediate size I.")),
+        (3 * dense * d * b, _("you used intermediate_size, the width of a dense MLP layer; an expert's width is moe_intermediate_size.")),
+        (3 * dense * d * b * 8, _("you used intermediate_size (a dense MLP's width, use moe_intermediate_size) and bits instead of bytes.")),
     ]  # fmt: skip
 
 
 @tracked("lab05b.expert_nbytes")
 def check_expert_nbytes(fn: Callable[[dict], int]) -> CheckResult:
     """Your fn(config) against the store's expert_nbytes: the bundled model and two real configs."""
-    name = "lab05b: bytes per expert"
+    name = _('lab05b: bytes per expert')
     cases = {"the bundled tiny model": bundled_config(), **REAL_CONFIGS}
     store_nbytes = ExpertStore.open(bundled_model_dir()).expert_nbytes
     for model, config in cases.items():
@@ -93,14 +89,14 @@ def check_expert_nbytes(fn: Callable[[dict], int]) -> CheckResult:
             got = fn(dict(config))  # a copy: a function that edits it cannot spoil the next case
         except Exception as err:  # a learner's bug: show it, do not crash the notebook
             return failed(
-                name, f"your function raised {type(err).__name__}: {err} (on {model}'s config)"
+                name, _("your function raised {error_type}: {err} (on {model}'s config)").format(error_type=type(err).__name__, err=err, model=model)
             )
         if got is None:
             return not_started(name)
         try:
             got_value = float(got)
         except (TypeError, ValueError):
-            return failed(name, f"your function returned {got!r}: return a number of bytes.")
+            return failed(name, _('your function returned {got!r}: return a number of bytes.').format(got=got))
         if got_value == want:
             continue
         said = f"{model}: you said {got_value:,.0f} bytes, the store says {want:,}"
@@ -115,11 +111,11 @@ def check_expert_nbytes(fn: Callable[[dict], int]) -> CheckResult:
             name,
             f"{said} ({got_value / want:.3g}x).",
             shape,
-            "one expert = gate (I x D) + up (I x D) + down (D x I) elements x bytes per element.",
+            _('one expert = gate (I x D) + up (I x D) + down (D x I) elements x bytes per element.'),
         )
     return passed(
         name,
-        f"right on all {len(cases)} configs: the bundled model's expert is {store_nbytes:,} B.",
+        _("right on all {n_cases} configs: the bundled model's expert is {store_nbytes:,} B.").format(n_cases=len(cases), store_nbytes=store_nbytes),
     )
 
 
@@ -220,7 +216,7 @@ def _compare(
         )
     if tuple(mine.shape) != tuple(ref.shape):
         swapped = tuple(mine.shape) == tuple(ref.shape)[::-1]
-        hint = "you swapped rows and columns." if swapped else "reshape to the header's shape."
+        hint = _('you swapped rows and columns.') if swapped else _("reshape to the header's shape.")
         return f"{at} has shape {tuple(mine.shape)}, the header says {tuple(ref.shape)}: {hint}"
     if torch.equal(mine.view(torch.uint8), ref.contiguous().view(torch.uint8)):
         return ""
@@ -237,7 +233,7 @@ def check_read_expert(
     fn: Callable[[str, dict, int, int], object], model_dir: str | Path | None = None
 ) -> CheckResult:
     """Your fn(path, header, layer, expert) against ExpertStore.read, bit for bit, on 4 experts."""
-    name = "lab05b: read one expert"
+    name = _('lab05b: read one expert')
     model_dir = Path(model_dir or bundled_model_dir())
     path = model_dir / "model.safetensors"
     header, data_start = read_header(path)
@@ -248,15 +244,14 @@ def check_read_expert(
         except Exception as err:  # a learner's bug: show it, do not crash the notebook
             return failed(
                 name,
-                f"your function raised {type(err).__name__}: {err} (expert {expert}, layer "
-                f"{layer}).{_reshape_hint(str(err))}{explain_error(err)}",
+                _('your function raised {error_type}: {err} (expert {expert}, layer {layer}).{value}{value2}').format(error_type=type(err).__name__, err=err, expert=expert, layer=layer, value=_reshape_hint(str(err)), value2=explain_error(err)),
             )
         three = None if out is None else _as_three(out)
         if out is None or (three is not None and all(x is None for x in three)):
             return not_started(name)
         if three is None:
             return failed(
-                name, f"return three arrays (gate, up, down); you returned {type(out).__name__}."
+                name, _('return three arrays (gate, up, down); you returned {type_name}.').format(type_name=type(out).__name__)
             )
         want = store.read(layer, expert)
         for role, x in zip(ROLES, three, strict=True):
@@ -267,6 +262,6 @@ def check_read_expert(
                 return failed(
                     name,
                     problem,
-                    f"{tname}: data_offsets {offsets}, header ends at byte {data_start:,}",
+                    _('{tname}: data_offsets {offsets}, header ends at byte {data_start:,}').format(tname=tname, offsets=offsets, data_start=data_start),
                 )
-    return passed(name, f"bit-identical to ExpertStore.read on {len(CASES)} experts.")
+    return passed(name, _('bit-identical to ExpertStore.read on {n_CASES} experts.').format(n_CASES=len(CASES)))

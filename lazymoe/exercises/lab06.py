@@ -11,6 +11,7 @@ from lazymoe.engine.parts.policies import FIFO, LFU, LRU, EvictionPolicy, Policy
 from lazymoe.engine.parts.trace import RoutingTrace, simulate, synthetic_trace
 from lazymoe.exercises.base import CheckResult, explain_error, failed, not_started, passed
 from lazymoe.exercises.solutions import tracked
+from lazymoe.i18n import _
 
 
 def zipf_trace(
@@ -22,7 +23,7 @@ def zipf_trace(
 
 def _not_written(name: str) -> CheckResult:
     return CheckResult(
-        name, False, "victim() returned None: write your class's methods and run again.",
+        name, False, _("victim() returned None: write your class's methods and run again."),
         started=False,
     )
 
@@ -36,7 +37,7 @@ def _fresh(policy_cls) -> EvictionPolicy | None:
 def _evictions(policy: EvictionPolicy, trace: RoutingTrace, n_slots: int) -> list[tuple]:
     """(access number, key looked up, evicted key) for every eviction while replaying `trace`."""
     book, out, step = CacheBook(n_slots, policy, tier="check"), [], 0
-    for _, keys in trace.steps():
+    for _step, keys in trace.steps():
         needed = frozenset(keys)
         for key in keys:
             step += 1
@@ -72,7 +73,7 @@ SCENARIOS = [  # (trace, n_slots): a tiny cache, a middling one, more layers
 @tracked("lab06.lru")
 def check_lru(policy_cls) -> CheckResult:
     """Your LRU class, replayed next to lazymoe's LRU on small traces: the same victim every time?"""
-    name = "lab06: LRU"
+    name = _('lab06: LRU')
     if policy_cls is None:
         return not_started(name)
     for trace, n_slots in SCENARIOS:
@@ -80,7 +81,7 @@ def check_lru(policy_cls) -> CheckResult:
             policy = _fresh(policy_cls)
             if not isinstance(policy, EvictionPolicy):
                 return failed(
-                    name, "pass your class (a subclass of EvictionPolicy), e.g. check_lru(MyLRU)."
+                    name, _('pass your class (a subclass of EvictionPolicy), e.g. check_lru(MyLRU).')
                 )
             mine = _evictions(policy, trace, n_slots)
         except NotImplementedError:
@@ -88,33 +89,32 @@ def check_lru(policy_cls) -> CheckResult:
         except PolicyError as err:
             if "returned None" in str(err):
                 return _not_written(name)
-            return failed(name, f"your policy broke a rule of the cache: {err}")
+            return failed(name, _('your policy broke a rule of the cache: {err}').format(err=err))
         except CacheFullError as err:
             return failed(name, str(err))
         except Exception as err:  # a learner's bug: show it, do not crash the notebook
-            return failed(name, f"your policy raised {type(err).__name__}: {err}.{explain_error(err)}")
+            return failed(name, _('your policy raised {error_type}: {err}.{value}').format(error_type=type(err).__name__, err=err, value=explain_error(err)))
         want = _evictions(LRU(), trace, n_slots)
         if mine == want:
             continue
         if mine == _evictions(FIFO(), trace, n_slots):
             return failed(
                 name,
-                "your policy evicts in insertion order, like FIFO: a hit must count as a use "
-                "(on_hit should move the key to the most-recent end).",
+                _('your policy evicts in insertion order, like FIFO: a hit must count as a use (on_hit should move the key to the most-recent end).'),
             )
         if mine == _evictions(LFU(), trace, n_slots):
             return failed(
                 name,
-                "your policy counts uses (LFU); LRU looks only at how recently a key was used.",
+                _('your policy counts uses (LFU); LRU looks only at how recently a key was used.'),
             )
         return failed(name, *_first_difference(mine, want, n_slots))
-    return passed(name, "your policy evicts exactly what LRU evicts on every test trace.")
+    return passed(name, _('your policy evicts exactly what LRU evicts on every test trace.'))
 
 
 @tracked("lab06.policy")
 def check_policy(policy_cls, trace: RoutingTrace, n_slots: int) -> CheckResult:
     """Your own policy on a real trace: it keeps the cache's rules and its hit rate is >= LRU's."""
-    name = f"lab06: your policy at {n_slots} slots"
+    name = _('lab06: your policy at {n_slots} slots').format(n_slots=n_slots)
     if policy_cls is None:
         return not_started(name)
     try:
@@ -122,7 +122,7 @@ def check_policy(policy_cls, trace: RoutingTrace, n_slots: int) -> CheckResult:
         if not isinstance(policy, EvictionPolicy):
             return failed(
                 name,
-                "pass your class (a subclass of EvictionPolicy), e.g. check_policy(MyPolicy, ...).",
+                _('pass your class (a subclass of EvictionPolicy), e.g. check_policy(MyPolicy, ...).'),
             )
         mine = simulate(trace, n_slots, policy).hit_rate
     except NotImplementedError:
@@ -130,23 +130,22 @@ def check_policy(policy_cls, trace: RoutingTrace, n_slots: int) -> CheckResult:
     except (PolicyError, CacheFullError) as err:
         if "returned None" in str(err):
             return _not_written(name)
-        return failed(name, f"your policy broke a rule of the cache: {err}")
+        return failed(name, _('your policy broke a rule of the cache: {err}').format(err=err))
     except Exception as err:
-        return failed(name, f"your policy raised {type(err).__name__}: {err}.{explain_error(err)}")
+        return failed(name, _('your policy raised {error_type}: {err}.{value}').format(error_type=type(err).__name__, err=err, value=explain_error(err)))
     lru = simulate(trace, n_slots, "lru").hit_rate
     opt = simulate(trace, n_slots, "opt").hit_rate
-    detail = f"hit rate {mine:.1%}; LRU {lru:.1%}; the optimum (OPT) {opt:.1%}"
+    detail = _('hit rate {mine:.1%}; LRU {lru:.1%}; the optimum (OPT) {opt:.1%}').format(mine=mine, lru=lru, opt=opt)
     if mine + 1e-12 < lru:
         return failed(
             name,
-            f"{detail}: below LRU.",
+            _('{detail}: below LRU.').format(detail=detail),
             *_tuning_hint(policy_cls, trace, n_slots, mine),
-            "experts a layer uses a lot come back again and again: a policy that remembers how "
-            "often a key was used (with some forgetting, so old favourites can leave) tends to win.",
+            _('experts a layer uses a lot come back again and again: a policy that remembers how often a key was used (with some forgetting, so old favourites can leave) tends to win.'),
         )
     closed = (mine - lru) / (opt - lru) if opt > lru else 1.0
     return passed(
-        name, f"{detail}: you closed {closed:.0%} of the gap between LRU and the optimum."
+        name, _('{detail}: you closed {closed:.0%} of the gap between LRU and the optimum.').format(detail=detail, closed=closed)
     )
 
 

@@ -10,8 +10,9 @@ import torch
 from lazymoe.engine.parts.prefetch import predict_experts
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
 from lazymoe.exercises.solutions import tracked
+from lazymoe.i18n import _
 
-NAME = "lab07: predict the next layer's experts"
+NAME = _("lab07: predict the next layer's experts", lang="en")  # translated where shown (CheckResult)
 
 
 def _cases(n: int = 6, hidden: int = 16, experts: int = 8, top_k: int = 2):
@@ -41,7 +42,7 @@ def check_predict(fn) -> CheckResult:
         try:
             result = fn(hidden.clone(), weight.clone(), k)
         except Exception as err:  # show the learner's bug, do not crash the notebook
-            return failed(NAME, f"your function raised {type(err).__name__}: {err}")
+            return failed(NAME, _('your function raised {error_type}: {err}').format(error_type=type(err).__name__, err=err))
         if result is None:
             return not_started(NAME)
         ids = _as_ids(result)
@@ -49,31 +50,28 @@ def check_predict(fn) -> CheckResult:
         if ids is None:
             return failed(
                 NAME,
-                "return expert ids (integers), not scores: torch.topk(...).indices, not .values.",
+                _('return expert ids (integers), not scores: torch.topk(...).indices, not .values.'),
             )
         if len(ids) != k:
             shape = tuple(result.shape) if isinstance(result, torch.Tensor) else len(ids)
             return failed(
                 NAME,
-                f"you returned {len(ids)} ids (shape {shape}) for top_k={k}: return exactly top_k "
-                "ids for this one hidden state.",
+                _('you returned {n_ids} ids (shape {shape}) for top_k={k}: return exactly top_k ids for this one hidden state.').format(n_ids=len(ids), shape=shape, k=k),
             )
         if any(not 0 <= i < weight.shape[0] for i in ids):
             return failed(
                 NAME,
-                f"ids {ids} are not expert numbers 0..{weight.shape[0] - 1}: the logits are "
-                "router_weight @ hidden, one per expert (E,), not one per hidden dimension.",
+                _('ids {ids} are not expert numbers 0..{value}: the logits are router_weight @ hidden, one per expert (E,), not one per hidden dimension.').format(ids=ids, value=weight.shape[0] - 1),
             )
         if set(ids) == set(predict_experts(-hidden, weight, k).tolist()) and set(ids) != set(want):
             return failed(
                 NAME,
-                "you picked the experts the router likes least: take the largest logits "
-                "(torch.topk picks the largest by default; do not negate or sort ascending).",
+                _('you picked the experts the router likes least: take the largest logits (torch.topk picks the largest by default; do not negate or sort ascending).'),
             )
         if set(ids) != set(want):
             return failed(
                 NAME,
-                f"for this case the router picks {sorted(want)}, you guessed {sorted(ids)}.",
-                "logits = router_weight @ hidden (shape (E,)); the guess is torch.topk(logits, top_k).",
+                _('for this case the router picks {value}, you guessed {value2}.').format(value=sorted(want), value2=sorted(ids)),
+                _('logits = router_weight @ hidden (shape (E,)); the guess is torch.topk(logits, top_k).'),
             )
-    return passed(NAME, "your guesses match the router's top-k on every test case.")
+    return passed(NAME, _("your guesses match the router's top-k on every test case."))

@@ -20,9 +20,10 @@ from lazymoe.engine.parts.router import topk_route
 from lazymoe.exercises import lab05, lab05b, lab06, lab07
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
 from lazymoe.exercises.solutions import tracked
+from lazymoe.i18n import _
 
-ROUTE = "lab08: top-k routing"
-TOKENS = "lab08: your engine against the package's"
+ROUTE = _("lab08: top-k routing", lang="en")  # translated where shown (CheckResult)
+TOKENS = _("lab08: your engine against the package's", lang="en")  # translated where shown (CheckResult)
 
 
 def _cases():
@@ -39,30 +40,29 @@ def _diagnose(weights, indices, logits, k, norm) -> str | None:
     if set(map(tuple, indices.sort(-1).values.tolist())) == set(
         map(tuple, torch.topk(-logits, k).indices.sort(-1).values.tolist())
     ):
-        return "you picked the k least likely experts: take the largest (torch.topk's default)."
+        return _("you picked the k least likely experts: take the largest (torch.topk's default).")
     if not torch.equal(indices.sort(-1).values, want_i.sort(-1).values):
-        return "your experts are not the k most likely per token: topk over the experts (dim=-1)."
+        return _('your experts are not the k most likely per token: topk over the experts (dim=-1).')
     order = indices.argsort(-1)
     got_w = torch.gather(weights.float(), -1, order)
     want_sorted = torch.gather(want_w, -1, want_i.argsort(-1))
     raw = torch.gather(torch.gather(logits.float(), -1, indices), -1, order)
     if torch.allclose(got_w, raw, atol=1e-5):
-        return "your weights are raw logits: apply softmax over the experts first."
+        return _('your weights are raw logits: apply softmax over the experts first.')
     if torch.allclose(got_w, raw / raw.sum(-1, keepdim=True), atol=1e-5):
-        return "you renormalized the raw logits: softmax first, then (if norm_topk_prob) divide by the sum."
+        return _('you renormalized the raw logits: softmax first, then (if norm_topk_prob) divide by the sum.')
     dim0 = torch.gather(torch.gather(torch.softmax(logits.float(), dim=0), -1, indices), -1, order)
     if any(torch.allclose(got_w, d, atol=1e-5) for d in (dim0, dim0 / dim0.sum(-1, keepdim=True))):
-        return "your softmax runs over tokens (dim=0): it must run over the experts (dim=-1)."
+        return _('your softmax runs over tokens (dim=0): it must run over the experts (dim=-1).')
     plain = torch.gather(torch.gather(probs, -1, indices), -1, order)
     if norm and torch.allclose(got_w, plain, atol=1e-5):
-        return "with norm_topk_prob=True the k weights must sum to 1: divide them by their sum."
+        return _('with norm_topk_prob=True the k weights must sum to 1: divide them by their sum.')
     if not norm and torch.allclose(got_w, plain / plain.sum(-1, keepdim=True), atol=1e-5):
         return (
-            "with norm_topk_prob=False (OLMoE, Qwen2-MoE) keep the softmax probabilities as they "
-            "are: do not renormalize."
+            _('with norm_topk_prob=False (OLMoE, Qwen2-MoE) keep the softmax probabilities as they are: do not renormalize.')
         )
     if not torch.allclose(got_w, want_sorted, atol=1e-5):
-        return "your expert ids are right but the weights are not softmax probabilities of them."
+        return _('your expert ids are right but the weights are not softmax probabilities of them.')
     return None
 
 
@@ -74,24 +74,23 @@ def check_route(fn) -> CheckResult:
         try:
             result = fn(logits.clone(), k, norm)
         except Exception as err:
-            return failed(ROUTE, f"your function raised {type(err).__name__}: {err}")
+            return failed(ROUTE, _('your function raised {error_type}: {err}').format(error_type=type(err).__name__, err=err))
         if result is None:
             return not_started(ROUTE)
         if not (isinstance(result, tuple) and len(result) == 2):
-            return failed(ROUTE, "return a pair (weights, indices), both shaped (tokens, top_k).")
+            return failed(ROUTE, _('return a pair (weights, indices), both shaped (tokens, top_k).'))
         weights, indices = (torch.as_tensor(x) for x in result)
         if indices.is_floating_point() and not weights.is_floating_point():
-            return failed(ROUTE, "you returned (indices, weights): the order is (weights, indices).")
+            return failed(ROUTE, _('you returned (indices, weights): the order is (weights, indices).'))
         if tuple(weights.shape) != (logits.shape[0], k) or tuple(indices.shape) != (logits.shape[0], k):
             return failed(
                 ROUTE,
-                f"shapes {tuple(weights.shape)} and {tuple(indices.shape)}: both must be "
-                f"(tokens, top_k) = {(logits.shape[0], k)}.",
+                _('shapes {value} and {value2}: both must be (tokens, top_k) = {value3}.').format(value=tuple(weights.shape), value2=tuple(indices.shape), value3=(logits.shape[0], k)),
             )
         problem = _diagnose(weights, indices.long(), logits, k, norm)
         if problem is not None:
-            return failed(ROUTE, problem, f"case: top_k={k}, norm_topk_prob={norm}")
-    return passed(ROUTE, "your router picks the same experts with the same weights as transformers.")
+            return failed(ROUTE, problem, _('case: top_k={k}, norm_topk_prob={norm}').format(k=k, norm=norm))
+    return passed(ROUTE, _('your router picks the same experts with the same weights as transformers.'))
 
 
 def check_same_tokens(mine: list[int] | None, reference: list[int], tokenizer=None) -> CheckResult:
@@ -100,21 +99,18 @@ def check_same_tokens(mine: list[int] | None, reference: list[int], tokenizer=No
         return not_started(TOKENS)
     mine = list(mine)
     if mine == list(reference):
-        return passed(TOKENS, f"all {len(mine)} tokens are identical.")
+        return passed(TOKENS, _('all {n_mine} tokens are identical.').format(n_mine=len(mine)))
     i = next((i for i, (a, b) in enumerate(zip(mine, reference, strict=False)) if a != b), None)
     if i is None:
         return failed(
             TOKENS,
-            f"you made {len(mine)} tokens, the reference {len(reference)}: use the same "
-            "GenerationConfig (max_new_tokens, stop tokens) for both.",
+            _('you made {n_mine} tokens, the reference {n_reference}: use the same GenerationConfig (max_new_tokens, stop tokens) for both.').format(n_mine=len(mine), n_reference=len(reference)),
         )
     show = (lambda ids: repr(tokenizer.decode(ids))) if tokenizer is not None else str
     return failed(
         TOKENS,
-        f"the first {i} tokens agree, then yours is {show(mine[i:i + 1])} where the reference has "
-        f"{show(reference[i:i + 1])}.",
-        "a cache policy cannot change tokens (it only decides what is resident): look at your "
-        "router (check_route), and use temperature 0 (greedy) for both.",
+        _('the first {i} tokens agree, then yours is {value} where the reference has {value2}.').format(i=i, value=show(mine[i:i + 1]), value2=show(reference[i:i + 1])),
+        _('a cache policy cannot change tokens (it only decides what is resident): look at your router (check_route), and use temperature 0 (greedy) for both.'),
     )
 
 
@@ -198,10 +194,9 @@ def assemble(route=None, read_expert=None, policy=None, predict=None) -> MyParts
         result = check(part) if part is not None else None
         if result is not None and result.passed:
             setattr(parts, name, part)
-            parts.notes.append(f"{label}: yours, it passes its check.")
+            parts.notes.append(_('{label}: yours, it passes its check.').format(label=label))
         elif result is None or not result.started:
-            parts.notes.append(f"{label}: not written yet, so the engine runs {PACKAGE_PARTS[name]}.")
+            parts.notes.append(_('{label}: not written yet, so the engine runs {value}.').format(label=label, value=PACKAGE_PARTS[name]))
         else:
-            parts.notes.append(f"{label}: does not pass its check yet ({result.message}), so the "
-                               f"engine runs {PACKAGE_PARTS[name]}.")
+            parts.notes.append(_('{label}: does not pass its check yet ({message}), so the engine runs {value}.').format(label=label, message=result.message, value=PACKAGE_PARTS[name]))
     return parts

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from lazymoe.calculator import expert_cache_bound_tok_s
 from lazymoe.exercises.base import CheckResult, failed, not_started, passed
 from lazymoe.exercises.solutions import tracked
+from lazymoe.i18n import _
 
-EXERCISE = "lab09: roofline bound with a hit rate"
+EXERCISE = _("lab09: roofline bound with a hit rate", lang="en")  # translated where shown (CheckResult)
 GB = 1e9
 
 # (dense bytes, expert bytes per token, hit rate, VRAM GB/s, PCIe GB/s): a laptop, a server, a cold cache
@@ -45,24 +46,22 @@ def check_bound(fn: Callable[[float, float, float, float, float], float | None])
         try:
             got = fn(*case)
         except Exception as exc:  # the learner's code raised: say so, do not crash the notebook
-            return failed(EXERCISE, f"your function raised {type(exc).__name__}: {exc}")
+            return failed(EXERCISE, _('your function raised {error_type}: {exc}').format(error_type=type(exc).__name__, exc=exc))
         if got is None:
             return not_started(EXERCISE)
         want = expert_cache_bound_tok_s(*case)
         try:
             got = float(got)
         except (TypeError, ValueError):
-            return failed(EXERCISE, f"return a number of tokens per second, not {type(got).__name__}")
+            return failed(EXERCISE, _('return a number of tokens per second, not {type_name}').format(type_name=type(got).__name__))
         if math.isclose(got, want, rel_tol=1e-3):
             continue
-        detail = f"case dense={case[0] / GB:.2f} GB, experts={case[1] / GB:.2f} GB, h={case[2]}, " \
-                 f"VRAM {case[3]} GB/s, link {case[4]} GB/s: expected {want:.2f} tok/s, got {got:.4g}"
+        detail = _('case dense={value:.2f} GB, experts={value2:.2f} GB, h={value3}, VRAM {value4} GB/s, link {value5} GB/s: expected {want:.2f} tok/s, got {got:.4g}').format(value=case[0] / GB, value2=case[1] / GB, value3=case[2], value4=case[3], value5=case[4], want=want, got=got)
         ratio = got / want if want else float("inf")
         if ratio > 1e8 or 0 < ratio < 1e-8:
-            return failed(EXERCISE, f"your bound is off by a factor of about {ratio:.0e}: did you mix "
-                                    "GB and bytes? Bandwidths are GB/s (1e9 bytes/s), sizes are bytes.", detail)
+            return failed(EXERCISE, _('your bound is off by a factor of about {ratio:.0e}: did you mix GB and bytes? Bandwidths are GB/s (1e9 bytes/s), sizes are bytes.').format(ratio=ratio), detail)
         for message, value in _wrong_formulas(*case).items():
             if value and math.isclose(got, value, rel_tol=1e-3):
                 return failed(EXERCISE, message, detail)
-        return failed(EXERCISE, "not yet: add the seconds of each part, then invert.", detail)
-    return passed(EXERCISE, "your bound matches the one the benchmark draws on its chart.")
+        return failed(EXERCISE, _('not yet: add the seconds of each part, then invert.'), detail)
+    return passed(EXERCISE, _('your bound matches the one the benchmark draws on its chart.'))

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lazymoe.exercises.base import CheckResult
+from lazymoe.i18n import _
 
 SWITCH = "LAZYMOE_SOLUTIONS"  # "1": the notebook tests run every exercise with its solution
 
@@ -38,7 +39,7 @@ class Exercise:
     """One "your turn": what it asks, how to climb to it, and the answer kept out of the way."""
 
     key: str  # "lab06.lru": the lab, a dot, the exercise
-    title: str
+    title: str  # English (marked for the catalog in the ladders); `name` is what the learner reads
     check: str  # the check call as the notebook writes it, e.g. "check_lru(MyLRU)"
     hints: tuple[str, ...]  # idea, method, shape of the code: shown one at a time
     solution: str  # Python source, shown as text, executed only under the switch
@@ -48,6 +49,14 @@ class Exercise:
     @property
     def lab(self) -> str:
         return self.key.split(".")[0]
+
+    @property
+    def name(self) -> str:
+        """The title in the learner's language (looked up now, so a language chosen later applies)."""
+        return _(self.title)
+
+    def hint_text(self, index: int) -> str:
+        return _(self.hints[index])
 
 
 class UnknownExercise(KeyError):
@@ -59,7 +68,7 @@ def exercises(lab: str) -> dict[str, Exercise]:
     try:
         module = importlib.import_module(f"lazymoe.exercises.ladders.{lab}")
     except ModuleNotFoundError as err:
-        raise UnknownExercise(f"no lab {lab!r}: labs are lab00 .. lab09 and lab05b") from err
+        raise UnknownExercise(_("no lab {lab!r}: labs are lab00 .. lab09 and lab05b").format(lab=lab)) from err
     return {ex.key: ex for ex in module.EXERCISES}
 
 
@@ -67,7 +76,7 @@ def get(key: str) -> Exercise:
     lab = key.split(".")[0]
     found = exercises(lab)
     if key not in found:
-        raise UnknownExercise(f"no exercise {key!r}: {lab} has {', '.join(found)}")
+        raise UnknownExercise(_("no exercise {key!r}: {lab} has {keys}").format(key=key, lab=lab, keys=", ".join(found)))
     return found[key]
 
 
@@ -122,12 +131,13 @@ def hint(key: str) -> Shown:
     rec = _store().exercise_event(ex.lab, key, "hint")
     n = min(rec.hints_seen, len(ex.hints))
     more = (
-        f'Still stuck? hint("{key}") again shows the next one.'
+        _('Still stuck? hint("{key}") again shows the next one.').format(key=key)
         if n < len(ex.hints)
-        else (f'That was the last hint. An easier version: blanks("{key}"). ' if ex.blanks else "")
-        + f'The answer: show_solution("{key}").'
+        else (_('That was the last hint. An easier version: blanks("{key}"). ').format(key=key) if ex.blanks else "")
+        + _('The answer: show_solution("{key}").').format(key=key)
     )
-    return Shown(f"Hint {n} of {len(ex.hints)} for {ex.title}", ex.hints[n - 1] + "\n" + more)
+    return Shown(_("Hint {n} of {total} for {title}").format(n=n, total=len(ex.hints), title=ex.name),
+                 ex.hint_text(n - 1) + "\n" + more)
 
 
 def blanks(key: str) -> Shown:
@@ -135,15 +145,16 @@ def blanks(key: str) -> Shown:
     (in Jupyter); it plugs into the same check."""
     ex = get(key)
     if not ex.blanks:
-        return Shown(f"{ex.title} has no fill-in version", f'Try hint("{key}") instead.')
+        return Shown(_("{title} has no fill-in version").format(title=ex.name),
+                     _('Try hint("{key}") instead.').format(key=key))
     _store().exercise_event(ex.lab, key, "blanks")
     code = f"{ex.blanks.rstrip()}\n\n\n{ex.check}\n"
     ip = _ipython()
     if ip is not None:
         ip.set_next_input(code, replace=False)
-        return Shown(f"A fill-in version of {ex.title} is in the new cell below",
-                     "Replace each ___ and run that cell.")
-    return Shown(f"A fill-in version of {ex.title}: replace each ___", code=code)
+        return Shown(_("A fill-in version of {title} is in the new cell below").format(title=ex.name),
+                     _("Replace each ___ and run that cell."))
+    return Shown(_("A fill-in version of {title}: replace each ___").format(title=ex.name), code=code)
 
 
 def show_solution(key: str, now: bool = False) -> Shown:
@@ -155,13 +166,13 @@ def show_solution(key: str, now: bool = False) -> Shown:
     rec = store.exercise_record(ex.lab, key)
     if not now and (rec is None or rec.attempts == 0) and not testing():
         return Shown(
-            f"Try {ex.title} first",
-            f'Write something and run its check at least once; hint("{key}") helps. To see the '
-            f'answer anyway: show_solution("{key}", now=True).',
+            _("Try {title} first").format(title=ex.name),
+            _('Write something and run its check at least once; hint("{key}") helps. To see the '
+              'answer anyway: show_solution("{key}", now=True).').format(key=key),
         )
     store.exercise_event(ex.lab, key, "solution")
     return Shown(
-        f"One solution for {ex.title} (shown, not run: copy what you need into your own cell)",
+        _("One solution for {title} (shown, not run: copy what you need into your own cell)").format(title=ex.name),
         code=ex.solution.strip(),
     )
 
@@ -219,7 +230,7 @@ def tracked(key: str) -> Callable[[Callable[..., CheckResult]], Callable[..., Ch
                 with contextlib.suppress(OSError):  # a read-only home: the answer still shows
                     _store().exercise_event(lab, key, "pass" if result.passed else "fail")
                 if not result.passed:
-                    result.details.append(f'stuck? hint("{key}")')
+                    result.details.append(_('stuck? hint("{key}")').format(key=key))
             return result
 
         run.exercise_key = key  # type: ignore[attr-defined]
@@ -235,8 +246,8 @@ def lab_progress(lab: str) -> Shown:
     lines = []
     for key, ex in exercises(lab).items():
         rec = store.exercise_record(lab, key)
-        lines.append(f"{ex.title}: {rec.status() if rec else 'not tried yet'}")
-    return Shown(f"Your progress in {lab}", "\n".join(lines))
+        lines.append(f"{ex.name}: {rec.status() if rec else _('not tried yet')}")
+    return Shown(_("Your progress in {lab}").format(lab=lab), "\n".join(lines))
 
 
 def mine_or_reference(key: str, name: str, namespace: dict):
@@ -248,12 +259,14 @@ def mine_or_reference(key: str, name: str, namespace: dict):
         try:
             result = eval(ex.check, dict(namespace))
         except Exception as err:  # a half-written cell: say so, go on with the reference
-            result = CheckResult(ex.title, False, f"{type(err).__name__}: {err}")
+            result = CheckResult(ex.name, False, f"{type(err).__name__}: {err}")
     if isinstance(result, CheckResult) and result.passed:
         return namespace[name]
     scratch = dict(namespace)
     exec(compile(ex.solution, f"<reference {key}>", "exec"), scratch)
-    why = "is not written yet" if not result.started else "does not pass its check yet"
-    print(f"Note: your {name} {why}, so the cells below use the course's reference answer "
-          f'(show_solution("{key}") shows it). Your own definition is unchanged.')
+    note = (_('Note: your {name} is not written yet, so the cells below use the course\'s reference answer '
+              '(show_solution("{key}") shows it). Your own definition is unchanged.') if not result.started else
+            _('Note: your {name} does not pass its check yet, so the cells below use the course\'s reference '
+              'answer (show_solution("{key}") shows it). Your own definition is unchanged.'))
+    print(note.format(name=name, key=key))
     return scratch[name]

@@ -10,7 +10,11 @@ cache and memory traffic is the quantized bytes themselves. Both give the same n
 float32 summation order (tests/test_quant_expert.py).
 
 `python -m lazymoe.quant.expert` measures the bytes per second this path reads, next to the
-machine's RAM bandwidth (`lazymoe.measure.ram_copy`).
+machine's RAM bandwidth (`lazymoe.measure.ram_copy`). On the 2-core dev machine (Qwen3-30B-A3B
+expert shapes, one token, 2 threads, a shared and noisy machine): q8_0 0.7-1.5 GB/s, q4_0
+0.1-0.5, q4_k 0.2, q6_k 0.3, against a RAM copy of 11-30 GB/s: a few per cent. Each torch op is
+one more pass over the slab (convert, scale, multiply); a fused loop that reads each byte once
+(C++: 3.8 GB/s for q8_0 in a quick test) is the way to the issue's 50 % target.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from lazymoe.quant.formats import QuantError
 from lazymoe.quant.tensor import QuantizedTensor, quantize
 
 # Weights dequantized at once: 256 Ki float32 = 1 MiB, about a core's L2 cache. Measured on the
-# 2-core dev machine (one thread, Qwen3-30B-A3B expert shapes, q8_0): 4 Ki weights 0.03 GB/s,
-# 32 Ki 0.18, 64 Ki 0.29, 256 Ki 0.37: below that, torch's per-op overhead dominates.
+# 2-core dev machine (one thread, Qwen3-30B-A3B expert shapes, q8_0, before decode_into): 4 Ki
+# weights 0.03 GB/s, 32 Ki 0.18, 64 Ki 0.29, 256 Ki 0.37, 1 Mi no better: below 256 Ki, torch's
+# per-op overhead dominates.
 SLAB_WEIGHTS = 1 << 18
 _local = threading.local()  # one reusable float32 slab buffer per thread
 
@@ -38,7 +43,8 @@ def _buffer(n_weights: int) -> torch.Tensor:
     a fresh 1 MiB allocation is page faults every time)."""
     buf = getattr(_local, "buf", None)
     if buf is None or buf.numel() < n_weights:
-        buf = _local.buf = torch.empty(n_weights, dtype=torch.float32)
+        with torch.inference_mode(False):  # a normal tensor: usable inside and outside the mode
+            buf = _local.buf = torch.empty(n_weights, dtype=torch.float32)
     return buf[:n_weights]
 
 
@@ -46,7 +52,8 @@ def _nibble_buffer(n_blocks: int) -> torch.Tensor:
     """(n_blocks, 32) uint8, reused like `_buffer`."""
     buf = getattr(_local, "nibbles", None)
     if buf is None or buf.shape[0] < n_blocks:
-        buf = _local.nibbles = torch.empty(n_blocks, 32, dtype=torch.uint8)
+        with torch.inference_mode(False):
+            buf = _local.nibbles = torch.empty(n_blocks, 32, dtype=torch.uint8)
     return buf[:n_blocks]
 
 

@@ -10,47 +10,62 @@ from __future__ import annotations
 
 import argparse
 import json
+import unicodedata
 
 from lazymoe import quiz
+from lazymoe.i18n import _, set_language
 from lazymoe.quiz import text
 from lazymoe.quiz.loading import normalize_module
 from lazymoe.quiz.progress import ExerciseRecord
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--module", help="show one module's questions (e.g. 01)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--reset", metavar="MODULE", help="forget a module's answers ('all': every module)")
-    parser.add_argument("--lang", choices=["en", "ko"], default=None, help="language of titles")
+    parser.add_argument("--module", help=_("show one module's questions (e.g. 01)"))
+    parser.add_argument("--json", action="store_true", help=_("print JSON instead of a table"))
+    parser.add_argument("--reset", metavar="MODULE", help=_("forget a module's answers ('all': every module)"))
+    parser.add_argument("--lang", choices=["en", "ko"], default=None,
+                        help=_("language of the titles and words (default: LAZYMOE_LANG, else the system locale)"))
 
 
 def table(scores: list[quiz.ModuleScore], lang: str = "en") -> str:
     """One row per module, then the overall first-attempt score (right first time / all questions)."""
-    rows = [("module", "title", "answered", "solved", "first try", "score")]
+    rows = [(_("module"), _("title"), _("answered"), _("solved"), _("first try"), _("score"))]
     for s in scores:
         rows.append((s.module, s.title.get(lang)[:42], f"{s.answered}/{s.total}",
                      f"{s.solved}/{s.total}", f"{s.first_try}/{s.total}", f"{s.percent:.0f}%"))
     total = sum(s.total for s in scores)
     first = sum(s.first_try for s in scores)
-    rows.append(("all", "", f"{sum(s.answered for s in scores)}/{total}",
+    rows.append((_("all"), "", f"{sum(s.answered for s in scores)}/{total}",
                  f"{sum(s.solved for s in scores)}/{total}", f"{first}/{total}",
                  f"{100 * first / total:.0f}%" if total else "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
+    widths = [max(_columns(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(_pad(c, w, left=i < 2) for i, (c, w) in
                        enumerate(zip(row, widths, strict=True))) for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    lines.insert(len(lines) - 1, "-" * len(lines[0]))
+    lines.insert(1, "-" * _columns(lines[0]))
+    lines.insert(len(lines) - 1, "-" * _columns(lines[0]))
     return "\n".join(lines)
 
 
+def _columns(text: str) -> int:
+    """Terminal columns: a Hangul (or other wide) character takes two, so Korean rows line up."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _pad(text: str, width: int, left: bool) -> str:
+    fill = " " * max(0, width - _columns(text))
+    return text + fill if left else fill + text
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.lang:  # every word of the output, not only the titles
+        set_language(args.lang)
     lang = args.lang or quiz.default_lang()
     store = quiz.ProgressStore()
     if args.reset:
         module = None if args.reset == "all" else normalize_module(args.reset)
         store.reset(module)
-        print(f"Forgot the answers of {'every module' if module is None else 'module ' + module} "
-              f"in {store.path}.")
+        which = _("every module") if module is None else _("module {module}").format(module=module)
+        print(_("Forgot the answers of {which} in {path}.").format(which=which, path=store.path))
         return 0
     try:
         if args.module:
@@ -63,15 +78,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"lazymoe progress: {exc}")
         return 1
     for notice in store.notices:
-        print(f"note: {notice}")
+        print(_("note: {notice}").format(notice=notice))
     if args.json:
         print(json.dumps([{"module": s.module, "title": s.title.en, "total": s.total,
                            "answered": s.answered, "solved": s.solved, "first_try": s.first_try,
                            "attempts": s.attempts} for s in scores], indent=1))
         return 0
-    print(f"Quiz progress ({store.path}); the score counts answers right at the first attempt.\n")
+    print(_("Quiz progress ({path}); the score counts answers right at the first attempt.").format(
+        path=store.path) + "\n")
     print(table(scores, lang))
-    print("\nLab exercises:")
+    print("\n" + _("Lab exercises:"))
     print(exercise_table(store))
     return 0
 
@@ -81,4 +97,4 @@ def exercise_table(store: quiz.ProgressStore) -> str:
     labs = store.load().get("exercises", {})
     lines = [f"  {key:<24} {ExerciseRecord.from_dict(rec).status()}"
              for lab in sorted(labs) for key, rec in sorted(labs[lab].items()) if isinstance(rec, dict)]
-    return "\n".join(lines) or "  none tried yet (each lab's exercises are recorded when you run their checks)"
+    return "\n".join(lines) or "  " + _("none tried yet (each lab's exercises are recorded when you run their checks)")

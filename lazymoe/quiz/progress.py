@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lazymoe import atomic, paths
+from lazymoe.i18n import _, ngettext
 
 PROGRESS_VERSION = 1
 FILE_NAME = "progress.json"
@@ -87,13 +88,19 @@ class ExerciseRecord:
             self.solution_shown = True
 
     def status(self) -> str:
+        """In the learner's language: "solved on the first try", "solved with hints", ..."""
         if not self.solved:
-            return f"not solved yet ({self.attempts} tries)" if self.attempts else "not tried yet"
+            if not self.attempts:
+                return _("not tried yet")
+            return ngettext("not solved yet ({n} try)", "not solved yet ({n} tries)",
+                            self.attempts).format(n=self.attempts)
         if self.solution_shown:
-            return "solved with the solution shown"
+            return _("solved with the solution shown")
         if self.hints_seen or self.used_blanks:
-            return "solved with hints"
-        return "solved on the first try" if self.attempts == 1 else f"solved in {self.attempts} tries"
+            return _("solved with hints")
+        if self.attempts == 1:
+            return _("solved on the first try")
+        return ngettext("solved in {n} try", "solved in {n} tries", self.attempts).format(n=self.attempts)
 
 
 def _now() -> float:
@@ -159,9 +166,9 @@ class ProgressStore:
             try:
                 self.save(data)
             except OSError as exc:  # the check still answers on screen, unsaved
-                warnings.warn(f"Could not save your progress to {self.path} ({exc}); set "
-                              "LAZYMOE_HOME to a folder you can write to.", ProgressFileWarning,
-                              stacklevel=2)
+                warnings.warn(_("Could not save your progress to {path} ({error}); set "
+                                "LAZYMOE_HOME to a folder you can write to.").format(path=self.path, error=exc),
+                              ProgressFileWarning, stacklevel=2)
         return rec
 
     # --- writing -------------------------------------------------------------------------
@@ -183,8 +190,8 @@ class ProgressStore:
             try:
                 self.save(data)
             except OSError as exc:  # a read-only or full disk: the quiz goes on, unsaved
-                message = (f"Could not save your quiz progress to {self.path} ({exc}); set "
-                           f"LAZYMOE_HOME to a folder you can write to.")
+                message = _("Could not save your quiz progress to {path} ({error}); set "
+                            "LAZYMOE_HOME to a folder you can write to.").format(path=self.path, error=exc)
                 self.notices.append(message)
                 warnings.warn(message, ProgressFileWarning, stacklevel=2)
         return rec
@@ -217,10 +224,10 @@ class ProgressStore:
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         with contextlib.suppress(OSError):
             os.replace(self.path, aside)
-        message = (
-            f"Could not read your quiz progress file {self.path} ({problem}). It was kept as "
-            f"{aside.name} and a new one was started; your earlier answers are in that copy."
-        )
+        message = _(
+            "Could not read your quiz progress file {path} ({problem}). It was kept as "
+            "{aside} and a new one was started; your earlier answers are in that copy."
+        ).format(path=self.path, problem=problem, aside=aside.name)
         self.notices.append(message)
         warnings.warn(message, ProgressFileWarning, stacklevel=3)
 

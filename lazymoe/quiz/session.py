@@ -9,7 +9,6 @@ allowed until right and are counted as attempts, but never raise the score.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +20,11 @@ from lazymoe.quiz.progress import ProgressStore, QuestionRecord
 
 
 def default_lang() -> str:
-    """`LAZYMOE_LANG=ko` shows Korean where a translation exists; English otherwise."""
-    return "ko" if os.environ.get("LAZYMOE_LANG", "en").lower().startswith("ko") else "en"
+    """The learner's language (`lazymoe.i18n.current_language`: LAZYMOE_LANG=ko|en, else the system
+    locale); Korean shows where a translation exists, English otherwise."""
+    from lazymoe.i18n import current_language
+
+    return current_language()
 
 
 @dataclass

@@ -19,8 +19,9 @@ from IPython.display import display
 
 from lazymoe import calculator as calc
 from lazymoe import catalog
+from lazymoe.i18n import _
 
-NO_GPU = "(no GPU)"
+NO_GPU = "(no GPU)"  # dropdown values; their labels are translated where the dropdowns are built
 SHIPPED = "(the format's own mix)"
 CONTEXTS = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072]
 CONTROL_WIDTH = "400px"        # the control column; fixed, so the controls never lose their values
@@ -50,43 +51,45 @@ class CalculatorWidget:
         except calc.CalculatorError as exc:
             self.measured, measured_error = None, str(exc)
 
-        self.gpu = w.Dropdown(options=[NO_GPU, *gpus], value=catalog.hardware(gpu).name if gpu else NO_GPU,
+        self.gpu = w.Dropdown(options=[(_("(no GPU)"), NO_GPU), *[(n, n) for n in gpus]],
+                              value=catalog.hardware(gpu).name if gpu else NO_GPU,
                               description="GPU", style=style, layout=row)
-        self.gpu_count = w.BoundedIntText(value=1, min=1, max=8, description="GPUs", style=style,
+        self.gpu_count = w.BoundedIntText(value=1, min=1, max=8, description=_("GPUs"), style=style,
                                           layout=row)
-        self.nvlink = w.Checkbox(value=False, description="GPUs linked by NVLink", indent=False)
+        self.nvlink = w.Checkbox(value=False, description=_("GPUs linked by NVLink"), indent=False)
         self.host = w.Dropdown(options=hosts, value=catalog.hardware(host).name,
-                               description="CPU / memory", style=style, layout=row)
-        self.ram_gb = w.IntSlider(value=ram_gb, min=4, max=512, step=4, description="RAM (GiB)",
+                               description=_("CPU / memory"), style=style, layout=row)
+        self.ram_gb = w.IntSlider(value=ram_gb, min=4, max=512, step=4, description=_("RAM (GiB)"),
                                   style=style, layout=row)
         self.use_measured = w.Checkbox(value=False, indent=False, disabled=self.measured is None,
-                                       description="use my measured numbers (lab01)")
+                                       description=_("use my measured numbers (lab01)"))
         self.measured_note = w.HTML(self._measured_note(measured_error))
-        self.vram_gbps = w.BoundedFloatText(min=0, max=100_000, step=1, description="VRAM GB/s",
+        self.vram_gbps = w.BoundedFloatText(min=0, max=100_000, step=1, description=_("VRAM GB/s"),
                                             style=style, layout=row)
-        self.ram_gbps = w.BoundedFloatText(min=0, max=100_000, step=1, description="RAM GB/s",
+        self.ram_gbps = w.BoundedFloatText(min=0, max=100_000, step=1, description=_("RAM GB/s"),
                                            style=style, layout=row)
-        self.link_gbps = w.BoundedFloatText(min=0, max=10_000, step=0.5, description="host link GB/s",
+        self.link_gbps = w.BoundedFloatText(min=0, max=10_000, step=0.5, description=_("host link GB/s"),
                                             style=style, layout=row)
         self.model = w.Dropdown(options=list(catalog.all_models()), value=catalog.model(model).name,
-                                description="model", style=style, layout=row)
-        self.fmt = w.Dropdown(options=list(catalog.all_formats()), description="format (experts)",
+                                description=_("model"), style=style, layout=row)
+        self.fmt = w.Dropdown(options=list(catalog.all_formats()), description=_("format (experts)"),
                               style=style, layout=row,
                               value=catalog.weight_format(fmt or catalog.model(model).native_format).name)
-        self.other_fmt = w.Dropdown(options=[SHIPPED, *catalog.all_formats()], value=SHIPPED,
-                                    description="format (the rest)", style=style, layout=row)
-        self.context = w.SelectionSlider(options=CONTEXTS, value=context, description="context",
+        self.other_fmt = w.Dropdown(options=[(_("(the format's own mix)"), SHIPPED),
+                                             *[(n, n) for n in catalog.all_formats()]],
+                                    value=SHIPPED, description=_("format (the rest)"), style=style, layout=row)
+        self.context = w.SelectionSlider(options=CONTEXTS, value=context, description=_("context"),
                                          style=style, layout=row)
-        self.batch = w.IntSlider(value=batch, min=1, max=64, description="batch", style=style,
+        self.batch = w.IntSlider(value=batch, min=1, max=64, description=_("batch"), style=style,
                                  layout=row)
-        self.strategy = w.Dropdown(options=[("auto: fastest that fits", "auto"),
+        self.strategy = w.Dropdown(options=[(_("auto: fastest that fits"), "auto"),
                                             *[(k, k) for k in calc.DESCRIPTIONS]],
-                                   value=strategy, description="strategy", style=style, layout=row)
+                                   value=strategy, description=_("strategy"), style=style, layout=row)
         self.strategy_note = w.HTML()
-        self.hit_rate = w.FloatSlider(value=0.85, min=0.0, max=1.0, step=0.01, description="hit rate",
+        self.hit_rate = w.FloatSlider(value=0.85, min=0.0, max=1.0, step=0.01, description=_("hit rate"),
                                       style=style, layout=row)
-        self.uniform = w.Button(description="hit rate of uniform routing", layout=row,
-                                tooltip="cache / all experts: what random routing would give")
+        self.uniform = w.Button(description=_("hit rate of uniform routing"), layout=row,
+                                tooltip=_("cache / all experts: what random routing would give"))
         self.summary = w.HTML(layout=w.Layout(width="100%"))
         self.stack_out, self.curve_out = w.Output(), w.Output()
         self.plan: calc.Plan | None = None
@@ -99,11 +102,11 @@ class CalculatorWidget:
             return w.HTML(f"<b>{text}</b>")
 
         controls = w.VBox(
-            [heading("Machine"), self.gpu, self.gpu_count, self.nvlink, self.host, self.ram_gb,
-             heading("Bandwidths (datasheet, or what you measured)"), self.use_measured,
+            [heading(_("Machine")), self.gpu, self.gpu_count, self.nvlink, self.host, self.ram_gb,
+             heading(_("Bandwidths (datasheet, or what you measured)")), self.use_measured,
              self.measured_note, self.vram_gbps, self.ram_gbps, self.link_gbps,
-             heading("Workload"), self.model, self.fmt, self.other_fmt, self.context, self.batch,
-             heading("Strategy"), self.strategy, self.strategy_note, self.hit_rate, self.uniform],
+             heading(_("Workload")), self.model, self.fmt, self.other_fmt, self.context, self.batch,
+             heading(_("Strategy")), self.strategy, self.strategy_note, self.hit_rate, self.uniform],
             layout=w.Layout(width=CONTROL_WIDTH, min_width=CONTROL_WIDTH, flex="0 0 " + CONTROL_WIDTH))
         results = w.VBox([self.summary, self.stack_out, self.curve_out],
                          layout=w.Layout(flex="1 1 0%", min_width="0", overflow="hidden"))
@@ -155,7 +158,7 @@ class CalculatorWidget:
         if error:
             text = error
         elif self.measured is None:
-            text = "Nothing measured yet: lab01's measurement cell saves your machine's numbers."
+            text = _("Nothing measured yet: lab01's measurement cell saves your machine's numbers.")
         else:
             text = self.measured.describe()
         return f"<div style='font-size:12px;color:#555;{TEXT_STYLE}'>{html.escape(text)}</div>"
@@ -186,7 +189,7 @@ class CalculatorWidget:
         strategy = self.strategy.value
         self.strategy_note.value = (
             f"<div style='font-size:12px;color:#555;{TEXT_STYLE}'>"
-            f"{html.escape(calc.DESCRIPTIONS.get(strategy, 'the fastest strategy that fits'))}</div>")
+            f"{html.escape(calc.DESCRIPTIONS.get(strategy, _('the fastest strategy that fits')))}</div>")
         options = self.plan.options if self.plan is not None else {}
         used, chosen = options.get("hit_rate"), strategy == "expert_cache"
         if used is not None and (not chosen or used != self.hit_rate.value):
@@ -222,17 +225,19 @@ class CalculatorWidget:
         for out in (self.stack_out, self.curve_out):
             out.clear_output()   # now, not at the next output: no stale chart stays on screen
         self.summary.value = (f"<div style='font-size:15px;color:#b35900;{TEXT_STYLE}'>"
-                              f"<b>Cannot compute this choice.</b> {html.escape(message)}</div>")
+                              f"<b>{_('Cannot compute this choice.')}</b> {html.escape(message)}</div>")
 
     @staticmethod
     def _summary_html(p: calc.Plan, machine: calc.Machine, workload: calc.Workload) -> str:
         color = "#b00020" if not p.fits else ("#1a7f37" if p.tok_s >= 10 else "#b35900")
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in p.notes)
-        prefill = f", prefill up to {p.prefill.tok_s:,.0f} tok/s (compute)" if p.prefill else ""
+        prefill = _(", prefill up to {tok_s:,.0f} tok/s (compute)").format(tok_s=p.prefill.tok_s) if p.prefill else ""
+        speed = _("strategy <b>{strategy}</b>: decode at most <b>{tok_s:.3g} tok/s</b>, "
+                  "bottleneck <b>{bottleneck}</b>").format(strategy=p.strategy, tok_s=p.tok_s,
+                                                           bottleneck=html.escape(p.bottleneck))
         return (f"<div style='font-size:15px;{TEXT_STYLE}'><b style='color:{color}'>"
                 f"{html.escape(p.verdict.label)}</b> &mdash; {html.escape(p.verdict.sentence)}<br>"
-                f"strategy <b>{p.strategy}</b>: decode at most <b>{p.tok_s:.3g} tok/s</b>, "
-                f"bottleneck <b>{html.escape(p.bottleneck)}</b>{prefill}</div>"
+                f"{speed}{html.escape(prefill)}</div>"
                 f"<div style='font-size:12px;color:#555;{TEXT_STYLE}'>"
                 f"{html.escape(workload.model.name)} at {html.escape(workload.describe_formats())}: "
                 f"{html.escape(workload.describe_read())}<br>{html.escape(p.decode.detail)}"
@@ -251,11 +256,12 @@ class CalculatorWidget:
                 i = tiers.index(tier)
                 fig.add_shape(type="line", x0=i - 0.45, x1=i + 0.45, y0=cap / 2**30, y1=cap / 2**30,
                               line={"color": "black", "width": 3, "dash": "dash"})
-                usable = " usable" if tier == "RAM" else ""
-                fig.add_annotation(x=tier, y=cap / 2**30, text=f"{tier}: {cap / 2**30:.0f} GiB{usable}",
+                text = (_("{tier}: {gib:.0f} GiB usable") if tier == "RAM" else _("{tier}: {gib:.0f} GiB")).format(
+                    tier=tier, gib=cap / 2**30)
+                fig.add_annotation(x=tier, y=cap / 2**30, text=text,
                                    showarrow=False, yshift=10)
         fig.update_layout(barmode="stack", height=330, autosize=True,
-                          title="Where the bytes go (dashed: what each memory holds)",
+                          title=_("Where the bytes go (dashed: what each memory holds)"),
                           yaxis_title="GiB", xaxis={"categoryorder": "array", "categoryarray": tiers},
                           legend={"font": {"size": 10}}, margin={"t": 40, "b": 30, "l": 50, "r": 10})
         return fig
@@ -264,19 +270,19 @@ class CalculatorWidget:
         points = calc.size_curve(machine, workload.bits_per_weight)
         fig = go.Figure()
         fig.add_scatter(x=[p.params_total / 1e9 for p in points], y=[p.tok_s or None for p in points],
-                        mode="lines+markers", name="dense model, best plan that fits",
+                        mode="lines+markers", name=_("dense model, best plan that fits"),
                         text=[f"{p.strategy}: {p.verdict}" for p in points])
         p = self.plan
         fig.add_scatter(x=[workload.model.params_total / 1e9], y=[p.tok_s], mode="markers",
-                        marker={"size": 14, "symbol": "star"}, name=f"{workload.model.name} (you)")
+                        marker={"size": 14, "symbol": "star"}, name=_("{model} (you)").format(model=workload.model.name))
         cases = self.cases
         fig.add_scatter(x=[c.workload.model.params_total / 1e9 for c in cases],
                         y=[c.reported_tok_s for c in cases], mode="markers",
-                        marker={"size": 10, "symbol": "diamond"}, name="case studies (reported)",
+                        marker={"size": 10, "symbol": "diamond"}, name=_("case studies (reported)"),
                         text=[f"{c.key}: {c.title}" for c in cases])
         fig.update_layout(height=330, autosize=True, xaxis_type="log", yaxis_type="log",
-                          xaxis_title="parameters (billions)", yaxis_title="decode tok/s (bound)",
-                          title="Bound tok/s vs model size on this machine",
+                          xaxis_title=_("parameters (billions)"), yaxis_title=_("decode tok/s (bound)"),
+                          title=_("Bound tok/s vs model size on this machine"),
                           legend={"font": {"size": 10}}, margin={"t": 40, "b": 30, "l": 50, "r": 10})
         return fig
 

@@ -148,9 +148,10 @@ class QuestionView:
 class QuizWidget:
     """All question cards of one module, a language switch and the running score."""
 
-    def __init__(self, bank: Bank, store: ProgressStore | None = None, lang: str = "en") -> None:
+    def __init__(self, bank: Bank, store: ProgressStore | None = None, lang: str | None = None) -> None:
         import ipywidgets as w
 
+        lang = lang or quiz.default_lang()  # the learner's language (LAZYMOE_LANG or the locale)
         self.bank, self.store, self.lang = bank, store or ProgressStore(), lang
         self.title = w.HTML()
         self.help = w.HTML()

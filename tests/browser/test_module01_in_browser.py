@@ -1,132 +1,33 @@
 """Module 01 in a real browser: JupyterLab in headless Chromium at 1366x768 (a common laptop).
 
-It copies course/01_hardware.ipynb to a scratch folder (so autosave never writes outputs into the
-repository), starts JupyterLab on a loopback port, runs every cell, and checks that:
+It opens the scratch copy of course/01_hardware.ipynb that conftest.py serves, runs every cell,
+and checks that:
 - the calculator renders as a widget, with both charts, controls in a fixed column beside the
   results, and every slider's value visible;
 - changing an input (the GPU) recomputes the verdict in the page;
 - a quiz question answers a click.
 
-Needs Debian's Chromium (/usr/bin/chromium, or $LAZYMOE_CHROMIUM) and the `playwright` Python
-package (its own browser download is not used). Screenshots go to $LAZYMOE_BROWSER_OUT if set.
+The Korean edition has its own checks: test_module01_ko_in_browser.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
+
+from .jupyter_browser import VIEWPORT, open_and_run
+from .jupyter_browser import box as _box
+from .jupyter_browser import screenshot as _screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
-REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("LAZYMOE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage"]
-VIEWPORT = {"width": 1366, "height": 768}
-TOKEN = "lazymoe-browser-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """JupyterLab serving a scratch copy of module 01; yields its base URL."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: `apt-get install chromium` (make test-browser does it as root)")
-    pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra has it)")
-    root = tmp_path_factory.mktemp("lab")
-    shutil.copy(REPO / "course" / "01_hardware.ipynb", root / "01_hardware.ipynb")
-    port = _free_port()
-    home = tmp_path_factory.mktemp("home")   # quiz progress and Jupyter state stay in scratch
-    env = {**os.environ, "LAZYMOE_QUICK": "1", "LAZYMOE_HOME": str(home / "lazymoe"),
-           "JUPYTER_CONFIG_DIR": str(home / "jupyter-config"),
-           "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
-           "JUPYTER_RUNTIME_DIR": str(home / "runtime")}
-    # every cell stays in the page (JupyterLab otherwise detaches cells scrolled out of view), no news
-    settings = home / "jupyter-config" / "lab" / "user-settings" / "@jupyterlab"
-    for file, value in (("notebook-extension/tracker", '{"windowingMode": "none"}'),
-                        ("apputils-extension/notification", '{"fetchNews": "false"}')):
-        path = settings / f"{file}.jupyterlab-settings"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(value)
-    log_path = root / "jupyterlab.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-             f"--ServerApp.token={TOKEN}", f"--ServerApp.root_dir={root}", "--allow-root",
-             "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
-             "--LabApp.collaborative=False"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={TOKEN}", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"JupyterLab did not start:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-@pytest.fixture(scope="module")
-def page(lab):
+def page(lab, browser):
     """Module 01 opened and run to the end in Chromium at 1366x768."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport=VIEWPORT)
-        page.goto(f"{lab}/lab/tree/01_hardware.ipynb?token={TOKEN}", wait_until="domcontentloaded")
-        page.wait_for_selector(".jp-Notebook", timeout=120_000)
-        page.wait_for_function("window.jupyterapp !== undefined", timeout=60_000)
-        with contextlib.suppress(Exception):   # JupyterLab may ask which kernel to use
-            page.click(".jp-Dialog button:has-text('Select')", timeout=10_000)
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-        # fire and forget: the command's promise settles only when every cell has run
-        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-        try:
-            page.wait_for_selector(".lazymoe-calculator .js-plotly-plot", timeout=180_000)
-            page.wait_for_selector(f".{'lazymoe-quiz-choice'} button", timeout=120_000)
-        except Exception:
-            _screenshot(page, "failed")
-            raise
-        yield page
-        browser.close()
-
-
-def _screenshot(page, name: str, element=None) -> None:
-    out = os.environ.get("LAZYMOE_BROWSER_OUT")
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (element or page).screenshot(path=str(Path(out) / f"{name}.png"))
-
-
-def _box(handle) -> dict:
-    box = handle.bounding_box()
-    assert box is not None, "element is not displayed"
-    return box
+    page = open_and_run(browser, lab, "01_hardware.ipynb",
+                        [".lazymoe-calculator .js-plotly-plot", ".lazymoe-quiz-choice button"])
+    yield page
+    page.close()
 
 
 def test_calculator_renders_as_a_widget_that_fits_the_screen(page):

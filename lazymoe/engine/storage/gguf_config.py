@@ -78,6 +78,11 @@ def config_from_gguf(reader: gguf.GGUFReader, path: Path) -> dict[str, Any]:
             raise GGUFError(f"{path} lacks the metadata {a}.{key}: the file is incomplete")
         return value
 
+    if field_value(reader, f"{a}.expert_count") is None:
+        raise GGUFError(
+            f"{path} is not a mixture-of-experts model (no {a}.expert_count): the "
+            "engine offloads experts, so it runs MoE models only"
+        )
     heads = int(need("attention.head_count"))
     hidden = int(need("embedding_length"))
     names = {t.name for t in reader.tensors}

@@ -1,17 +1,18 @@
 """Lab 01 (bandwidth): the decode bound, and an MoE's bytes per token."""
 
 from lazymoe.exercises.solutions import Exercise
+from lazymoe.i18n import _
 
 EXERCISES = [
     Exercise(
         key="lab01.decode_bound",
-        title="the decode bound",
+        title=_("the decode bound", lang="en"),
         check="lab01.check_decode_bound(decode_bound)",
         hints=(
-            "Each new token reads every weight once. How many times per second can the memory "
-            "deliver that many bytes?",
-            "Bandwidth is in GB/s: multiply by 1e9 to get bytes per second, then divide by the bytes "
-            "one token reads.",
+            _("Each new token reads every weight once. How many times per second can the memory "
+              "deliver that many bytes?", lang="en"),
+            _("Bandwidth is in GB/s: multiply by 1e9 to get bytes per second, then divide by the bytes "
+              "one token reads.", lang="en"),
             "return bandwidth_gbps * ___ / bytes_per_token",
         ),
         solution="""\
@@ -25,13 +26,13 @@ def decode_bound(bandwidth_gbps, bytes_per_token):
     ),
     Exercise(
         key="lab01.moe_bytes",
-        title="an MoE's bytes per token",
+        title=_("an MoE's bytes per token", lang="en"),
         check="lab01.check_moe_bytes_per_token(moe_bytes_per_token)",
         hints=(
-            "A token reads the weights outside the experts, plus only the experts it was routed to "
-            "(top_k in each MoE layer), not all of them.",
-            "Count parameters first: outside + layers x top_k x per expert. Then turn parameters into "
-            "bytes: x bits per weight / 8.",
+            _("A token reads the weights outside the experts, plus only the experts it was routed to "
+              "(top_k in each MoE layer), not all of them.", lang="en"),
+            _("Count parameters first: outside + layers x top_k x per expert. Then turn parameters into "
+              "bytes: x bits per weight / 8.", lang="en"),
             "params_read = params_outside + moe_layers * top_k * params_per_expert\n"
             "return params_read * ___ / 8",
         ),

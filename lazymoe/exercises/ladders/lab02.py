@@ -1,16 +1,17 @@
 """Lab 02 (prefill and decode): the KV cache's size, and fitting the roofline."""
 
 from lazymoe.exercises.solutions import Exercise
+from lazymoe.i18n import _
 
 EXERCISES = [
     Exercise(
         key="lab02.kv_cache",
-        title="the KV cache's size",
+        title=_("the KV cache's size", lang="en"),
         check="check_kv_cache_bytes(kv_cache_bytes)",
         hints=(
-            "For every token, every layer keeps two vectors per KV head: a key and a value.",
-            "Multiply everything together: 2 (K and V) x layers x KV heads x head_dim x tokens x "
-            "bytes per number.",
+            _("For every token, every layer keeps two vectors per KV head: a key and a value.", lang="en"),
+            _("Multiply everything together: 2 (K and V) x layers x KV heads x head_dim x tokens x "
+              "bytes per number.", lang="en"),
             "return 2 * num_layers * ___ * ___ * n_tokens * bytes_per_value",
         ),
         solution="""\
@@ -25,13 +26,13 @@ def kv_cache_bytes(num_layers, num_kv_heads, head_dim, n_tokens, bytes_per_value
     ),
     Exercise(
         key="lab02.fit",
-        title="fitting the roofline",
+        title=_("fitting the roofline", lang="en"),
         check="check_fit_roofline(fit_roofline)",
         hints=(
-            "Time per token = bytes / bandwidth + a fixed cost. That is a straight line: seconds = "
-            "slope x bytes + intercept. The slope is 1 / bandwidth, the intercept the fixed cost.",
-            "np.polyfit(x, y, 1) fits a straight line and returns (slope, intercept). x = bytes per "
-            "token, y = seconds per token. Bandwidth in bytes/s is 1 / slope; divide by 1e9 for GB/s.",
+            _("Time per token = bytes / bandwidth + a fixed cost. That is a straight line: seconds = "
+              "slope x bytes + intercept. The slope is 1 / bandwidth, the intercept the fixed cost.", lang="en"),
+            _("np.polyfit(x, y, 1) fits a straight line and returns (slope, intercept). x = bytes per "
+              "token, y = seconds per token. Bandwidth in bytes/s is 1 / slope; divide by 1e9 for GB/s.", lang="en"),
             "slope, intercept = np.polyfit(x, y, 1); return (1 / slope / 1e9, intercept)",
         ),
         blanks="""\

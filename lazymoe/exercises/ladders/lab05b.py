@@ -1,6 +1,7 @@
 """Lab 05b (the expert store): bytes per expert, and reading one expert by byte range."""
 
 from lazymoe.exercises.solutions import Exercise
+from lazymoe.i18n import _
 
 READ_SOLUTION = """\
 NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16}  # numpy has no bfloat16: read BF16 as uint16
@@ -23,13 +24,13 @@ def read_expert(path, header, layer, expert):
 EXERCISES = [
     Exercise(
         key="lab05b.expert_nbytes",
-        title="bytes per expert",
+        title=_("bytes per expert", lang="en"),
         check="check_expert_nbytes(expert_nbytes)",
         hints=(
-            "An expert is three matrices: gate and up are I x D, down is D x I (D = hidden_size, "
-            "I = moe_intermediate_size). Count their numbers, then their bytes.",
-            "Numbers: 3 x I x D. Bytes per number from the dtype: getattr(torch, "
-            "config['dtype']).itemsize (float32 -> 4, bfloat16 -> 2).",
+            _("An expert is three matrices: gate and up are I x D, down is D x I (D = hidden_size, "
+              "I = moe_intermediate_size). Count their numbers, then their bytes.", lang="en"),
+            _("Numbers: 3 x I x D. Bytes per number from the dtype: getattr(torch, "
+              "config['dtype']).itemsize (float32 -> 4, bfloat16 -> 2).", lang="en"),
             "d, i = config['hidden_size'], config['moe_intermediate_size']\n"
             "return 3 * i * d * getattr(torch, config['dtype']).itemsize",
         ),
@@ -48,17 +49,17 @@ def expert_nbytes(config: dict) -> int:
     ),
     Exercise(
         key="lab05b.read_expert",
-        title="reading one expert",
+        title=_("reading one expert", lang="en"),
         check="check_read_expert(read_expert)",
         hints=(
-            "The header tells you, for each matrix, where its bytes sit (data_offsets), its dtype and "
-            "its shape. Offsets count from the end of the header, which is 8 + header length bytes "
-            "into the file.",
-            "Open the file in binary mode ('rb'). The first 8 bytes are the header length: "
-            "struct.unpack('<Q', f.read(8))[0]. For each of gate, up, down: look up "
-            "header[f'model.layers.{layer}.mlp.experts.{expert}.{role}_proj.weight'], f.seek(data_start "
-            "+ start), f.read(end - start), then np.frombuffer(raw, dtype=np.float32).reshape(shape). "
-            "The dtype is numpy's np.float32, not the header's text 'F32'.",
+            _("The header tells you, for each matrix, where its bytes sit (data_offsets), its dtype and "
+              "its shape. Offsets count from the end of the header, which is 8 + header length bytes "
+              "into the file.", lang="en"),
+            _("Open the file in binary mode ('rb'). The first 8 bytes are the header length: "
+              "struct.unpack('<Q', f.read(8))[0]. For each of gate, up, down: look up "
+              "header[f'model.layers.{layer}.mlp.experts.{expert}.{role}_proj.weight'], f.seek(data_start "
+              "+ start), f.read(end - start), then np.frombuffer(raw, dtype=np.float32).reshape(shape). "
+              "The dtype is numpy's np.float32, not the header's text 'F32'.", lang="en"),
             "with open(path, 'rb') as f:\n    data_start = 8 + struct.unpack('<Q', f.read(8))[0]\n"
             "    for role in ('gate', 'up', 'down'):\n        info = header[...]\n        start, end = "
             "info['data_offsets']\n        f.seek(...); raw = f.read(...)\n        "

@@ -1,15 +1,16 @@
 """Lab 06 (cache policies): LRU, and a policy of your own."""
 
 from lazymoe.exercises.solutions import Exercise
+from lazymoe.i18n import _
 
 LRU_HINTS = (
-    "Keep a line of keys: the one used longest ago at the front, the one used just now at the back. "
-    "Every use (a hit or an insert) moves a key to the back; the victim is the first key from the "
-    "front that is not protected.",
-    "A list kept on the object: create it in __init__ as self.order = [] (self. makes it the "
-    "object's own, so every method sees it). on_hit: self.order.remove(key) then append(key). "
-    "on_insert: append. on_evict: remove. victim: loop over self.order and return the first key "
-    "not in protected.",
+    _("Keep a line of keys: the one used longest ago at the front, the one used just now at the back. "
+      "Every use (a hit or an insert) moves a key to the back; the victim is the first key from the "
+      "front that is not protected.", lang="en"),
+    _("A list kept on the object: create it in __init__ as self.order = [] (self. makes it the "
+      "object's own, so every method sees it). on_hit: self.order.remove(key) then append(key). "
+      "on_insert: append. on_evict: remove. victim: loop over self.order and return the first key "
+      "not in protected.", lang="en"),
     "def __init__(self): self.order = []\ndef on_hit(self, key): self.order.remove(key); "
     "self.order.append(key)\ndef on_insert(self, key): self.order.append(key)\n"
     "def on_evict(self, key): self.order.remove(key)\ndef victim(self, resident, protected):\n"
@@ -61,7 +62,7 @@ class MyLRU(EvictionPolicy):
 EXERCISES = [
     Exercise(
         key="lab06.lru",
-        title="LRU",
+        title=_("LRU", lang="en"),
         check="check_lru(MyLRU)",
         hints=LRU_HINTS,
         blanks=LRU_BLANKS,
@@ -85,19 +86,19 @@ class MyLRU(EvictionPolicy):
     ),
     Exercise(
         key="lab06.policy",
-        title="a policy that beats LRU",
+        title=_("a policy that beats LRU", lang="en"),
         check="check_policy(MyPolicy, trace, N_SLOTS)",
         hints=(
-            "The heat map showed that some experts are chosen far more often than others, and that "
-            "stays true over the whole text. LRU forgets that the moment an expert leaves the cache.",
-            "Count uses per key in a dict that you never clear on eviction: self.count[key] = "
-            "self.count.get(key, 0) + 1 in on_hit and on_insert. The victim is the unprotected "
-            "resident key with the smallest count. Then let counts fade: every so many uses, halve "
-            "them all, so an expert that stopped being popular can leave.",
-            "class MyPolicy(EvictionPolicy):\n    def __init__(self, half_life=512): self.count, "
-            "self.clock, self.half_life = {}, 0, half_life\n    def on_hit(self, key): count it; "
-            "every half_life uses halve every count\n    on_insert = on_hit\n    def victim(self, "
-            "resident, protected): return min(unprotected resident keys, key=count)",
+            _("The heat map showed that some experts are chosen far more often than others, and that "
+              "stays true over the whole text. LRU forgets that the moment an expert leaves the cache.", lang="en"),
+            _("Count uses per key in a dict that you never clear on eviction: self.count[key] = "
+              "self.count.get(key, 0) + 1 in on_hit and on_insert. The victim is the unprotected "
+              "resident key with the smallest count. Then let counts fade: every so many uses, halve "
+              "them all, so an expert that stopped being popular can leave.", lang="en"),
+            _("class MyPolicy(EvictionPolicy):\n    def __init__(self, half_life=512): self.count, "
+              "self.clock, self.half_life = {}, 0, half_life\n    def on_hit(self, key): count it; "
+              "every half_life uses halve every count\n    on_insert = on_hit\n    def victim(self, "
+              "resident, protected): return min(unprotected resident keys, key=count)", lang="en"),
         ),
         solution="""\
 class AgingLFU(EvictionPolicy):

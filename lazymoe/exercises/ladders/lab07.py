@@ -1,12 +1,13 @@
 """Lab 07 (prefetch): guess the next layer's experts."""
 
 from lazymoe.exercises.solutions import Exercise
+from lazymoe.i18n import _
 
 PREDICT_HINTS = (
-    "Ask the next layer's router now, with the hidden state you already have: the experts it would "
-    "score highest are your guess.",
-    "The router's scores are router_weight @ hidden: one number per expert, shape (E,). "
-    "torch.topk(scores, top_k).indices are the ids of the largest ones.",
+    _("Ask the next layer's router now, with the hidden state you already have: the experts it would "
+      "score highest are your guess.", lang="en"),
+    _("The router's scores are router_weight @ hidden: one number per expert, shape (E,). "
+      "torch.topk(scores, top_k).indices are the ids of the largest ones.", lang="en"),
     "logits = router_weight @ hidden\nreturn torch.topk(logits, top_k).indices",
 )
 PREDICT_SOLUTION = """\
@@ -18,7 +19,7 @@ def my_predict(hidden, router_weight, top_k):
 EXERCISES = [
     Exercise(
         key="lab07.predict",
-        title="guessing the next layer's experts",
+        title=_("guessing the next layer's experts", lang="en"),
         check="check_predict(my_predict)",
         hints=PREDICT_HINTS,
         solution=PREDICT_SOLUTION,

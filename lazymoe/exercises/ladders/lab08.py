@@ -2,11 +2,12 @@
 
 from lazymoe.exercises.ladders import lab05, lab05b, lab06, lab07
 from lazymoe.exercises.solutions import Exercise
+from lazymoe.i18n import _
 
 EXERCISES = [
     Exercise(
         key="lab08.route",
-        title="your router (from lab 05)",
+        title=_("your router (from lab 05)", lang="en"),
         check="check_route(route)",
         hints=lab05.ROUTE_HINTS,
         solution=lab05.ROUTE_SOLUTION,
@@ -19,7 +20,7 @@ def route(hidden, gate_weight, top_k):
     ),
     Exercise(
         key="lab08.read_expert",
-        title="your expert reader (from lab 05b)",
+        title=_("your expert reader (from lab 05b)", lang="en"),
         check="check_read_expert(read_expert)",
         hints=lab05b.EXERCISES[1].hints,
         blanks=lab05b.EXERCISES[1].blanks,
@@ -27,7 +28,7 @@ def route(hidden, gate_weight, top_k):
     ),
     Exercise(
         key="lab08.policy",
-        title="your eviction policy (from lab 06)",
+        title=_("your eviction policy (from lab 06)", lang="en"),
         check="check_lru(MyLRU)",
         hints=lab06.LRU_HINTS,
         blanks=lab06.LRU_BLANKS,
@@ -35,7 +36,7 @@ def route(hidden, gate_weight, top_k):
     ),
     Exercise(
         key="lab08.predict",
-        title="your prefetch guess (from lab 07)",
+        title=_("your prefetch guess (from lab 07)", lang="en"),
         check="check_predict(my_predict)",
         hints=lab07.PREDICT_HINTS,
         solution=lab07.PREDICT_SOLUTION,

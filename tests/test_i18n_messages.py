@@ -1,0 +1,111 @@
+"""The package's learner-facing messages in Korean: doctor, progress, checks, hints, the calculator widget.
+
+English is the source; with LAZYMOE_LANG=ko every message marked with `_()` comes from
+lazymoe/locale/ko/LC_MESSAGES/lazymoe.po. (conftest.py sets LAZYMOE_LANG=en for every other test.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import polib
+import pytest
+
+from lazymoe import cli, doctor
+from lazymoe.exercises import lab01, solutions
+from lazymoe.i18n import messages
+from lazymoe.i18n.cli import check_messages
+from lazymoe.quiz.progress import ExerciseRecord
+
+HANGUL = re.compile(r"[\uac00-\ud7a3]")
+PLACEHOLDER = re.compile(r"\{[^{}]*\}")
+
+
+@pytest.fixture
+def korean(monkeypatch):
+    monkeypatch.setenv("LAZYMOE_LANG", "ko")
+
+
+def test_the_korean_catalog_is_complete_and_current():
+    assert check_messages("ko") == []
+
+
+def test_every_translation_keeps_the_placeholders_of_its_english():
+    po = polib.pofile(str(messages.catalog_path("ko")))
+    for entry in po:
+        if entry.obsolete:
+            continue
+        translations = list(entry.msgstr_plural.values()) if entry.msgid_plural else [entry.msgstr]
+        for text in translations:
+            assert sorted(PLACEHOLDER.findall(text)) == sorted(PLACEHOLDER.findall(entry.msgid)), entry.msgid
+
+
+def test_doctor_speaks_korean_and_keeps_its_status_codes(korean, capsys):
+    report = doctor.run_checks()
+    text = report.format()
+    assert HANGUL.search(text)
+    assert ("필수 점검을 모두 통과했습니다." in text) == report.ok
+    assert "정보" in text and "정상" in text  # the status words, translated on screen
+    cli.main(["doctor", "--json"])
+    statuses = {c["status"] for c in json.loads(capsys.readouterr().out)}
+    assert statuses <= {"OK", "FAIL", "OPTIONAL", "INFO"}  # --json keeps the codes scripts read
+
+
+def test_doctor_is_english_with_lazymoe_lang_en():
+    assert not HANGUL.search(doctor.run_checks().format())
+
+
+def test_lazymoe_progress_speaks_korean(korean, capsys):
+    assert cli.main(["progress"]) == 0
+    out = capsys.readouterr().out
+    assert "퀴즈 진행 상황" in out and "실습 연습 문제:" in out
+    assert "점수" in out.splitlines()[2]  # the table's header row
+
+
+def test_exercise_status_words_in_korean(korean):
+    assert ExerciseRecord(attempts=1, solved=True, solved_at=1.0).status() == "첫 시도에 해결"
+    assert ExerciseRecord(attempts=3, solved=True, hints_seen=1).status() == "힌트를 보고 해결"
+    assert ExerciseRecord(attempts=3, solved=True).status() == "3번 시도해 해결"
+    assert ExerciseRecord(attempts=2).status() == "아직 해결 못 함(2번 시도)"
+
+
+def test_a_check_explains_a_mistake_in_korean(korean):
+    upside_down = lambda bandwidth_gbps, bytes_per_token: bytes_per_token / (bandwidth_gbps * 1e9)  # noqa: E731
+    result = lab01.check_decode_bound(upside_down)
+    assert not result.passed
+    assert result.message.startswith("나눗셈 방향이 반대입니다")
+    assert str(result).startswith("[아직] 디코드 상한: ")
+    assert "막히나요? hint(\"lab01.decode_bound\")" in result.details
+
+
+def test_a_hint_follows_the_language_chosen_after_import(monkeypatch):
+    english = solutions.hint("lab01.decode_bound")
+    assert english.title == "Hint 1 of 3 for the decode bound" and not HANGUL.search(str(english))
+    monkeypatch.setenv("LAZYMOE_LANG", "ko")
+    korean = solutions.hint("lab01.decode_bound")  # the ladder was imported in English above
+    assert korean.title == "디코드 상한 힌트 3개 중 2번째"
+    assert korean.text.startswith("대역폭의 단위는 GB/s입니다.")
+
+
+def test_calculator_widget_labels_in_korean(korean):
+    pytest.importorskip("ipywidgets")
+    from lazymoe.widgets.calculator import CalculatorWidget
+
+    widget = CalculatorWidget(gpu="RTX 4060 Laptop", model="Qwen3-30B-A3B", fmt="Q4_K_M")
+    assert widget.gpu_count.description == "GPU 수" and widget.strategy.description == "전략"
+    assert widget.hit_rate.description == "적중률"
+    assert HANGUL.search(widget.stack_figure.layout.title.text)
+    assert widget.curve_figure.layout.xaxis.title.text == "파라미터 수(10억 개)"
+    assert widget.plan.verdict.label in widget.summary.value and HANGUL.search(widget.plan.verdict.label)
+    assert "디코드 최대" in widget.summary.value
+
+
+def test_quiz_widget_starts_in_the_learners_language(korean):
+    pytest.importorskip("ipywidgets")
+    from lazymoe.widgets import quiz as quiz_widget
+
+    widget = quiz_widget.build("01")
+    assert widget.lang == "ko" and "퀴즈" in widget.title.value
+    widget.language.value = "en"  # the toggle still switches
+    assert widget.lang == "en" and "Quiz" in widget.title.value
