@@ -96,6 +96,9 @@ test-gpu:
 HUB_ARGS ?= --keys keys.json
 hub-proxy:
 	@command -v configurable-http-proxy >/dev/null || { \
+	  if ! command -v npm >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo ">> installing nodejs and npm (apt-get) for JupyterHub's proxy"; \
+	    apt-get update -qq >/dev/null && apt-get install -y -qq nodejs npm >/dev/null; fi; \
 	  if command -v npm >/dev/null; then echo ">> installing configurable-http-proxy (npm)"; \
 	    npm install -g --silent configurable-http-proxy; \
 	  else echo ">> no npm: tests/test_hub.py will be skipped (apt-get install nodejs npm)"; fi; }

@@ -188,3 +188,12 @@ def test_the_manifest_records_what_was_built(tmp_path):
     notebooks.build("ko", tmp_path)
     manifest = json.loads((tmp_path / "course" / "ko" / ".built.json").read_text())
     assert set(manifest) == {"01.ipynb"} and len(manifest["01.ipynb"]) == 64
+
+
+def test_moved_code_does_not_make_a_catalog_stale_but_changed_text_does():
+    po = catalog.merge(catalog.new_catalog("ko", "t"), [Source("Hello", comment="a.py:1")])
+    po[0].msgstr = "안녕하세요"
+    moved = catalog.merge(po, [Source("Hello", comment="a.py:9")])
+    assert catalog.same_texts(moved, po)
+    changed = catalog.merge(po, [Source("Hello there", comment="a.py:9")])
+    assert not catalog.same_texts(changed, po)

@@ -111,6 +111,20 @@ def _closest(src: Source, candidates: list[polib.POEntry]) -> polib.POEntry | No
     return best
 
 
+def same_texts(a: polib.POFile, b: polib.POFile) -> bool:
+    """Whether two catalogs hold the same texts and translations (comments such as `#. file:line`,
+    which move when code moves, do not count)."""
+
+    def texts(po: polib.POFile) -> set[tuple]:
+        return {
+            (e.msgctxt, e.msgid, e.msgid_plural, e.msgstr, tuple(sorted(e.msgstr_plural.items())),
+             e.fuzzy, e.obsolete)
+            for e in po
+        }
+
+    return texts(a) == texts(b)
+
+
 def audit(po: polib.POFile) -> Audit:
     result = Audit()
     for entry in po:

@@ -26,7 +26,7 @@ def check_messages(lang: str) -> list[str]:
     po = catalog.load(path, lang, "lazymoe")
     merged = catalog.merge(po, package_messages())
     problems = []
-    if str(merged) != str(po):
+    if not catalog.same_texts(merged, po):
         problems.append("the package's messages changed since the catalog was updated: "
                         "run `python -m lazymoe.i18n update`, then translate")
     result = catalog.audit(merged)

@@ -16,9 +16,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 
+import polib
 import pytest
 
-from lazymoe.i18n.messages import gettext
+from lazymoe.i18n.messages import catalog_path, gettext
 
 from .jupyter_browser import HANGUL, open_and_run, screenshot
 
@@ -29,6 +30,7 @@ NOTEBOOK = "ko/01_hardware.ipynb"
 # has Hangul ("RAM (GiB)" rightly stays as it is).
 CALCULATOR_LABELS = ["Machine", "Workload", "Strategy", "GPUs", "host link GB/s", "context", "batch",
                      "hit rate"]
+NAMES = {"GPU"}   # labels that are names, the same in both languages (not in the catalog)
 # Where the page shows Korean text; each one's font must draw Hangul.
 KOREAN_TEXT = {"markdown": ".jp-RenderedMarkdown",
                "calculator label": ".lazymoe-calculator .widget-label",
@@ -87,17 +89,21 @@ def test_text_is_korean_and_the_calculator_renders(page):
 
 
 def test_calculator_labels_are_the_korean_catalogs(page):
-    """The labels shown are lazymoe/locale/ko's translations; while a label has none yet (English
-    fallback) this checks that much and skips the Hangul part, which then passes once translated."""
+    """The labels shown are lazymoe/locale/ko's translations, in Hangul."""
     shown = page.inner_text(".lazymoe-calculator")
     korean = {label: gettext(label, lang="ko") for label in CALCULATOR_LABELS}
     missing = [text for text in korean.values() if text not in shown]
     assert not missing, f"the calculator does not show these catalog texts: {missing}"
     untranslated = [label for label, text in korean.items() if not HANGUL.search(text)]
-    if untranslated:
-        pytest.skip(f"calculator labels not translated in lazymoe/locale/ko yet: {untranslated}")
-    labels = [el.inner_text() for el in page.query_selector_all(".lazymoe-calculator .widget-label")]
-    assert sum(bool(HANGUL.search(text)) for text in labels) >= len(labels) // 2, labels
+    assert not untranslated, f"no Korean for these labels in lazymoe/locale/ko (missing or fuzzy): {untranslated}"
+    # and every other label: Hangul, a Korean entry that keeps the English ("RAM (GiB)"), or a name
+    entries = polib.pofile(str(catalog_path("ko")))
+    kept = {entry.msgstr for entry in entries if entry.msgstr and not entry.fuzzy and not entry.obsolete}
+    kept |= NAMES
+    labels = [el.inner_text().replace("\u200b", "").strip()
+              for el in page.query_selector_all(".lazymoe-calculator .widget-label")]
+    english = [text for text in labels if text and not HANGUL.search(text) and text not in kept]
+    assert not english, f"calculator labels still in English: {english}"
 
 
 def test_the_quiz_is_korean_and_answers_a_click(page):
