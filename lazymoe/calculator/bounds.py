@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from lazymoe.i18n import _
+
 GB = 1e9  # bandwidths are decimal GB/s, as on datasheets
 
 
@@ -36,10 +38,11 @@ class Part:
 
     def describe(self) -> str:
         if self.resource == "compute":
-            return (f"{self.bytes_per_step / 1e12:.3g} TFLOP at {self.bandwidth_gbps / 1e3:.4g} "
-                    f"TFLOP/s = {self.seconds * 1e3:.3g} ms")
-        return (f"{self.bytes_per_step / GB:.3g} GB through {self.resource} at "
-                f"{self.bandwidth_gbps:.4g} GB/s = {self.seconds * 1e3:.3g} ms")
+            return _("{tflop:.3g} TFLOP at {tflops:.4g} TFLOP/s = {ms:.3g} ms").format(
+                tflop=self.bytes_per_step / 1e12, tflops=self.bandwidth_gbps / 1e3, ms=self.seconds * 1e3)
+        return _("{gb:.3g} GB through {resource} at {gbps:.4g} GB/s = {ms:.3g} ms").format(
+            gb=self.bytes_per_step / GB, resource=self.resource, gbps=self.bandwidth_gbps,
+            ms=self.seconds * 1e3)
 
 
 @dataclass(frozen=True)
@@ -81,13 +84,13 @@ def bound_from_parts(parts: Sequence[Part], tokens_per_step: int = 1,
     seconds = [p.seconds for p in parts]
     step_s = max(seconds) if overlap else sum(seconds)
     slowest = parts[seconds.index(max(seconds))]
-    joiner = "; overlapped, the slowest sets the pace" if overlap else "; added up"
+    joiner = _("; overlapped, the slowest sets the pace") if overlap else _("; added up")
     detail = "; ".join(p.describe() for p in parts)
     if len(parts) > 1:
         detail += joiner
-    detail += f" -> {step_s * 1e3:.3g} ms per step"
+    detail += _(" -> {ms:.3g} ms per step").format(ms=step_s * 1e3)
     if tokens_per_step > 1:
-        detail += f" for {tokens_per_step} tokens (one per sequence)"
+        detail += _(" for {n} tokens (one per sequence)").format(n=tokens_per_step)
     return Bound(tokens_per_step / step_s, slowest.resource, detail, parts, overlap)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from lazymoe import catalog
 from lazymoe.calculator.bounds import CalculatorError
 from lazymoe.catalog import HardwareSpec
+from lazymoe.i18n import _
 
 GiB = 2**30
 # Assumptions, not measurements: change them where you know better.
@@ -153,8 +154,8 @@ class Machine:
             pairs.append((self.gpu_link_name, self.effective_link_gbps, self.nominal_link_gbps))
         for name, effective, nominal in pairs:
             if effective and nominal and abs(effective - nominal) > 1e-9:
-                out.append(f"{name} at {effective:.4g} GB/s as entered, not the datasheet's "
-                           f"{nominal:.4g} GB/s")
+                out.append(_("{name} at {effective:.4g} GB/s as entered, not the datasheet's "
+                             "{nominal:.4g} GB/s").format(name=name, effective=effective, nominal=nominal))
         return out
 
     def describe(self) -> str:

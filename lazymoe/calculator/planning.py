@@ -15,6 +15,7 @@ from lazymoe.calculator.strategies import (
     multi_gpu,
 )
 from lazymoe.calculator.workload import Machine, Workload
+from lazymoe.i18n import _
 
 STRATEGIES = {
     "full_gpu": full_gpu, "cpu_only": cpu_only, "layer_split": layer_split,
@@ -58,7 +59,8 @@ def plan(machine: Machine, workload: Workload, strategy: str = "auto", **options
 def describe(p: Plan) -> str:
     """A few lines a person can read: verdict, bound, bottleneck, memory per tier."""
     tiers = ", ".join(f"{t} {gib(p.memory.total(t))}" + (
-        f" of {gib(p.memory.capacity[t])}" if t in p.memory.capacity else "")
+        _(" of {capacity}").format(capacity=gib(p.memory.capacity[t])) if t in p.memory.capacity else "")
         for t in ("VRAM", "RAM", "disk") if p.memory.total(t) > 0)
-    return (f"{p.strategy}: {p.verdict.label} - {p.tok_s:.3g} tok/s at most, limited by "
-            f"{p.bottleneck}\n  memory: {tiers}\n  {p.decode.detail}")
+    head = _("{strategy}: {verdict} - {tok_s:.3g} tok/s at most, limited by {bottleneck}").format(
+        strategy=p.strategy, verdict=p.verdict.label, tok_s=p.tok_s, bottleneck=p.bottleneck)
+    return head + "\n  " + _("memory: {tiers}").format(tiers=tiers) + f"\n  {p.decode.detail}"

@@ -26,6 +26,7 @@ from lazymoe.calculator.bounds import Bound, CalculatorError, Part, bound_from_p
 from lazymoe.calculator.memory import MemoryStack
 from lazymoe.calculator.plan import Plan
 from lazymoe.calculator.workload import Machine, Workload
+from lazymoe.i18n import _
 
 __all__ = ["Plan", "cpu_moe", "cpu_only", "expert_cache", "full_gpu", "layer_split",
            "layer_streaming", "multi_gpu"]
@@ -112,7 +113,7 @@ def layer_split(machine: Machine, workload: Workload, gpu_layers: int | None = N
         ("RAM", "KV cache (CPU layers)", (1 - f) * w.kv_cache_bytes)), _capacity(machine))
     decode = bound_from_parts([Part("VRAM", f * w.bytes_per_step, machine.vram_gbps),
                                Part("RAM", (1 - f) * w.bytes_per_step, machine.ram_gbps)], w.batch)
-    notes = (f"llama.cpp: -ngl {gpu_layers}", *w.notes(), *machine.bandwidth_notes())
+    notes = (_("llama.cpp: -ngl {layers}").format(layers=gpu_layers), *w.notes(), *machine.bandwidth_notes())
     return Plan("layer_split", stack, decode, gpu_layers < n, notes,
                 options={"gpu_layers": gpu_layers})
 
@@ -148,7 +149,7 @@ def layer_streaming(machine: Machine, workload: Workload, resident_layers: int |
         Part("VRAM", w.bytes_per_step, machine.vram_gbps),
         Part(link, in_ram, machine.pcie_gbps),
         Part("disk", on_disk, min(machine.disk_gbps, machine.pcie_gbps))], w.batch, overlap)
-    notes = (f"{n - resident_layers} layers cross {link} for every token", *w.notes(),
+    notes = (_("{n} layers cross {link} for every token").format(n=n - resident_layers, link=link), *w.notes(),
              *machine.bandwidth_notes())
     return Plan("layer_streaming", stack, decode, streamed > 0, notes,
                 options={"resident_layers": resident_layers, "overlap": overlap})
@@ -182,7 +183,7 @@ def cpu_moe(machine: Machine, workload: Workload, n_cpu_moe: int | None = None) 
     decode = bound_from_parts([Part("VRAM", gpu_bytes, machine.vram_gbps),
                                Part("RAM", f_cpu * w.active_expert_bytes_per_step,
                                     machine.ram_gbps)], w.batch)
-    notes = (f"llama.cpp: --n-gpu-layers 999 --n-cpu-moe {n_cpu_moe}", *w.notes(),
+    notes = (_("llama.cpp: --n-gpu-layers 999 --n-cpu-moe {n}").format(n=n_cpu_moe), *w.notes(),
              *machine.bandwidth_notes())
     return Plan("cpu_moe", stack, decode, n_cpu_moe > 0, notes, _prefill(machine, w),
                 options={"n_cpu_moe": n_cpu_moe})
@@ -209,14 +210,14 @@ def expert_cache(machine: Machine, workload: Workload, hit_rate: float | None = 
     cache_bytes = min(cache_bytes, w.expert_bytes)
     if cache_bytes >= w.expert_bytes:
         if hit_rate is not None and hit_rate < 1:
-            notes.insert(0, f"every expert fits in VRAM, so every lookup hits: hit rate 1, "
-                            f"not the {hit_rate:.2f} asked for")
+            notes.insert(0, _("every expert fits in VRAM, so every lookup hits: hit rate 1, "
+                              "not the {asked:.2f} asked for").format(asked=hit_rate))
         else:
-            notes.insert(0, "every expert fits in VRAM: hit rate 1, nothing crosses the link")
+            notes.insert(0, _("every expert fits in VRAM: hit rate 1, nothing crosses the link"))
         hit_rate = 1.0
     elif hit_rate is None:
         hit_rate = cache_bytes / w.expert_bytes
-        notes.insert(0, f"hit rate {hit_rate:.0%} = cache / all experts (uniform routing)")
+        notes.insert(0, _("hit rate {rate:.0%} = cache / all experts (uniform routing)").format(rate=hit_rate))
     rest = w.expert_bytes - cache_bytes
     in_ram = min(rest, machine.ram_usable_bytes)
     f_ram = in_ram / rest if rest > 0 else 1.0
@@ -259,10 +260,11 @@ def multi_gpu(machine: Machine, workload: Workload, mode: str = "layer") -> Plan
                               "one: set the number of GPUs to 2 or more, or choose another strategy.")
     if mode not in ("layer", "tensor"):
         raise CalculatorError(f"mode must be 'layer' or 'tensor', got {mode!r}")
-    notes = [f"{n} GPUs, {mode} split; memory is per GPU x {n}"]
+    notes = [_("{n} GPUs, {mode} split; memory is per GPU x {n}").format(n=n, mode=mode)]
     hidden, layers = m.hidden or 8192, m.layers or 80
     if m.hidden is None or m.layers is None:
-        notes.append(f"{m.name}: shape unknown, so a 70B-class shape is assumed (hidden 8192, 80 layers)")
+        notes.append(_("{model}: shape unknown, so a 70B-class shape is assumed (hidden 8192, 80 layers)")
+                     .format(model=m.name))
     if machine.use_nvlink:
         link, link_gbps = "NVLink", machine.gpu.nvlink_gbps / 2   # vendors add both directions
     else:

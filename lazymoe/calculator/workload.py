@@ -18,6 +18,7 @@ from lazymoe.calculator.machine import (
     Machine,
 )
 from lazymoe.catalog import ModelSpec
+from lazymoe.i18n import _
 
 GB = 1e9
 
@@ -164,10 +165,12 @@ class Workload:
         """What one decode step reads, in the words lab01, module 01 and the widget all use."""
         weights = self.weights_read_per_step / GB
         if self.kv_cache_bytes <= 0:
-            return f"{weights:.2f} GB read per token: weights only (no KV cache counted)"
-        return (f"{self.bytes_per_step / GB:.2f} GB read per token: {weights:.2f} GB of weights "
-                f"+ {self.kv_cache_bytes / GB:.2f} GB of KV cache ({self.context_tokens} tokens"
-                f"{f' x {self.batch} sequences' if self.batch > 1 else ''})")
+            return _("{gb:.2f} GB read per token: weights only (no KV cache counted)").format(gb=weights)
+        sequences = _(" x {n} sequences").format(n=self.batch) if self.batch > 1 else ""
+        return _("{gb:.2f} GB read per token: {weights:.2f} GB of weights + {kv:.2f} GB of KV cache "
+                 "({tokens} tokens{sequences})").format(
+            gb=self.bytes_per_step / GB, weights=weights, kv=self.kv_cache_bytes / GB,
+            tokens=self.context_tokens, sequences=sequences)
 
     @property
     def bytes_per_layer(self) -> float:
@@ -182,12 +185,14 @@ class Workload:
     def notes(self) -> list[str]:
         m, out = self.model, []
         if m.is_moe and not m.has_expert_shapes:
-            out.append(f"{m.name}: expert shapes unknown, so each token is taken to read "
-                       f"{m.params_active / 1e9:.1f}B parameters as one block")
+            out.append(_("{model}: expert shapes unknown, so each token is taken to read "
+                         "{active_b:.1f}B parameters as one block").format(
+                model=m.name, active_b=m.params_active / 1e9))
         if m.kv_values_per_token_layer is None:
-            out.append(f"{m.name}: KV shape unknown, KV cache left out")
+            out.append(_("{model}: KV shape unknown, KV cache left out").format(model=m.name))
         if self.kv_cache_bytes > 0:
-            out.append(f"the KV cache is counted at its full length, {self.context_tokens} tokens")
+            out.append(_("the KV cache is counted at its full length, {tokens} tokens").format(
+                tokens=self.context_tokens))
         return out
 
 
