@@ -129,6 +129,6 @@ def test_other_commands_still_refuse_unknown_arguments(capsys):
 def test_make_lab_calls_lazymoe_lab():
     if shutil.which("make") is None:
         pytest.skip("no make here")
-    dry = subprocess.run(["make", "-n", "-W", "pyproject.toml", "lab", "LAB_ARGS=--port=1"], cwd=REPO,
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "-W", "pyproject.toml", "lab", "LAB_ARGS=--port=1"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
     assert dry.strip().splitlines()[-1].endswith("-m lazymoe lab --port=1")
