@@ -12,6 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = sorted((REPO / "course" / "figures").glob("*.svg"))
+KO_FIGURES = sorted((REPO / "course" / "figures" / "ko").glob("*.svg"))  # the same diagrams in Korean
 MODULES = sorted((REPO / "course").glob("0[1-8]_*.ipynb"))
 SVG = "{http://www.w3.org/2000/svg}"
 IMAGE = re.compile(r"!\[[^\]]*\]\((figures/[^)\s]+\.svg)\)")
@@ -21,7 +22,11 @@ def test_there_is_a_figure_per_module():
     assert len(FIGURES) >= len(MODULES) >= 8
 
 
-@pytest.mark.parametrize("path", FIGURES, ids=lambda p: p.name)
+def test_every_korean_figure_has_its_english_original():
+    assert {p.name for p in KO_FIGURES} <= {p.name for p in FIGURES}
+
+
+@pytest.mark.parametrize("path", FIGURES + KO_FIGURES, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_each_svg_parses_with_a_title_and_a_readable_width(path):
     root = ET.parse(path).getroot()
     assert root.tag == f"{SVG}svg"

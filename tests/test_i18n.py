@@ -121,6 +121,15 @@ def test_build_translates_text_keeps_code_and_fixes_links(tmp_path):
     assert notebooks.check("ko", tmp_path) == []
 
 
+def test_a_figure_drawn_in_the_language_is_preferred(tmp_path):
+    path = _course(tmp_path)
+    (tmp_path / "course" / "figures" / "ko").mkdir(parents=True)
+    (tmp_path / "course" / "figures" / "tiers.svg").write_text("<svg/>")
+    (tmp_path / "course" / "figures" / "ko" / "tiers.svg").write_text("<svg/>")
+    built = notebooks.build_notebook(path, "ko", tmp_path)
+    assert "(../figures/ko/tiers.svg)" in built.cells[0].source
+
+
 def test_a_learners_edited_notebook_is_never_overwritten(tmp_path):
     path = _course(tmp_path)
     notebooks.update(path, "ko", tmp_path)

@@ -105,7 +105,8 @@ def _translations(notebook: Path, lang: str, root: Path) -> dict[str, str]:
 
 
 def _relink(text: str, source_dir: Path, target_dir: Path, lang: str, root: Path) -> str:
-    """Rewrite relative links so they still point at the right file from the translated copy."""
+    """Rewrite relative links so they still point at the right file from the translated copy: a
+    notebook's translated twin, a figure's translated copy (figures/ko/x.svg) where there is one."""
 
     def fix(match: re.Match) -> str:
         link = match.group(2)
@@ -115,6 +116,8 @@ def _relink(text: str, source_dir: Path, target_dir: Path, lang: str, root: Path
         target = (source_dir / path).resolve()
         if target.suffix == ".ipynb" and target.parent.name in FOLDERS:
             target = target_path(target, lang)  # a notebook links to its translated twin
+        elif (target.parent / lang / target.name).exists():
+            target = target.parent / lang / target.name  # a figure drawn in this language
         new = posixpath.relpath(target.as_posix(), target_dir.resolve().as_posix())
         return match.group(1) + new + ("#" + anchor if anchor else "")
 
