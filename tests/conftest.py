@@ -58,3 +58,18 @@ if not cuda_available():
 
 requires_gpu = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")
 QUICK = os.environ.get("LAZYMOE_QUICK") == "1"
+
+
+def notebook_env(monkeypatch) -> None:
+    """The environment every headless notebook run gets (tests/test_notebooks.py and the runs
+    against other servers): quick sizes, one thread each (two notebooks share CI's two cores), and
+    every exercise run with its solution after its deliberately wrong answer failed its check
+    (lazymoe.exercises.solutions.use_solution_if_testing); a learner's "Run All" runs their code."""
+    from lazymoe.exercises import solutions
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("LAZYMOE_QUICK", "1")
+    monkeypatch.setenv(solutions.SWITCH, "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("PYTHONHASHSEED", "0")

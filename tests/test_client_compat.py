@@ -6,7 +6,6 @@ serves every test here (about 20 s to export and start on 2 cores; lab 04 runs i
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -15,10 +14,11 @@ from pathlib import Path
 import httpx
 import nbformat
 import pytest
+from conftest import notebook_env
 
 from lazymoe import client, paths
-from lazymoe.exercises import solutions
 from lazymoe.server import loadtest
+from lazymoe.server.embedded import free_port
 
 pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server] (make install-test)")
 
@@ -28,12 +28,6 @@ KEY = "compat-test-key"
 START_TIMEOUT_S = 60.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     """(base_url ending in /v1, model id) of a running llama-cpp-python server."""
@@ -41,7 +35,7 @@ def llama_server(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("llama-server")
     gguf = export_gguf(paths.bundled_model_dir(), tmp / "tiny-moe-f32.gguf", "f32", progress=False)
-    port = _free_port()
+    port = free_port()
     log = (tmp / "server.log").open("w")
     # --interrupt_requests False: queue concurrent requests instead of cutting the running one off
     # (llama-cpp-python's default), which is what a group server wants and what lab 04 measures
@@ -126,13 +120,7 @@ def test_lab04_runs_against_llama_cpp_server(llama_server, tmp_path, monkeypatch
     from nbclient import NotebookClient
 
     base_url, _ = llama_server
-    # the same environment tests/test_notebooks.py gives every notebook, plus the server's address
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.setenv(var, "1")
-    monkeypatch.setenv("LAZYMOE_QUICK", "1")
-    monkeypatch.setenv(solutions.SWITCH, "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    notebook_env(monkeypatch)  # as tests/test_notebooks.py runs every notebook, plus the server's address
     monkeypatch.setenv("LAZYMOE_HOME", str(tmp_path / "home"))  # progress goes here, not ~
     monkeypatch.setenv("LAZYMOE_API_BASE", base_url)
     monkeypatch.setenv("LAZYMOE_API_KEY", KEY)

@@ -8,7 +8,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -18,14 +17,9 @@ import pytest
 
 from lazymoe import cli
 from lazymoe import lab as lab_command
+from lazymoe.server.embedded import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -36,7 +30,7 @@ def _get(url: str) -> tuple[int, bytes]:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_make_lab_serves_the_start_notebook():
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     lab_args = f"--no-browser --ip=127.0.0.1 --port={port} --IdentityProvider.token={token} --ServerApp.open_browser=False"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
     process = subprocess.Popen(["make", "lab", f"LAB_ARGS={lab_args}"], cwd=REPO, env=env,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import notebook_env
 
 from lazymoe import nbtools
-from lazymoe.exercises import solutions
 
 REPO = Path(__file__).resolve().parents[1]
 # The English notebooks, the Korean ones built from them (course/ko, labs/ko), the instructor's dashboard.
@@ -44,15 +44,7 @@ def test_first_cell_says_what_it_needs_and_how_long(path):
 def test_notebook_runs(path, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
-    # Two notebooks run at once on CI's two cores: one thread each keeps them from fighting.
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.setenv(var, "1")
-    monkeypatch.setenv("LAZYMOE_QUICK", "1")
-    # Every exercise runs with its solution, after its deliberately wrong answer failed its check
-    # (lazymoe.exercises.solutions.use_solution_if_testing); a learner's "Run All" runs their code.
-    monkeypatch.setenv(solutions.SWITCH, "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    notebook_env(monkeypatch)
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     def execute() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,13 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from lazymoe.server.embedded import free_port
+
 from .jupyter_browser import CHROMIUM, CHROMIUM_FLAGS, REPO, TOKEN
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +31,7 @@ def lab(tmp_path_factory):
     shutil.copy(REPO / "course" / "01_hardware.ipynb", root / "01_hardware.ipynb")
     (root / "ko").mkdir()
     shutil.copy(REPO / "course" / "ko" / "01_hardware.ipynb", root / "ko" / "01_hardware.ipynb")
-    port = _free_port()
+    port = free_port()
     home = tmp_path_factory.mktemp("home")   # quiz progress and Jupyter state stay in scratch
     # English unless a notebook chooses (the Korean one sets LAZYMOE_LANG=ko in its first cell)
     env = {**os.environ, "LAZYMOE_QUICK": "1", "LAZYMOE_LANG": "en", "LAZYMOE_HOME": str(home / "lazymoe"),
