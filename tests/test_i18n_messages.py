@@ -109,3 +109,17 @@ def test_quiz_widget_starts_in_the_learners_language(korean):
     assert widget.lang == "ko" and "퀴즈" in widget.title.value
     widget.language.value = "en"  # the toggle still switches
     assert widget.lang == "en" and "Quiz" in widget.title.value
+
+
+def test_calculator_refusals_in_korean(korean):
+    """A strategy the machine cannot run says why in the learner's language (the widget and
+    `lazymoe calc` print these messages as they are)."""
+    from lazymoe import calculator as calc
+
+    laptop = calc.Machine.from_names("Laptop, DDR5-5600 dual channel", 32, gpu="RTX 4060 Laptop")
+    with pytest.raises(calc.CalculatorError) as refused:
+        calc.plan(laptop, calc.Workload.from_names("Qwen3-30B-A3B", "Q4_K_M"), "multi_gpu")
+    assert HANGUL.search(str(refused.value)) and "multi_gpu" in str(refused.value)
+    with pytest.raises(calc.CalculatorError) as dense:
+        calc.plan(laptop, calc.Workload.from_names("Llama-3.1-8B", "Q4_K_M"), "cpu_moe")
+    assert HANGUL.search(str(dense.value)) and "Llama-3.1-8B" in str(dense.value)

@@ -58,11 +58,12 @@ class Machine:
         for name in ("disk_gbps", "effective_link_gbps", "effective_ram_gbps", "effective_vram_gbps"):
             value = getattr(self, name)
             if value is not None and not value > 0:
-                raise CalculatorError(f"{name.replace('_', ' ')} must be more than 0 GB/s, got {value}: "
-                                      "enter a measured figure, or leave it empty for the datasheet's")
+                raise CalculatorError(_("{name} must be more than 0 GB/s, got {value}: enter a "
+                                        "measured figure, or leave it empty for the datasheet's"
+                                        ).format(name=name.replace("_", " "), value=value))
         if (self.link or self.effective_link_gbps) and self.gpu is None:
-            raise CalculatorError("a host link (PCIe) only exists with a discrete GPU: pick a GPU, "
-                                  "or leave the link empty")
+            raise CalculatorError(_("a host link (PCIe) only exists with a discrete GPU: pick a "
+                                    "GPU, or leave the link empty"))
         if self.link:
             catalog.parse_link(self.link)   # raises CatalogError with the expected form
 
@@ -127,8 +128,8 @@ class Machine:
             return self.effective_link_gbps
         nominal = self.nominal_link_gbps
         if nominal is None:
-            raise CalculatorError("this machine has no GPU host link in the catalog: enter the "
-                                  "link's bandwidth (GB/s)")
+            raise CalculatorError(_("this machine has no GPU host link in the catalog: enter the "
+                                    "link's bandwidth (GB/s)"))
         return nominal
 
     @property

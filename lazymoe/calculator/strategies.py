@@ -35,20 +35,21 @@ __all__ = ["Plan", "cpu_moe", "cpu_only", "expert_cache", "full_gpu", "layer_spl
 def _need_gpu(machine: Machine, strategy: str) -> None:
     if machine.gpu is None:
         if machine.unified:
-            raise CalculatorError(f"{strategy} moves weights between RAM and a graphics card, and "
-                                  "this machine has one shared memory: choose full_gpu instead.")
-        raise CalculatorError(f"{strategy} needs a graphics card (GPU), and this machine has none: "
-                              "pick a GPU, or choose cpu_only.")
+            raise CalculatorError(_("{strategy} moves weights between RAM and a graphics card, and "
+                                    "this machine has one shared memory: choose full_gpu instead."
+                                    ).format(strategy=strategy))
+        raise CalculatorError(_("{strategy} needs a graphics card (GPU), and this machine has none: "
+                                "pick a GPU, or choose cpu_only.").format(strategy=strategy))
 
 
 def _need_experts(workload: Workload, strategy: str) -> None:
     m = workload.model
     if not m.has_expert_shapes:
-        why = ("is dense: it has no experts to move" if not m.is_moe
-               else "has no expert shapes in the catalog")
-        raise CalculatorError(f"{strategy} places a mixture-of-experts model's experts, and "
-                              f"{m.name} {why}. Choose layer_split or layer_streaming, "
-                              "or pick an MoE model.")
+        why = (_("{model} is dense: it has no experts to move") if not m.is_moe
+               else _("{model} has no expert shapes in the catalog")).format(model=m.name)
+        raise CalculatorError(_("{strategy} places a mixture-of-experts model's experts, and "
+                                "{why}. Choose layer_split or layer_streaming, or pick an MoE "
+                                "model.").format(strategy=strategy, why=why))
 
 
 def _prefill(machine: Machine, workload: Workload) -> Bound | None:
@@ -71,7 +72,7 @@ def _capacity(machine: Machine, gpus: int = 1) -> dict[str, float]:
 def full_gpu(machine: Machine, workload: Workload) -> Plan:
     """All weights and the KV cache in one GPU: t = bytes per step / VRAM bandwidth."""
     if not machine.has_gpu:
-        raise CalculatorError("full_gpu needs a GPU (or unified memory); this machine has none")
+        raise CalculatorError(_("full_gpu needs a GPU (or unified memory); this machine has none"))
     w = workload
     stack = MemoryStack((("VRAM", "weights", w.weight_bytes), ("VRAM", "KV cache", w.kv_cache_bytes),
                          ("VRAM", "runtime overhead", machine.gpu_overhead_bytes)), _capacity(machine))
@@ -256,8 +257,9 @@ def multi_gpu(machine: Machine, workload: Workload, mode: str = "layer") -> Plan
     _need_gpu(machine, "multi_gpu")
     n, w, m = machine.gpu_count, workload, workload.model
     if n < 2:
-        raise CalculatorError("multi_gpu splits the model over several GPUs, and this machine has "
-                              "one: set the number of GPUs to 2 or more, or choose another strategy.")
+        raise CalculatorError(_("multi_gpu splits the model over several GPUs, and this machine "
+                                "has one: set the number of GPUs to 2 or more, or choose another "
+                                "strategy."))
     if mode not in ("layer", "tensor"):
         raise CalculatorError(f"mode must be 'layer' or 'tensor', got {mode!r}")
     notes = [_("{n} GPUs, {mode} split; memory is per GPU x {n}").format(n=n, mode=mode)]
