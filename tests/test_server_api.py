@@ -184,7 +184,9 @@ def test_over_a_keys_token_budget_is_429(tmp_path):
 
 def test_a_full_queue_is_503_and_the_waiting_requests_still_complete(tmp_path):
     backend = EchoBackend(token_delay_s=0.02)
-    with serve(tmp_path, backend, max_queue=1) as (server, client):
+    # one at a time (max_batch=1): the second request waits in the queue (batching: see
+    # tests/test_server_batching.py)
+    with serve(tmp_path, backend, max_queue=1, max_batch=1) as (server, client):
         body = {"model": "echo", "prompt": "ab", "max_tokens": 20}
         results = {}
 
@@ -329,7 +331,7 @@ def test_a_client_killed_mid_stream_stops_its_generation_while_others_are_served
 def test_shutdown_finishes_the_running_request_and_refuses_the_queued_one(tmp_path):
     backend = EchoBackend(token_delay_s=0.02)
     server = EmbeddedServer(
-        backend, ServerConfig(port=0), keys_file=str(tmp_path / "keys.json")
+        backend, ServerConfig(port=0, max_batch=1), keys_file=str(tmp_path / "keys.json")
     ).start()
     client = httpx.Client(
         base_url=server.root_url, headers={"Authorization": f"Bearer {server.api_key}"}, timeout=30

@@ -158,7 +158,10 @@ def test_bad_limits_in_the_keys_file_are_refused_naming_the_member(tmp_path):
 # -- 503 is free ----------------------------------------------------------------------------------------
 def test_a_request_refused_with_503_does_not_count_against_the_limit(tmp_path):
     backend = EchoBackend(token_delay_s=0.02)
-    with serve(tmp_path, backend, max_queue=1, requests_per_minute=3) as (server, client):
+    with serve(tmp_path, backend, max_queue=1, max_batch=1, requests_per_minute=3) as (
+        server,
+        client,
+    ):
         body = {"model": "echo", "prompt": "ab", "max_tokens": 20}
         results = {}
 

@@ -11,6 +11,7 @@
     prompts.py    PromptChecker: valid text, cheap length bound, token id range, tokenizing
                   off the event loop
     scheduler.py  Scheduler: one worker thread, a bounded queue served round-robin per key
+    batching.py   BatchLoop: continuous batching, one engine step for every request in flight
     streaming.py  token events -> text pieces -> server-sent events; cancel on disconnect
     detok.py      TextStream: ids -> text without half characters or stop strings
     schemas.py    request bodies (pydantic) and response bodies

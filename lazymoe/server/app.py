@@ -63,7 +63,7 @@ def create_app(
     if keys is None and config.keys_file is not None:
         keys = KeyStore(config.keys_file)
     metrics = Metrics()
-    scheduler = Scheduler(backend, config.max_queue, metrics)
+    scheduler = Scheduler(backend, config.max_queue, metrics, config.max_batch)
     limiter = RateLimiter(
         config.requests_per_minute, config.tokens_per_minute, tokens_per_day=config.tokens_per_day
     )
@@ -75,6 +75,8 @@ def create_app(
     metrics.gauges = {
         "queue_depth": lambda: scheduler.queue_depth,
         "in_flight": lambda: scheduler.in_flight,
+        "batch_size": lambda: scheduler.in_flight,  # requests decoding together now
+        "max_batch": lambda: scheduler.max_batch,
     }
     metrics.engine_stats = lambda: scheduler.engine_stats
 
@@ -129,6 +131,8 @@ def create_app(
             "model": backend.model_id,
             "queue_depth": scheduler.queue_depth,
             "in_flight": scheduler.in_flight,
+            "batch_size": scheduler.in_flight,
+            "max_batch": scheduler.max_batch,
         }
 
     @app.get("/v1/models")

@@ -1,7 +1,8 @@
 """What the server needs from a model: the small protocol it serves, and its adapter to the Engine.
 
-The server only ever calls `encode`, `decode`, `render_chat`, `stream` and `stats`. Anything with
-those methods can be served: the real `lazymoe.engine.Engine` through `EngineBackend`, or the
+The server only ever calls `encode`, `decode`, `render_chat`, `stream` and `stats`, and `batch`
+where there is one (continuous batching: see `lazymoe.server.batching`). Anything with those
+methods can be served: the real `lazymoe.engine.Engine` through `EngineBackend`, or the
 deterministic stand-in in `lazymoe.server.fake` that the unit tests use.
 """
 
@@ -42,6 +43,45 @@ class Backend(Protocol):
 
     def stats(self) -> dict[str, Any]: ...
 
+    # Optional: `batch() -> BackendBatch`. A backend without it is served one request at a time.
+
+
+class BackendBatch(Protocol):
+    """Sequences decoding together: each joins with its own prefill, then one `step` for all.
+
+        handle, first = batch.add(prompt_ids, params)   # prefill alone; the first new token
+        new = batch.step()                              # {handle: next token} for every live one
+        batch.finished(handle)                          # end of sequence or max_new_tokens reached
+        batch.remove(handle)                            # leave now, free its KV cache
+    """
+
+    def add(self, prompt_ids: list[int], params: SamplingParams) -> tuple[int, int]: ...
+
+    def step(self) -> dict[int, int]: ...
+
+    def finished(self, handle: int) -> bool: ...
+
+    def remove(self, handle: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
+def can_batch(backend: Any) -> bool:
+    """Whether `backend` has the optional `batch()` (continuous batching)."""
+    return callable(getattr(backend, "batch", None))
+
+
+def generation_config(params: SamplingParams) -> Any:
+    """The engine's `GenerationConfig` for one request's settings."""
+    from lazymoe.engine import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=params.max_new_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        seed=params.seed,
+    )
+
 
 def plain_chat_prompt(messages: list[dict[str, str]]) -> str:
     """A chat template for models that have none (the bundled tiny model was trained on code)."""
@@ -52,8 +92,8 @@ def plain_chat_prompt(messages: list[dict[str, str]]) -> str:
 class EngineBackend:
     """`lazymoe.engine.Engine` seen through the server's protocol.
 
-    The engine is not thread-safe: the server's scheduler calls `stream` from one worker thread,
-    one request at a time.
+    The engine is not thread-safe: the server's scheduler calls `stream` and `batch` from one
+    worker thread only.
     """
 
     def __init__(self, engine: Any, model_id: str) -> None:
@@ -90,16 +130,34 @@ class EngineBackend:
         return plain_chat_prompt(messages)
 
     def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
-        from lazymoe.engine import GenerationConfig
+        return self.engine.stream(prompt_ids, generation_config(params))
 
-        gen = GenerationConfig(
-            max_new_tokens=params.max_new_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            seed=params.seed,
-        )
-        return self.engine.stream(prompt_ids, gen)
+    def batch(self) -> EngineBatchAdapter:
+        """The engine's continuous batch (`lazymoe.engine.batch`), taking the server's params."""
+        return EngineBatchAdapter(self.engine.batch())
 
     def stats(self) -> dict[str, Any]:
         stats = self.engine.stats()
         return stats.as_dict() if hasattr(stats, "as_dict") else dict(stats)
+
+
+class EngineBatchAdapter:
+    """`engine.batch()` (an EngineBatch, taking GenerationConfig) seen as a `BackendBatch`."""
+
+    def __init__(self, batch: Any) -> None:
+        self._batch = batch
+
+    def add(self, prompt_ids: list[int], params: SamplingParams) -> tuple[int, int]:
+        return self._batch.add(prompt_ids, generation_config(params))
+
+    def step(self) -> dict[int, int]:
+        return self._batch.step()
+
+    def finished(self, handle: int) -> bool:
+        return self._batch.finished(handle)
+
+    def remove(self, handle: int) -> None:
+        self._batch.remove(handle)
+
+    def __len__(self) -> int:
+        return len(self._batch)

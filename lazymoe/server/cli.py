@@ -4,6 +4,7 @@ lazymoe serve --keys keys.json --add-key alice     # prints alice's new key, onc
 lazymoe serve --keys keys.json --list-keys
 lazymoe serve --keys keys.json --revoke-key alice
 lazymoe serve --keys keys.json --host 0.0.0.0 --port 8000 --vram-budget 6GiB
+lazymoe serve --max-batch 16                        # up to 16 requests decode together
 lazymoe serve                                       # loopback only, no keys, bundled model
 """
 
@@ -53,6 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     limits = parser.add_argument_group("limits")
     limits.add_argument("--max-queue", type=int, default=d.max_queue)
+    limits.add_argument(
+        "--max-batch",
+        type=int,
+        default=d.max_batch,
+        help="requests that decode together, one engine step for all (1: one at a time; "
+        "default: %(default)s)",
+    )
     limits.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
     limits.add_argument("--max-tokens-cap", type=int, default=d.max_tokens_cap)
     limits.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens)
@@ -117,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
             port=args.port,
             keys_file=args.keys,
             max_queue=args.max_queue,
+            max_batch=args.max_batch,
             max_prompt_tokens=args.max_prompt_tokens,
             max_tokens_cap=args.max_tokens_cap,
             default_max_tokens=args.default_max_tokens,

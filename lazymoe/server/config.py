@@ -16,12 +16,15 @@ class ServerConfig:
     prompt longer than `max_prompt_tokens` -> 413, `max_tokens` above `max_tokens_cap` -> 400,
     more than `requests_per_minute` or `tokens_per_minute` for one key -> 429,
     more than `max_queue` requests waiting -> 503.
+    Up to `max_batch` requests decode together (continuous batching, when the backend can
+    batch); 1 serves one request at a time.
     """
 
     host: str = "127.0.0.1"  # loopback: nobody else on the network can reach it
     port: int = 8000
     keys_file: Path | None = None  # None: no keys, no auth (only for a server on loopback)
     max_queue: int = 64  # requests waiting for the engine, all keys together
+    max_batch: int = 8  # requests decoding together, one engine step for all; 1: one at a time
     max_prompt_tokens: int = 2048  # never above the model's context: see `fitted_to`
     max_body_bytes: int = 4 * 2**20  # a request body larger than this is refused (413) unread
     max_tokens_cap: int = 512  # the most new tokens one request may ask for
@@ -44,6 +47,7 @@ class ServerConfig:
             )
         positive = {
             "max_queue": self.max_queue,
+            "max_batch": self.max_batch,
             "max_prompt_tokens": self.max_prompt_tokens,
             "max_body_bytes": self.max_body_bytes,
             "max_tokens_cap": self.max_tokens_cap,

@@ -3,7 +3,7 @@
     timing = stream_once(conn, "def fib(n):", max_tokens=32)
     timing.ttft_s, timing.decode_tok_s
     load = run_users(conn, n_users=16, prompt="def fib(n):", max_tokens=32)
-    load.aggregate_tok_s, load.ttft_s()
+    load.aggregate_tok_s, load.ttft_s(), load.ttft_s("p95")
 
 `conn` is anything with `root_url`, `headers` and `model` (a `lazymoe.client.Connection`).
 """
@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -75,9 +77,15 @@ class StreamTiming:
 
 
 def stream_once(
-    conn: Any, prompt: str, max_tokens: int = 32, *, client: Any = None, temperature: float = 0.0
+    conn: Any,
+    prompt: str | list[int],
+    max_tokens: int = 32,
+    *,
+    client: Any = None,
+    temperature: float = 0.0,
 ) -> StreamTiming:
-    """One streaming /v1/completions request over raw HTTP, timed chunk by chunk."""
+    """One streaming /v1/completions request over raw HTTP, timed chunk by chunk (`prompt`:
+    text, or token ids)."""
     import httpx
 
     own = client is None
@@ -130,16 +138,35 @@ class LoadResult:
         return sum(t.n_tokens for t in self.timings) / self.wall_s
 
     def ttft_s(self, stat: str = "median") -> float:
-        values = [t.ttft_s for t in self.timings]
-        return max(values) if stat == "max" else statistics.median(values)
+        """Time to first token over the users: "median", "p95" (nearest rank: the smallest
+        value at least 95% of users had) or "max"."""
+        values = sorted(t.ttft_s for t in self.timings)
+        if stat == "median":
+            return statistics.median(values)
+        if stat == "p95":
+            return values[math.ceil(0.95 * len(values)) - 1]
+        if stat == "max":
+            return values[-1]
+        raise ValueError(f"stat={stat!r}: use 'median', 'p95' or 'max'")
 
     def per_user_tok_s(self) -> float:
         """Median over users of tokens / (time from sending to [DONE]): what one user feels."""
         return statistics.median(t.n_tokens / t.total_s for t in self.timings)
 
 
-def run_users(conn: Any, n_users: int, prompt: str, max_tokens: int = 32) -> LoadResult:
-    """`n_users` streaming requests sent at the same moment, each on its own thread."""
+def run_users(
+    conn: Any,
+    n_users: int,
+    prompt: str | list[int],
+    max_tokens: int = 32,
+    *,
+    prompts: Sequence[str | list[int]] | None = None,
+) -> LoadResult:
+    """`n_users` streaming requests sent at the same moment, each on its own thread.
+
+    Every user sends `prompt`, or with `prompts` user i sends `prompts[i % len(prompts)]`.
+    """
+    prompts = prompts or [prompt]
     import httpx
 
     with (
@@ -153,8 +180,8 @@ def run_users(conn: Any, n_users: int, prompt: str, max_tokens: int = 32) -> Loa
     ):
         start_s = time.perf_counter()
         futures = [
-            pool.submit(stream_once, conn, prompt, max_tokens, client=client)
-            for _ in range(n_users)
+            pool.submit(stream_once, conn, prompts[i % len(prompts)], max_tokens, client=client)
+            for i in range(n_users)
         ]
         timings = [f.result() for f in futures]
     end_s = max(t.done_s for t in timings)

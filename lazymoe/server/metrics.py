@@ -147,6 +147,8 @@ class Metrics:
             ("ttft_p50_s", "gauge", "Median time to first token, recent requests, s."),
             ("queue_depth", "gauge", "Requests waiting for the engine."),
             ("in_flight", "gauge", "Requests being generated now."),
+            ("batch_size", "gauge", "Requests decoding together now (one engine step for all)."),
+            ("max_batch", "gauge", "The most requests that decode together (1: one at a time)."),
             ("hit_rate", "gauge", "Expert-cache hit rate reported by the engine."),
         ]:
             metric(name, kind, help_text, [("", snap.get(name))])

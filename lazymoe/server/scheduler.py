@@ -1,13 +1,17 @@
 """One worker thread runs generations from a bounded queue, taking turns between keys.
 
 The engine is not thread-safe, so exactly one thread calls it. Requests wait in one FIFO per key;
-the worker serves the keys round-robin (alice, bob, alice, bob...), so one member who sends 20
-requests does not make everyone else wait behind all 20. Batching several requests into one
-forward pass is a later improvement.
+the worker takes the keys round-robin (alice, bob, alice, bob...), so one member who sends 20
+requests does not make everyone else wait behind all 20.
+
+With `max_batch > 1` and a backend that can batch, the worker decodes up to `max_batch` requests
+together, one engine step for all of them, requests joining and leaving between steps
+(continuous batching: `lazymoe.server.batching`). With `max_batch = 1` it runs one request at a
+time, start to end (`_run` below).
 
 Tokens go back to the HTTP handler (on the event loop) through an asyncio.Queue per job, filled
 with `loop.call_soon_threadsafe`. The handler cancels a job by setting `job.cancelled`; the worker
-checks it after every token and closes the engine's stream.
+checks it after every token (or every step) and stops that job's generation.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from lazymoe.server.backend import Backend, SamplingParams
+from lazymoe.server.backend import Backend, SamplingParams, can_batch
 from lazymoe.server.errors import APIError, overloaded
 
 log = logging.getLogger("lazymoe.server")
@@ -90,17 +94,24 @@ class FairQueue:
 
 
 class Scheduler:
-    """Admits jobs into a bounded FairQueue and runs them one at a time on a worker thread."""
+    """Admits jobs into a bounded FairQueue and runs them on a worker thread: up to `max_batch`
+    together when the backend can batch, else one at a time."""
 
-    def __init__(self, backend: Backend, max_queue: int, metrics: Any = None) -> None:
+    def __init__(
+        self, backend: Backend, max_queue: int, metrics: Any = None, max_batch: int = 1
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch}: give 1 (one at a time) or more")
         self.backend = backend
         self.max_queue = max_queue
         self.metrics = metrics
+        # requests decoding together; 1 when the backend cannot batch
+        self.max_batch = max_batch if can_batch(backend) else 1
         self._queue = FairQueue()
         self._cond = threading.Condition()
         self._accepting = True
         self._abort = threading.Event()  # set when the shutdown grace time is over
-        self._running: Job | None = None
+        self.running: dict[int, Job] = {}  # jobs being generated now (the batch), by handle
         self._thread: threading.Thread | None = None
         # The engine's stats as of the last finished request, read on the worker thread: the
         # engine is not thread-safe, so /metrics never calls it while it generates.
@@ -113,7 +124,7 @@ class Scheduler:
 
     @property
     def in_flight(self) -> int:
-        return 1 if self._running is not None else 0
+        return len(self.running)
 
     @property
     def accepting(self) -> bool:
@@ -158,49 +169,90 @@ class Scheduler:
             self._thread.join(timeout=grace_s + 5.0)
 
     # -- the worker thread -----------------------------------------------------------------------
-    def _next(self) -> Job | None:
+    def take(self, n_jobs: int, wait: bool) -> list[Job] | None:
+        """Up to `n_jobs` waiting jobs, round-robin by key. With `wait`, block until there is
+        one; None once the server stops accepting and nothing is left (the worker may exit)."""
         with self._cond:
-            while not len(self._queue):
+            while wait and not len(self._queue):
                 if not self._accepting:
                     return None
                 self._cond.wait(timeout=1.0)
-            return self._queue.pop()
+            jobs = []
+            while len(jobs) < n_jobs and (job := self._queue.pop()) is not None:
+                jobs.append(job)
+            return jobs
 
-    def _refresh_stats(self) -> None:
+    def refresh_stats(self) -> None:
         try:
             self.engine_stats = self.backend.stats()
         except Exception as exc:  # stats must never take the worker down
             self.engine_stats = {"error": f"{type(exc).__name__}: {exc}"}
 
+    def refuse_stale(self, job: Job) -> bool:
+        """Answer a job that should not start (cancelled, or out of time in the queue): True."""
+        if job.cancelled.is_set():
+            job.send("done", "cancelled")
+            return True
+        if time.monotonic() > job.deadline_s:
+            job.send(
+                "error",
+                APIError(504, "the request timed out while waiting in the queue", code="timeout"),
+            )
+            return True
+        return False
+
+    def deliver(self, job: Job, token_id: int) -> str | APIError | None:
+        """Send `job` one new token. Returns why the job is over now, or None to go on:
+        "stop" (end of sequence, not sent), "length" (max_tokens), 504 (deadline), 503 (shutdown)."""
+        if token_id in self.backend.eos_token_ids:
+            return "stop"
+        now_s = time.monotonic()
+        if job.first_token_s is None:
+            job.first_token_s = now_s
+            if self.metrics is not None:
+                self.metrics.observe_ttft(now_s - job.enqueued_s)
+        job.n_tokens += 1
+        job.send("token", token_id)
+        if self.metrics is not None:
+            self.metrics.count_tokens(1)
+        if job.n_tokens >= job.params.max_new_tokens:
+            return "length"
+        if now_s > job.deadline_s:
+            return APIError(
+                504, f"the request timed out after {job.n_tokens} tokens", code="timeout"
+            )
+        if self._abort.is_set():
+            return overloaded("the server shut down during this request", "shutting_down")
+        return None
+
+    @staticmethod
+    def answer(job: Job, outcome: str | APIError) -> None:
+        if isinstance(outcome, APIError):
+            job.send("error", outcome)
+        else:
+            job.send("done", outcome)
+
     def _work(self) -> None:
-        self._refresh_stats()
-        while (job := self._next()) is not None:
-            if job.cancelled.is_set():
-                job.send("done", "cancelled")
+        self.refresh_stats()
+        if self.max_batch > 1:
+            from lazymoe.server.batching import BatchLoop
+
+            BatchLoop(self).run()
+            return
+        while (jobs := self.take(1, wait=True)) is not None:
+            job = jobs[0]
+            if self.refuse_stale(job):
                 continue
-            if time.monotonic() > job.deadline_s:
-                job.send(
-                    "error",
-                    APIError(
-                        504, "the request timed out while waiting in the queue", code="timeout"
-                    ),
-                )
-                continue
-            self._running = job
+            self.running[0] = job
             try:
                 outcome = self._run(job)
             except Exception as exc:  # the server must outlive a failing generation
                 log.exception("generation %s failed", job.job_id)
-                outcome = APIError(
-                    500, f"the engine failed: {type(exc).__name__}: {exc}", code="engine_error"
-                )
+                outcome = engine_failed(exc)
             finally:
-                self._running = None
-            self._refresh_stats()  # before answering, so /metrics already counts this request
-            if isinstance(outcome, APIError):
-                job.send("error", outcome)
-            else:
-                job.send("done", outcome)
+                self.running.clear()
+            self.refresh_stats()  # before answering, so /metrics already counts this request
+            self.answer(job, outcome)
 
     def _run(self, job: Job) -> str | APIError:
         """Generate `job`'s tokens; returns the finish reason, or the APIError to answer with."""
@@ -212,27 +264,8 @@ class Scheduler:
                 if job.cancelled.is_set():
                     reason = "cancelled"
                     break
-                if token_id in self.backend.eos_token_ids:
-                    reason = "stop"
-                    break
-                now_s = time.monotonic()
-                if job.first_token_s is None:
-                    job.first_token_s = now_s
-                    if self.metrics is not None:
-                        self.metrics.observe_ttft(now_s - job.enqueued_s)
-                job.n_tokens += 1
-                job.send("token", token_id)
-                if self.metrics is not None:
-                    self.metrics.count_tokens(1)
-                if job.n_tokens >= job.params.max_new_tokens:
-                    break
-                if now_s > job.deadline_s:
-                    reason = APIError(
-                        504, f"the request timed out after {job.n_tokens} tokens", code="timeout"
-                    )
-                    break
-                if self._abort.is_set():
-                    reason = overloaded("the server shut down during this request", "shutting_down")
+                if (outcome := self.deliver(job, token_id)) is not None:
+                    reason = outcome
                     break
             else:
                 if job.n_tokens < job.params.max_new_tokens:
@@ -242,3 +275,7 @@ class Scheduler:
             if close is not None:
                 close()  # stops the engine's generator: frees its work at once
         return reason
+
+
+def engine_failed(exc: Exception) -> APIError:
+    return APIError(500, f"the engine failed: {type(exc).__name__}: {exc}", code="engine_error")

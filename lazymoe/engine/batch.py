@@ -1,0 +1,237 @@
+"""Continuous batching: several requests decode together, one pass through the model per step.
+
+    with engine.batch() as batch:
+        a, first_a = batch.add(engine.tokenizer.encode("def "), GenerationConfig(max_new_tokens=32))
+        b, first_b = batch.add(engine.tokenizer.encode("SELECT"), GenerationConfig(max_new_tokens=8))
+        while len(batch):
+            new = batch.step()                    # {handle: token} for every live sequence
+        print(batch.tokens(a), batch.tokens(b))
+
+Why it helps a MoE engine: at decode time the cost of a step is mostly reading expert weights
+(from VRAM, RAM or disk), not arithmetic. Alone, each user's token reads its own top-k experts in
+every layer. Batched, the B tokens of one step go through each layer's MoE block together: the
+union of the experts they chose is looked up (and, on a miss, fetched) once, and each expert's
+weights are read once for all the tokens that routed to it. So one fetch serves every sequence
+that wants that expert, and the attention, norm and lm_head weights are read once per step for B
+tokens instead of once per token. Aggregate tokens/s rises with B.
+
+What it costs: a step does the work of B tokens (B attentions, a union of experts larger than
+one token's top-k), so each user waits a little longer between their own tokens; and a new
+request's prompt (prefill) runs alone between steps, pausing everyone else while it does. The
+expert cache must hold the batch's union, not one user's experts: when it holds one user's recent
+experts but not the union, one request alone gets hits that the batch loses (bundled model, 4
+users, 16 of 64 experts cached: 704 fetches together against 443 one after another; with 2
+slots, 723 against 903). Prefetch guesses one token's next experts, so it runs only while one
+sequence is live.
+
+One decode step, for the B live sequences (T = B tokens, one per sequence, D hidden size):
+
+    embed the B last tokens                                   (B, 1, D)
+    per layer:  stacked:      input norm                                 (B, 1, D)
+                per sequence: attention with its own KV cache, position, rotary  (1, 1, D) each
+                stacked:      residual add -> post-attention norm -> MoE block (or dense MLP)
+                              on all B tokens at once -> residual add    (B, 1, D)
+    stacked: final norm -> lm_head -> (B, V); per sequence: its own sampler, stop checks
+
+Decode in a batch always runs this eager layer loop (experts through `ExpertRuntime`, whatever
+placement, quantization, prefetch or learner router the engine has), never the segmented/graph
+decoder of `compute/graphs.py`, which holds one sequence's keys and values. Prefill runs through
+transformers exactly as in `Engine.stream`, one request at a time.
+
+Each sequence's tokens equal `engine.generate` of its prompt alone (greedy float32 on the CPU;
+seeded sampling too): the tests in tests/test_engine_batch.py check it. The engine is not
+thread-safe, and neither is a batch: one caller drives `add`, `step` and `remove`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import DynamicCache
+
+from lazymoe.engine.config import GenerationConfig
+from lazymoe.engine.sampler import Sampler
+
+if TYPE_CHECKING:
+    from lazymoe.engine.engine import Engine
+
+_LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+
+
+@dataclass
+class _Sequence:
+    """One request in the batch: its settings, its KV cache, its tokens so far."""
+
+    gen: GenerationConfig
+    stop_ids: set[int]
+    sampler: Sampler
+    cache: DynamicCache | None  # None once finished or removed (freed at once)
+    length: int  # positions in the cache: the prompt plus every token fed back
+    new: list[int] = field(default_factory=list)
+    done: bool = False
+
+
+class EngineBatch:
+    """Requests that join, decode together one step at a time, and leave (`Engine.batch()`)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._layers = list(engine.model.model.layers)
+        for i, layer in enumerate(self._layers):
+            missing = [name for name in _LAYER_PARTS if not hasattr(layer, name)]
+            if missing:
+                raise ValueError(
+                    f"decoder layer {i} ({type(layer).__name__}) has no {', '.join(missing)}: the "
+                    "batch's layer loop expects norm -> attention -> norm -> MLP layers; generate "
+                    "one request at a time with engine.generate"
+                )
+        # a sliding-window model hides positions older than the window; one query token with no
+        # mask sees them all, so a batch takes only sequences that fit the window (0/None: none)
+        self._window = getattr(engine.model.config, "sliding_window", None) or None
+        self._seqs: dict[int, _Sequence] = {}
+        self._next_handle = 0
+
+    # -- joining and leaving -----------------------------------------------------------------
+    @torch.inference_mode()
+    def add(self, prompt_ids: list[int], gen: GenerationConfig | None = None) -> tuple[int, int]:
+        """Prefill `prompt_ids` alone now and join the batch: (handle, the first new token id).
+
+        The sequence may be finished already (a stop id, or max_new_tokens=1): see `finished`.
+        ValueError for an empty prompt, ids outside the vocabulary or max_new_tokens=0; the batch
+        is unchanged then.
+        """
+        engine, gen = self.engine, gen or GenerationConfig()
+        if not prompt_ids:
+            raise ValueError("prompt_ids is empty: give at least one token (e.g. the EOS id)")
+        prompt_ids = engine._checked_ids(prompt_ids)
+        if gen.max_new_tokens < 1:
+            raise ValueError(
+                f"max_new_tokens={gen.max_new_tokens}: a sequence in a batch makes at least one "
+                "token; give 1 or more"
+            )
+        if self._window is not None and len(prompt_ids) + gen.max_new_tokens > self._window:
+            raise ValueError(
+                f"{len(prompt_ids)} prompt tokens + max_new_tokens={gen.max_new_tokens} exceed this "
+                f"model's sliding attention window of {self._window} positions, which a batch does "
+                "not apply: shorten the request, or generate it alone with engine.generate"
+            )
+        if engine.runtime.prefetcher is not None:
+            engine.runtime.prefetcher.reset_pending()  # guesses of the last step are stale now
+        seq = _Sequence(gen, engine._stop_ids(gen), Sampler(gen, engine.device),
+                        DynamicCache(config=engine.model.config), len(prompt_ids))  # fmt: skip
+        start = time.perf_counter()
+        ids = torch.tensor([prompt_ids], device=engine.device)
+        logits = engine.model(
+            input_ids=ids, cache=seq.cache, use_cache=True, logits_to_keep=1
+        ).logits
+        token = seq.sampler(logits[0, -1])
+        totals = engine._totals
+        totals["prefill_seconds"] += time.perf_counter() - start
+        totals["prompt_tokens"] += len(prompt_ids)
+        handle, self._next_handle = self._next_handle, self._next_handle + 1
+        self._seqs[handle] = seq
+        self._accept(seq, token)
+        return handle, token
+
+    def remove(self, handle: int) -> None:
+        """Drop a sequence now and free its KV cache; an unknown handle is not an error."""
+        seq = self._seqs.pop(handle, None)
+        if seq is not None:
+            seq.cache = None
+
+    def finished(self, handle: int) -> bool:
+        """True once the sequence hit a stop id, a stop string or max_new_tokens."""
+        return self._get(handle).done
+
+    def tokens(self, handle: int) -> list[int]:
+        """The sequence's new tokens so far (without the prompt)."""
+        return list(self._get(handle).new)
+
+    def __len__(self) -> int:
+        return sum(not seq.done for seq in self._seqs.values())
+
+    def __enter__(self) -> EngineBatch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in list(self._seqs):
+            self.remove(handle)
+
+    def _get(self, handle: int) -> _Sequence:
+        seq = self._seqs.get(handle)
+        if seq is None:
+            raise KeyError(f"no sequence {handle!r} in this batch (never added, or removed)")
+        return seq
+
+    def _accept(self, seq: _Sequence, token: int) -> None:
+        """Record a new token; a sequence that stops frees its cache at once."""
+        seq.new.append(token)
+        self.engine._totals["tokens"] += 1
+        if (
+            token in seq.stop_ids
+            or len(seq.new) >= seq.gen.max_new_tokens
+            or self.engine._hit_stop_string(seq.new, seq.gen)
+        ):
+            seq.done, seq.cache = True, None
+
+    # -- one step --------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> dict[int, int]:
+        """One decode step for every live sequence: {handle: its new token}; {} when none is live.
+
+        If the model fails midway, the live sequences' caches are half-updated: they are dropped
+        (removed) before the error propagates, and the batch stays usable for new requests.
+        """
+        live = [(h, seq) for h, seq in self._seqs.items() if not seq.done]
+        if not live:
+            return {}
+        start = time.perf_counter()
+        try:
+            logits = self._forward([seq for _, seq in live])  # (B, V)
+        except BaseException:
+            for handle, _ in live:
+                self.remove(handle)
+            raise
+        out = {}
+        for row, (handle, seq) in enumerate(live):
+            token = seq.sampler(logits[row])
+            seq.length += 1
+            self._accept(seq, token)
+            out[handle] = token
+        self.engine._totals["decode_seconds"] += time.perf_counter() - start
+        return out
+
+    def _forward(self, seqs: list[_Sequence]) -> torch.Tensor:
+        """The model on each sequence's last token: logits (B, V)."""
+        engine = self.engine
+        base = engine.model.model
+        device = engine.device
+        last = torch.tensor([[seq.new[-1]] for seq in seqs], device=device)  # (B, 1)
+        h = base.embed_tokens(last)  # (B, 1, D)
+        # each sequence's next position is its cache length: its own rotary angles
+        ropes = []
+        for b, seq in enumerate(seqs):
+            position = torch.tensor([[seq.length]], device=device)  # (1, 1)
+            ropes.append(base.rotary_emb(h[b : b + 1], position_ids=position))
+        for layer in self._layers:
+            x = layer.input_layernorm(h)  # (B, 1, D)
+            attn = torch.cat([
+                # one query token sees every cached position: no mask needed
+                layer.self_attn(hidden_states=x[b : b + 1], position_embeddings=ropes[b],
+                                attention_mask=None, cache=seq.cache)[0]
+                for b, seq in enumerate(seqs)
+            ])  # fmt: skip
+            h = h + attn
+            h = h + _mlp_output(layer.mlp(layer.post_attention_layernorm(h)), h.shape)
+        return engine.model.lm_head(base.norm(h))[:, -1]  # (B, V)
+
+
+def _mlp_output(out, shape: torch.Size) -> torch.Tensor:
+    """A decoder layer's MLP output as (B, 1, D): MoE blocks of some transformers models return
+    (hidden, router logits), and some flatten the tokens to (B, D)."""
+    if isinstance(out, tuple):
+        out = out[0]
+    return out.view(shape)
