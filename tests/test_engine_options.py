@@ -183,3 +183,29 @@ def test_overrides_win_and_a_swept_option_needs_one(model):
     with pytest.raises(ValueError, match="several values"):
         EngineConfig.from_args(args)
     assert EngineConfig.from_args(args, placement="auto", device="cpu").placement == "auto"
+
+
+def test_lazymoe_bench_takes_model_folders_as_words_as_well_as_by_flag(model, monkeypatch):
+    argv = ["--engines", "lazymoe", "--device", "cuda", "--placement", "fetch", "--vram-budget", "5GB"]
+    by_word = bench_plan([str(model), *argv], monkeypatch)
+    by_flag = bench_plan(["--model", str(model), *argv], monkeypatch)
+    both = bench_plan([str(model), "--model", str(model), *argv], monkeypatch)
+    assert [m.model_dir for m in by_word.models] == [str(model)]
+    assert by_word.models == by_flag.models == both.models
+
+
+def test_lazymoe_bench_refuses_two_model_lists_and_a_bare_gguf_file_saying_what_to_give(
+    model, tmp_path, capsys
+):
+    other = make_random_checkpoint(tmp_path / "other", arch="olmoe")
+    run = lambda *argv: bench_cli.run(parser_of(bench_cli).parse_args(list(argv)))  # noqa: E731
+    assert run(str(model), "--model", str(other)) == 2
+    err = capsys.readouterr().err
+    assert "two lists of models" in err and str(other) in err
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(20))
+    assert run(str(gguf)) == 2
+    err = capsys.readouterr().err
+    assert f"{gguf} is a GGUF file" in err and "give that folder" in err and "lazymoe run" in err
+    assert run(str(tmp_path / "missing")) == 2
+    assert f"{tmp_path / 'missing'} does not exist" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
     lazymoe bench                                  # the bundled tiny model, every engine present
     lazymoe bench --model DIR --vram-budget 5GB 8GB 12GB --out data/results/mine.json
+    lazymoe bench DIR1 DIR2 --engines lazymoe      # model folders given first, as --model DIR1 DIR2
     lazymoe bench --report data/results/*.json     # tables of saved results
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from lazymoe.bench.harness import ENGINE_CHOICES, ROUTING_CHOICES
 from lazymoe.bench.routing import REGIMES
-from lazymoe.engine.options import add_engine_arguments
+from lazymoe.engine.options import ModelPathError, add_engine_arguments, check_model_path, same_path
 
 # Engine options the bench sweeps: each takes several values, one row per combination
 # (lazymoe.bench.harness.build_specs). On a CPU-only machine lazymoe runs once, all resident.
@@ -37,6 +38,8 @@ PLAN_FIELDS = (*BENCH_SWEEP, "dtype", "device", "pin_checkpoint")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="*", metavar="MODEL",
+                        help="model folders, the same as --model (one row set per model)")
     parser.add_argument("--engines", nargs="+", default=list(ENGINE_CHOICES), choices=ENGINE_CHOICES)
     lazymoe = parser.add_argument_group(
         "engine options (the same as `lazymoe run`'s; the swept ones take several values)",
@@ -86,7 +89,11 @@ def run(args: argparse.Namespace) -> int:
             print("lazymoe bench: give --vram-budget or the old --budgets, not both", file=sys.stderr)
             return 2
         args.vram_budget = [f"{gb:g}GB" for gb in args.budgets_gb]
-    model_dirs = args.model_path or [str(paths.bundled_model_dir())]
+    try:
+        model_dirs = bench_model_dirs(args.models, args.model_path) or [str(paths.bundled_model_dir())]
+    except ModelPathError as exc:
+        print(f"lazymoe bench: {exc}", file=sys.stderr)
+        return 2
     for model_dir in model_dirs:
         if not (Path(model_dir) / "config.json").is_file():
             print(f"lazymoe bench: {model_dir} has no config.json. Give a model folder, or build the "
@@ -119,6 +126,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(f"\nresults: {out}")
     return 0 if any(r.get("ok") for r in document["results"]) else 1
+
+
+def bench_model_dirs(positional: list[str], flag: list[str] | None) -> list[str]:
+    """The model folders from the positional words and --model (either, or both when they agree).
+
+    The bench runs transformers and llama.cpp on the same model, so it needs the Hugging Face
+    folder (a .gguf of the same weights beside it is used for llama.cpp): a .gguf file alone is
+    refused with what to give instead."""
+    flag = list(flag or [])
+    if positional and flag and not (len(positional) == len(flag)
+                                    and all(map(same_path, positional, flag))):
+        raise ModelPathError(f"two lists of models: {' '.join(positional)} and --model "
+                             f"{' '.join(flag)}: give them one way")
+    dirs = []
+    for word in positional or flag:
+        path = check_model_path(word)
+        if path.is_file():
+            raise ModelPathError(
+                f"{path} is a GGUF file, and the bench compares engines on a model folder "
+                "(config.json, *.safetensors, tokenizer.json; a .gguf of the same weights beside "
+                f"them is what llama.cpp reads): give that folder, or run the file with `lazymoe run {path}`")
+        dirs.append(str(path))
+    return dirs
 
 
 def lazymoe_options(args: argparse.Namespace, models: list) -> dict:

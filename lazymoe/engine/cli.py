@@ -1,6 +1,7 @@
 """`lazymoe run`: generate text with the expert-caching engine, with a live line of numbers.
 
     lazymoe run "def fibonacci(n):" --vram-budget 64MiB --max-new-tokens 64
+    lazymoe run Qwen3-30B-A3B-Q4_K_M.gguf "def fibonacci(n):"    # a GGUF file (or a model folder) first
     lazymoe run --model path/to/Qwen3-30B-A3B --vram-budget 6GiB --ram-budget 24GiB --placement auto
     lazymoe run --help                  # every engine option (the same in `lazymoe serve` and `lazymoe bench`)
 
@@ -18,12 +19,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lazymoe.engine.options import add_engine_arguments
+from lazymoe.engine.options import ModelPathError, add_engine_arguments, model_and_prompt
 from lazymoe.i18n import _
+
+DEFAULT_PROMPT = "def "  # the bundled model writes Python
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", nargs="?", default="def ", help="the prompt text")
+    parser.add_argument(
+        "words", nargs="*", metavar="[MODEL] PROMPT",
+        help="the prompt text (default: 'def '); before it, if you like, the model instead of "
+             "--model: a .gguf file or a model folder (lazymoe run model.gguf \"def fib(n):\")")
     add_engine_arguments(parser.add_argument_group("engine (lazymoe.engine.EngineConfig)"))
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
@@ -40,7 +46,12 @@ def run(args: argparse.Namespace) -> int:
     from lazymoe.engine.storage.store import ExpertStoreError
 
     try:
-        engine = Engine(EngineConfig.from_args(args))
+        model_path, args.prompt = model_and_prompt(args.words, args.model_path, DEFAULT_PROMPT)
+    except ModelPathError as exc:
+        print(f"lazymoe run: {exc}", file=sys.stderr)
+        return 2
+    try:
+        engine = Engine(EngineConfig.from_args(args, model_path=model_path))
         gen = GenerationConfig(
             max_new_tokens=args.max_new_tokens, temperature=args.temperature,
             top_p=args.top_p, top_k=args.top_k, seed=args.seed,

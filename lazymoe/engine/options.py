@@ -9,6 +9,9 @@ added to `EngineConfig` (a field with `cli(...)` metadata) reaches every front e
 name, help, choices and default. The bench sweeps some options (`sweep=`: several values, one row
 each) and changes some defaults (`defaults=`), in one visible place (`lazymoe.bench.cli`).
 
+The model may also come first as a word (`lazymoe run model.gguf "def "`, `lazymoe bench DIR`):
+`model_and_prompt` and `check_model_path` turn the words and --model into one checked path.
+
 This module must not import `lazymoe.engine.config` at the top: config imports `cli` from here.
 """
 
@@ -18,6 +21,7 @@ import argparse
 import dataclasses
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # argparse's _ActionsContainer: an ArgumentParser or one of its argument groups
@@ -138,3 +142,81 @@ def add_engine_arguments(
             **({"nargs": "+", "action": _Sweep} if name in sweep else {}),
             help=help_text.replace("%", "%%"),
         )
+
+
+# -- the model as a positional argument (`lazymoe run model.gguf`), beside --model -------------
+class ModelPathError(ValueError):
+    """A model path that names no model: the message says which path and what to give."""
+
+
+WHAT_TO_GIVE = "give a .gguf file, or a model folder (config.json, *.safetensors, tokenizer.json)"
+
+
+def looks_like_model(word: str) -> bool:
+    """Whether a lone positional word means a model rather than a prompt: a name ending in .gguf
+    (existing or not, so a typo gets "does not exist", not a story about it) or an existing folder."""
+    return word.lower().endswith(".gguf") or Path(word).is_dir()
+
+
+def check_model_path(path: str | Path) -> Path:
+    """`path` if it names a model: a GGUF file (it starts with the bytes 'GGUF') or a folder with
+    config.json. Otherwise ModelPathError naming the path, what is there, and what to give."""
+    path = Path(path)
+    if not path.exists():
+        near = sorted(path.parent.glob("*.gguf"))[:5] if path.parent.is_dir() else []
+        hint = f" (.gguf files in {path.parent}: {', '.join(p.name for p in near)})" if near else ""
+        raise ModelPathError(f"{path} does not exist{hint}: {WHAT_TO_GIVE}")
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return path
+        ggufs = sorted(path.glob("*.gguf"))
+        if ggufs:
+            names = ", ".join(str(p) for p in ggufs[:5])
+            raise ModelPathError(f"{path} is a folder without config.json that holds GGUF files: "
+                                 f"give one of them ({names})")
+        raise ModelPathError(f"{path} is a folder without config.json, so not a model folder: "
+                             f"{WHAT_TO_GIVE}")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic == b"GGUF":
+        return path
+    if path.suffix.lower() == ".gguf":
+        raise ModelPathError(f"{path} does not start with the bytes 'GGUF', so it is not a GGUF "
+                             "file (an unfinished download, or a web page saved under that name?): "
+                             "download it again")
+    raise ModelPathError(f"{path} is a file but not a model: {WHAT_TO_GIVE}")
+
+
+def same_path(a: str | Path, b: str | Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def model_and_prompt(words: list[str], model_flag: str | Path | None,
+                     default_prompt: str) -> tuple[Path | None, str]:
+    """(model path, prompt) from `lazymoe run`'s positional words and its --model.
+
+        lazymoe run "def fib(n):"             the prompt; the model from --model, else the bundled one
+        lazymoe run model.gguf                the model (a .gguf name or a folder); the default prompt
+        lazymoe run model.gguf "def fib(n):"  both, model first
+    The model is checked (`check_model_path`); given both ways and different, ModelPathError.
+    None: no model given (the bundled model).
+    """
+    if len(words) > 2:
+        raise ModelPathError(f"{len(words)} words before or after the options: give at most a "
+                             "model and one prompt, and put quotes around a prompt with spaces "
+                             "(lazymoe run model.gguf \"def fib(n):\")")
+    model = None
+    if len(words) == 2 or (len(words) == 1 and looks_like_model(words[0])):
+        model, words = words[0], words[1:]
+    prompt = words[0] if words else default_prompt
+    if model is not None and model_flag is not None and not same_path(model, model_flag):
+        raise ModelPathError(f"two models: {model} and --model {model_flag}: give one of them")
+    if model is None:
+        return (check_model_path(model_flag) if model_flag is not None else None), prompt
+    try:
+        return check_model_path(model), prompt
+    except ModelPathError as exc:
+        if looks_like_model(model):
+            raise
+        raise ModelPathError(f"{exc}. If {model!r} is the start of the prompt, put quotes around "
+                             "the whole prompt") from None
