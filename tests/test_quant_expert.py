@@ -1,4 +1,5 @@
-"""An expert computed from its quantized bytes, slab by slab, equals the dequantize-everything path."""
+"""An expert computed from its quantized bytes, slab by slab, equals the dequantize-everything path.
+(The fused kernels that serve decode are tested in tests/test_quant_kernels.py.)"""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ def test_expert_forward_matches_reference(fmt, tokens):
     gate, up, down = random_expert(fmt)
     x = torch.randn(tokens, 256, generator=torch.Generator().manual_seed(1))
     want = expert_forward_reference(x, gate, up, down, F.silu)
-    # 3000 weights per slab: several slabs per matrix and a short last one
-    got = expert_forward(x, gate, up, down, F.silu, slab_weights=3000)
+    # 3000 weights per slab: several slabs per matrix and a short last one; kernels=False: the
+    # slab path, which serves prefill and the formats without a kernel
+    got = expert_forward(x, gate, up, down, F.silu, slab_weights=3000, kernels=False)
     assert got.dtype == torch.float32 and got.shape == (tokens, 256)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     # and the reference really uses the quantized weights, not something else
