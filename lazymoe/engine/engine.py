@@ -18,6 +18,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from lazymoe.engine.batch import EngineBatch
+from lazymoe.engine.compute import triton_quant
 from lazymoe.engine.compute.graphs import SegmentedDecoder, unsupported_reason
 from lazymoe.engine.compute.moe import ExpertRuntime, OffloadedExperts
 from lazymoe.engine.compute.placement import CostModel, measure_cost_model
@@ -58,8 +60,13 @@ class Engine:
         self.intermediate = self.spec.expert_width(hf)
         self.hidden = int(hf.hidden_size)
         self.expert_nbytes = expert_nbytes(self.intermediate, self.hidden, self.dtype)  # bytes
-        # a GGUF file on the CPU: slots hold the stored (quantized) bytes, so a budget holds more
-        self.quantized_experts = getattr(self.store, "quantized", False) and self.device.type == "cpu"
+        # a GGUF file: slots hold the stored (quantized) bytes, so a budget holds more; on a GPU
+        # where the quantized Triton kernels run (else a float pool, dequantized on the way in)
+        self.quantized_experts = getattr(self.store, "quantized", False) and (
+            self.device.type == "cpu"
+            or (config.kernel in (None, "fused") and config.decode in ("auto", "model")
+                and triton_quant.unavailable_reason(self.device, self.dtype) is None)
+        )  # fmt: skip
         if self.quantized_experts:
             self.expert_nbytes = self.store.max_expert_qbytes  # bytes as stored
         self.pinned_bytes = 0  # of the checkpoint, page-locked for direct copies (pin_checkpoint)
@@ -140,13 +147,13 @@ class Engine:
             book = CacheBook(n_slots, make_policy(cfg.policy), tier="ram")
             return TierStack(self.store, Tier("ram", pool, book))
         n_slots = self._slots_for(cfg.vram_budget_bytes, "vram_budget")
-        device = Tier(
-            "vram",
-            ExpertPool(n_slots, *shape, device=self.device, name="vram"),
-            CacheBook(n_slots, make_policy(cfg.policy), tier="vram"),
-        )
+        if self.quantized_experts:  # stored bytes in VRAM, misses copied from the file's map
+            pool = QuantizedPool(n_slots, self.expert_nbytes, name="vram", device=self.device)
+        else:
+            pool = ExpertPool(n_slots, *shape, device=self.device, name="vram")
+        device = Tier("vram", pool, CacheBook(n_slots, make_policy(cfg.policy), tier="vram"))
         ram = None
-        if cfg.ram_budget_bytes and n_slots < self.total_experts:
+        if cfg.ram_budget_bytes and n_slots < self.total_experts and not self.quantized_experts:
             n_ram = self._slots_for(cfg.ram_budget_bytes, "ram_budget")
             ram = Tier(
                 "ram",
@@ -218,6 +225,10 @@ class Engine:
         if not prompt_ids:
             raise ValueError("prompt_ids is empty: give at least one token (e.g. the EOS id)")
         return self._stream(self._checked_ids(prompt_ids), gen)
+
+    def batch(self) -> EngineBatch:
+        """Requests that decode together, one model pass per step (`lazymoe.engine.batch`)."""
+        return EngineBatch(self)
 
     def _checked_ids(self, prompt_ids: list[int]) -> list[int]:
         """The ids as a list, or ValueError naming the first one outside the vocabulary (torch

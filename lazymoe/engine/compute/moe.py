@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from lazymoe.engine.compute import kernels
+from lazymoe.engine.compute import kernels, triton_quant
 from lazymoe.engine.compute.kernels import expert_fused
 from lazymoe.engine.compute.placement import CostModel
 from lazymoe.engine.parts.prefetch import Prefetcher
@@ -33,7 +33,8 @@ from lazymoe.engine.storage.store import ExpertWeights
 from lazymoe.engine.storage.tiers import TierStack
 from lazymoe.quant.expert import expert_forward
 
-QUANTIZED_KERNELS = ("grouped", "reference")  # what runs on a QuantizedPool (CPU)
+QUANTIZED_KERNELS = ("grouped", "reference", "fused")  # what runs on a QuantizedPool
+FUSED_MAX_TOKENS = 8  # more tokens (prefill): dequantize each expert once, then matmul
 
 
 def expert_split(x: torch.Tensor, w: ExpertWeights, act) -> torch.Tensor:
@@ -91,13 +92,18 @@ class ExpertRuntime:
         self.computed_on: defaultdict[str, int] = defaultdict(int)  # "device"/"cpu" -> experts
         pool = tiers.device.pool
         self.workspace = None  # the one-token decode path's buffers, made once
-        # a GGUF model on the CPU: slots hold stored bytes, computed by lazymoe.quant.expert
+        # a GGUF model: slots hold stored bytes, computed by lazymoe.quant.expert (CPU) or by
+        # the Triton kernels of triton_quant (GPU; the CPU under Triton's interpreter)
         self.quantized = getattr(pool, "quantized", False)
         if self.quantized:
-            self.kernel = kernel or "grouped"
+            self.kernel = kernel or ("fused" if pool.device.type == "cuda" else "grouped")
             if self.kernel not in QUANTIZED_KERNELS:
                 raise ValueError(f"kernel={self.kernel!r} cannot compute quantized experts (a GGUF "
                                  f"file's) yet: use one of {', '.join(QUANTIZED_KERNELS)}")
+            reason = triton_quant.unavailable_reason(pool.device, torch.float32, act)
+            if self.kernel == "fused" and reason:
+                raise ValueError(f"kernel='fused' cannot compute quantized experts here: {reason}. "
+                                 "Use kernel='grouped'.")  # fmt: skip
             return
         dtype = pool.gate_up.dtype
         self.kernel = kernel or kernels.default_kernel(pool.device, dtype, act)
@@ -210,11 +216,17 @@ class ExpertRuntime:
         if not on_device:
             return
         pool = self.tiers.device.pool
-        if self.quantized:  # straight from the stored bytes, slab by slab (lazymoe.quant.expert)
-            for e, slot in on_device:
-                q = pool.expert(slot)
-                self._add_rows(out, hidden, top_k_weights, rows[e],
-                               lambda x, q=q: expert_forward(x, q.gate, q.up, q.down, self.act))
+        if self.quantized and self.kernel == "fused" and out.shape[0] > FUSED_MAX_TOKENS:
+            self._compute_reference(out, None, hidden, top_k_weights, rows, on_device)  # prefill
+            return  # (one expert at a time, dequantized to a float32 temporary)
+        if self.quantized:
+            if self.kernel == "fused":  # decode: Triton dequantizes in registers (triton_quant)
+                self._fused_quantized(out, hidden, top_k_weights, rows, on_device)
+            else:  # slab by slab on the CPU (lazymoe.quant.expert)
+                for e, slot in on_device:
+                    q = pool.expert(slot)
+                    self._add_rows(out, hidden, top_k_weights, rows[e],
+                                   lambda x, q=q: expert_forward(x, q.gate, q.up, q.down, self.act))
             self.computed_on["device"] += len(on_device)
             return
         for _, slot in on_device:
@@ -234,6 +246,20 @@ class ExpertRuntime:
         else:
             groups = [(rows[e], pool.gate_up[slot], pool.down[slot]) for e, slot in on_device]
             kernels.grouped(out, hidden, top_k_weights, groups, self.act)
+
+    def _fused_quantized(self, out, hidden, top_k_weights, rows, on_device) -> None:
+        """A few tokens' experts by the quantized Triton kernels, read in place from the slots."""
+        pool = self.tiers.device.pool
+        pairs = sorted((t, e, slot, k) for e, slot in on_device for t, k in rows[e])  # by token
+        n, per_token = len(pairs), Counter(t for t, *_ in pairs)
+        starts = [sum(per_token[u] for u in range(t)) for t in range(out.shape[0] + 1)]
+        cols = [[p[2] for p in pairs], [p[3] for p in pairs], [p[0] for p in pairs], starts]
+        index = torch.tensor([v for col in cols for v in col], dtype=torch.int32).to(out.device)
+        layout = triton_quant.SlotLayout.of(pool.expert(on_device[0][1]))  # one layer's formats
+        triton_quant.fused_decode_quantized(
+            out, hidden, top_k_weights, index[:n], index[n : 2 * n], pool.data, layout,
+            index[2 * n : 3 * n], index[3 * n :],
+        )  # fmt: skip
 
     def _compute_cpu(self, out, layer, hidden, top_k_weights, rows, on_cpu) -> None:
         """Experts computed where they live (--cpu-moe): one trip of the hidden state to the

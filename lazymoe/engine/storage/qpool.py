@@ -12,8 +12,8 @@ experts in the same budget, and a cache miss copies the stored bytes as they are
 
 `fill` copies one expert's bytes in and remembers its layout (format and shape per projection);
 `expert(slot)` gives QuantizedTensor views into the slot for the CPU kernel
-(`lazymoe.quant.expert.expert_forward`). CPU only for now: GPU kernels for these formats are the
-next step (issue 16), so on a GPU the engine dequantizes experts into a float pool instead.
+(`lazymoe.quant.expert.expert_forward`). On a GPU the pool lives in VRAM and the Triton kernels
+of lazymoe.engine.compute.triton_quant read the slots in place (`SlotLayout` says where).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from lazymoe.engine.storage.gguf_file import QuantizedExpert
 
 
 class QuantizedPool:
-    """`n_slots` slots of `slot_nbytes` bytes each, in host memory."""
+    """`n_slots` slots of `slot_nbytes` bytes each, in host memory or on `device`."""
 
     quantized = True
 
-    def __init__(self, n_slots: int, slot_nbytes: int, name: str = "pool") -> None:
+    def __init__(self, n_slots: int, slot_nbytes: int, name: str = "pool", device="cpu") -> None:
         if n_slots <= 0 or slot_nbytes <= 0:
             raise ValueError(
                 f"pool {name!r}: n_slots and slot_nbytes must be positive, got {n_slots}, {slot_nbytes}"
@@ -37,8 +37,8 @@ class QuantizedPool:
         self.name = name
         self.n_slots = n_slots
         self.slot_nbytes = slot_nbytes  # bytes
-        self.device = torch.device("cpu")
-        self.data = torch.empty(n_slots, slot_nbytes, dtype=torch.uint8)  # allocated once
+        self.device = torch.device(device)
+        self.data = torch.empty(n_slots, slot_nbytes, dtype=torch.uint8, device=self.device)  # once
         self._experts: list[QuantizedExpert | None] = [None] * n_slots
 
     @property

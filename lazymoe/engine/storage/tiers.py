@@ -74,7 +74,8 @@ class TierStack:
         self._next_staging = 0
         # a page-locked checkpoint in the engine's dtype: misses copy straight from the mapping
         self.direct = self.on_gpu and ram is None and store.pinned and store.dtype == device.pool.gate_up.dtype
-        if self.on_gpu and ram is None and not self.direct:  # disk -> pinned staging -> VRAM, a ring
+        quantized = getattr(device.pool, "quantized", False)  # filled from the file's map as is
+        if self.on_gpu and ram is None and not self.direct and not quantized:  # disk -> staging -> VRAM
             gate_up = device.pool.gate_up
             n_stage = 4
             self._staging = ExpertPool(
@@ -97,7 +98,8 @@ class TierStack:
         if getattr(self.device.pool, "quantized", False):  # stored bytes as they are (qpool.py)
             start = time.perf_counter()
             nbytes = self.device.pool.fill(slot, self.store.read_quantized(*key))
-            self.links["disk->ram"].add(key[0], nbytes, time.perf_counter() - start)
+            link = "disk->vram" if self.on_gpu else "disk->ram"
+            self.links[link].add(key[0], nbytes, time.perf_counter() - start)
             return slot
         dst = self.device.pool.weights(slot)
         if not self.on_gpu:

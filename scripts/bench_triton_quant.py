@@ -1,0 +1,98 @@
+"""Decode-step time of the quantized Triton kernels (triton_quant) next to the BF16 fused kernels.
+
+One token, Qwen3-30B-A3B's expert shapes (D 2048, I 768, 8 chosen experts), slots drawn from a
+pool of 128 experts so each step reads experts that are not in the L2 cache. Reports microseconds
+per layer and the stored bytes read per second. GPU only:
+
+    python scripts/bench_triton_quant.py data/results/h200-triton-quant-decode.json
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+
+import torch
+import triton
+
+from lazymoe import quant
+from lazymoe.engine.compute import kernels, triton_kernels
+from lazymoe.engine.compute.triton_quant import SlotLayout, fused_decode_quantized
+
+D, I, A, SLOTS, STEPS = 2048, 768, 8, 128, 200  # noqa: E741 (I: expert width, as in the docs)
+FORMATS = [("q8_0",) * 3, ("q4_0",) * 3, ("q4_k",) * 3, ("q6_k",) * 3, ("q4_k", "q4_k", "q6_k")]
+
+
+def _time_us(step, n_steps: int = STEPS) -> float:
+    for i in range(10):
+        step(i)
+    torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for i in range(n_steps):
+        step(i)
+    stop.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(stop) * 1000 / n_steps  # us per step
+
+
+def _slot_sets(device) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randperm(SLOTS, generator=g)[:A].sort().values.to(device) for _ in range(STEPS)]
+
+
+def main(out_path: str) -> None:
+    dev = torch.device("cuda")
+    x = torch.randn(1, D, device=dev, dtype=torch.bfloat16)
+    scores = torch.softmax(torch.randn(1, A, device=dev), -1).to(torch.bfloat16)
+    pos = torch.arange(A, device=dev)
+    sets = _slot_sets(dev)
+    rows = []
+    for formats in FORMATS:
+        layout = SlotLayout(formats, I, D)
+        one = [quant.quantize(torch.randn(s, device=dev) * 0.02, f).data.reshape(-1)
+               for f, s in zip(formats, layout.shapes, strict=True)]  # fmt: skip
+        pool = torch.cat(one).repeat(SLOTS, 1)  # (SLOTS, expert bytes); same bytes, other places
+        out = torch.zeros(1, D, device=dev, dtype=torch.bfloat16)
+        h = torch.empty(A, I, device=dev, dtype=torch.float32)
+
+        def step(i, pool=pool, layout=layout, out=out, h=h):
+            fused_decode_quantized(out, x, scores, sets[i % STEPS], pos, pool, layout, h_buf=h)
+
+        us = _time_us(step)
+        nbytes = A * layout.nbytes
+        rows.append({"formats": formats, "us_per_layer": us, "bytes_per_layer": nbytes,
+                     "read_gbps": nbytes / us / 1e3})  # fmt: skip
+        print(rows[-1], flush=True)
+        del pool
+    gate_up = torch.randn(SLOTS, 2 * I, D, device=dev, dtype=torch.bfloat16)
+    down = torch.randn(SLOTS, D, I, device=dev, dtype=torch.bfloat16)
+    ws = kernels.DecodeWorkspace(A, gate_up, down, "fused")
+    out = torch.zeros(1, D, device=dev, dtype=torch.bfloat16)
+
+    def bf16_step(i):
+        triton_kernels.fused_decode(out, x, scores, sets[i % STEPS], pos, gate_up, down, ws.h)
+
+    us = _time_us(bf16_step)
+    nbytes = A * 3 * I * D * 2
+    rows.append({"formats": ["bf16 (triton_kernels.fused_decode)"] * 3, "us_per_layer": us,
+                 "bytes_per_layer": nbytes, "read_gbps": nbytes / us / 1e3})  # fmt: skip
+    print(rows[-1], flush=True)
+    result = {
+        "what": "one decode layer's experts: quantized Triton kernels vs the BF16 fused kernels",
+        "shapes": {"hidden": D, "intermediate": I, "experts_per_step": A, "pool_slots": SLOTS},
+        "machine": torch.cuda.get_device_name(),
+        "host": platform.node(),
+        "versions": {"torch": torch.__version__, "triton": triton.__version__},
+        "command": "python scripts/bench_triton_quant.py " + out_path,
+        "date": time.strftime("%Y-%m-%d"),
+        "rows": rows,
+    }
+    with open(out_path, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "triton-quant-decode.json")
