@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lazymoe import quant
-from lazymoe.quant.formats import rows_cols
+from lazymoe.quant.formats import get_format, rows_cols
 
 ALL = ["f32", "f16", "bf16", "int8_row", "int8_g32", "int8_g64", "int4_g32", "q8_0", "q4_0", "q4_1"]
 F16_EPS = 2.0**-11  # relative rounding of a float16 scale
@@ -201,3 +201,17 @@ def test_the_catalog_and_the_quantizer_agree_on_bits_per_weight():
     formats = catalog.all_formats()
     for name in ("q8_0", "q4_0"):
         assert formats[name.upper()].bits_per_weight == quant.bits_per_weight(name)
+
+
+@pytest.mark.parametrize("name", ["f32", "f16", "bf16"])
+def test_plain_rows_decode_from_an_unaligned_slot(name):
+    """A slot of raw bytes may start at any byte of a pool: plain formats decode from there too."""
+    from lazymoe.quant import codecs
+
+    fmt = get_format(name)
+    w = torch.randn(3, 8).to(fmt.value_dtype)
+    raw = w.view(torch.uint8).reshape(3, -1)
+    pool = torch.zeros(raw.numel() + 1, dtype=torch.uint8)
+    pool[1:] = raw.reshape(-1)
+    got = codecs.decode(pool[1:].view(3, -1), fmt, 8)
+    assert torch.equal(got, w.to(torch.float32))

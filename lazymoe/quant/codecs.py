@@ -106,7 +106,10 @@ def decode(data: torch.Tensor, fmt: QuantFormat, cols: int) -> torch.Tensor:
     """(R, row_bytes) uint8 -> (R, cols) float32: the weights the blocks stand for."""
     rows = data.shape[0]
     if fmt.kind == "plain":
-        return data.contiguous().view(fmt.value_dtype).reshape(rows, cols).to(torch.float32)
+        data = data.contiguous()
+        if data.storage_offset() % data.new_empty((), dtype=fmt.value_dtype).element_size():
+            data = data.clone()  # bytes of a slot at an odd offset: a dtype view needs alignment
+        return data.view(fmt.value_dtype).reshape(rows, cols).to(torch.float32)
     if fmt.kind in K_KINDS:
         return kquants.decode(data, fmt.kind).reshape(rows, cols)
     scales, payload = split_blocks(data, fmt, cols)
