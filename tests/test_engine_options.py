@@ -48,7 +48,7 @@ def non_default_flags(model, experts_dir, **replace) -> tuple[list[str], dict]:
         "model_path": model, "device": "cpu", "dtype": "bfloat16", "vram_budget": "6GiB",
         "ram_budget": "512MiB", "placement": "cpu", "policy": "lfu", "prefetch": False,
         "experts_path": experts_dir, "kernel": "grouped", "decode": "model", "pin_checkpoint": True,
-        "h2d_bandwidth_gbps": 20.5, "cpu_bandwidth_gbps": 30.0,
+        "h2d_bandwidth_gbps": 20.5, "cpu_bandwidth_gbps": 30.0, "devices": "cpu,cpu",
     }  # fmt: skip
     flags = []
     for name, flag in engine_flags().items():
@@ -128,8 +128,10 @@ def bench_plan(argv: list[str], monkeypatch) -> harness.BenchPlan:
 def test_lazymoe_bench_runs_one_config_per_swept_value_each_as_the_flags_say(
     model, experts_dir, monkeypatch
 ):
-    sweep = {"placement": ["cpu", "auto"], "vram_budget": ["6GiB", "512MiB"], "device": ["cuda"]}
+    sweep = {"placement": ["cpu", "auto"], "vram_budget": ["6GiB", "512MiB"], "device": ["cuda"],
+             "devices": ["0,1"]}  # fmt: skip
     flags, fields = non_default_flags(model, experts_dir, **sweep)
+    fields["devices"] = ("cuda:0", "cuda:1")
     plan = bench_plan([*flags, "--engines", "lazymoe", "--no-resident"], monkeypatch)
     specs = harness.build_specs(plan, llama_ok=False)
     configs = [EngineConfig(**spec["options"]) for spec in specs]

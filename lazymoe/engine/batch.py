@@ -80,6 +80,8 @@ class EngineBatch:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._layers = list(engine.model.model.layers)
+        # a split engine (compute/split.py) keeps its layers on several devices
+        self._devices = [next(layer.parameters()).device for layer in self._layers]
         for i, layer in enumerate(self._layers):
             missing = [name for name in _LAYER_PARTS if not hasattr(layer, name)]
             if missing:
@@ -216,7 +218,8 @@ class EngineBatch:
         for b, seq in enumerate(seqs):
             position = torch.tensor([[seq.length]], device=device)  # (1, 1)
             ropes.append(base.rotary_emb(h[b : b + 1], position_ids=position))
-        for layer in self._layers:
+        for layer, layer_device in zip(self._layers, self._devices, strict=True):
+            h = h.to(layer_device)  # a no-op unless the layers are split across devices
             x = layer.input_layernorm(h)  # (B, 1, D)
             attn = torch.cat([
                 # one query token sees every cached position: no mask needed

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lazymoe.engine.options import cli, cli_fields, size_arg
+from lazymoe.engine.options import cli, cli_fields, devices_arg, parse_devices, size_arg
 from lazymoe.engine.parts.policies import EvictionPolicy
 from lazymoe.engine.parts.trace import RoutingTrace
 
@@ -70,7 +70,15 @@ class EngineConfig:
 
     vram_budget: bytes of device memory for cached experts (None: every expert resident, the
         plain model). On a machine without a GPU the device is the CPU and its cache tier is RAM:
-        then `ram_budget` sizes it (or `vram_budget` when only that one is given).
+        then `ram_budget` sizes it (or `vram_budget` when only that one is given). With `devices`,
+        each device gets this budget for the experts of its own layers.
+    devices: split the decoder layers over several devices, in contiguous ranges balanced by
+        count (lazymoe.engine.compute.split): e.g. ("cuda:0", "cuda:1") for two 12 GB GPUs, each
+        holding its layers' weights and its own expert cache. The embedding lives on the first,
+        the final norm and lm_head on the last. A "cpu" in the list runs its layers on the CPU
+        with a RAM cache (`ram_budget`, else `vram_budget`): a GPU too small for the whole model
+        hands its last layers to the CPU, like llama.cpp's -ngl. ("cpu", "cpu") computes exactly
+        what one CPU does, with two of everything (the tests use it). None: one device, `device`.
     ram_budget: bytes of pinned RAM for a second tier under the GPU (None or 0: no RAM tier;
         misses are read from the memory-mapped checkpoint, which the OS page cache still helps).
     placement: where a missed expert is computed: "fetch" copies it to where the model runs
@@ -114,7 +122,12 @@ class EngineConfig:
     dtype: str = field(default="float32", metadata=cli("compute dtype", choices=DTYPES))
     vram_budget: str | int | None = field(default=None, metadata=cli(
         "memory for cached experts where the model runs, e.g. 6GiB or 512MiB (GiB = 2**30 bytes, "
-        "GB = 10**9)", type=size_arg, metavar="SIZE", none_means="every expert resident"))
+        "GB = 10**9); with --gpus, per GPU", type=size_arg, metavar="SIZE",
+        none_means="every expert resident"))
+    devices: tuple[str, ...] | None = field(default=None, metadata=cli(
+        "split the layers over these GPUs, e.g. 0,1 (cuda:0 and cuda:1), each with its own expert "
+        "cache of --vram-budget; device names such as cpu work too", flag="--gpus",
+        type=devices_arg, metavar="LIST", none_means="one device, --device"))
     ram_budget: str | int | None = field(default=None, metadata=cli(
         "pinned-RAM tier under the GPU, e.g. 24GiB (on a CPU-only machine: the cache itself)",
         type=size_arg, metavar="SIZE", none_means="no RAM tier"))
@@ -191,6 +204,7 @@ class EngineConfig:
                 f"policy={self.policy!r}: give a name ('lru', 'lfu', 'fifo') or an EvictionPolicy "
                 "instance (a subclass of lazymoe.engine.parts.policies.EvictionPolicy)"
             )
+        self._check_devices()
         self.vram_budget_bytes = parse_bytes(self.vram_budget, "vram_budget")
         self.ram_budget_bytes = parse_bytes(self.ram_budget, "ram_budget")
         if not self.model_path.exists():
@@ -246,9 +260,41 @@ class EngineConfig:
             out[f.name] = value
         return out
 
-    def resolved_device(self) -> str:
+    def _check_devices(self) -> None:
+        self.devices = parse_devices(self.devices)
+        if self.devices is None:
+            return
+        if len(self.devices) < 2:
+            raise ValueError(f"devices={self.devices}: one device is no split: name two or more (e.g. "
+                             "--gpus 0,1), or leave devices None and choose the one with device=")
+        gpus = [name for name in self.devices if name != "cpu"]
+        if len(set(gpus)) < len(gpus):
+            raise ValueError(f"devices={self.devices} names a GPU twice: name each GPU once")
+        kinds = {name.split(":")[0] for name in self.devices}
+        if self.device != "auto" and kinds != {self.device}:
+            raise ValueError(f"device={self.device!r} and devices={self.devices} disagree: leave "
+                             "device='auto' when you give devices (the model starts on the first)")
+
+    def resolved_devices(self) -> tuple[str, ...] | None:
+        """`devices`, each GPU checked against what PyTorch sees; None without a split."""
+        if self.devices is None:
+            return None
         import torch
 
+        n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        for name in self.devices:
+            if name != "cpu" and int(name.split(":")[1]) >= n_gpus:
+                fix = (f"name only GPUs 0..{n_gpus - 1}" if n_gpus else "see `lazymoe doctor`, or "
+                       "leave devices (--gpus) out to run on one device")  # fmt: skip
+                raise RuntimeError(f"devices names {name}, but PyTorch sees {n_gpus} CUDA GPU(s): {fix}")
+        return self.devices
+
+    def resolved_device(self) -> str:
+        """Where the model starts: `device` made concrete, or the first of `devices`."""
+        import torch
+
+        if self.devices is not None:
+            return self.resolved_devices()[0]
         if self.device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         if self.device == "cuda" and not torch.cuda.is_available():

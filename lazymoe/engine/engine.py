@@ -15,21 +15,17 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
-from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from lazymoe.engine.batch import EngineBatch
 from lazymoe.engine.compute import triton_quant
 from lazymoe.engine.compute.graphs import SegmentedDecoder, unsupported_reason
-from lazymoe.engine.compute.moe import ExpertRuntime, OffloadedExperts
-from lazymoe.engine.compute.placement import CostModel, measure_cost_model
 from lazymoe.engine.config import EngineConfig, GenerationConfig, format_bytes
+from lazymoe.engine.devices import build_shares, describe_lines, engine_stats
 from lazymoe.engine.errors import BudgetTooSmallError
 from lazymoe.engine.loading import load_resident, load_tokenizer
 from lazymoe.engine.parts.cache import CacheBook
 from lazymoe.engine.parts.policies import EvictionPolicy, make_policy
-from lazymoe.engine.parts.prefetch import Prefetcher
-from lazymoe.engine.parts.replay import TraceReplay
 from lazymoe.engine.parts.router import LearnerRouter
 from lazymoe.engine.sampler import Sampler
 from lazymoe.engine.stats import EngineStats
@@ -47,7 +43,8 @@ class Engine:
         self.config = config
         self.device = torch.device(config.resolved_device())
         self.dtype = getattr(torch, config.dtype)
-        self.model, self.spec, blocks = load_resident(config.model_path, self.device, self.dtype)
+        load_on = "cpu" if config.devices else self.device  # a split: moved part by part (devices.py)
+        self.model, self.spec, blocks = load_resident(config.model_path, load_on, self.dtype)
         self.store = ExpertStore.open(config.experts_path or config.model_path)
         if config.expert_reader is not None:  # the learner's reader (lab08) does every read
             self.store = ReaderStore(self.store, config.expert_reader)
@@ -79,25 +76,10 @@ class Engine:
             raise
 
     def _build_runtime(self, config: EngineConfig) -> None:
-        self.tiers = self._build_tiers()
-        cost_model = None
-        if config.placement == "auto" and self.tiers.on_gpu:
-            cost_model = self._cost_model()
-        prefetcher = None
-        if config.prefetch and self.tiers.device.pool.n_slots < self.total_experts:
-            prefetcher = Prefetcher(self.blocks, config.prefetch_predictor)
-        act = next(iter(self.blocks.values())).experts.act_fn
-        self.runtime = ExpertRuntime(
-            self.tiers, act, config.placement, cost_model, prefetcher,
-            expert_flops_per_token=6 * self.intermediate * self.hidden,
-            top_k=self.top_k, kernel=config.kernel,
-            replay=TraceReplay.from_config(config.routing_trace, self.moe_layers, self.num_experts,
-                                           self.top_k),
-        )  # fmt: skip
-        for layer, block in self.blocks.items():
-            block.experts = OffloadedExperts(layer, self.runtime)
-        if self.tiers.device.pool.n_slots >= self.total_experts:
-            self._load_every_expert()
+        # one share per device (one unless config.devices splits the layers): its layers, tiers
+        # and ExpertRuntime; self.tiers / self.runtime are the first device's
+        self.shares = build_shares(self)
+        self.tiers, self.runtime = self.shares[0].tiers, self.shares[0].runtime
         self._decoder: SegmentedDecoder | None = None  # made at the first decode that uses it
         self.decode_path = self._resolve_decode_path()
         self.reset_stats()
@@ -112,10 +94,10 @@ class Engine:
         return len(self.moe_layers) * self.num_experts
 
     # -- building --------------------------------------------------------------------------------
-    def _slots_for(self, budget_bytes: int | None, what: str) -> int:
+    def _slots_for(self, budget_bytes: int | None, what: str, n_experts: int) -> int:
         if budget_bytes is None:
-            return self.total_experts
-        n_slots = min(budget_bytes // self.expert_nbytes, self.total_experts)
+            return n_experts
+        n_slots = min(budget_bytes // self.expert_nbytes, n_experts)
         if n_slots < self.top_k:
             need = self.top_k * self.expert_nbytes
             raise BudgetTooSmallError(
@@ -134,49 +116,37 @@ class Engine:
         except TypeError:
             return make_policy("lru")
 
-    def _build_tiers(self) -> TierStack:
+    def _build_tiers(self, where: torch.device, n_experts: int, fresh_policy: bool = False) -> TierStack:
+        """The tiers of one device that caches `n_experts` experts (devices.py: one per device;
+        `fresh_policy`: a policy object of the config's kind for it, not the config's own)."""
         cfg = self.config
         shape = (self.intermediate, self.hidden, self.dtype)
-        if self.device.type == "cpu":  # the device tier is RAM
+        policy = self._make_policy(cfg.policy) if fresh_policy else make_policy(cfg.policy)
+        if where.type == "cpu":  # the device tier is RAM
             budget = cfg.ram_budget_bytes if cfg.ram_budget_bytes is not None else cfg.vram_budget_bytes
-            n_slots = self._slots_for(budget, "ram_budget" if cfg.ram_budget is not None else "vram_budget")
+            n_slots = self._slots_for(budget, "ram_budget" if cfg.ram_budget is not None else "vram_budget",
+                                      n_experts)  # fmt: skip
             if self.quantized_experts:
                 pool = QuantizedPool(n_slots, self.expert_nbytes, name="ram")
             else:
                 pool = ExpertPool(n_slots, *shape, device="cpu", name="ram")
-            book = CacheBook(n_slots, make_policy(cfg.policy), tier="ram")
+            book = CacheBook(n_slots, policy, tier="ram")
             return TierStack(self.store, Tier("ram", pool, book))
-        n_slots = self._slots_for(cfg.vram_budget_bytes, "vram_budget")
+        n_slots = self._slots_for(cfg.vram_budget_bytes, "vram_budget", n_experts)
         if self.quantized_experts:  # stored bytes in VRAM, misses copied from the file's map
-            pool = QuantizedPool(n_slots, self.expert_nbytes, name="vram", device=self.device)
+            pool = QuantizedPool(n_slots, self.expert_nbytes, name="vram", device=where)
         else:
-            pool = ExpertPool(n_slots, *shape, device=self.device, name="vram")
-        device = Tier("vram", pool, CacheBook(n_slots, make_policy(cfg.policy), tier="vram"))
+            pool = ExpertPool(n_slots, *shape, device=where, name="vram")
+        device = Tier("vram", pool, CacheBook(n_slots, policy, tier="vram"))
         ram = None
-        if cfg.ram_budget_bytes and n_slots < self.total_experts and not self.quantized_experts:
-            n_ram = self._slots_for(cfg.ram_budget_bytes, "ram_budget")
+        if cfg.ram_budget_bytes and n_slots < n_experts and not self.quantized_experts:
+            n_ram = self._slots_for(cfg.ram_budget_bytes, "ram_budget", n_experts)
             ram = Tier(
                 "ram",
                 ExpertPool(n_ram, *shape, device="cpu", pin_memory=True, name="ram"),
                 CacheBook(n_ram, self._make_policy(cfg.policy), tier="ram"),
             )
         return TierStack(self.store, device, ram)
-
-    def _cost_model(self) -> CostModel:
-        cfg = self.config
-        measured = measure_cost_model(self.hidden, self.intermediate, self.dtype, str(self.device))
-        return CostModel(
-            cfg.h2d_bandwidth_gbps or measured.h2d_bandwidth_gbps,
-            cfg.cpu_bandwidth_gbps or measured.cpu_bandwidth_gbps,
-            measured.cpu_gflops,
-        )
-
-    def _load_every_expert(self) -> None:
-        """No budget: every expert resident, loaded once (the plain model)."""
-        keys = [(layer, e) for layer in self.moe_layers for e in range(self.num_experts)]
-        quiet = len(keys) < 256
-        for key in tqdm(keys, desc="loading experts", unit="expert", disable=quiet):
-            self.tiers.fetch(key, frozenset())
 
     def set_router(self, route: Callable | None) -> None:
         """Route with `route(router_logits (T, E), top_k, norm_topk_prob) -> (weights, indices)`,
@@ -304,30 +274,15 @@ class Engine:
     # -- numbers ---------------------------------------------------------------------------------
     def reset_stats(self) -> None:
         self._totals = {"tokens": 0, "prompt_tokens": 0, "prefill_seconds": 0.0, "decode_seconds": 0.0}
-        self.tiers.reset_stats()
-        self.runtime.computed_on.clear()
+        for share in self.shares:
+            share.tiers.reset_stats()
+            share.runtime.computed_on.clear()
         if self.runtime.prefetcher is not None:
             self.runtime.prefetcher.reset()
 
     def stats(self) -> EngineStats:
-        device_book = self.tiers.device.book
-        prefetch = self.runtime.prefetcher
-        detail = self.tiers.as_dict()
-        vram = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
-        return EngineStats(
-            **self._totals,
-            hits=device_book.stats.hits,
-            misses=device_book.stats.misses,
-            bytes_moved=self.tiers.bytes_moved,
-            prefetch_accuracy=prefetch.stats.accuracy if prefetch else 0.0,
-            vram_in_use_bytes=vram,
-            pool_bytes=self.tiers.device.pool.nbytes,
-            experts_on_device=self.runtime.computed_on["device"],
-            experts_on_cpu=self.runtime.computed_on["cpu"],
-            tiers=detail["tiers"],
-            links=detail["links"],
-            prefetch=prefetch.stats.as_dict() if prefetch else {},
-        )
+        """Counts since the last reset_stats, added up over the devices (each one's: `.devices`)."""
+        return engine_stats(self.shares, self._totals, self.runtime.prefetcher)
 
     def close(self) -> None:
         """Free the pools and the resident weights now (GPU memory too), not at garbage collection."""
@@ -337,10 +292,10 @@ class Engine:
             return
         self.store.close()
         self.model = self.runtime = self.tiers = self._decoder = None
-        self.blocks = {}
+        self.blocks, self.shares = {}, []
         gc.collect()  # modules and the runtime refer to each other
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        if self.device.type == "cuda" or "cuda" in str(self.config.devices):
+            torch.cuda.empty_cache()  # every GPU's cached blocks
 
     def __enter__(self) -> Engine:
         return self
@@ -361,20 +316,20 @@ class Engine:
 
     def describe(self) -> str:
         """A few lines: what lives where."""
-        t = self.tiers
         lines = [
             f"model {self.config.model_path} ({self.spec.model_type}, {len(self.moe_layers)} MoE layers "
             f"x {self.num_experts} experts, top-{self.top_k}, expert {format_bytes(self.expert_nbytes)})",
-            f"device {self.device}, dtype {self.config.dtype}, "
+            f"device {self._device_words()}, dtype {self.config.dtype}, "
             f"prefetch {'on' if self.runtime.prefetcher else 'off'}, kernel {self.runtime.kernel}, "
             f"decode {self.decode_path}",
             f"placement {self.config.placement}: {self._placement_words()}",
         ]
         if self.pinned_bytes:
             lines.append(f"checkpoint page-locked for direct copies: {format_bytes(self.pinned_bytes)}")
-        for tier in t.tiers:
-            lines.append(
-                f"tier {tier.name}: {tier.pool.n_slots} of {self.total_experts} experts "
-                f"({format_bytes(tier.pool.nbytes)}), policy {tier.book.policy.name}"
-            )
-        return "\n".join(lines)
+        return "\n".join(lines + describe_lines(self.shares, self.total_experts))
+
+    def _device_words(self) -> str:
+        if len(self.shares) == 1:
+            return str(self.device)
+        names = ", ".join(str(share.device) for share in self.shares)
+        return f"{names} (layers split, each with its own expert cache)"

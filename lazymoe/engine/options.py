@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,29 @@ def size_arg(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def parse_devices(value: str | list | tuple | None) -> tuple[str, ...] | None:
+    """'0,1' or (0, 1) -> ('cuda:0', 'cuda:1'); 'cuda' -> 'cuda:0'; 'cpu', 'cuda:1' as they are."""
+    if value is None:
+        return None
+    names = []
+    for item in value.split(",") if isinstance(value, str) else value:
+        name = str(item).strip().lower()
+        name = f"cuda:{name}" if name.isdigit() else "cuda:0" if name == "cuda" else name
+        if not re.fullmatch(r"cpu|cuda:[0-9]+", name):
+            raise ValueError(f"devices: {item!r} is not a device: give GPU indices such as 0,1 or "
+                             "device names such as cuda:1 or cpu")
+        names.append(name)
+    return tuple(names)
+
+
+def devices_arg(text: str) -> tuple[str, ...]:
+    """argparse type for --gpus: '0,1' -> ('cuda:0', 'cuda:1'), checked with `parse_devices`."""
+    try:
+        return parse_devices(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class _Sweep(argparse.Action):

@@ -27,6 +27,9 @@ class EngineStats:
     tiers: dict = field(default_factory=dict)  # per tier: hits, misses, per-layer detail
     links: dict = field(default_factory=dict)  # per link: bytes, seconds, per-layer bytes
     prefetch: dict = field(default_factory=dict)
+    # per device (one entry unless the layers are split, EngineConfig.devices): its layers, hits,
+    # misses, bytes moved, slots, pool and VRAM bytes; the fields above add these up
+    devices: list = field(default_factory=list)
 
     @property
     def prefill_tok_s(self) -> float:

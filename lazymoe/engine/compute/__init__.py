@@ -5,4 +5,5 @@
     triton_kernels.py   Triton decode kernels reading experts in place (GPU)
     graphs.py           the segmented decoder: a decode token as a few CUDA graphs (GPU)
     placement.py        where a missed expert is computed: fetched to the GPU, or on the CPU
+    split.py            layers split across devices (--gpus 0,1): placing them, tensors following
 """

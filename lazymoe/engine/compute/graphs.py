@@ -44,6 +44,8 @@ GRAPH_ARCHS = tuple(name for name, arch in ARCHS.items() if arch.segmented_decod
 def unsupported_reason(engine) -> str | None:
     """Why the segmented decoder cannot run this engine, or None when it can."""
     model_type = engine.spec.model_type
+    if len(getattr(engine, "shares", ())) > 1:
+        return "the layers are split across devices (devices=): the layer loop runs on one device"
     if not engine.spec.segmented_decoder:
         return f"model type {model_type!r} (the layer loop is written for {', '.join(GRAPH_ARCHS)})"
     n_layers = len(engine.model.model.layers)
