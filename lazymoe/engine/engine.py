@@ -133,6 +133,12 @@ class Engine:
             book = CacheBook(n_slots, policy, tier="ram")
             return TierStack(self.store, Tier("ram", pool, book))
         n_slots = self._slots_for(cfg.vram_budget_bytes, "vram_budget", n_experts)
+        if self.quantized_experts and cfg.ram_budget_bytes:
+            raise ValueError(
+                f"ram_budget={cfg.ram_budget}: with a GGUF file's experts kept quantized in VRAM, a "
+                "miss is copied straight from the file (the page cache is the RAM tier), so there is "
+                "no pinned RAM tier to size: leave ram_budget out"
+            )
         if self.quantized_experts:  # stored bytes in VRAM, misses copied from the file's map
             pool = QuantizedPool(n_slots, self.expert_nbytes, name="vram", device=where)
         else:

@@ -94,3 +94,10 @@ def test_an_engine_with_quantized_vram_slots_gives_the_cpu_paths_tokens(tmp_path
         EngineConfig(model_path=path, device="cuda", dtype="bfloat16", vram_budget=budget)
     )
     assert len(bf16.generate(prompt, gen)) == len(want)  # runs; BF16 tokens may differ
+
+
+def test_a_ram_budget_with_quantized_vram_slots_is_refused_with_the_reason(tmp_path):
+    path = twin("q8_0", tmp_path)
+    budget = 3 * GGUFExpertStore.open(path).max_expert_qbytes
+    with pytest.raises(ValueError, match="leave ram_budget out"):
+        Engine(EngineConfig(model_path=path, device="cuda", vram_budget=budget, ram_budget="1GiB"))
