@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lazymoe import quant
-from lazymoe.quant import kernels_cpu
+from lazymoe.quant import bandwidth, kernels_cpu
 from lazymoe.quant.expert import expert_forward, expert_forward_reference
 
 # rows: a multiple of the thread chunk (ROW_CHUNK = 16), one short of it, fewer than one chunk;
@@ -80,4 +80,4 @@ def test_refusals_name_the_problem():
 
 
 def test_read_bandwidth_is_a_positive_rate():
-    assert kernels_cpu.read_bandwidth_gbps(size_bytes=1 << 20, repeats=1) > 0
+    assert bandwidth.read_bandwidth_gbps(size_bytes=1 << 20, repeats=1) > 0

@@ -11,8 +11,9 @@ tokens, or another format) it takes the slab path `qlinear`: decode a slab of ro
 multiply it, move on. All agree up to float32 summation order (tests/test_quant_kernels.py,
 tests/test_quant_expert.py).
 
-`python -m lazymoe.quant.expert` measures the bytes per second both paths read, next to the CPU's
-read bandwidth and RAM copy measured in the same run (data/results/quant-cpu-kernels-dev.json).
+`python -m lazymoe.quant.expert` (lazymoe/quant/expert_bench.py) measures the bytes per second
+both paths read, next to the CPU's read bandwidth and RAM copy measured in the same run
+(data/results/quant-cpu-kernels-dev.json).
 On the 2-core dev machine (AMD EPYC with AVX-512, Qwen3-30B-A3B expert shapes, one token, shared
 and noisy, two runs), GB/s of stored bytes and the share of the read bandwidth (29 GB/s one
 thread, 35 GB/s two):
@@ -22,27 +23,44 @@ thread, 35 GB/s two):
     2         9.9-10.3 (29 %)  4.6-4.9 (14 %)  5.5-5.6 (16 %)  5.1 (15 %)   5.8-6.2 (17 %)
 
 against 0.2-2.4 GB/s for the slab path in the same runs: 2-14x faster, and still short of the
-issue's 50 % target. The kernels are compute-bound, not memory-bound. Each block costs a fixed overhead (the float16 scale, LLVM's alias checks before the
-vector loop) on top of one conversion and one multiply-add per weight, and a 4-bit block carries
-half the bytes of a q8_0 block for the same work. Closing the gap needs what llama.cpp does:
-the activations quantized to int8 per block and integer dot products (AVX-512 VNNI), which no
-longer equals the float32 reference exactly, or hand-written SIMD.
+issue's 50 % target. The float kernels are compute-bound, not memory-bound: each weight costs a
+conversion and a float multiply-add, each block a fixed overhead (the float16 scale, LLVM's alias
+checks before the vector loop), and a 4-bit block carries half the bytes of a q8_0 block for the
+same work.
+
+activations="int8" does what llama.cpp does: x rounded to int8 blocks once per call, integer dot
+products per block in vector registers (lazymoe/quant/kernels_int8.py). Same machine, same
+measurement, expert_forward with int8 activations:
+
+    threads   q8_0               q4_0               q4_k               q6_k
+    1         14.2-16.6 (49-51 %)  6.8-7.4 (22-24 %)  5.3-9.0 (19-27 %)  9.5-9.6 (28-34 %)
+    2         18.1-20.0 (57-61 %)  9.5-12.0 (30-36 %) 10.8-13.2 (34-40 %) 15.2-15.8 (48 %)
+
+(two runs, read bandwidth 28-34 GB/s in the same runs): 2.5-4x the float kernels. The issue's
+50 % target is met for q8_0 and nearly for q6_k at two threads; q4_0 and q4_k stay at 30-40 %:
+a 4-bit block costs the same per-block work (float16 scale, nibble unpacking, widening to 16
+bits) for half the bytes. Next steps there: VNNI (vpdpbusd, two blocks per instruction) where
+the CPU has it, or repacking the weights once so that several blocks share one scale load.
+
+No longer equal to the float32 reference (see `expert_forward`); the engine keeps "float".
+Greedy tokens of the bundled model's GGUF twins, int8 against float, 3 prompts x 32 tokens
+(scripts/int8_agreement.py, data/results/quant-int8-token-agreement-dev.json): Q4_0 96 of 96
+identical, Q8_0 78 of 96 (one prompt parts after 14 tokens, the other two are identical).
 """
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from lazymoe.quant import kernels_cpu
+from lazymoe.quant import kernels_cpu, kernels_int8
 from lazymoe.quant.codecs import decode
 from lazymoe.quant.formats import QuantError
-from lazymoe.quant.tensor import QuantizedTensor, quantize
+from lazymoe.quant.int8_activations import quantize_activations
+from lazymoe.quant.tensor import QuantizedTensor
 
 # Weights dequantized at once: 256 Ki float32 = 1 MiB, about a core's L2 cache. Measured on the
 # 2-core dev machine (one thread, Qwen3-30B-A3B expert shapes, q8_0, before decode_into): 4 Ki
@@ -124,11 +142,21 @@ def qlinear(x: torch.Tensor, qt: QuantizedTensor, slab_weights: int = SLAB_WEIGH
     return y
 
 
-def linear(x: torch.Tensor, qt: QuantizedTensor, slab_weights: int = SLAB_WEIGHTS) -> torch.Tensor:
-    """x (T, in) float32 @ W^T -> (T, out) float32: the fused kernel (kernels_cpu) for up to
-    KERNEL_MAX_TOKENS rows in a format it covers, else the slab path."""
-    if x.shape[0] <= KERNEL_MAX_TOKENS and kernels_cpu.supports(qt) and x.shape[-1] == qt.shape[1]:
-        return kernels_cpu.qmatvec(x, qt)
+def linear(
+    x: torch.Tensor,
+    qt: QuantizedTensor,
+    slab_weights: int = SLAB_WEIGHTS,
+    activations: str = "float",
+    quantized: tuple | None = None,
+) -> torch.Tensor:
+    """x (T, in) float32 @ W^T -> (T, out) float32: the fused kernel (kernels_cpu, or
+    kernels_int8 for activations="int8") for up to KERNEL_MAX_TOKENS rows in a format it
+    covers, else the slab path. quantized: x already quantized for kernels_int8."""
+    if x.shape[0] <= KERNEL_MAX_TOKENS and x.shape[-1] == qt.shape[1]:
+        if activations == "int8" and kernels_int8.supports(qt):
+            return kernels_int8.qmatvec_int8(x, qt, quantized=quantized)
+        if kernels_cpu.supports(qt):
+            return kernels_cpu.qmatvec(x, qt)
     return qlinear(x, qt, slab_weights)
 
 
@@ -140,13 +168,33 @@ def expert_forward(
     act: Callable[[torch.Tensor], torch.Tensor] = F.silu,
     slab_weights: int = SLAB_WEIGHTS,
     kernels: bool = True,
+    activations: str = "float",
 ) -> torch.Tensor:
     """One expert on rows x (n, D) from its quantized gate (I, D), up (I, D), down (D, I): (n, D)
-    float32. No float copy of a whole matrix is ever made. kernels=False: the slab path only."""
+    float32. No float copy of a whole matrix is ever made. kernels=False: the slab path only.
+
+    activations="float" (the default): x and the hidden rows stay float32, and the result
+    equals the dequantized float32 reference up to summation order (the engine's token-identity
+    tests rely on it). activations="int8": as llama.cpp, x (and the hidden rows before `down`)
+    are rounded to int8 blocks with one scale per block (lazymoe/quant/int8_activations.py) and
+    each block is an integer dot product (lazymoe/quant/kernels_int8.py), for q8_0, q4_0, q4_k
+    and q6_k weights and up to KERNEL_MAX_TOKENS rows (other cases: as "float"). Each
+    activation moves by at most half a step, 1/254 of its block's largest |x|, so the output
+    differs from the float path by about that relative amount: 2.5-4x the speed (module
+    docstring), not the same numbers."""
+    if activations not in ("float", "int8"):
+        raise QuantError(f"activations must be 'float' or 'int8', got {activations!r}")
     x = x.to(torch.float32)
-    mm = linear if kernels else qlinear
-    h = act(mm(x, gate, slab_weights)) * mm(x, up, slab_weights)  # (n, I)
-    return mm(h, down, slab_weights)
+    if not kernels:
+        h = act(qlinear(x, gate, slab_weights)) * qlinear(x, up, slab_weights)  # (n, I)
+        return qlinear(h, down, slab_weights)
+    shared = None  # x quantized once for gate and up when both take the same int8 blocks
+    if activations == "int8" and x.shape[0] <= KERNEL_MAX_TOKENS and kernels_int8.supports(gate):
+        kind = kernels_int8.activation_kind(gate)
+        if kernels_int8.supports(up) and kernels_int8.activation_kind(up) == kind:
+            shared = quantize_activations(x, kind)
+    h = act(linear(x, gate, slab_weights, activations, shared)) * linear(x, up, slab_weights, activations, shared)
+    return linear(h, down, slab_weights, activations)
 
 
 def expert_forward_reference(
@@ -162,98 +210,7 @@ def expert_forward_reference(
     return F.linear(act(F.linear(x, g)) * F.linear(x, u), d)
 
 
-def measure_read_bandwidth(
-    fmt: str,
-    hidden: int = 2048,
-    intermediate: int = 768,
-    n_experts: int = 24,
-    repeats: int = 3,
-    slab_weights: int = SLAB_WEIGHTS,
-    tokens: int = 1,
-    threads: int | None = None,
-    kernels: bool = True,
-) -> dict[str, float]:
-    """Decode-step speed of `expert_forward` (`tokens` rows) over `n_experts` distinct experts of
-    Qwen3-30B-A3B's shape (more bytes than any CPU cache): stored bytes read per second, in GB/s.
-    threads: torch's (and so the kernels') thread count for the run (None: as set)."""
-    gen = torch.Generator().manual_seed(0)
-    experts = []
-    for _ in range(n_experts):
-        w = [
-            torch.randn(shape, generator=gen) * 0.02
-            for shape in ((intermediate, hidden), (intermediate, hidden), (hidden, intermediate))
-        ]
-        experts.append([quantize(t, fmt) for t in w])
-    nbytes = sum(t.nbytes for e in experts for t in e)  # bytes
-    x = torch.randn(tokens, hidden, generator=gen)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or before)
-    try:
-        for e in experts[:2]:
-            expert_forward(x, *e, slab_weights=slab_weights, kernels=kernels)  # warm-up, compile
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for e in experts:
-                expert_forward(x, *e, slab_weights=slab_weights, kernels=kernels)
-            best = min(best, time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(before)
-    return {"format": fmt, "bytes": nbytes, "seconds": best, "read_gbps": nbytes / best / 1e9}
+if __name__ == "__main__":  # the measurement lives in expert_bench.py
+    from lazymoe.quant.expert_bench import main
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Per format, one token, 1 and 2 threads: GB/s of stored bytes read by the kernels (and by
-    the slab path), next to the CPU's read bandwidth and RAM copy measured in the same run."""
-    import argparse
-    import json
-    import platform
-    import sys
-    from datetime import datetime, timezone
-
-    import numba
-
-    from lazymoe.measure import ram_copy
-
-    parser = argparse.ArgumentParser(prog="python -m lazymoe.quant.expert", description=main.__doc__)
-    parser.add_argument("--formats", default="q8_0,q4_0,q4_k,q5_k,q6_k")
-    parser.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", help="write the results here (data/results/quant-cpu-kernels-dev.json)")
-    args = parser.parse_args(argv)
-    rows = []
-    for threads in (int(n) for n in args.threads.split(",")):
-        read = kernels_cpu.read_bandwidth_gbps(threads=threads, repeats=args.repeats)
-        copy = ram_copy(256 << 20, repeats=args.repeats, threads=threads).gbps
-        print(f"{threads} thread(s): read {read:.1f} GB/s, RAM copy (lazymoe.measure.ram_copy) {copy:.1f} GB/s")
-        for fmt in args.formats.split(","):
-            kernel = measure_read_bandwidth(fmt, repeats=args.repeats, threads=threads)
-            slab = measure_read_bandwidth(fmt, repeats=2, threads=threads, kernels=False)
-            row = {"format": fmt, "tokens": 1, "threads": threads, "kernel_gbps": kernel["read_gbps"],
-                   "slab_gbps": slab["read_gbps"], "read_gbps": read, "ram_copy_gbps": copy,
-                   "kernel_share_of_read": kernel["read_gbps"] / read}  # fmt: skip
-            rows.append(row)
-            print(f"  {fmt}: kernel {row['kernel_gbps']:.2f} GB/s = {row['kernel_share_of_read']:.0%} of read "
-                  f"bandwidth (slab path {row['slab_gbps']:.2f} GB/s)")
-    if args.json:
-        from lazymoe.hardware import _cpu_model_and_flags
-
-        cpu, flags = _cpu_model_and_flags()
-        record = {
-            "what": "quantized expert matmul on the CPU: stored bytes read per second, Qwen3-30B-A3B "
-                    "expert shapes (hidden 2048, intermediate 768), 24 distinct experts, one token",
-            "machine": {"cpu": cpu, "flags": flags, "cores": os.cpu_count(),
-                        "note": "shared with other jobs and noisy: best of the repeats"},
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "numba": numba.__version__},
-            "command": "python -m lazymoe.quant.expert " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "rows": rows,
-        }  # fmt: skip
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=2)
-    return 0
-
-
-if __name__ == "__main__":
     raise SystemExit(main())
