@@ -13,10 +13,12 @@
 # Suites (default: check compare):
 #   check    lazymoe doctor, the machine's bandwidths, the GPU tests, llama.cpp's libstdc++ check
 #            and a tiny model through the harness's llama.cpp runner with torch loaded first
-#   compare  SHAPE (default qwen3-30b-a3b, BF16 random weights in /dev/shm): lazymoe rows at
-#            BUDGETS, then llama.cpp through the harness's runner: the thread count tuned, --cpu-moe,
-#            and for each lazymoe row the smallest --n-cpu-moe whose peak VRAM is at most lazymoe's
-#            (lazymoe.bench.llamacpp_tune); llama-bench of the same GGUF as a cross-check; one table
+#   compare  SHAPE (default qwen3-30b-a3b, random weights in /dev/shm) in each of FORMATS: lazymoe
+#            rows at BUDGETS, then llama.cpp through the harness's runner: the thread count tuned,
+#            --cpu-moe, and for each lazymoe row the smallest --n-cpu-moe whose peak VRAM is at most
+#            lazymoe's (lazymoe.bench.llamacpp_tune); llama-bench of the same GGUF as a cross-check;
+#            one table per format. bf16: lazymoe reads safetensors, llama.cpp a GGUF of the same
+#            bits; a quantized format (q8_0, q4_0, q4_k_m): one GGUF written once, read by both
 #   profile  where a decode step's time goes (python -m lazymoe.bench.profile, 8 layers)
 #
 # llama.cpp is built ONCE by CMake with the SYSTEM compiler (a wrapper compiler's own libstdc++
@@ -27,7 +29,10 @@
 # Knobs (environment): SHAPE, BUDGETS ("8", GB; each budget adds a --n-cpu-moe search of ~6 model
 # loads), NEW_TOKENS (128), PROMPT_TOKENS (32), REPEATS (3), BENCH_ARGS (more `lazymoe bench` flags,
 # e.g. a routing regime), TUNE_THREADS (thread counts to try; default half/all cores, all CPUs),
-# BUILD_JOBS, PLACEMENTS ("fetch"; e.g. "fetch auto"), CROSS_CHECK (1; 0 skips llama-bench). Time on an H200 (16 cores): setup ~5 min, check ~5, compare at one budget ~25.
+# BUILD_JOBS, PLACEMENTS ("fetch"; e.g. "fetch auto"), CROSS_CHECK (1; 0 skips llama-bench),
+# FORMATS ("bf16"; e.g. "q8_0 q4_0": one results file each, bench-SHAPE-FORMAT.json). Time on an
+# H200 (16 cores): setup ~5 min, check ~5, compare at one budget ~25 per format (a quantized
+# GGUF of qwen3-30b-a3b takes ~6 min to write in q8_0/q4_0, ~15 in q4_k_m: one core quantizes).
 set -uo pipefail
 CARRY=${CARRY:-.device}
 LLAMA_CPP_PYTHON_VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
@@ -106,7 +111,12 @@ for n in (None, 1):
 }
 
 suite_compare() {
-  local out="$RESULTS/bench-$SHAPE.json" lb="$BUILD/bin/llama-bench" g
+  local f
+  for f in ${FORMATS:-bf16}; do log "compare $SHAPE $f"; if [ "$f" = bf16 ]; then compare_bf16; else compare_gguf "$f"; fi; done
+}
+
+compare_bf16() {  # lazymoe reads safetensors, llama.cpp a GGUF of the same bits (one file in RAM at a time)
+  local out="$RESULTS/bench-$SHAPE.json" g
   python3 -m lazymoe.bench.writer "$SHAPE" "$M" --only safetensors --device cuda 2>&1 | tail -1
   log "lazymoe rows"
   # shellcheck disable=SC2086
@@ -115,9 +125,29 @@ suite_compare() {
   rm -f "$M"/*.safetensors  # RAM: one copy of the weights at a time (the same bits, same seed)
   python3 -m lazymoe.bench.writer "$SHAPE" "$M" --only gguf --device cuda 2>&1 | tail -1
   g=$(ls "$M"/*.gguf | head -1)
+  llama_rows "$out" "$g" "$SHAPE" --gguf "$g"
+  python3 -m lazymoe bench --report "$out" | tee "$RESULTS/table-$SHAPE.md"
+  rm -rf "$M"
+}
+
+compare_gguf() {  # one quantized GGUF, written once, read by both engines (lazymoe keeps its experts quantized)
+  local f=$1 d="$M-$1" out="$RESULTS/bench-$SHAPE-$1.json" g
+  python3 -m lazymoe.bench.writer "$SHAPE" "$d" --format "$f" --device cuda 2>&1 | tail -1
+  g="$d/model-$f.gguf"; [ -f "$g" ] || { log "no $g: $f skipped"; return 1; }
+  log "lazymoe rows on $g"
+  # shellcheck disable=SC2086
+  python3 -m lazymoe bench --model "$g" --engines lazymoe --placement ${PLACEMENTS:-fetch} --budgets $BUDGETS --no-resident \
+    $PROTOCOL ${BENCH_ARGS:-} --note "random weights, shapes of $SHAPE, $f GGUF read by both engines" --out "$out" 2>&1 | grep "^|"
+  llama_rows "$out" "$g" "$SHAPE-$f"  # no --gguf: the tuner reads the file the lazymoe rows read
+  python3 -m lazymoe bench --report "$out" | tee "$RESULTS/table-$SHAPE-$f.md"
+  rm -rf "$d"
+}
+
+llama_rows() {  # RESULTS_JSON GGUF MODEL_NAME [--gguf GGUF]: llama.cpp tuned at lazymoe's VRAM, llama-bench cross-check
+  local out=$1 g=$2 name=$3 lb="$BUILD/bin/llama-bench"; shift 3
   log "llama.cpp rows: threads tuned, --cpu-moe, --n-cpu-moe at lazymoe's peak VRAM"
   # shellcheck disable=SC2086
-  python3 -m lazymoe.bench.llamacpp_tune "$out" --gguf "$g" --timeout 900 ${TUNE_THREADS:+--threads $TUNE_THREADS}
+  python3 -m lazymoe.bench.llamacpp_tune "$out" "$@" --timeout 900 ${TUNE_THREADS:+--threads $TUNE_THREADS}
   log "llama-bench cross-check"
   local ncmoe
   ncmoe=$(python3 -c "import json; d = json.load(open('$out'))['llama_tuning']; print(d['best_threads'] or '', *[s['n_cpu_moe'] for s in d['searches'] if s['n_cpu_moe'] is not None])")
@@ -128,11 +158,9 @@ suite_compare() {
     local args=(-ot "ffn_(up|down|gate)_exps=CPU"); [ "$n" = cpu-moe ] || args=(-ncmoe "$n")
     local cmd=("$lb" -m "$g" -ngl 99 "${args[@]}" ${t:+-t "$t"} -p "${PROMPT_TOKENS:-32}" -n "${NEW_TOKENS:-128}" -r 3 -o json)
     timeout 900 "${cmd[@]}" > "$WORK/lb-$n.json" 2> "$WORK/lb-$n.err" || { tail -3 "$WORK/lb-$n.err"; continue; }
-    python3 -m lazymoe.bench.llamabench "$WORK/lb-$n.json" --model "$SHAPE" --routing model-own --into "$out" \
+    python3 -m lazymoe.bench.llamabench "$WORK/lb-$n.json" --model "$name" --routing model-own --into "$out" \
       --command "${cmd[*]}" --note "llama-bench (same build, same GGUF): a cross-check of the harness's llama.cpp rows"
   done
-  python3 -m lazymoe bench --report "$out" | tee "$RESULTS/table-$SHAPE.md"
-  rm -rf "$M"
 }
 
 suite_profile() {
@@ -165,5 +193,5 @@ case "${1:-}" in
       grep -q "DEVICE_BENCH \(DONE\|FAILED\)" "$RESULTS/device_bench.log" 2>/dev/null && break; sleep 5
     done
     pack; grep -v "it/s\]" "$RESULTS/device_bench.log" | tail -40 ;;
-  *) sed -n '2,28p' "$0"; exit 2 ;;
+  *) sed -n '2,35p' "$0"; exit 2 ;;
 esac

@@ -196,7 +196,7 @@ def test_lazymoe_bench_takes_model_folders_as_words_as_well_as_by_flag(model, mo
     assert by_word.models == by_flag.models == both.models
 
 
-def test_lazymoe_bench_refuses_two_model_lists_and_a_bare_gguf_file_saying_what_to_give(
+def test_lazymoe_bench_refuses_two_model_lists_and_a_broken_gguf_file_saying_what_to_give(
     model, tmp_path, capsys
 ):
     other = make_random_checkpoint(tmp_path / "other", arch="olmoe")
@@ -208,6 +208,6 @@ def test_lazymoe_bench_refuses_two_model_lists_and_a_bare_gguf_file_saying_what_
     gguf.write_bytes(b"GGUF" + bytes(20))
     assert run(str(gguf)) == 2
     err = capsys.readouterr().err
-    assert f"{gguf} is a GGUF file" in err and "give that folder" in err and "lazymoe run" in err
+    assert f"{gguf} is not a readable GGUF file" in err and "download it again" in err
     assert run(str(tmp_path / "missing")) == 2
     assert f"{tmp_path / 'missing'} does not exist" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     lazymoe bench                                  # the bundled tiny model, every engine present
     lazymoe bench --model DIR --vram-budget 5GB 8GB 12GB --out data/results/mine.json
     lazymoe bench DIR1 DIR2 --engines lazymoe      # model folders given first, as --model DIR1 DIR2
+    lazymoe bench --model model-q4_0.gguf          # one quantized file for lazymoe and llama.cpp
     lazymoe bench --report data/results/*.json     # tables of saved results
 """
 
@@ -39,12 +40,14 @@ PLAN_FIELDS = (*BENCH_SWEEP, "dtype", "device", "pin_checkpoint")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="*", metavar="MODEL",
-                        help="model folders, the same as --model (one row set per model)")
+                        help="model folders or .gguf files, the same as --model (one row set per model)")
     parser.add_argument("--engines", nargs="+", default=list(ENGINE_CHOICES), choices=ENGINE_CHOICES)
     lazymoe = parser.add_argument_group(
         "engine options (the same as `lazymoe run`'s; the swept ones take several values)",
         "--model: model folders (config.json, safetensors, tokenizer.json; a *.gguf of the same "
-        "weights beside them, else one is exported), used by every engine. --dtype: also the "
+        "weights beside them, else one is exported), used by every engine; or .gguf files, which "
+        "lazymoe (experts kept quantized) and llama.cpp both read (transformers is skipped: it "
+        "would compute dequantized floats). --dtype: also the "
         "GGUF's and the transformers baselines' (default: float32 for the bundled model, "
         "bfloat16 for benchmark-shape models). The other options apply to lazymoe's rows.")
     add_engine_arguments(lazymoe, sweep=BENCH_SWEEP, defaults=BENCH_DEFAULTS, aliases=OLD_SWEEP_FLAGS)
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from lazymoe import paths
     from lazymoe.bench.harness import GB, BenchPlan, ModelEntry, run_plan
     from lazymoe.engine.config import parse_bytes
+    from lazymoe.engine.storage.gguf_config import GGUFError
 
     if args.budgets_gb:
         if args.vram_budget is not BENCH_DEFAULTS["vram_budget"]:
@@ -90,16 +94,21 @@ def run(args: argparse.Namespace) -> int:
             return 2
         args.vram_budget = [f"{gb:g}GB" for gb in args.budgets_gb]
     try:
-        model_dirs = bench_model_dirs(args.models, args.model_path) or [str(paths.bundled_model_dir())]
+        model_paths = bench_model_paths(args.models, args.model_path) or [str(paths.bundled_model_dir())]
     except ModelPathError as exc:
         print(f"lazymoe bench: {exc}", file=sys.stderr)
         return 2
-    for model_dir in model_dirs:
-        if not (Path(model_dir) / "config.json").is_file():
-            print(f"lazymoe bench: {model_dir} has no config.json. Give a model folder, or build the "
-                  "bundled one with `python -m lazymoe.models.prepare`.", file=sys.stderr)
+    for model_path in model_paths:
+        if Path(model_path).is_dir() and not (Path(model_path) / "config.json").is_file():
+            print(f"lazymoe bench: {model_path} has no config.json. Give a model folder or a .gguf "
+                  "file, or build the bundled model with `python -m lazymoe.models.prepare`.",
+                  file=sys.stderr)
             return 2
-    models = [ModelEntry.from_dir(d, dtype=args.dtype) for d in model_dirs]
+    try:
+        models = [ModelEntry.from_path(p, dtype=args.dtype) for p in model_paths]
+    except GGUFError as exc:  # a broken or non-MoE .gguf: said before any row runs
+        print(f"lazymoe bench: {exc}", file=sys.stderr)
+        return 2
     try:
         shared = lazymoe_options(args, models)
     except (ValueError, FileNotFoundError) as exc:
@@ -128,27 +137,15 @@ def run(args: argparse.Namespace) -> int:
     return 0 if any(r.get("ok") for r in document["results"]) else 1
 
 
-def bench_model_dirs(positional: list[str], flag: list[str] | None) -> list[str]:
-    """The model folders from the positional words and --model (either, or both when they agree).
-
-    The bench runs transformers and llama.cpp on the same model, so it needs the Hugging Face
-    folder (a .gguf of the same weights beside it is used for llama.cpp): a .gguf file alone is
-    refused with what to give instead."""
+def bench_model_paths(positional: list[str], flag: list[str] | None) -> list[str]:
+    """The models from the positional words and --model (either, or both when they agree): model
+    folders, or .gguf files (lazymoe and llama.cpp read the same file; `ModelEntry.from_gguf`)."""
     flag = list(flag or [])
     if positional and flag and not (len(positional) == len(flag)
                                     and all(map(same_path, positional, flag))):
         raise ModelPathError(f"two lists of models: {' '.join(positional)} and --model "
                              f"{' '.join(flag)}: give them one way")
-    dirs = []
-    for word in positional or flag:
-        path = check_model_path(word)
-        if path.is_file():
-            raise ModelPathError(
-                f"{path} is a GGUF file, and the bench compares engines on a model folder "
-                "(config.json, *.safetensors, tokenizer.json; a .gguf of the same weights beside "
-                f"them is what llama.cpp reads): give that folder, or run the file with `lazymoe run {path}`")
-        dirs.append(str(path))
-    return dirs
+    return [str(check_model_path(word)) for word in positional or flag]
 
 
 def lazymoe_options(args: argparse.Namespace, models: list) -> dict:
@@ -158,5 +155,5 @@ def lazymoe_options(args: argparse.Namespace, models: list) -> dict:
 
     first = {name: getattr(args, name)[0] for name in BENCH_SWEEP if name != "model_path"}
     for entry in models:
-        config = EngineConfig.from_args(args, **first, model_path=entry.model_dir, dtype=entry.dtype)
+        config = EngineConfig.from_args(args, **first, model_path=entry.model_path, dtype=entry.dtype)
     return {k: v for k, v in config.cli_values().items() if k not in PLAN_FIELDS}

@@ -4,7 +4,8 @@
     results = run_plan(plan, out_path="data/results/bench-mymachine.json")
 
 An honest comparison (module 07): the same weights at the same bits (lazymoe reads the
-safetensors, llama.cpp the GGUF written from them), the same prompt token ids, the same number of
+safetensors, llama.cpp the GGUF written from them; or, for a quantized model, both read one GGUF
+file: `ModelEntry.from_gguf`, `lazymoe.bench.entry`), the same prompt token ids, the same number of
 new tokens (greedy; or seeded sampling with `temperature` > 0, for random-weight models whose
 greedy output repeats one token), a warm-up before the timed runs, medians, and the machine,
 library versions and exact command stored beside the numbers.
@@ -39,50 +40,25 @@ from tqdm.auto import tqdm
 
 from lazymoe import atomic
 from lazymoe.bench import routing
+from lazymoe.bench.entry import (  # noqa: F401 (GGUF_TYPE, PROMPT_TEXT, ROUTERS: their old home)
+    GGUF_TYPE,
+    PROMPT_TEXT,
+    ROUTERS,
+    ModelEntry,
+    ensure_gguf,
+    gguf_weights,
+    prompt_ids,
+)
 from lazymoe.bench.measure import library_versions
 from lazymoe.bench.protocol import protocol, resident_fraction, trace_file
-from lazymoe.bench.shapes import ModelShape
 
-SCHEMA = "lazymoe.bench/2"  # 2: routing regimes (trace replay), cold first tokens; 1: model-own only
+# 3: GGUF-only entries (one quantized file for every engine), each row's "weights" (formats, size),
+# per-engine byte counts ("bytes_llamacpp"); 2: routing regimes (trace replay), cold first tokens;
+# 1: model-own only. lazymoe.bench.report reads all three.
+SCHEMA = "lazymoe.bench/3"
 GB = 1e9
 ENGINE_CHOICES = ("llamacpp-cpu-moe", "llamacpp-gpu", "lazymoe", "hf-full", "hf-offload")
-PROMPT_TEXT = (
-    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    a, b = 0, 1\n"
-    "    for _ in range(n):\n        a, b = b, a + b\n    return a\n\n"
-    "The memory bandwidth of a machine sets how fast it can decode: every new token reads "
-    "every active weight once. "
-)
-GGUF_TYPE = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
-# lazymoe.bench.writer's config "routing" -> what the model's own routers are ("uniform" was the
-# old name of random router rows, whose routing is anything but uniform)
-ROUTERS = {"uniform": "random", "zipf": "random-zipf"}
 ROUTING_CHOICES = (*routing.REGIMES, routing.MODEL_OWN)
-
-
-@dataclass
-class ModelEntry:
-    """One model, as a Hugging Face folder (for lazymoe and transformers) and a GGUF of the same bits."""
-
-    name: str
-    model_dir: str
-    gguf_path: str | None
-    routers: str = "trained"  # the model's own routers: trained | random | random-zipf (skewed rows)
-    dtype: str = "float32"
-
-    @classmethod
-    def from_dir(cls, model_dir: str | Path, dtype: str | None = None, name: str | None = None) -> ModelEntry:
-        model_dir = Path(model_dir)
-        config = json.loads((model_dir / "config.json").read_text())
-        bench = config.get("lazymoe_bench", {})
-        ggufs = sorted(model_dir.glob("*.gguf"))
-        dtype = dtype or ("bfloat16" if bench else "float32")
-        return cls(name=name or bench.get("shape") or model_dir.name, model_dir=str(model_dir),
-                   gguf_path=str(ggufs[0]) if ggufs else None,
-                   routers=ROUTERS.get(bench.get("routing"), "trained"), dtype=dtype)
-
-    def shape(self) -> ModelShape:
-        return ModelShape.from_config(json.loads((Path(self.model_dir) / "config.json").read_text()),
-                                      self.name)
 
 
 @dataclass
@@ -154,30 +130,6 @@ def llama_cpp_available() -> bool:
         return False
 
 
-def prompt_ids(model_dir: str | Path, n_tokens: int) -> list[int]:
-    """The fixed prompt, tokenized by the model's own tokenizer, cut or repeated to n_tokens."""
-    from tokenizers import Tokenizer
-
-    ids = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json")).encode(PROMPT_TEXT).ids
-    return (ids * (n_tokens // len(ids) + 1))[:n_tokens]
-
-
-def ensure_gguf(entry: ModelEntry, cache_dir: Path) -> str | None:
-    """The entry's GGUF; exported from its safetensors (same bits) into cache_dir if missing."""
-    if entry.gguf_path:
-        return entry.gguf_path
-    try:
-        from lazymoe.models.gguf_export import export_gguf
-    except ImportError:
-        return None
-    out = cache_dir / f"{entry.name}-{GGUF_TYPE[entry.dtype]}.gguf"
-    if not out.exists():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        export_gguf(entry.model_dir, out, out_type=GGUF_TYPE[entry.dtype])
-    entry.gguf_path = str(out)
-    return entry.gguf_path
-
-
 def build_specs(plan: BenchPlan, llama_ok: bool, trace_dir: Path | None = None) -> list[dict]:
     """One spec per (model, engine configuration, routing): what each worker process runs.
     Traces are written to (or found in) trace_dir (default: ~/.lazymoe/bench/traces)."""
@@ -186,10 +138,12 @@ def build_specs(plan: BenchPlan, llama_ok: bool, trace_dir: Path | None = None) 
     trace_dir = trace_dir or paths.home_dir() / "bench" / "traces"
     specs = []
     for entry in plan.models:
-        ids = prompt_ids(entry.model_dir, plan.prompt_tokens)
+        ids = prompt_ids(entry.model_path, plan.prompt_tokens)
         common = {"model": entry.name, "model_routers": entry.routers, "dtype": entry.dtype,
                   "prompt_ids": ids, "new_tokens": plan.new_tokens, "repeats": plan.repeats,
                   "warmup": plan.warmup, "temperature": plan.temperature, "seed": plan.seed}
+        if entry.gguf_only:  # the one file every row reads: its formats and size beside each row
+            common["weights"] = gguf_weights(entry.gguf_path)
         traces = {regime: trace_file(entry, regime, plan.trace_tokens, plan.seed, trace_dir)
                   for regime in plan.routings if regime != routing.MODEL_OWN}
 
@@ -216,7 +170,7 @@ def build_specs(plan: BenchPlan, llama_ok: bool, trace_dir: Path | None = None) 
         if llama_here and "llamacpp-cpu-moe" in plan.engines:
             add("llama.cpp --cpu-moe", "llamacpp", {**llama, "cpu_moe": True}, None, "cpu")
         if "lazymoe" in plan.engines:
-            base = {**plan.lazymoe_options, "model_path": entry.model_dir, "dtype": entry.dtype}
+            base = {**plan.lazymoe_options, "model_path": entry.model_path, "dtype": entry.dtype}
             if plan.gpu:  # budgets outer: the first budget's row of every placement comes first
                 for budget in plan.vram_budgets_gb:
                     for placement in plan.placements:
@@ -238,6 +192,8 @@ def build_specs(plan: BenchPlan, llama_ok: bool, trace_dir: Path | None = None) 
                         budget, "cpu")
         if llama_here and "llamacpp-gpu" in plan.engines and plan.gpu:
             add("llama.cpp all on GPU", "llamacpp", {**llama, "cpu_moe": False}, None, "gpu")
+        if entry.gguf_only:  # transformers would run dequantized floats, not the file: skipped
+            continue
         if "hf-full" in plan.engines:
             add("transformers full model", "hf", {"model_path": entry.model_dir, "dtype": entry.dtype,
                                                    "mode": "full"}, None, "gpu" if plan.gpu else "cpu")
@@ -248,6 +204,14 @@ def build_specs(plan: BenchPlan, llama_ok: bool, trace_dir: Path | None = None) 
                 "vram_budget_bytes": int(budget * GB) if budget else None,
                 "ram_budget_bytes": None if plan.gpu else _offload_ram_cap(entry)}, budget, "offload")
     return specs
+
+
+def skipped_baselines(plan: BenchPlan) -> list[str]:
+    """One line per GGUF-only entry whose transformers baselines the plan asked for and skips."""
+    hf = [e for e in plan.engines if e.startswith("hf-")]
+    return [f"{e.name}: a GGUF file alone: transformers baselines ({', '.join(hf)}) skipped, as "
+            "they would compute dequantized float weights, not the file's quantized bits"
+            for e in plan.models if e.gguf_only and hf]
 
 
 def _offload_ram_cap(entry: ModelEntry) -> int:
@@ -298,6 +262,7 @@ def run_plan(plan: BenchPlan, out_path: str | Path | None = None, command: str |
     for entry in plan.models:
         if llama_ok and wants_llama and not ensure_gguf(entry, paths.home_dir() / "bench" / "gguf"):
             notes.append(f"{entry.name}: no GGUF and no exporter: llama.cpp rows skipped")
+    notes += skipped_baselines(plan)
     specs = build_specs(plan, llama_ok)
     if bandwidths is None:
         from lazymoe.bench.bandwidth import measure_bandwidths
@@ -311,8 +276,7 @@ def run_plan(plan: BenchPlan, out_path: str | Path | None = None, command: str |
         "machine": dataclasses.asdict(hardware.probe()),
         "libraries": library_versions(),
         "bandwidths": bandwidths,
-        "models": {e.name: {**dataclasses.asdict(e), "shape": dataclasses.asdict(e.shape()),
-                            "bytes": e.shape().nbytes(e.dtype)} for e in plan.models},
+        "models": {e.name: e.describe() for e in plan.models},
         "protocol": protocol(plan),
         "notes": notes,
         "results": results,

@@ -48,6 +48,9 @@ class LazyMoeRunner:
         out = {f"engine_{k}" if k.endswith("tok_s") else k: as_dict.get(k) for k in keep if k in as_dict}
         out["decode_path"] = self.engine.decode_path
         out["kernel"] = self.engine.runtime.kernel
+        # a GGUF file: whether the cache holds the stored (quantized) bytes, and one slot's size
+        out["experts_quantized"] = bool(getattr(self.engine, "quantized_experts", False))
+        out["expert_slot_bytes"] = int(self.engine.expert_nbytes)
         return out
 
     def close(self) -> None:

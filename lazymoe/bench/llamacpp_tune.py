@@ -8,6 +8,7 @@ running a short protocol (one run of 16 tokens: enough for the peaks and to rank
 the chosen configurations then run the document's full protocol for the rows.
 
     python -m lazymoe.bench.llamacpp_tune RESULTS.json --gguf MODEL.gguf [--threads 4 8 16]
+    python -m lazymoe.bench.llamacpp_tune RESULTS.json    # rows of a GGUF file: llama.cpp reads it too
 
 reads a `lazymoe bench` results file, tunes llama.cpp's thread count at `--cpu-moe`, then for each
 lazymoe row's peak VRAM adds the VRAM-matched llama.cpp row (and the `--cpu-moe` row at the best
@@ -107,15 +108,24 @@ def worker_measure(template: dict, timeout_s: float, short: bool = False) -> Mea
     return measure
 
 
-def _template(doc: dict, gguf: str) -> tuple[dict, int]:
+def _template(doc: dict, gguf: str | None) -> tuple[dict, int]:
     """A llama.cpp spec like the document's lazymoe rows (same model, prompt, protocol), and the
-    model's layer count."""
+    model's layer count. Rows that read a GGUF file: llama.cpp reads that same file."""
+    from lazymoe.bench.entry import model_config
     from lazymoe.bench.harness import prompt_ids
 
     row = next(r for r in doc["results"] if r.get("engine") == "lazymoe" and r.get("ok"))
-    model_dir = row["options"]["model_path"]
-    n_layers = json.loads((Path(model_dir) / "config.json").read_text())["num_hidden_layers"]
-    keep = ("model", "dtype", "new_tokens", "repeats", "warmup", "temperature", "seed")
+    model_dir = row["options"]["model_path"]  # a folder, or the GGUF file both engines read
+    n_layers = model_config(model_dir)["num_hidden_layers"]
+    if gguf is None or str(model_dir).lower().endswith(".gguf"):
+        if not str(model_dir).lower().endswith(".gguf"):
+            raise ValueError(f"the lazymoe rows read the folder {model_dir}: give --gguf, the GGUF "
+                             "of the same weights")
+        if gguf is not None and Path(gguf).resolve() != Path(model_dir).resolve():
+            raise ValueError(f"the lazymoe rows read {model_dir}, so llama.cpp must read that same "
+                             f"file, not {gguf}: leave --gguf out")
+        gguf = str(model_dir)
+    keep = ("model", "dtype", "new_tokens", "repeats", "warmup", "temperature", "seed", "weights")
     template = {k: row[k] for k in keep if k in row}
     template.update(engine="llamacpp", routing="model-own", vram_budget_gb=None,
                     prompt_ids=prompt_ids(model_dir, row["prompt_tokens"]),
@@ -129,7 +139,7 @@ def _row(result: dict, label: str, n_cpu_moe: int, n_layers: int, note: str) -> 
     return {**result, "label": label, "placement": "cpu", "options": options, "note": note}
 
 
-def tune_document(doc: dict, gguf: str, threads: list[int] | None, timeout_s: float,
+def tune_document(doc: dict, gguf: str | None, threads: list[int] | None, timeout_s: float,
                   measure: Measure | None = None, probe: Measure | None = None) -> dict:
     """Add the tuned llama.cpp rows to a results document (returned; the input is not changed).
     `probe` searches (short runs), `measure` makes the rows (the full protocol)."""
@@ -168,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m lazymoe.bench.llamacpp_tune", description=__doc__.splitlines()[0])
     parser.add_argument("results", help="a `lazymoe bench` results file with lazymoe rows (updated in place)")
-    parser.add_argument("--gguf", required=True, help="the GGUF of the same weights")
+    parser.add_argument("--gguf", default=None, help="the GGUF of the same weights (default: the "
+                        "GGUF file the lazymoe rows read, when they read one)")
     parser.add_argument("--threads", type=int, nargs="*", help="thread counts to try (default: from the cores)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per probe")
     args = parser.parse_args(argv)

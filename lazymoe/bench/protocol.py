@@ -32,12 +32,14 @@ def trace_file(entry: ModelEntry, regime: str, tokens: int, seed: int, cache_dir
 
 
 def resident_fraction(entry: ModelEntry, budget_gb: float | None) -> float:
-    """The share of the model's experts that fit the budget (1.0: no budget, all resident)."""
+    """The share of the model's experts that fit the budget (1.0: no budget, all resident): as
+    many slots as the budget holds, each the size of the largest expert as lazymoe stores it (a
+    GGUF entry's quantized bytes), over the model's experts."""
     if budget_gb is None:
         return 1.0
-    nbytes = entry.shape().nbytes(entry.dtype)
-    return min(1.0, (budget_gb * GB // nbytes["expert_bytes"]) * nbytes["expert_bytes"]
-               / nbytes["experts_total_bytes"])
+    shape = entry.shape()
+    slots = budget_gb * GB // entry.nbytes()["expert_bytes"]
+    return min(1.0, slots / (shape.num_layers * shape.num_experts))
 
 
 def protocol(plan: BenchPlan) -> dict:
@@ -62,6 +64,9 @@ def protocol(plan: BenchPlan) -> dict:
             "other engines": "llama.cpp and transformers cannot replay a trace: model-own routing",
             "real-text source": routing.SOURCE,
         },
+        "weights": "a model folder: lazymoe reads its safetensors, llama.cpp a GGUF of the same bits; "
+                   "a GGUF file alone: lazymoe (experts kept quantized) and llama.cpp read that one "
+                   "file, whose formats and size each row carries under 'weights'",
         "memory": "peak_vram_bytes (NVML, this process) and peak_rss_bytes sampled every 20 ms "
                   "through load, warm-up and timed runs, for every engine",
         "bound": "lazymoe.bench.report.roofline_tok_s: perfect overlap of GPU memory, the host link "

@@ -18,7 +18,9 @@ experts' bytes per token and dense the rest of a token's bytes:
 
 h is 1 when every expert is resident (llama.cpp all on GPU, the full transformers model). The
 bandwidths are measured on the machine that ran the benchmark (`lazymoe.bench.bandwidth`).
-Every row also carries its routing regime (`lazymoe.bench.routing`): a hit rate means nothing
+A GGUF-only model (schema lazymoe.bench/3) has two sets of byte counts: llama.cpp reads every
+tensor as stored, lazymoe the experts as stored and the rest at its compute dtype. Every row
+also carries its routing regime (`lazymoe.bench.routing`): a hit rate means nothing
 without the routing that produced it.
 """
 
@@ -85,6 +87,22 @@ def roofline_tok_s(row: dict, model_bytes: dict, bandwidths: dict, overlap: bool
     return bound(c) if c is not None else max(bound(0.0), bound(1.0 - h))
 
 
+def model_bytes(model: dict, row: dict) -> dict:
+    """The byte counts of a row's engine: for a GGUF-only model (schema /3) llama.cpp reads every
+    tensor as stored ("bytes_llamacpp") and lazymoe the non-expert ones at its compute dtype;
+    otherwise (and in /1 and /2 files) both read the same bytes."""
+    if row.get("engine") == "llamacpp" and model.get("bytes_llamacpp"):
+        return model["bytes_llamacpp"]
+    return model["bytes"]
+
+
+def weights_format(document: dict, model: str | None) -> str | None:
+    """The model's weights as the results record them: a GGUF entry's expert format (Q4_0,
+    Q4_K+Q6_K), else None (a folder: the dtype column of the rows says it)."""
+    weights = (document.get("models", {}).get(model) or {}).get("weights") or {}
+    return weights.get("format")
+
+
 def routing_name(row: dict) -> str:
     """The row's routing regime; results files before regimes said "uniform" for a random model's
     own routing, which was anything but uniform: shown as model-own."""
@@ -99,12 +117,14 @@ def rows(document: dict) -> list[dict]:
     for r in document["results"]:
         model = document["models"].get(r.get("model"), {})
         layers = (model.get("shape") or {}).get("num_layers")
-        bound = (roofline_tok_s(r, model["bytes"], document.get("bandwidths") or {}, num_layers=layers)
-                 if model else None)
+        bound = (roofline_tok_s(r, model_bytes(model, r), document.get("bandwidths") or {},
+                                num_layers=layers) if model else None)
         decode = r.get("decode_tok_s") if r.get("ok") else None
         cold = (r.get("cold") or {}) if r.get("ok") else {}
         out.append({
-            "model": r.get("model"), "routing": routing_name(r), "routing_params": r.get("routing_params"),
+            "model": r.get("model"),
+            "weights_format": (r.get("weights") or {}).get("format") or weights_format(document, r.get("model")),
+            "routing": routing_name(r), "routing_params": r.get("routing_params"),
             "label": r.get("label"),
             "engine": r.get("engine"), "placement": r.get("placement"),
             "vram_budget_gb": r.get("vram_budget_gb"),
@@ -139,12 +159,13 @@ def table(document: dict) -> str:
             "peak RSS GB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows(document):
+        model = f"{r['model']} [{r['weights_format']}]" if r["weights_format"] else str(r["model"])
         if not r["ok"]:
-            lines.append(f"| {r['model']} | {r['routing']} | {r['label']} | "
+            lines.append(f"| {model} | {r['routing']} | {r['label']} | "
                          f"{_fmt(r['vram_budget_gb'], 'g')} | FAILED: {(r['error'] or '')[:80]} |")
             continue
         lines.append("| " + " | ".join([
-            str(r["model"]), str(r["routing"]), str(r["label"]), _fmt(r["vram_budget_gb"], "g"),
+            model, str(r["routing"]), str(r["label"]), _fmt(r["vram_budget_gb"], "g"),
             _fmt(r["prefill_tok_s"], ".1f"), _fmt(r["decode_tok_s"], ".2f"), _fmt(r["hit_rate"], ".2f"),
             _fmt(r["cold_first_token_s"], ".2f"), _fmt(r["cold_decode_tok_s"], ".2f"), _fmt(r["bound_tok_s"], ".1f"), _fmt(r["of_bound"], ".0%"), _fmt(r["peak_vram_gb"], ".2f"),
             _fmt(r["peak_rss_gb"], ".2f")]) + " |")

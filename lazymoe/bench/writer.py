@@ -8,6 +8,12 @@ of RAM. The tokenizer is byte-level (256 byte tokens, one merge, one special tok
 model's vocabulary in the GGUF, so both engines tokenize identically.
 
     python -m lazymoe.bench.writer qwen3-30b-a3b /data/q30 --routing zipf --device cuda
+    python -m lazymoe.bench.writer qwen3-30b-a3b /data/q30 --format q4_0   # model-q4_0.gguf only
+
+A quantized format (q8_0, q4_0, q4_k_m, ...: `lazymoe.models.gguf_write.OUT_TYPES`) writes the
+GGUF alone, the same random draw quantized: both engines then read that one file
+(`lazymoe bench --model /data/q30/model-q4_0.gguf`), since a safetensors file could only hold the
+values before quantization.
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ import torch
 
 from lazymoe.bench.shapes import SHAPES, ModelShape, get_shape, router_row_scales
 from lazymoe.models.archs import TensorSlot, get_arch
-from lazymoe.models.gguf_write import vocab_from_tokenizer_files, write_gguf
+from lazymoe.models.gguf_write import OUT_TYPES, vocab_from_tokenizer_files, write_gguf
 
 # ModelShape describes a Qwen3-MoE-style decoder (q/k norms per head, every layer sparse)
 ARCH = get_arch("qwen3_moe")
 
 EOS_TEXT = "<|endoftext|>"
 INIT_STD = 0.02  # std of random weights: keeps activations finite over 48 layers
+LOSSLESS = ("bf16", "f32")  # GGUF types that hold the bfloat16 draw exactly, as the safetensors does
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -95,12 +102,14 @@ def tensor_slots(shape: ModelShape, config: dict | None = None) -> list[TensorSl
 
 def write_model(shape: ModelShape, out_dir: str | Path, routing: str = "uniform", skew: float = 1.0,
                 seed: int = 0, device: str = "cpu", gguf_path: str | Path | None = None,
-                formats: tuple[str, ...] = ("safetensors", "gguf")) -> dict:
-    """Write config.json, tokenizer, model.safetensors and model-bf16.gguf (BF16) into out_dir.
+                formats: tuple[str, ...] = ("safetensors", "gguf"), gguf_type: str = "bf16") -> dict:
+    """Write config.json, tokenizer, model.safetensors and model-{gguf_type}.gguf into out_dir.
 
     `formats` may leave one file out: the same seed draws the same tensors, so writing the GGUF
     now and the safetensors later (after deleting the GGUF) still gives both engines the same bits,
-    with half the disk or RAM. Returns {"safetensors": path, "gguf": path, "seconds", "bytes"}.
+    with half the disk or RAM. `gguf_type`: bf16 (the draw's own bits), or a quantized type of
+    `OUT_TYPES` (q8_0, q4_0, q4_k_m, ...), GGUF only. Returns {"safetensors": path, "gguf": path,
+    "gguf_type", "seconds", "bytes"}.
     """
 
     if routing not in ("uniform", "zipf"):
@@ -110,7 +119,13 @@ def write_model(shape: ModelShape, out_dir: str | Path, routing: str = "uniform"
     unknown = set(formats) - {"safetensors", "gguf"}
     if unknown or not formats:
         raise ValueError(f"formats={formats!r}: give 'safetensors', 'gguf' or both")
-    gguf_path = Path(gguf_path) if gguf_path else out_dir / "model-bf16.gguf"
+    if gguf_type not in OUT_TYPES:
+        raise ValueError(f"gguf_type={gguf_type!r}: choose one of {sorted(OUT_TYPES)}")
+    if "safetensors" in formats and gguf_type not in LOSSLESS:
+        raise ValueError(f"gguf_type={gguf_type!r} with a safetensors file: the safetensors would "
+                         "hold the values before quantization, not the GGUF's bits. Write "
+                         "formats=('gguf',) and give both engines the GGUF file")
+    gguf_path = Path(gguf_path) if gguf_path else out_dir / f"model-{gguf_type}.gguf"
     if "gguf" not in formats:
         gguf_path = Path(os.devnull)  # nothing written there: the tensors are drawn all the same
     started = time.perf_counter()
@@ -153,7 +168,7 @@ def write_model(shape: ModelShape, out_dir: str | Path, routing: str = "uniform"
         st.write(struct.pack("<Q", len(blob)) + blob)
         if "gguf" in formats:
             vocab = vocab_from_tokenizer_files(out_dir, "qwen2", shape.vocab_size)
-            write_gguf(gguf_path, ARCH, config, draw, "bf16", vocab,
+            write_gguf(gguf_path, ARCH, config, draw, gguf_type, vocab,
                        name=f"lazymoe-bench {shape.name} random {routing}", progress=False)
         else:  # drawn in the same order, so a later GGUF-only run gives the same bits
             for slot in slots:
@@ -161,7 +176,8 @@ def write_model(shape: ModelShape, out_dir: str | Path, routing: str = "uniform"
     (out_dir / "config.json").write_text(json.dumps(config, indent=1))
     seconds = time.perf_counter() - started
     total = sum(p.stat().st_size for p in (st_path, gguf_path) if p.is_file())
-    return {"safetensors": str(st_path), "gguf": str(gguf_path), "seconds": seconds, "bytes": total,
+    return {"safetensors": str(st_path), "gguf": str(gguf_path), "gguf_type": gguf_type,
+            "seconds": seconds, "bytes": total,
             "routing": routing, "skew": skew if routing == "zipf" else 0.0, "shape": shape.name}
 
 
@@ -243,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gguf", default=None, help="where the GGUF goes (default: inside out_dir)")
     parser.add_argument("--only", choices=["safetensors", "gguf"], default=None,
                         help="write one of the two files (the same bits as writing both)")
+    parser.add_argument("--format", default="bf16", choices=sorted(OUT_TYPES), dest="gguf_type",
+                        help="the GGUF's type; a quantized one (q8_0, q4_0, q4_k_m...) writes the "
+                             "GGUF alone, which both engines then read")
     parser.add_argument("--set-routing", action="store_true",
                         help="patch an existing uniform model in out_dir to --routing zipf in place")
     args = parser.parse_args(argv)
@@ -250,8 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         set_routing(args.out_dir, args.gguf, args.routing, args.skew, args.seed)
         print(json.dumps({"patched": args.out_dir, "routing": args.routing, "skew": args.skew}))
         return 0
+    if args.gguf_type not in LOSSLESS and args.only == "safetensors":
+        parser.error(f"--format {args.gguf_type} is the GGUF's type: it writes no safetensors")
+    formats = ((args.only,) if args.only else
+               ("safetensors", "gguf") if args.gguf_type in LOSSLESS else ("gguf",))
     info = write_model(get_shape(args.shape), args.out_dir, args.routing, args.skew, args.seed,
-                       args.device, args.gguf, (args.only,) if args.only else ("safetensors", "gguf"))
+                       args.device, args.gguf, formats, args.gguf_type)
     print(json.dumps(info))
     return 0
 
