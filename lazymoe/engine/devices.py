@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from lazymoe.engine.compute import split
 from lazymoe.engine.compute.moe import ExpertRuntime, OffloadedExperts
-from lazymoe.engine.compute.placement import CostModel, measure_cost_model
+from lazymoe.engine.compute.placement import CostModel, expert_parts, measure_cost_model
 from lazymoe.engine.config import format_bytes
 from lazymoe.engine.parts.prefetch import Prefetcher
 from lazymoe.engine.parts.replay import TraceReplay
@@ -123,6 +123,8 @@ def _make_runtime(engine: Engine, share: DeviceShare, act, prefetcher, replay) -
         expert_flops_per_token=6 * engine.intermediate * engine.hidden,
         top_k=engine.top_k, kernel=config.kernel, replay=replay,
     )  # fmt: skip
+    if cost_model is not None:  # what auto weighs per layer: a quantized expert's stored parts
+        share.runtime.miss_parts = {layer: expert_parts(engine.store, layer) for layer in share.moe_layers}
     if share.tiers.device.pool.n_slots >= share.total_experts:
         _load_every_expert(share)
 
@@ -130,11 +132,16 @@ def _make_runtime(engine: Engine, share: DeviceShare, act, prefetcher, replay) -
 def _cost_model(engine: Engine, device: torch.device) -> CostModel:
     """placement="auto"'s bandwidths: the configured ones, else measured for `device`."""
     cfg = engine.config  # measured per GPU: each has its own PCIe link (current: this one)
-    measured = measure_cost_model(engine.hidden, engine.intermediate, engine.dtype, str(device))
+    # a GGUF file's experts: the CPU kernel's rate per format present (a Q4_K_M file has several)
+    parts = [expert_parts(engine.store, layer) for layer in engine.moe_layers]
+    formats = {fmt for layer_parts in parts if layer_parts for fmt, _ in layer_parts}
+    measured = measure_cost_model(engine.hidden, engine.intermediate, engine.dtype, str(device),
+                                  formats=formats)  # fmt: skip
     return CostModel(
         cfg.h2d_bandwidth_gbps or measured.h2d_bandwidth_gbps,
         cfg.cpu_bandwidth_gbps or measured.cpu_bandwidth_gbps,
         measured.cpu_gflops,
+        measured.cpu_format_gbps,
     )
 
 

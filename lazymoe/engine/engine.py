@@ -18,7 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from lazymoe.engine.batch import EngineBatch
-from lazymoe.engine.compute import triton_quant
+from lazymoe.engine.compute import placement, triton_quant
 from lazymoe.engine.compute.graphs import SegmentedDecoder, unsupported_reason
 from lazymoe.engine.config import EngineConfig, GenerationConfig, format_bytes
 from lazymoe.engine.devices import build_shares, describe_lines, engine_stats
@@ -58,10 +58,11 @@ class Engine:
         self.hidden = int(hf.hidden_size)
         self.expert_nbytes = expert_nbytes(self.intermediate, self.hidden, self.dtype)  # bytes
         # a GGUF file: slots hold the stored (quantized) bytes, so a budget holds more; on a GPU
-        # where the quantized Triton kernels run (else a float pool, dequantized on the way in)
+        # where the quantized Triton kernels run, for the eager and the segmented / CUDA-graph
+        # decoders alike (else a float pool, dequantized on the way in)
         self.quantized_experts = getattr(self.store, "quantized", False) and (
             self.device.type == "cpu"
-            or (config.kernel in (None, "fused") and config.decode in ("auto", "model")
+            or (config.kernel in (None, "fused")
                 and triton_quant.unavailable_reason(self.device, self.dtype) is None)
         )  # fmt: skip
         if self.quantized_experts:
@@ -332,6 +333,7 @@ class Engine:
         ]
         if self.pinned_bytes:
             lines.append(f"checkpoint page-locked for direct copies: {format_bytes(self.pinned_bytes)}")
+        lines += placement.describe_lines(self.runtime)  # auto: the measured rates, the choices
         return "\n".join(lines + describe_lines(self.shares, self.total_experts))
 
     def _device_words(self) -> str:

@@ -82,8 +82,10 @@ def test_an_engine_with_quantized_vram_slots_gives_the_cpu_paths_tokens(tmp_path
     want = Engine(EngineConfig(model_path=path, device="cpu", vram_budget=budget)).generate(
         prompt, gen
     )
-    engine = Engine(
-        EngineConfig(model_path=path, device="cuda", dtype="float32", vram_budget=budget)
+    engine = Engine(  # the eager path (tests/gpu/test_segments_quant_gpu.py: CUDA graphs)
+        EngineConfig(
+            model_path=path, device="cuda", dtype="float32", vram_budget=budget, decode="model"
+        )
     )
     pool = engine.tiers.device.pool
     assert isinstance(pool, QuantizedPool) and pool.device.type == "cuda"

@@ -18,6 +18,10 @@ reads the router's ids (one sync per layer), looks them up in the cache, fetches
 copy stream, starts the prefetch of the guessed next-layer experts, and writes the chosen slots
 into the device index that the next segment reads. Each segment is one CUDA graph.
 
+A GGUF model's experts (a `QuantizedPool` of stored bytes) are computed the same way, by the
+kernels of triton_quant that dequantize in registers, with each layer's slot layout fixed when
+the decoder is made: a segment still reads only device tensors.
+
 The KV cache is fixed buffers of `max_len` positions (`StaticKV`); the token's position is a
 device tensor and the attention mask hides the positions after it. Prefill (many tokens at once,
 launches amortized) still runs through transformers; its keys and values are copied in.
@@ -33,7 +37,7 @@ import time
 
 import torch
 
-from lazymoe.engine.compute import kernels, triton_kernels
+from lazymoe.engine.compute import kernels, triton_kernels, triton_quant
 from lazymoe.models.archs import ARCHS
 
 # decoder layers of the plain norm -> attention -> norm -> routed-experts form, whose router
@@ -51,8 +55,10 @@ def unsupported_reason(engine) -> str | None:
     n_layers = len(engine.model.model.layers)
     if engine.moe_layers != list(range(n_layers)):
         return "some layers are dense (the layer loop expects a MoE block in every layer)"
-    if getattr(engine, "quantized_experts", False):
-        return "the experts are quantized (a GGUF file on the CPU): the eager path computes them"
+    if getattr(engine, "quantized_experts", False):  # slots of stored bytes (triton_quant)
+        reason = triton_quant.unavailable_reason(engine.device, engine.dtype, engine.runtime.act)
+        if reason is not None:
+            return f"quantized experts (a GGUF file's) need the quantized Triton kernels: {reason}"
     if engine.config.placement != "fetch":
         return f"placement={engine.config.placement!r} (experts computed on the CPU need the eager path)"
     if any(hasattr(block.gate, "original") for block in engine.blocks.values()):
@@ -122,11 +128,26 @@ class SegmentedDecoder:
         self.index = torch.zeros(n, 2, k, dtype=torch.long, device=device)
         self._ids_np, self._index_np = self.ids_host.numpy(), self.index_host.numpy()  # no copies
         pool = self.pool = self.runtime.tiers.device.pool
-        self.workspace = self.runtime.workspace or kernels.DecodeWorkspace(k, pool.gate_up, pool.down)
+        self.dtype = dtype
+        self.quantized = getattr(pool, "quantized", False)  # a GGUF file's bytes (QuantizedPool)
+        if self.quantized:  # per layer, where gate/up/down sit in a slot; the kernels' fixed inputs
+            width = (engine.intermediate, engine.hidden)
+            formats = [engine.store.formats(i) for i in range(n)]
+            self.layouts = [triton_quant.SlotLayout(f, *width) for f in formats]
+            self.pairs = (  # the one token's K (expert, token) pairs: every pair -> token 0
+                torch.zeros(k, dtype=torch.int32, device=device),
+                torch.tensor([0, k], dtype=torch.int32, device=device),  # as moe.py passes them
+            )
+            self.h = torch.empty(k, engine.intermediate, dtype=torch.float32, device=device)
+            self.workspace = None  # the float kernels' buffers: not used
+        else:
+            ws = self.runtime.workspace
+            self.workspace = ws or kernels.DecodeWorkspace(k, pool.gate_up, pool.down)
         self.state: list[tuple | None] = [None] * n  # per layer: (moe input, residual, weights)
         self.rope = None
-        # kernel "fused": the model's RMSNorms run as one Triton kernel each inside the segments
-        self.norms = self._triton_norms() if self.workspace.fused else []
+        # kernel "fused" or quantized experts (Triton runs anyway): the model's RMSNorms run as
+        # one Triton kernel each inside the segments
+        self.norms = self._triton_norms() if self.quantized or self.workspace.fused else []
         self.logits = None
         self.cuda_graphs: list[torch.cuda.CUDAGraph] = []
         # host seconds per part of a step: waiting for the GPU (the router's ids), the cache's
@@ -177,6 +198,12 @@ class SegmentedDecoder:
     def _experts(self, i: int, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(x)
         slots, positions = self.index[i, 0], self.index[i, 1]
+        if self.quantized:  # read in place from the byte slots, dequantized in registers
+            triton_quant.fused_decode_quantized(
+                out, x, weights, slots, positions, self.pool.data, self.layouts[i], *self.pairs,
+                self.h,
+            )  # fmt: skip
+            return out
         kernels.batched_decode_indexed(
             out, x, weights, slots, positions, self.pool.gate_up, self.pool.down,
             self.workspace, self.runtime.act,
@@ -196,10 +223,7 @@ class SegmentedDecoder:
         swaps = []
         for parent, name in found:
             norm = getattr(parent, name)
-            if (
-                type(norm).__name__.endswith("RMSNorm")
-                and norm.weight.dtype == self.pool.gate_up.dtype
-            ):
+            if type(norm).__name__.endswith("RMSNorm") and norm.weight.dtype == self.dtype:
                 swaps.append((parent, name, triton_kernels.TritonRMSNorm(norm)))
         return swaps
 

@@ -18,6 +18,7 @@ Shapes: T tokens, K experts per token, D hidden size, I expert width.
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 
@@ -87,6 +88,11 @@ class ExpertRuntime:
         self.act = act
         self.placement = placement
         self.cost_model = cost_model
+        # layer -> (format, stored bytes) of gate, up, down for a GGUF model's experts, None for
+        # float ones: what "auto" weighs a miss with (set by devices.py with the cost model)
+        self.miss_parts: dict[int, tuple[tuple[str, int], ...] | None] = {}
+        # a CPU-computed miss of a GGUF model (no float RAM tier) runs on its stored bytes
+        self.cpu_reads_stored = tiers.ram is None and getattr(tiers.store, "quantized", False)
         self.prefetcher = prefetcher
         self.expert_flops_per_token = expert_flops_per_token
         self.computed_on: defaultdict[str, int] = defaultdict(int)  # "device"/"cpu" -> experts
@@ -111,15 +117,24 @@ class ExpertRuntime:
         if self.kernel in kernels.DECODE_KERNELS:
             self.workspace = kernels.DecodeWorkspace(top_k, pool.gate_up, pool.down, self.kernel)
 
-    def _compute_where(self, n_tokens: int) -> str:
-        """Where a device-tier miss is computed: "device" (fetch it) or "cpu"."""
+    def _compute_where(self, layer: int, n_tokens: int) -> str:
+        """Where a device-tier miss of `layer` is computed: "device" (fetch it) or "cpu"."""
         if not self.tiers.on_gpu or self.placement == "fetch":
             return "device"
         if self.placement == "cpu":
             return "cpu"
-        nbytes = self.tiers.device.pool.slot_nbytes
-        choice = self.cost_model.choose(nbytes, n_tokens, self.expert_flops_per_token)
+        nbytes, parts = self.miss_cost(layer)
+        choice = self.cost_model.choose(nbytes, n_tokens, self.expert_flops_per_token, parts)
         return "cpu" if choice == "cpu" else "device"
+
+    def miss_cost(self, layer: int) -> tuple[int, tuple[tuple[str, int], ...] | None]:
+        """What "auto" weighs for a miss of `layer`: (bytes a fetch copies, the stored parts the
+        CPU reads or None for a float expert). A fetch copies what a slot holds: the stored
+        bytes (quantized slots; they vary by layer in a Q4_K_M file) or the dequantized floats."""
+        parts = self.miss_parts.get(layer) if self.cpu_reads_stored else None
+        if parts is not None and self.quantized:
+            return sum(n for _, n in parts), parts
+        return self.tiers.device.pool.slot_nbytes, parts
 
     def forward(
         self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
@@ -198,8 +213,9 @@ class ExpertRuntime:
             self._prefetch(guess_layer, guessed, protected)
         if stream is None and self.tiers.on_gpu:
             stream = torch.cuda.current_stream()  # looked up once per layer
-        for slot in slots:
-            self.tiers.device_weights(slot, stream)  # GPU: compute waits for copies into it
+        if not self.quantized:  # (a QuantizedPool copies on the compute stream: in order)
+            for slot in slots:
+                self.tiers.device_weights(slot, stream)  # GPU: compute waits for copies into it
         self.computed_on["device"] += len(slots)
         return slots, [positions[e] for e in experts]
 
@@ -207,7 +223,7 @@ class ExpertRuntime:
         """`key`'s device slot: a hit, or a miss fetched into one; None for a miss that
         placement computes on the CPU instead."""
         slot = self.tiers.lookup(key)
-        if slot is None and self._compute_where(n_rows) == "device":
+        if slot is None and self._compute_where(key[0], n_rows) == "device":
             slot = self.tiers.fetch(key, protected)
         return slot
 
@@ -266,6 +282,13 @@ class ExpertRuntime:
         host and one trip of the summed result back, torch's CPU threads for the matmuls."""
         hidden_cpu, weights_cpu = hidden.to("cpu"), top_k_weights.to("cpu")
         dtype = hidden_cpu.dtype
+        if self.cpu_reads_stored:  # a GGUF file's experts: the CPU kernels read the stored bytes
+            partial = torch.zeros_like(hidden_cpu)
+            for e in on_cpu:
+                self._add_stored_expert(partial, (layer, e), rows[e], (hidden_cpu, weights_cpu))
+            out.add_(partial.to(out.device, out.dtype))
+            self.computed_on["cpu"] += len(on_cpu)
+            return
         groups = []
         for e in on_cpu:
             gate_up, w = self.tiers.host_weights((layer, e))
@@ -316,7 +339,19 @@ class ExpertRuntime:
         y = expert(hidden[tok]).to(hidden.dtype) * top_k_weights[tok, pos, None]
         out.index_add_(0, tok, y.to(out.dtype))  # like transformers: weighted, then added
 
+    def _add_stored_expert(self, out, key, rows, host) -> None:
+        """A quantized expert on the CPU straight from the file's map (lazymoe.quant.expert:
+        no float copy of its weights); its stored bytes count on the disk->cpu link."""
+        start = time.perf_counter()
+        q = self.tiers.store.read_quantized(*key)
+        self._add_rows(out, *host, rows, lambda x: expert_forward(x, q.gate, q.up, q.down, self.act))
+        self.tiers.links["disk->cpu"].add(key[0], q.nbytes, time.perf_counter() - start)
+
     def _add_cpu_expert(self, out, key, rows, host) -> None:
+        if self.cpu_reads_stored:
+            self._add_stored_expert(out, key, rows, host)
+            self.computed_on["cpu"] += 1
+            return
         hidden_cpu, weights_cpu = host
         gate_up, w = self.tiers.host_weights(key)
         dtype = hidden_cpu.dtype

@@ -8,20 +8,42 @@
     "auto"  per expert, whichever the cost model says is faster (Fiddler's idea, Kamahori et
             al. 2024, arXiv 2402.07033):
 
-        gpu_seconds = expert_bytes / h2d_bandwidth
-        cpu_seconds = max(expert_bytes / cpu_bandwidth, tokens * 6 * I * D / cpu_flops)
+        gpu_seconds = copied_bytes / h2d_bandwidth
+        cpu_seconds = max(read_seconds, tokens * 6 * I * D / cpu_flops)
 
     One token (decode) makes the CPU cost a memory read; a long prompt (prefill) makes it a
     FLOP count, and the GPU wins. On a machine without a GPU there is no choice to make: the
-    model runs on the CPU, and "fetch" copies a missed expert into the RAM cache tier.
+    model runs on the CPU, "fetch" copies a missed expert into the RAM cache tier, and nothing
+    is measured.
+
+Quantized (GGUF) experts cost differently, per format. A CPU computes one from its stored bytes
+with the kernels of lazymoe/quant/kernels_cpu.py, which decode every block in registers: they
+are limited by that arithmetic, not by RAM, and read 2-10 GB/s of stored bytes depending on the
+format (data/results/quant-cpu-kernels-dev.json), far below the RAM bandwidth. So at engine start
+`measure_format_gbps` times the CPU path on a few MiB of each format the model holds (once per
+format and thread count per process), and a CPU expert costs
+
+        read_seconds = sum over gate, up, down of stored_bytes / that format's GB/s
+
+(a Q4_K_M expert sums Q4_K and Q6_K parts). A fetch copies what the slots hold: the stored bytes
+into quantized slots, or the dequantized floats into a float pool. Float experts keep the one
+RAM-bandwidth rate. `Engine.describe()` shows the measured rates and, per mix of formats, what
+one token's miss costs each way and which `auto` picks (`describe_lines`), so a learner sees why.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import torch
+
+# One expert as the CPU reads it: (format, stored bytes) for gate, up and down.
+ExpertParts = Sequence[tuple[str, int]]
+
+# (format, threads) -> GB/s of stored bytes the CPU path reads: measured once per process
+_FORMAT_GBPS: dict[tuple[str, int], float] = {}
 
 
 @dataclass
@@ -29,31 +51,180 @@ class CostModel:
     """Measured (or given) speeds; `choose` picks "fetch" or "cpu" for one missed expert."""
 
     h2d_bandwidth_gbps: float  # GB/s, pinned host -> GPU
-    cpu_bandwidth_gbps: float  # GB/s, RAM read by the CPU
+    cpu_bandwidth_gbps: float  # GB/s, RAM read by the CPU (float experts)
     cpu_gflops: float  # GFLOP/s of the CPU on an expert-sized matmul
+    # GB/s of stored bytes the CPU computes a quantized expert from, per format ("q4_k": 5.5)
+    cpu_format_gbps: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("h2d_bandwidth_gbps", "cpu_bandwidth_gbps", "cpu_gflops"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)}: give a positive speed")
+        speeds = {
+            name: getattr(self, name)
+            for name in ("h2d_bandwidth_gbps", "cpu_bandwidth_gbps", "cpu_gflops")
+        }
+        speeds |= {f"cpu_format_gbps[{fmt!r}]": gbps for fmt, gbps in self.cpu_format_gbps.items()}
+        for name, value in speeds.items():
+            if not value > 0:
+                raise ValueError(f"{name}={value}: give a positive speed")
 
     def gpu_seconds(self, expert_bytes: int) -> float:
+        """A fetch: `expert_bytes` (what the slot receives) over the host -> GPU link."""
         return expert_bytes / (self.h2d_bandwidth_gbps * 1e9)
 
-    def cpu_seconds(self, expert_bytes: int, n_tokens: int, expert_flops_per_token: int) -> float:
-        read_s = expert_bytes / (self.cpu_bandwidth_gbps * 1e9)
-        compute_s = n_tokens * expert_flops_per_token / (self.cpu_gflops * 1e9)
-        return max(read_s, compute_s)
+    def read_seconds(self, expert_bytes: int, parts: ExpertParts | None = None) -> float:
+        """The CPU's pass over one expert's weights: a float expert at RAM bandwidth, a quantized
+        one part by part at its format's measured rate."""
+        if parts is None:
+            return expert_bytes / (self.cpu_bandwidth_gbps * 1e9)
+        missing = sorted({fmt for fmt, _ in parts} - set(self.cpu_format_gbps))
+        if missing:
+            raise ValueError(
+                f"no CPU rate for format(s) {', '.join(missing)}: measure them with "
+                f"measure_format_gbps({missing}) and pass cpu_format_gbps"
+            )
+        return sum(nbytes / (self.cpu_format_gbps[fmt] * 1e9) for fmt, nbytes in parts)
 
-    def choose(self, expert_bytes: int, n_tokens: int, expert_flops_per_token: int) -> str:
-        cpu_s = self.cpu_seconds(expert_bytes, n_tokens, expert_flops_per_token)
+    def cpu_seconds(
+        self,
+        expert_bytes: int,
+        n_tokens: int,
+        expert_flops_per_token: int,
+        parts: ExpertParts | None = None,
+    ) -> float:
+        compute_s = n_tokens * expert_flops_per_token / (self.cpu_gflops * 1e9)
+        return max(self.read_seconds(expert_bytes, parts), compute_s)
+
+    def choose(
+        self,
+        expert_bytes: int,
+        n_tokens: int,
+        expert_flops_per_token: int,
+        parts: ExpertParts | None = None,
+    ) -> str:
+        """Where one missed expert runs: "cpu" or "fetch". expert_bytes: what a fetch copies;
+        parts: the expert's stored (format, bytes) if quantized, None for a float expert."""
+        cpu_s = self.cpu_seconds(expert_bytes, n_tokens, expert_flops_per_token, parts)
         return "cpu" if cpu_s < self.gpu_seconds(expert_bytes) else "fetch"
+
+    def explain(
+        self, expert_bytes: int, expert_flops_per_token: int, parts: ExpertParts | None = None
+    ) -> str:
+        """One line for a learner: one token's miss of this expert, both costs and the choice."""
+        what = "float" if parts is None else "/".join(fmt for fmt, _ in parts)
+        gpu_ms = self.gpu_seconds(expert_bytes) * 1e3
+        cpu_ms = self.cpu_seconds(expert_bytes, 1, expert_flops_per_token, parts) * 1e3
+        choice = self.choose(expert_bytes, 1, expert_flops_per_token, parts)
+        return f"{what} expert, one token: fetch {gpu_ms:.3f} ms, cpu {cpu_ms:.3f} ms -> {choice}"
+
+    def describe(self) -> str:
+        """The speeds it decides with, in words."""
+        line = (
+            f"auto's cost model: link {self.h2d_bandwidth_gbps:.1f} GB/s, CPU RAM read "
+            f"{self.cpu_bandwidth_gbps:.1f} GB/s, CPU matmul {self.cpu_gflops:.0f} GFLOP/s"
+        )
+        if self.cpu_format_gbps:
+            rates = ", ".join(
+                f"{fmt} {gbps:.1f}" for fmt, gbps in sorted(self.cpu_format_gbps.items())
+            )
+            line += f"; CPU kernels read stored bytes at (GB/s) {rates}"
+        return line
+
+
+def expert_parts(store, layer: int) -> tuple[tuple[str, int], ...] | None:
+    """(format, stored bytes) of gate, up and down for an expert of `layer`; None for a store of
+    float experts. Every expert of a layer has the same formats (GGUF stacks them in one tensor)."""
+    if not getattr(store, "quantized", False):
+        return None
+    q = store.read_quantized(layer, 0)  # views into the file's map: nothing is read
+    return tuple((t.format, t.nbytes) for t in (q.gate, q.up, q.down))
+
+
+def describe_lines(runtime) -> list[str]:
+    """`Engine.describe()`'s lines for placement "auto" (an `ExpertRuntime` with a cost model):
+    the speeds, then per mix of formats what one token's miss costs each way, and the choice."""
+    from lazymoe.engine.compute.split import layer_ranges  # "0-1, 4": a few layers in words
+
+    model = runtime.cost_model
+    if model is None:
+        return []
+    layers_of: dict[tuple, list[int]] = {}  # (bytes a fetch copies, parts) -> layers
+    for layer in sorted(runtime.miss_parts):
+        nbytes, parts = runtime.miss_cost(layer)
+        layers_of.setdefault((nbytes, parts), []).append(layer)
+    lines = [model.describe()]
+    for (nbytes, parts), layers in layers_of.items():
+        explained = model.explain(nbytes, runtime.expert_flops_per_token, parts)
+        lines.append(f"  layers {layer_ranges(layers)}: {explained}")
+    return lines
+
+
+def measure_format_gbps(
+    formats: Iterable[str], threads: int | None = None, nbytes: int = 8 * 2**20
+) -> dict[str, float]:
+    """format -> GB/s of stored bytes that the CPU path (lazymoe.quant.expert.linear: the fused
+    kernel, or the slab path for a format it lacks) reads for one token. Each (format, threads)
+    is measured once per process (a few ms after numba's first compile of that format)."""
+    threads = threads or torch.get_num_threads()
+    rates = {}
+    for fmt in sorted(set(formats)):
+        if (fmt, threads) not in _FORMAT_GBPS:
+            _FORMAT_GBPS[fmt, threads] = _measure_one_format(fmt, threads, nbytes)
+        rates[fmt] = _FORMAT_GBPS[fmt, threads]
+    return rates
+
+
+def _measure_one_format(
+    fmt: str,
+    threads: int,
+    nbytes: int,
+    cols: int = 2048,
+    repeats: int = 5,
+    pass_seconds: float = 0.02,
+) -> float:
+    """Best of `repeats` passes of one token over `fmt` weights (rows, cols): 64 quantized rows of
+    N(0, 0.02) tiled (quantizing MiBs takes seconds; the kernels' speed does not depend on the
+    values): `nbytes` of them, or for a slow path (the slab path of f16, 100x slower than a
+    kernel) as many as one pass of about `pass_seconds` reads, but at least 4 MiB (a kernel's
+    call has a fixed cost, and on a busy machine a thread can wait a scheduler slice: less
+    data would time those instead); repeats stop after 0.2 s."""
+    from lazymoe import quant
+    from lazymoe.quant.expert import linear
+
+    gen = torch.Generator().manual_seed(0)
+    seed = quant.quantize(torch.randn(64, cols, generator=gen) * 0.02, fmt)
+    x = torch.randn(1, cols, generator=gen)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        linear(x, seed)  # warm-up: numba compiles a format at first use (cached on disk after)
+        start = time.perf_counter()
+        linear(x, seed)
+        guess_bps = seed.nbytes / (time.perf_counter() - start)  # bytes/s, from 64 rows
+        fewest = -(-min(4 * 2**20, nbytes) // seed.nbytes)  # at least 4 MiB (or nbytes if less)
+        copies = int(max(fewest, min(nbytes, guess_bps * pass_seconds) // seed.nbytes))
+        qt = quant.QuantizedTensor(seed.format, (64 * copies, cols), seed.data.repeat(copies, 1))
+        best, spent = float("inf"), 0.0
+        for _ in range(repeats):
+            start = time.perf_counter()
+            linear(x, qt)
+            seconds = time.perf_counter() - start
+            best, spent = min(best, seconds), spent + seconds
+            if spent > 0.2:
+                break
+    finally:
+        torch.set_num_threads(before)
+    return qt.nbytes / best / 1e9
 
 
 def measure_cost_model(
-    hidden: int, intermediate: int, dtype: torch.dtype, device: str, nbytes: int = 32 * 2**20
+    hidden: int,
+    intermediate: int,
+    dtype: torch.dtype,
+    device: str,
+    nbytes: int = 32 * 2**20,
+    formats: Iterable[str] = (),
 ) -> CostModel:
-    """Measure the three speeds on this machine (a fraction of a second)."""
+    """Measure the speeds on this machine (a fraction of a second, plus one per format in
+    `formats`: those of a quantized model's experts)."""
     from lazymoe.measure import ram_copy  # the package's one CPU-bandwidth measurement
 
     cpu_gbps = ram_copy(nbytes, repeats=3).gbps
@@ -78,4 +249,4 @@ def measure_cost_model(
     for _ in range(5):
         torch.nn.functional.linear(x, w)
     gflops = 5 * 2 * 16 * 2 * intermediate * hidden / (time.perf_counter() - start) / 1e9
-    return CostModel(h2d_gbps, cpu_gbps, gflops)
+    return CostModel(h2d_gbps, cpu_gbps, gflops, measure_format_gbps(formats))

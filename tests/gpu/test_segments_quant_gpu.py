@@ -1,0 +1,70 @@
+"""CUDA graphs over quantized VRAM slots: the segmented decoder (decode="graphs") computing a GGUF
+file's experts with triton_quant's kernels gives the CPU quantized path's tokens (float32).
+
+Run on the device machine: `pytest -m gpu tests/gpu/test_segments_quant_gpu.py`.
+tests/test_segments_quant.py runs the same decoder eagerly (decode="segments") under Triton's
+interpreter on a CPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from gguf_models import PROMPT, twin
+
+from lazymoe.engine import Engine, EngineConfig, GenerationConfig
+from lazymoe.engine.compute import triton_quant
+from lazymoe.engine.loading import load_tokenizer
+from lazymoe.engine.storage.gguf_file import GGUFExpertStore
+from lazymoe.engine.storage.qpool import QuantizedPool
+
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, requires_gpu]
+
+GEN = GenerationConfig(max_new_tokens=16, stop_token_ids=())
+
+
+@pytest.mark.parametrize("name", ["q8_0", "q4_0"])
+@pytest.mark.parametrize("tight", [True, False], ids=["tight", "no-budget"])
+def test_graphs_on_quantized_slots_give_the_cpu_paths_tokens(tmp_path, name, tight, monkeypatch):
+    path = twin(name, tmp_path)
+    prompt = load_tokenizer(path).encode(PROMPT)
+    budget = 3 * GGUFExpertStore.open(path).max_expert_qbytes if tight else None
+    want = Engine(EngineConfig(model_path=path, device="cpu", vram_budget=budget)).generate(
+        prompt, GEN
+    )
+    engine = Engine(
+        EngineConfig(model_path=path, device="cuda", dtype="float32", vram_budget=budget)
+    )
+    assert engine.decode_path == "graphs"  # auto: CUDA graphs for a GGUF model on a GPU
+    assert isinstance(engine.tiers.device.pool, QuantizedPool)
+
+    captured = []  # the kernel runs in Python only at warm-up and capture; replays reuse it
+    kernel = triton_quant.fused_decode_quantized
+
+    def spy(out, hidden, weights, slot_t, *args, **kwargs):
+        decoder = engine._decoder
+        if decoder is not None:
+            rows = [decoder.index[i, 0].data_ptr() for i in range(decoder.index.shape[0])]
+            if slot_t.data_ptr() in rows:
+                captured.append(rows.index(slot_t.data_ptr()))
+        return kernel(out, hidden, weights, slot_t, *args, **kwargs)
+
+    monkeypatch.setattr(triton_quant, "fused_decode_quantized", spy)
+    assert engine.generate(prompt, GEN) == want
+    n_layers = len(engine.moe_layers)
+    assert captured == list(range(n_layers)) * 2  # warm-up, capture: each layer its own index
+    assert len(engine._decoder.cuda_graphs) == n_layers + 1
+    assert engine._decoder.timings["tokens"] == GEN.max_new_tokens - 1
+    if tight:
+        assert engine.tiers.as_dict()["links"]["disk->vram"]["transfers"] > n_layers * engine.top_k
+
+
+def test_graphs_on_quantized_slots_run_in_bf16(tmp_path):
+    path = twin("q4_0", tmp_path)
+    prompt = load_tokenizer(path).encode(PROMPT)
+    budget = 3 * GGUFExpertStore.open(path).max_expert_qbytes
+    engine = Engine(EngineConfig(model_path=path, device="cuda", dtype="bfloat16",
+                                 vram_budget=budget))  # fmt: skip
+    assert engine.decode_path == "graphs"
+    assert len(engine.generate(prompt, GEN)) == GEN.max_new_tokens  # BF16 tokens may differ
