@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from small_model import EXPERT_BYTES, GREEDY, PROMPT, checkpoint_and_tokens
 
 from lazymoe.engine import Engine, GenerationConfig
-from lazymoe.engine.reference import full_model, reference_greedy
-from lazymoe.models.random import make_random_checkpoint
 
 one_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 two_gpus = pytest.mark.skipif(
@@ -23,19 +22,9 @@ two_gpus = pytest.mark.skipif(
 pytestmark = [pytest.mark.gpu, one_gpu]
 
 GPUS = ("cuda:0", "cuda:1")
-PROMPT = list(range(40, 72))
-GREEDY = GenerationConfig(max_new_tokens=12, stop_token_ids=())
-SHAPE = {"hidden_size": 128, "moe_intermediate_size": 128, "num_experts": 16,
-         "num_hidden_layers": 4, "num_attention_heads": 4, "head_dim": 32}  # fmt: skip
-EXPERT_BYTES = 3 * 128 * 128 * 4  # F32
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    path = make_random_checkpoint(tmp_path_factory.mktemp("split-gpu") / "m", seed=11, **SHAPE)
-    expected = reference_greedy(full_model(path, device="cuda"), PROMPT, GREEDY.max_new_tokens)
-    torch.cuda.empty_cache()
-    return path, expected
+    return checkpoint_and_tokens(tmp_path_factory.mktemp("split-gpu"))
 
 
 @two_gpus
