@@ -157,7 +157,7 @@ def _login(base: str, name: str, password: str) -> tuple[httpx.Client | None, in
 def _member_login(base: str, name: str, log: Path) -> httpx.Client:
     """`name` logged in with their password; a refusal fails the test with the hub's own log.
     One retry after a server error: a busy 2-core CI machine can time out the hub's first answers."""
-    for attempt in range(2):
+    for _ in range(2):
         web, status, said = _login(base, name, PASSWORDS[name])
         if web is not None:
             return web
