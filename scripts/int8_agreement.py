@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-import lazymoe.engine.compute.moe as moe
+import lazymoe.engine.compute.expert_compute as expert_compute
 from lazymoe.engine import Engine, EngineConfig
 from lazymoe.engine.config import GenerationConfig
 from lazymoe.engine.loading import load_tokenizer
@@ -38,13 +38,13 @@ PROMPTS = [
 
 
 def generate(path: Path, prompts: list[list[int]], activations: str, tokens: int) -> list[list[int]]:
-    moe.expert_forward = functools.partial(expert_forward, activations=activations)
+    expert_compute.expert_forward = functools.partial(expert_forward, activations=activations)
     try:
         engine = Engine(EngineConfig(model_path=path, device="cpu", dtype="float32"))
         gen = GenerationConfig(max_new_tokens=tokens, stop_token_ids=())
         return [engine.generate(p, gen) for p in prompts]
     finally:
-        moe.expert_forward = expert_forward
+        expert_compute.expert_forward = expert_forward
 
 
 def main(argv: list[str] | None = None) -> int:

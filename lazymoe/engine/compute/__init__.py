@@ -1,6 +1,7 @@
 """How the chosen experts are computed once found: the performance layer.
 
-    moe.py              the MoE block run out of the tiered cache, and its slow reference loop
+    moe.py              the MoE block run out of the tiered cache: which experts, where each runs
+    expert_compute.py   adding weight * expert(x) per place (device slots, CPU), and the reference
     kernels.py          reference / batched / grouped expert kernels over the slot pool
     triton_kernels.py   Triton decode kernels reading experts in place (GPU)
     graphs.py           the segmented decoder: a decode token as a few CUDA graphs (GPU)

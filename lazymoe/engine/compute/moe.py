@@ -1,15 +1,20 @@
-"""The MoE experts, run out of the tiered cache; and the slow reference they are tested against.
+"""The MoE experts, run out of the tiered cache: which experts a layer needs, and where each runs.
 
 transformers' MoE block computes `router -> experts(hidden, top_k_index, top_k_weights)`. The
 engine replaces `experts` with `OffloadedExperts`, which for one layer:
 
   1. reads the chosen expert ids (one host sync per layer: we must know what to fetch),
-  2. looks each one up in the device tier; a miss is fetched (or computed on the CPU),
+  2. looks each one up in the device tier; a miss is fetched (or computed on the CPU: placement
+     "cpu", or "auto"'s cost model, `_compute_where`),
   3. during decode, guesses the next layer's experts and starts copying them (prefetch),
   4. computes each expert in ascending id order and adds `weight * expert(x)` into the output,
-     exactly the order transformers uses, so greedy tokens match the full model. How the
-     arithmetic is batched (one expert at a time, grouped, or batched matmuls over the gathered
-     slots) is `kernels.py`; `_compute_reference` is the simple path the others are tested against.
+     exactly the order transformers uses, so greedy tokens match the full model.
+
+This file is the bookkeeping of those steps (`ExpertRuntime.forward`, `resolve_decode` for the
+graph decoder, `_prefetch`). The arithmetic of step 4 for each place an expert runs (device
+slots, float or quantized; the CPU, from float weights or a GGUF file's stored bytes; the
+`_compute_reference` loop the others are tested against; `reference_experts`) is
+`expert_compute.py`, `ExpertRuntime`'s base class; how it is batched is `kernels.py`.
 
 Shapes: T tokens, K experts per token, D hidden size, I expert width.
     expert(x) = down @ (act(gate @ x) * (up @ x))        gate, up: (I, D), down: (D, I)
@@ -18,54 +23,25 @@ Shapes: T tokens, K experts per token, D hidden size, I expert width.
 
 from __future__ import annotations
 
-import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from lazymoe.engine.compute import kernels, triton_quant
-from lazymoe.engine.compute.kernels import expert_fused
+from lazymoe.engine.compute.expert_compute import ExpertCompute, reference_experts
 from lazymoe.engine.compute.placement import CostModel
 from lazymoe.engine.parts.prefetch import Prefetcher
 from lazymoe.engine.parts.replay import TraceReplay
-from lazymoe.engine.storage.store import ExpertWeights
 from lazymoe.engine.storage.tiers import TierStack
-from lazymoe.quant.expert import expert_forward
+
+__all__ = ["ExpertRuntime", "OffloadedExperts", "reference_experts"]  # (tests import it from here)
 
 QUANTIZED_KERNELS = ("grouped", "reference", "fused")  # what runs on a QuantizedPool
-FUSED_MAX_TOKENS = 8  # more tokens (prefill): dequantize each expert once, then matmul
 
 
-def expert_split(x: torch.Tensor, w: ExpertWeights, act) -> torch.Tensor:
-    """One expert with separate gate (I, D), up (I, D), down (D, I): (n, D)."""
-    return F.linear(act(F.linear(x, w.gate)) * F.linear(x, w.up), w.down)
-
-
-def reference_experts(
-    hidden: torch.Tensor,
-    top_k_index: torch.Tensor,
-    top_k_weights: torch.Tensor,
-    read_expert: Callable[[int], ExpertWeights],
-    act,
-) -> torch.Tensor:
-    """The slow, obviously correct MoE: every token, every chosen expert, one at a time.
-
-    hidden (T, D), top_k_index (T, K), top_k_weights (T, K) -> (T, D). `read_expert(e)` gives
-    expert e's weights (e.g. `lambda e: store.read(layer, e)`).
-    """
-    out = torch.zeros_like(hidden)
-    for t in range(hidden.shape[0]):
-        for k in range(top_k_index.shape[1]):
-            w = read_expert(int(top_k_index[t, k]))
-            w = ExpertWeights(*(p.to(hidden.dtype) for p in (w.gate, w.up, w.down)))
-            out[t] += top_k_weights[t, k] * expert_split(hidden[t : t + 1], w, act)[0]
-    return out
-
-
-class ExpertRuntime:
-    """Everything the per-layer modules share: tiers, placement, prefetch, counters."""
+class ExpertRuntime(ExpertCompute):
+    """Everything the per-layer modules share: tiers, placement, prefetch, counters. The compute
+    paths (`_compute_device`, `_compute_cpu`, `_compute_reference`) are `ExpertCompute`'s."""
 
     def __init__(
         self,
@@ -226,145 +202,6 @@ class ExpertRuntime:
         if slot is None and self._compute_where(key[0], n_rows) == "device":
             slot = self.tiers.fetch(key, protected)
         return slot
-
-    def _compute_device(self, out, hidden, top_k_weights, rows, on_device) -> None:
-        """The fast paths (kernels.py) for experts whose weights are in device slots."""
-        if not on_device:
-            return
-        pool = self.tiers.device.pool
-        if self.quantized and self.kernel == "fused" and out.shape[0] > FUSED_MAX_TOKENS:
-            self._compute_reference(out, None, hidden, top_k_weights, rows, on_device)  # prefill
-            return  # (one expert at a time, dequantized to a float32 temporary)
-        if self.quantized:
-            if self.kernel == "fused":  # decode: Triton dequantizes in registers (triton_quant)
-                self._fused_quantized(out, hidden, top_k_weights, rows, on_device)
-            else:  # slab by slab on the CPU (lazymoe.quant.expert)
-                for e, slot in on_device:
-                    q = pool.expert(slot)
-                    self._add_rows(out, hidden, top_k_weights, rows[e],
-                                   lambda x, q=q: expert_forward(x, q.gate, q.up, q.down, self.act))
-            self.computed_on["device"] += len(on_device)
-            return
-        for _, slot in on_device:
-            self.tiers.device_weights(slot)  # GPU: wait for copies into the slot
-        self.computed_on["device"] += len(on_device)
-        one_row_each = all(len(rows[e]) == 1 for e, _ in on_device)  # a router may repeat one
-        if out.shape[0] == 1 and self.kernel in kernels.DECODE_KERNELS and one_row_each:
-            slots = [slot for _, slot in on_device]
-            positions = [rows[e][0][1] for e, _ in on_device]
-            kernels.batched_decode(
-                out, hidden, top_k_weights, slots, positions, pool.gate_up, pool.down,
-                self.workspace, self.act,
-            )  # fmt: skip
-        elif out.shape[0] == 1:  # decode on a CPU: the plain loop reads each expert once
-            for e, slot in on_device:
-                self._add(out, hidden, top_k_weights, rows[e], pool.gate_up[slot], pool.down[slot])
-        else:
-            groups = [(rows[e], pool.gate_up[slot], pool.down[slot]) for e, slot in on_device]
-            kernels.grouped(out, hidden, top_k_weights, groups, self.act)
-
-    def _fused_quantized(self, out, hidden, top_k_weights, rows, on_device) -> None:
-        """A few tokens' experts by the quantized Triton kernels, read in place from the slots."""
-        pool = self.tiers.device.pool
-        pairs = sorted((t, e, slot, k) for e, slot in on_device for t, k in rows[e])  # by token
-        n, per_token = len(pairs), Counter(t for t, *_ in pairs)
-        starts = [sum(per_token[u] for u in range(t)) for t in range(out.shape[0] + 1)]
-        cols = [[p[2] for p in pairs], [p[3] for p in pairs], [p[0] for p in pairs], starts]
-        index = torch.tensor([v for col in cols for v in col], dtype=torch.int32).to(out.device)
-        layout = triton_quant.SlotLayout.of(pool.expert(on_device[0][1]))  # one layer's formats
-        triton_quant.fused_decode_quantized(
-            out, hidden, top_k_weights, index[:n], index[n : 2 * n], pool.data, layout,
-            index[2 * n : 3 * n], index[3 * n :],
-        )  # fmt: skip
-
-    def _compute_cpu(self, out, layer, hidden, top_k_weights, rows, on_cpu) -> None:
-        """Experts computed where they live (--cpu-moe): one trip of the hidden state to the
-        host and one trip of the summed result back, torch's CPU threads for the matmuls."""
-        hidden_cpu, weights_cpu = hidden.to("cpu"), top_k_weights.to("cpu")
-        dtype = hidden_cpu.dtype
-        if self.cpu_reads_stored:  # a GGUF file's experts: the CPU kernels read the stored bytes
-            partial = torch.zeros_like(hidden_cpu)
-            for e in on_cpu:
-                self._add_stored_expert(partial, (layer, e), rows[e], (hidden_cpu, weights_cpu))
-            out.add_(partial.to(out.device, out.dtype))
-            self.computed_on["cpu"] += len(on_cpu)
-            return
-        groups = []
-        for e in on_cpu:
-            gate_up, w = self.tiers.host_weights((layer, e))
-            if gate_up is None:
-                gate_up = torch.cat([w.gate, w.up])  # (2I, D): read from the file anyway
-            groups.append((rows[e], gate_up.to(dtype), w.down.to(dtype)))
-        partial = torch.zeros_like(hidden_cpu)
-        kernels.grouped(partial, hidden_cpu, weights_cpu, groups, self.act)
-        out.add_(partial.to(out.device, out.dtype))
-        self.computed_on["cpu"] += len(on_cpu)
-
-    def _compute_reference(self, out, layer, hidden, top_k_weights, rows, plan) -> None:
-        """The simple path: one expert at a time, in ascending id order."""
-        host = None  # (hidden, top_k_weights) on the CPU, made once if some expert needs them
-        for e, slot in plan:
-            if slot is None:
-                if host is None:
-                    host = (hidden.to("cpu"), top_k_weights.to("cpu"))
-                self._add_cpu_expert(out, (layer, e), rows[e], host)
-            elif self.quantized:  # the whole expert dequantized to float32, the plain formula
-                w = self.tiers.device.pool.expert(slot).dequantize(torch.float32)
-                self._add_rows(out, hidden, top_k_weights, rows[e],
-                               lambda x, w=w: expert_split(x.to(torch.float32), w, self.act))
-                self.computed_on["device"] += 1
-            else:
-                w = self.tiers.device_weights(slot)
-                pool = self.tiers.device.pool
-                self._add(out, hidden, top_k_weights, rows[e], pool.gate_up[slot], w.down)
-                self.computed_on["device"] += 1
-
-    def _add(self, out, hidden, top_k_weights, rows, gate_up, down) -> None:
-        """out[t] += top_k_weights[t, k] * expert(hidden[t]) for (t, k) in rows."""
-        if len(rows) == 1 and out.shape[0] == 1:  # decode: no index tensors to build
-            _, k = rows[0]
-            y = expert_fused(hidden, gate_up, down, self.act) * top_k_weights[:, k : k + 1]
-            out.add_(y.to(out.dtype))  # round like transformers: to the output dtype, then add
-            return
-        tok = torch.tensor([t for t, _ in rows], device=hidden.device)
-        pos = torch.tensor([k for _, k in rows], device=hidden.device)
-        y = expert_fused(hidden[tok], gate_up, down, self.act) * top_k_weights[tok, pos, None]
-        out.index_add_(0, tok, y.to(out.dtype))
-
-    def _add_rows(self, out, hidden, top_k_weights, rows, expert) -> None:
-        """out[t] += top_k_weights[t, k] * expert(hidden[t]) for (t, k) in rows; `expert` maps
-        (n, D) rows to (n, D) float32 (the quantized paths)."""
-        tok = torch.tensor([t for t, _ in rows], device=hidden.device)
-        pos = torch.tensor([k for _, k in rows], device=hidden.device)
-        y = expert(hidden[tok]).to(hidden.dtype) * top_k_weights[tok, pos, None]
-        out.index_add_(0, tok, y.to(out.dtype))  # like transformers: weighted, then added
-
-    def _add_stored_expert(self, out, key, rows, host) -> None:
-        """A quantized expert on the CPU straight from the file's map (lazymoe.quant.expert:
-        no float copy of its weights); its stored bytes count on the disk->cpu link."""
-        start = time.perf_counter()
-        q = self.tiers.store.read_quantized(*key)
-        self._add_rows(out, *host, rows, lambda x: expert_forward(x, q.gate, q.up, q.down, self.act))
-        self.tiers.links["disk->cpu"].add(key[0], q.nbytes, time.perf_counter() - start)
-
-    def _add_cpu_expert(self, out, key, rows, host) -> None:
-        if self.cpu_reads_stored:
-            self._add_stored_expert(out, key, rows, host)
-            self.computed_on["cpu"] += 1
-            return
-        hidden_cpu, weights_cpu = host
-        gate_up, w = self.tiers.host_weights(key)
-        dtype = hidden_cpu.dtype
-        tok = torch.tensor([t for t, _ in rows])
-        pos = torch.tensor([k for _, k in rows])
-        x = hidden_cpu[tok]
-        if gate_up is not None:
-            y = expert_fused(x, gate_up.to(dtype), w.down.to(dtype), self.act)
-        else:
-            y = expert_split(x, ExpertWeights(*(p.to(dtype) for p in (w.gate, w.up, w.down))), self.act)
-        y = y * weights_cpu[tok, pos, None]
-        out.index_add_(0, tok.to(out.device), y.to(out.device, out.dtype))
-        self.computed_on["cpu"] += 1
 
     def _prefetch(self, layer: int, guessed: list[int], protected: frozenset) -> None:
         wanted = frozenset((layer, e) for e in guessed)
