@@ -2,21 +2,183 @@
 
     python -m lazymoe.quant.expert [--formats q8_0,q4_0] [--threads 1,2] [--activations float,int8]
                                    [--json data/results/quant-cpu-kernels-dev.json]
+    time_expert("q4_0")          lab 03: one expert, one token, in one format -> an ExpertTiming
+    time_expert_formats()        the same for f32, bf16 (torch's matmul), q8_0, q4_0 and q4_k
 
 The figures and what they mean are in lazymoe/quant/expert.py's docstring.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from lazymoe.quant import kernels_int8
 from lazymoe.quant.bandwidth import read_bandwidth_gbps
 from lazymoe.quant.expert import SLAB_WEIGHTS, expert_forward
-from lazymoe.quant.tensor import quantize
+from lazymoe.quant.formats import QuantError, get_format
+from lazymoe.quant.tensor import QuantizedTensor, quantize
+
+LAB03_FORMATS = ("f32", "bf16", "q8_0", "q4_0", "q4_k")
+# plain formats run torch's own matmul
+TORCH_DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ExpertTiming:
+    """One expert (gate, up: (I, D), down: (D, I)) on one token, stored in one format."""
+
+    format: str
+    bits_per_weight: float  # stored bits per weight, scales included
+    expert_bytes: int  # gate + up + down as stored: the bytes one token reads
+    activations: str  # "torch" (plain formats: torch's matmul) or expert_forward's "float" / "int8"
+    seconds_per_token: float  # the fastest of `seconds_by_activations`
+    seconds_by_activations: dict[str, float]  # every way it was computed, best repeat each
+    output_rel_error: float  # |y - y_f32| / |y_f32| against the float32 expert on the same x
+
+    @property
+    def read_gbps(self) -> float:
+        """Stored bytes read per second: what the bound `bytes / bandwidth` assumes is the limit."""
+        return self.expert_bytes / self.seconds_per_token / 1e9
+
+    def speedup_over(self, other: ExpertTiming) -> float:
+        """How many times faster than `other`, measured."""
+        return other.seconds_per_token / self.seconds_per_token
+
+    def bytes_ratio_over(self, other: ExpertTiming) -> float:
+        """How many times fewer bytes than `other`: the speedup the bound predicts."""
+        return other.expert_bytes / self.expert_bytes
+
+
+def _best_seconds(run: Callable[[object], object], experts: list, repeats: int) -> float:
+    """Seconds per expert: two warm-up calls, then `repeats` passes over all copies; each copy's
+    best call, averaged over the copies. (Best per copy, not per pass: on a busy machine another
+    program takes a core now and then, and a long pass rarely escapes it; a single call often
+    does. The copies still come one after the other, so each is read from RAM, not the cache.)"""
+    for e in experts[:2]:
+        run(e)
+    best = [float("inf")] * len(experts)  # seconds, per copy
+    for _ in range(repeats):
+        for i, e in enumerate(experts):
+            start = time.perf_counter()
+            run(e)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return sum(best) / len(experts)
+
+
+def time_expert(
+    fmt: str,
+    hidden: int = 2048,
+    intermediate: int = 768,
+    repeats: int = 5,
+    min_bytes: int = 256 << 20,
+    threads: int | None = None,
+    seed: int = 0,
+) -> ExpertTiming:
+    """Time one expert of Qwen3-30B-A3B's shape (hidden 2048, intermediate 768; random weights)
+    on one token, stored as `fmt`: "f32", "bf16" or "f16" run torch's matmul, every other
+    lazymoe.quant format runs `expert_forward` from the stored bytes, with float and with int8
+    activations where kernels_int8 has a kernel; the faster one is kept (`activations` says which).
+
+    The expert is copied until the copies hold `min_bytes` (more than a CPU's caches) and each
+    repeat runs through all of them, so the bytes come from RAM, as for a model whose experts all
+    differ. seconds_per_token: each copy's best of `repeats`, averaged over the copies (noise
+    only adds time). threads: torch's (and the kernels') thread
+    count for the run (None: as set). The first call per format compiles the numba kernels (a few
+    seconds, once; then cached on disk)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    spec = get_format(fmt)  # QuantError naming the formats for an unknown name
+    gen = torch.Generator().manual_seed(seed)
+    # gate, up, down
+    shapes = ((intermediate, hidden), (intermediate, hidden), (hidden, intermediate))
+    weights = [torch.randn(s, generator=gen) * 0.02 for s in shapes]  # float32
+    x = torch.randn(1, hidden, generator=gen)
+    y_f32 = F.linear(F.silu(F.linear(x, weights[0])) * F.linear(x, weights[1]), weights[2])
+    runs: dict[str, Callable] = {}
+    if spec.kind == "plain":
+        dtype = TORCH_DTYPES[spec.name]
+        expert = [w.to(dtype) for w in weights]
+        xd = x.to(dtype)
+        runs["torch"] = lambda e: F.linear(
+            F.silu(F.linear(xd, e[0])) * F.linear(xd, e[1]), e[2]
+        )
+        expert_bytes = sum(w.nbytes for w in expert)
+    else:
+        # QuantError if the rows do not split into the format's blocks
+        expert = [quantize(w, spec) for w in weights]
+        runs["float"] = lambda e: expert_forward(x, *e, activations="float")
+        if kernels_int8.supports(expert[0]):
+            runs["int8"] = lambda e: expert_forward(x, *e, activations="int8")
+        expert_bytes = sum(t.nbytes for t in expert)
+    n_copies = max(1, math.ceil(min_bytes / expert_bytes))
+    copies = [expert] + [_copy(expert) for _ in range(n_copies - 1)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        seconds = {name: _best_seconds(run, copies, repeats) for name, run in runs.items()}
+    finally:
+        torch.set_num_threads(before)
+    fastest = min(seconds, key=seconds.get)
+    y = runs[fastest](expert).float()
+    return ExpertTiming(
+        format=spec.name,
+        bits_per_weight=8 * expert_bytes / sum(w.numel() for w in weights),
+        expert_bytes=expert_bytes,
+        activations=fastest,
+        seconds_per_token=seconds[fastest],
+        seconds_by_activations=seconds,
+        output_rel_error=float((y - y_f32).norm() / y_f32.norm()),
+    )
+
+
+def _copy(expert: list) -> list:
+    """The same expert in fresh memory (a distinct copy, so that it is read from RAM again)."""
+    return [
+        QuantizedTensor(t.format, t.shape, t.data.clone())
+        if isinstance(t, QuantizedTensor)
+        else t.clone()
+        for t in expert
+    ]
+
+
+def time_expert_formats(formats: tuple[str, ...] = LAB03_FORMATS, **options) -> list[ExpertTiming]:
+    """`time_expert` for each format, in order (options: those of time_expert)."""
+    if not formats:
+        raise QuantError("give at least one format, for example ('bf16', 'q4_0')")
+    return [time_expert(fmt, **options) for fmt in formats]
+
+
+def timing_table(rows: list[ExpertTiming], reference: str = "bf16", bandwidth_gbps: float | None = None) -> str:
+    """The rows as a text table: bytes, time and GB/s per format, and the speedup over
+    `reference` measured beside the one the bound predicts (the bytes ratio). With the CPU's
+    read bandwidth, also the calculator's bound for one expert (bytes / bandwidth, as
+    lazymoe.calculator.decode_bound_tok_s) and the share of it the format reached."""
+    from lazymoe.calculator.bounds import decode_bound_tok_s
+
+    ref = next((r for r in rows if r.format == reference), None)
+    if ref is None:
+        raise QuantError(f"no {reference!r} row to compare with: time it too, or pick one of "
+                         f"{', '.join(r.format for r in rows)}")  # fmt: skip
+    head = f"{'format':7}{'bits/w':>7}{'MB read':>9} {'way':6}{'ms/token':>9}{'GB/s':>7}"
+    head += f"{'bound ms':>9}{'reached':>8}" if bandwidth_gbps else ""
+    # speedup: measured over `reference`; predicted: the bytes ratio; error: of the output vs f32
+    lines = [head + f"{'speedup':>9}{'predicted':>10}{'error':>7}"]
+    for r in rows:
+        line = (f"{r.format:7}{r.bits_per_weight:7.2f}{r.expert_bytes / 1e6:9.2f} {r.activations:6}"
+                f"{r.seconds_per_token * 1e3:9.3f}{r.read_gbps:7.1f}")  # fmt: skip
+        if bandwidth_gbps:
+            bound_s = 1 / decode_bound_tok_s(bandwidth_gbps, r.expert_bytes)  # bytes / bandwidth
+            line += f"{bound_s * 1e3:9.3f}{bound_s / r.seconds_per_token:8.0%}"
+        line += f"{r.speedup_over(ref):9.2f}{r.bytes_ratio_over(ref):10.2f}{r.output_rel_error:7.1%}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def measure_read_bandwidth(
