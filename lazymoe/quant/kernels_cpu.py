@@ -305,6 +305,19 @@ def supports(qt: QuantizedTensor) -> bool:
     return qt.fmt.kind in _KERNELS and len(qt.shape) == 2 and qt.device.type == "cpu"
 
 
+def check_activations(x: torch.Tensor, qt: QuantizedTensor) -> tuple[int, int]:
+    """qt's (rows, cols), or QuantError when x is not (tokens, cols)."""
+    rows, cols = qt.shape
+    if x.dim() != 2 or x.shape[1] != cols:
+        raise QuantError(f"x must be (tokens, {cols}) for a weight of shape {qt.shape}, got {tuple(x.shape)}")
+    return rows, cols
+
+
+def thread_count(threads: int | None) -> int:
+    """Threads to split rows over: `threads`, else torch's count, within numba's pool."""
+    return max(1, min(threads or torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
 def qmatvec(x: torch.Tensor, qt: QuantizedTensor, threads: int | None = None) -> torch.Tensor:
     """x (T, in) @ W^T for W (rows, in) stored in one of KINDS -> (T, rows) float32.
 
@@ -315,13 +328,11 @@ def qmatvec(x: torch.Tensor, qt: QuantizedTensor, threads: int | None = None) ->
             f"no CPU kernel for a {qt.format} weight of shape {qt.shape} on {qt.device}: the kernels "
             f"cover 2-D CPU weights in {', '.join(KINDS)}; use lazymoe.quant.expert.qlinear instead"
         )
-    rows, cols = qt.shape
-    if x.dim() != 2 or x.shape[1] != cols:
-        raise QuantError(f"x must be (tokens, {cols}) for a weight of shape {qt.shape}, got {tuple(x.shape)}")
+    rows, _ = check_activations(x, qt)
     xs = x.detach().to("cpu", torch.float32).contiguous()
     data = qt.data if qt.data.is_contiguous() else qt.data.contiguous()
     y = torch.empty((x.shape[0], rows), dtype=torch.float32)
-    n = max(1, min(threads or torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    n = thread_count(threads)
     with _lock:
         numba.set_num_threads(n)
         _KERNELS[qt.fmt.kind](data.numpy(), xs.numpy(), y.numpy())

@@ -32,7 +32,14 @@ from numba import prange
 
 from lazymoe.quant.formats import QuantError
 from lazymoe.quant.int8_activations import quantize_activations
-from lazymoe.quant.kernels_cpu import ROW_CHUNK, _jit, _lock, _scale_min
+from lazymoe.quant.kernels_cpu import (
+    ROW_CHUNK,
+    _jit,
+    _lock,
+    _scale_min,
+    check_activations,
+    thread_count,
+)
 from lazymoe.quant.simd_int8 import acc_i8, acc_k4, acc_q4_0, acc_q6, f16, flush
 from lazymoe.quant.tensor import QuantizedTensor
 
@@ -185,13 +192,11 @@ def qmatvec_int8(
             f"no int8-activation CPU kernel for a {qt.format} weight of shape {qt.shape} on "
             f"{qt.device}: they cover 2-D CPU weights in {', '.join(KINDS)}; use activations='float'"
         )
-    rows, cols = qt.shape
-    if x.dim() != 2 or x.shape[1] != cols:
-        raise QuantError(f"x must be (tokens, {cols}) for a weight of shape {qt.shape}, got {tuple(x.shape)}")
+    rows, _ = check_activations(x, qt)
     xa = quantized if quantized is not None else quantize_activations(x, activation_kind(qt))
     data = qt.data if qt.data.is_contiguous() else qt.data.contiguous()
     y = np.empty((x.shape[0], rows), np.float32)
-    n = max(1, min(threads or torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    n = thread_count(threads)
     if n == 1:
         _ROWS[qt.fmt.kind](data.numpy(), *xa, y, 0, rows)  # nogil: no lock needed
         return torch.from_numpy(y)
