@@ -4,7 +4,7 @@
 #
 #   here (a machine with PyPI):  bash scripts/device_bench.sh carry
 #       fills .device/ (git-ignored) with what the GPU machine lacks: wheels of transformers, gguf,
-#       polib and diskcache, and llama-cpp-python's source (its vendored llama.cpp) slimmed to ~8 MB.
+#       polib, diskcache and the server's (fastapi, uvicorn, pydantic), and llama-cpp-python's source (its vendored llama.cpp) slimmed to ~8 MB.
 #   on the GPU machine, from the repository root, with .device carried:
 #       bash scripts/device_bench.sh run [SUITE...]     in the foreground (one short call)
 #       bash scripts/device_bench.sh start [SUITE...]   detached from a snapshot of the code, then
@@ -19,9 +19,11 @@
 #            lazymoe's (lazymoe.bench.llamacpp_tune); llama-bench of the same GGUF as a cross-check;
 #            one table per format. bf16: lazymoe reads safetensors, llama.cpp a GGUF of the same
 #            bits; a quantized format (q8_0, q4_0, q4_k_m): one GGUF written once, read by both
+#   batch    lazymoe serve one request at a time vs batched (scripts/serve_load.py: 1-32 users) on one
+#            GPU, then split over two GPUs when there are two (SERVE_SHAPE, SERVE_BUDGET per GPU)
 #   profile  where a decode step's time goes (python -m lazymoe.bench.profile, 8 layers)
 #
-# llama.cpp is built ONCE by CMake with the SYSTEM compiler (a wrapper compiler's own libstdc++
+# llama.cpp is built ONCE, in the background while the first suites run, by CMake with the SYSTEM compiler (a wrapper compiler's own libstdc++
 # crashed llama-cpp-python beside torch: lazymoe/bench/libstdcxx.py), CUDA for sm_90: the shared
 # libraries llama-cpp-python's bindings load, llama-bench and llama-quantize.
 # Results: $RESULTS (default /tmp/lazymoe-device/results), packed into $OUT/results.tar.gz for the
@@ -29,7 +31,7 @@
 # Knobs (environment): SHAPE, BUDGETS ("8", GB; each budget adds a --n-cpu-moe search of ~6 model
 # loads), NEW_TOKENS (128), PROMPT_TOKENS (32), REPEATS (3), BENCH_ARGS (more `lazymoe bench` flags,
 # e.g. a routing regime), TUNE_THREADS (thread counts to try; default half/all cores, all CPUs),
-# BUILD_JOBS, PLACEMENTS ("fetch"; e.g. "fetch auto"), CROSS_CHECK (1; 0 skips llama-bench),
+# BUILD_JOBS, BUILD_LLAMA (1; 0: suites that need no llama.cpp), PLACEMENTS ("fetch"; e.g. "fetch auto"), CROSS_CHECK (1; 0 skips llama-bench),
 # FORMATS ("bf16"; e.g. "q8_0 q4_0": one results file each, bench-SHAPE-FORMAT.json). Time on an
 # H200 (16 cores): setup ~5 min, check ~5, compare at one budget ~25 per format (a quantized
 # GGUF of qwen3-30b-a3b takes ~6 min to write in q8_0/q4_0, ~15 in q4_k_m: one core quantizes).
@@ -49,12 +51,14 @@ carry() {  # here, with network
   grep -qx "/$CARRY/" .git/info/exclude 2>/dev/null || echo "/$CARRY/" >> .git/info/exclude
   mkdir -p "$CARRY/whl"
   local py=.venv/bin/python; [ -x $py ] || py=python3
-  local tf gg
-  tf=$($py -c "import importlib.metadata as m; print(m.version('transformers'))")
-  gg=$($py -c "import importlib.metadata as m; print(m.version('gguf'))")
+  # the versions this checkout's environment holds: the GPU image has older transformers, no server
+  local specs
+  specs=$($py -c "import importlib.metadata as m
+names = 'transformers gguf polib diskcache fastapi starlette uvicorn pydantic pydantic_core annotated-types typing-inspection opentelemetry-api'
+print(' '.join(f'{n}=={m.version(n)}' for n in names.split()))")
+  # shellcheck disable=SC2086
   $py -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux2014_x86_64 --platform any -d "$CARRY/whl" \
-    "transformers==$tf" "gguf==$gg" polib diskcache
+    --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any -d "$CARRY/whl" $specs
   local tmp; tmp=$(mktemp -d)
   $py -m pip download -q --no-deps --no-binary=:all: -d "$tmp" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
   tar xzf "$tmp"/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz -C "$tmp"
@@ -70,22 +74,45 @@ carry() {  # here, with network
   echo "carry: done; on the device machine: carry [\"$CARRY\"] and run bash scripts/device_bench.sh run check"
 }
 
-setup() {  # on the device: the wheels, llama.cpp built, llama-cpp-python's package over that build
+setup() {  # on the device: the wheels now; llama.cpp's build in the background (need_llama waits)
   mkdir -p "$SITE" "$RESULTS" "$WORK/src"
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "$CARRY"/whl/*.whl || return 1
   export PYTHONPATH="$SITE:$PWD" PYTHONUNBUFFERED=1
   if [ -x "$BUILD/bin/llama-bench" ] && [ -e "$SITE/llama_cpp/lib" ]; then log "llama.cpp already built"; return 0; fi
+  [ "${BUILD_LLAMA:-1}" = 1 ] || { log "llama.cpp not built (BUILD_LLAMA=0)"; return 0; }
+  build_llama > "$RESULTS/llama-build.log" 2>&1 &
+  LLAMA_PID=$!
+}
+
+build_llama() {  # CMake, the system compiler, CUDA for sm_90; then llama-cpp-python's package over it
   [ -d "$SRC" ] || tar xzf "$CARRY/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION-slim.tar.gz" -C "$WORK/src" || return 1
   log "building llama.cpp (CUDA sm_90, system g++)"
   CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++ \
   cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DBUILD_SHARED_LIBS=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF > "$RESULTS/llama-build.log" 2>&1 \
-  && cmake --build "$BUILD" -j "${BUILD_JOBS:-$(nproc)}" --target llama llama-bench llama-quantize \
-    >> "$RESULTS/llama-build.log" 2>&1 || { tail -20 "$RESULTS/llama-build.log"; return 1; }
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+  && cmake --build "$BUILD" -j "${BUILD_JOBS:-$(nproc)}" --target llama llama-bench llama-quantize || return 1
   # llama-cpp-python's Python package (pure ctypes) loading the libraries of this build
   rm -rf "$SITE/llama_cpp" && cp -r "$SRC/llama_cpp" "$SITE/" && ln -sfn "$BUILD/bin" "$SITE/llama_cpp/lib"
   log "llama.cpp built: $(ls "$BUILD"/bin | tr '\n' ' ')"
+}
+
+need_llama() {  # wait for the background build; say why when it failed
+  [ -n "${LLAMA_PID:-}" ] && { wait "$LLAMA_PID"; LLAMA_PID=; }
+  [ -x "$BUILD/bin/llama-bench" ] && [ -e "$SITE/llama_cpp/lib" ] && return 0
+  log "llama.cpp is not built: $(tail -5 "$RESULTS/llama-build.log" | tr '\n' ' ')"; return 1
+}
+
+prewrite() {  # each quantized GGUF of `compare` written in the background on the last GPU, from the start
+  case " $* " in *compare*) ;; *) return 0 ;; esac
+  local f gpu; gpu=$(( $(nvidia-smi -L 2>/dev/null | wc -l) - 1 )); (( gpu < 0 )) && gpu=0
+  for f in ${FORMATS:-bf16}; do
+    [ "$f" = bf16 ] && continue
+    log "writing $SHAPE $f in the background (GPU $gpu)"
+    CUDA_VISIBLE_DEVICES=$gpu python3 -m lazymoe.bench.writer "$SHAPE" "$M-$f" --format "$f" --device cuda \
+      > "$RESULTS/write-$SHAPE-$f.log" 2>&1 &
+    WRITERS[$f]=$!
+  done
 }
 
 suite_check() {
@@ -93,10 +120,18 @@ suite_check() {
   python3 -m lazymoe doctor --role server > "$RESULTS/doctor.txt" 2>&1
   python3 -m lazymoe.hardware --measure --json > "$RESULTS/hardware-measure.json" 2> "$RESULTS/hardware-measure.err"
   python3 -m lazymoe.bench.bandwidth > "$RESULTS/bandwidths.json" 2>&1; cat "$RESULTS/bandwidths.json"
-  timeout 420 python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu tests/test_hardware.py \
-    tests/test_store.py tests/test_bench_llamacpp.py tests/test_libstdcxx.py > "$RESULTS/gpu-tests.log" 2>&1
+  # the tests that need no llama.cpp while it builds, then the ones that do
+  timeout 600 python3 -m pytest -m gpu -q -n 8 -p no:cacheprovider tests/gpu tests/test_hardware.py \
+    tests/test_store.py --ignore=tests/gpu/test_bench_gguf_gpu.py > "$RESULTS/gpu-tests.log" 2>&1
   log "gpu tests rc=$? $(tail -1 "$RESULTS/gpu-tests.log")"
+  need_llama
+  timeout 300 python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu/test_bench_gguf_gpu.py \
+    tests/test_bench_llamacpp.py tests/test_libstdcxx.py > "$RESULTS/gpu-tests-llama.log" 2>&1
+  log "gpu tests with llama.cpp rc=$? $(tail -1 "$RESULTS/gpu-tests-llama.log")"
+  timeout 300 python3 scripts/bench_triton_quant.py "$RESULTS/triton-quant-decode.json" > "$RESULTS/triton-quant-decode.log" 2>&1
+  log "quantized Triton kernels rc=$?: $(tail -8 "$RESULTS/triton-quant-decode.log" | tr '\n' ' ')"
   python3 -m lazymoe.bench.writer tiny-random "$WORK/tiny" --device cuda > /dev/null
+  need_llama || return 1
   # torch first, as in the harness: the case the libstdc++ clash crashed
   timeout 180 python3 -X faulthandler -c "
 import torch; torch.zeros(1, device='cuda')
@@ -132,7 +167,8 @@ compare_bf16() {  # lazymoe reads safetensors, llama.cpp a GGUF of the same bits
 
 compare_gguf() {  # one quantized GGUF, written once, read by both engines (lazymoe keeps its experts quantized)
   local f=$1 d="$M-$1" out="$RESULTS/bench-$SHAPE-$1.json" g
-  python3 -m lazymoe.bench.writer "$SHAPE" "$d" --format "$f" --device cuda 2>&1 | tail -1
+  if [ -n "${WRITERS[$f]:-}" ]; then wait "${WRITERS[$f]}"; tail -1 "$RESULTS/write-$SHAPE-$f.log"
+  else python3 -m lazymoe.bench.writer "$SHAPE" "$d" --format "$f" --device cuda 2>&1 | tail -1; fi
   g="$d/model-$f.gguf"; [ -f "$g" ] || { log "no $g: $f skipped"; return 1; }
   log "lazymoe rows on $g"
   # shellcheck disable=SC2086
@@ -145,6 +181,7 @@ compare_gguf() {  # one quantized GGUF, written once, read by both engines (lazy
 
 llama_rows() {  # RESULTS_JSON GGUF MODEL_NAME [--gguf GGUF]: llama.cpp tuned at lazymoe's VRAM, llama-bench cross-check
   local out=$1 g=$2 name=$3 lb="$BUILD/bin/llama-bench"; shift 3
+  need_llama || return 1
   log "llama.cpp rows: threads tuned, --cpu-moe, --n-cpu-moe at lazymoe's peak VRAM"
   # shellcheck disable=SC2086
   python3 -m lazymoe.bench.llamacpp_tune "$out" "$@" --timeout 900 ${TUNE_THREADS:+--threads $TUNE_THREADS}
@@ -163,6 +200,23 @@ llama_rows() {  # RESULTS_JSON GGUF MODEL_NAME [--gguf GGUF]: llama.cpp tuned at
   done
 }
 
+suite_batch() {  # lazymoe serve one request at a time vs batched, on one GPU, then split over two
+  local s=${SERVE_SHAPE:-olmoe-1b-7b-shapes} d="/dev/shm/lazymoe-serve-${SERVE_SHAPE:-olmoe-1b-7b-shapes}" n
+  python3 -m lazymoe.bench.writer "$s" "$d" --only safetensors --device cuda 2>&1 | tail -1
+  local common=(--model "$d" --device cuda --vram-budget "${SERVE_BUDGET:-5GiB}" --max-tokens "${SERVE_TOKENS:-32}"
+                --repeats "${SERVE_REPEATS:-2}" --note "random weights, shapes of $s: routing has far more reuse than real text")
+  timeout 540 python3 scripts/serve_load.py "${common[@]}" --max-batch 1 32 --users 1 4 16 32 \
+    --out "$RESULTS/serve-gpu-$s.json" 2>&1 | grep -v "it/s]"
+  log "serve load one GPU rc=$?"
+  n=$(nvidia-smi -L 2>/dev/null | wc -l)
+  if (( n >= 2 )); then
+    timeout 300 python3 scripts/serve_load.py "${common[@]}" --gpus 0,1 --max-batch 32 --users 1 16 \
+      --out "$RESULTS/serve-gpu2-$s.json" 2>&1 | grep -v "it/s]"
+    log "serve load two GPUs rc=$?"
+  fi
+  rm -rf "$d"
+}
+
 suite_profile() {
   timeout 540 python3 -m lazymoe.bench.profile --layers 8 --model "$WORK/prof" --hf --out "$RESULTS/profile-decode-8layers.json" \
     > "$RESULTS/profile.log" 2>&1
@@ -170,7 +224,9 @@ suite_profile() {
 }
 
 run_suites() {
+  declare -gA WRITERS=()
   setup || { log "SETUP FAILED"; echo "DEVICE_BENCH FAILED"; return 1; }
+  prewrite "${@:-check compare}"
   for suite in "${@:-check compare}"; do
     for s in $suite; do log "suite $s"; "suite_$s"; done
   done
