@@ -127,6 +127,36 @@ def test_a_row_of_three_super_blocks(formats):
     _close(got, want)
 
 
+def test_a_token_with_more_pairs_than_one_tile_holds():
+    """The down kernel takes a token's pairs MAX_PAIRS at a time: 11 pairs = a full tile and a
+    partial one, still added in order; the second token's single pair is its own."""
+    assert triton_quant.MAX_PAIRS == 8
+    pairs = [(0, s, a % K) for a, s in enumerate([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 2])] + [(1, 3, 6)]
+    got, want = _run(SlotLayout(("q4_0",) * 3, 64, 128), pairs, n_tokens=2)
+    _close(got, want)
+
+
+@pytest.mark.parametrize(
+    "formats,intermediate,hidden",
+    [
+        (("q8_0",) * 3, 96, 256),
+        (("q4_0",) * 3, 96, 256),
+        (("q4_1", "q4_1", "q8_0"), 96, 256),
+        (("q4_k", "q5_k", "q6_k"), 256, 256),  # gate and up in two formats: two tiles
+        (("q5_k", "q5_k", "q4_k"), 256, 256),
+        (("f32", "f16", "bf16"), 64, 96),  # a row of 3 groups of 32
+    ],
+)
+def test_the_gpu_tile_sizes_give_the_same_sums(formats, intermediate, hidden, monkeypatch):
+    """The interpreter runs bigger tiles than a GPU (TILES): run the GPU's tiles here too, so
+    their partial steps and masked groups (down q4_k: 4 groups in a tile of 16) are checked.
+    Two pairs: the interpreter's time grows with the programs, here the GPU's many small ones."""
+    monkeypatch.setattr(triton_quant, "interpreting", lambda: False)
+    layout = SlotLayout(formats, intermediate, hidden)
+    got, want = _run(layout, [(0, 1, 5), (0, 0, 1)], n_slots=2)
+    _close(got, want)
+
+
 def test_several_tokens_sum_only_their_own_pairs():
     """Three tokens (a batch decode step): pairs grouped by token, the same slot in two tokens,
     a token with one pair and one with three."""

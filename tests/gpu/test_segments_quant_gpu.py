@@ -66,3 +66,50 @@ def test_graphs_on_quantized_slots_run_in_bf16(tmp_path):
                                  vram_budget=budget))  # fmt: skip
     assert engine.decode_path == "graphs"
     assert len(engine.generate(prompt, GEN)) == GEN.max_new_tokens  # BF16 tokens may differ
+
+
+def _spy_copy_streams(engine, method: str) -> list[bool]:
+    """For each call of the VRAM pool's `method` (a copy into a slot): was it issued on the
+    tiers' copy stream?"""
+    pool, tiers, on_copy_stream = engine.tiers.device.pool, engine.tiers, []
+    original = getattr(pool, method)
+
+    def spy(slot, *args, **kwargs):
+        on_copy_stream.append(torch.cuda.current_stream() == tiers.copy_stream)
+        return original(slot, *args, **kwargs)
+
+    setattr(pool, method, spy)
+    return on_copy_stream
+
+
+def test_quantized_misses_go_through_the_copy_stream_with_the_same_tokens(tmp_path):
+    """A tight budget: misses staged in pinned RAM and copied on the copy stream, or with
+    pin_checkpoint copied straight from the page-locked file; the CPU path's tokens either way,
+    in the CUDA-graph decoder and in the eager one."""
+    path = twin("q4_0", tmp_path)
+    prompt = load_tokenizer(path).encode(PROMPT)
+    expert_bytes = GGUFExpertStore.open(path).max_expert_qbytes  # every layer is Q4_0
+    budget = 3 * expert_bytes
+    want = Engine(EngineConfig(model_path=path, device="cpu", vram_budget=budget)).generate(
+        prompt, GEN
+    )
+    for pin, decode in ((False, "graphs"), (True, "graphs"), (False, "model")):
+        engine = Engine(EngineConfig(model_path=path, device="cuda", dtype="float32", decode=decode,
+                                     vram_budget=budget, pin_checkpoint=pin))  # fmt: skip
+        tiers = engine.tiers
+        assert tiers.direct == pin and (tiers._staging is None) == pin
+        spied = _spy_copy_streams(engine, "fill" if pin else "copy_slot")
+        assert engine.generate(prompt, GEN) == want, (pin, decode)
+        links = engine.stats().links
+        misses = engine.stats().misses
+        assert misses > 0 and spied and all(spied) and len(spied) >= misses
+        if pin:
+            assert engine.pinned_bytes > 0 and "disk->pinned" not in links
+            copied = links["pinned file->vram"]
+        else:
+            assert tiers._staging.data.is_pinned() and "pinned file->vram" not in links
+            staged, copied = links["disk->pinned"], links["disk->vram"]
+            assert (staged["transfers"], staged["bytes"]) == (copied["transfers"], copied["bytes"])
+        assert copied["transfers"] == len(spied) and copied["bytes"] == len(spied) * expert_bytes
+        engine.close()
+        assert not engine.store.pinned  # close() unlocks the file

@@ -30,6 +30,8 @@ LAYOUTS = [
     SlotLayout(("q4_k",) * 3, 256, 768),
     SlotLayout(("q5_k",) * 3, 256, 256),
     SlotLayout(("q4_k", "q4_k", "q6_k"), 768, 2048),  # Qwen3-30B-A3B's shapes, as Q4_K_M
+    SlotLayout(("q4_0",) * 3, 768, 2048),  # ... as Q4_0 and Q8_0 (the benchmark's tiles)
+    SlotLayout(("q8_0",) * 3, 768, 2048),
     SlotLayout(("f32", "f16", "bf16"), 64, 256),
 ]
 

@@ -86,6 +86,9 @@ class ExpertCompute:
         if not on_device:
             return
         pool = self.tiers.device.pool
+        if self.quantized:  # GPU: the compute stream waits for the copies into the slots
+            for _, slot in on_device:
+                self.tiers.wait_slot(slot)
         if self.quantized and self.kernel == "fused" and out.shape[0] > FUSED_MAX_TOKENS:
             self._compute_reference(out, None, hidden, top_k_weights, rows, on_device)  # prefill
             return  # (one expert at a time, dequantized to a float32 temporary)
@@ -163,6 +166,7 @@ class ExpertCompute:
                     host = (hidden.to("cpu"), top_k_weights.to("cpu"))
                 self._add_cpu_expert(out, (layer, e), rows[e], host)
             elif self.quantized:  # the whole expert dequantized to float32, the plain formula
+                self.tiers.wait_slot(slot)  # GPU: once the copy into the slot is done
                 w = self.tiers.device.pool.expert(slot).dequantize(torch.float32)
                 self._add_rows(out, hidden, top_k_weights, rows[e],
                                lambda x, w=w: expert_split(x.to(torch.float32), w, self.act))

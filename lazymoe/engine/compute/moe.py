@@ -189,9 +189,8 @@ class ExpertRuntime(ExpertCompute):
             self._prefetch(guess_layer, guessed, protected)
         if stream is None and self.tiers.on_gpu:
             stream = torch.cuda.current_stream()  # looked up once per layer
-        if not self.quantized:  # (a QuantizedPool copies on the compute stream: in order)
-            for slot in slots:
-                self.tiers.device_weights(slot, stream)  # GPU: compute waits for copies into it
+        for slot in slots:  # GPU: the compute waits for the copies into the slots it reads
+            self.tiers.wait_slot(slot, stream)
         self.computed_on["device"] += len(slots)
         return slots, [positions[e] for e in experts]
 

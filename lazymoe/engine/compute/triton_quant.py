@@ -5,35 +5,31 @@ slots hold the stored bytes (`QuantizedPool`), the same budget holds that many m
 a cache miss copies that many fewer bytes. These kernels dequantize each weight in registers,
 right where it is multiplied, so no float copy of an expert is ever written:
 
-    _gate_up_kernel   grid (A pairs, I / BLOCK_N):   h[a] = silu(gate[slot_a] x[t_a]) * (up[slot_a] x[t_a])
-    _down_sum_kernel  grid (D / BLOCK_N, T tokens):  out[t] += sum over a of token t: w_a * (down[slot_a] h[a])
+    _gate_up_kernel   grid (A pairs, I / ROWS):     h[a] = silu(gate[slot_a] x[t_a]) * (up[slot_a] x[t_a])
+    _down_sum_kernel  grid (D / ROWS, T tokens):    out[t] += sum over a of token t: w_a * (down[slot_a] h[a])
 
 A = the chosen (token, expert) pairs, grouped by token, each token's in ascending expert order
-(transformers' order). Each pair's gate and up bytes are read once (one program per pair and
-rows); down bytes once per pair. Slots, positions and token bounds come from device tensors, so
-a CUDA graph can replay the kernels with new experts. Summation: float32 inside each matmul;
-one token's A terms are added to `out` in order, each rounded to out's dtype as index_add_ does
-(deterministic). h stays float32 between the two kernels, like the CPU path
-(`lazymoe.quant.expert.expert_forward`), and each expert's output is rounded to the
-activations' dtype before it is weighted.
+(transformers' order). Each weight byte is read once. A program reads a tile of whole blocks:
+(rows, groups of 32 or 64 weights, lanes) of payload bytes as contiguous vectors, splits nibbles
+with masks and shifts, and applies each block's scales once to a partial sum over the block
+(triton_qblocks.py). gate/up: one program holds ROWS rows of gate and the same ROWS of up (one
+tile of 2 * ROWS rows when both share a format), so x is loaded once for both. down: one program
+holds ROWS output rows of up to PAIRS of token t's pairs at once (a tile of PAIRS * ROWS rows),
+so the pairs' bytes are all in flight together rather than one expert after the other.
+`TILES` holds the tile sizes per format. Qwen3-30B-A3B, one token, Q4_0: 8 x 96 gate/up programs
+of 2 x 8 rows x 1152 B, then 512 down programs of 8 pairs x 4 rows x 432 B (the H200 has 132 SMs).
+
+Slots, positions and token bounds come from device tensors, so a CUDA graph can replay the
+kernels with new experts. Summation: float32 inside each matmul; one token's A terms are added
+to `out` in order, each rounded to out's dtype as index_add_ does (deterministic). h stays
+float32 between the two kernels, like the CPU path (`lazymoe.quant.expert.expert_forward`), and
+each expert's output is rounded to the activations' dtype before it is weighted.
 
 A slot is `gate | up | down`, each projection in its own format (a Q4_K_M file mixes them), at
-the byte offsets `SlotLayout` gives (`QuantizedPool.fill` writes them so). Formats and the block
-layouts the kernels decode (lazymoe/quant/formats.py, kquants.py: byte for byte GGUF's):
-
-    f32 f16 bf16   plain values
-    q8_0  34 B / 32 w    d f16 | 32 int8                          w = d * q
-    q4_0  18 B / 32 w    d f16 | 16 B nibbles (j low, j+16 high)   w = d * (q - 8)
-    q4_1  20 B / 32 w    d f16 | m f16 | 16 B nibbles              w = d * q + m
-    q4_k 144 B / 256 w   d | dmin | 12 B 6-bit (sc, m) x 8 | 128 B nibbles    w = d*sc*q - dmin*m
-    q5_k 176 B / 256 w   as q4_k, + 32 B fifth bits before the nibbles
-    q6_k 210 B / 256 w   128 B low nibbles | 64 B 2-bit highs | 16 int8 sc | d    w = d*sc*(q-32)
-
-Every weight is decoded from the bytes that hold it (its block's scale bytes are re-read by its
-neighbours, from cache). This is the simple, obviously correct first version: tests check it
-against `lazymoe.quant`'s dequantize under Triton's interpreter (float32) and, compiled, in
-tests/gpu (float32 and BF16; scripts/bench_triton_quant.py times them). Loading whole blocks
-(scale once, payload as a vector) is the next step for speed.
+the byte offsets `SlotLayout` gives (`QuantizedPool.fill` writes them so). Formats: f32, f16,
+bf16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k (block layouts: triton_qblocks.py). Tests check the
+kernels against `lazymoe.quant`'s dequantize under Triton's interpreter (float32) and, compiled,
+in tests/gpu (float32 and BF16); scripts/bench_triton_quant.py times them.
 """
 
 from __future__ import annotations
@@ -44,9 +40,12 @@ import torch
 
 from lazymoe import quant
 from lazymoe.engine.compute.triton_kernels import interpreting, triton
+from lazymoe.engine.compute.triton_qblocks import groups
 
 if triton is not None:
     import triton.language as tl
+
+    from lazymoe.engine.compute.triton_qblocks import row_dots
 
 # the kernels' constexpr format codes
 FORMATS = {"f32": 0, "f16": 1, "bf16": 2, "q8_0": 3, "q4_0": 4, "q4_1": 5, "q4_k": 6, "q5_k": 7,
@@ -96,129 +95,106 @@ class SlotLayout:
         return self.offsets[2] + self.row_bytes[2] * self.hidden  # bytes of one expert
 
 
+@dataclass(frozen=True)
+class Tiles:
+    """One kernel's tile: output rows and groups of weights (32 or 64, triton_qblocks.GROUP_WEIGHTS)
+    per step of a program's loop over a row, and warps per program."""
+
+    rows: int
+    groups: int
+    warps: int = 4
+
+
+# (gate/up, down) tiles per format on a GPU; down's rows are per pair (a tile: PAIRS x rows rows).
+# Aim (reasoned, not yet timed): ~4 KB of bytes a program's step (~4096 lanes, 16-32 B a thread,
+# one to four steps a row at Qwen3-30B-A3B's D 2048, I 768), registers low enough (ptxas, sm_90:
+# 48-168 a thread) that a whole layer's programs are resident at once: ~40 KB in flight per SM,
+# what 4.3 TB/s needs at ~1 us of memory latency (Little's law).
+TILES = {
+    "f32": (Tiles(4, 8), Tiles(2, 8)),
+    "f16": (Tiles(4, 8), Tiles(2, 8)),
+    "bf16": (Tiles(4, 8), Tiles(2, 8)),
+    "q8_0": (Tiles(4, 16), Tiles(2, 8)),  # 34 B groups of 32 lanes; down: 24 groups, 3 steps
+    "q4_0": (Tiles(8, 16), Tiles(4, 8)),  # 18 B groups of 16 lanes
+    "q4_1": (Tiles(8, 16), Tiles(4, 8)),
+    "q4_k": (Tiles(4, 16), Tiles(1, 16)),  # 64 w groups of 32 lanes; down: 12 groups, 1 step
+    "q5_k": (Tiles(4, 16), Tiles(1, 16)),
+    "q6_k": (Tiles(4, 32), Tiles(2, 16)),  # 64 w groups of 16 lanes
+}
+INTERPRETER_TILES = (Tiles(64, 64), Tiles(16, 16))  # it pays per step, not per element
+MAX_PAIRS = 8  # down: pairs of one token in one tile (more are taken PAIRS at a time)
+
+
 if triton is not None:
-
-    @triton.jit
-    def _byte(p, ok):
-        return tl.load(p, mask=ok, other=0).to(tl.int32)
-
-    @triton.jit
-    def _f16(p, ok):  # two little-endian bytes as a float16, widened
-        bits = _byte(p, ok) | (_byte(p + 1, ok) << 8)
-        return bits.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
-
-    @triton.jit
-    def _k_scale_min(s, sub, ok):
-        """q4_k/q5_k: sub-block `sub`'s 6-bit (sc, m) from the 12 bytes at s (get_scale_min_k4)."""
-        a = _byte(s + sub % 4, ok)
-        b = _byte(s + sub % 4 + 4, ok)
-        c = _byte(s + sub % 4 + 8, ok)
-        low = sub < 4
-        sc = tl.where(low, a & 63, (c & 15) | ((a >> 6) << 4))
-        m = tl.where(low, b & 63, (c >> 4) | ((b >> 6) << 4))
-        return sc.to(tl.float32), m.to(tl.float32)
-
-    @triton.jit
-    def _dequant(row, c, ok, FMT: tl.constexpr):
-        """Weights at columns c (1, BK) of rows starting at byte pointers row (BN, 1): (BN, BK) f32."""
-        if FMT == 0:  # f32
-            p = row + c * 4
-            bits = _byte(p, ok) | (_byte(p + 1, ok) << 8) | (_byte(p + 2, ok) << 16)
-            w = (bits | (_byte(p + 3, ok) << 24)).to(tl.float32, bitcast=True)
-        elif FMT == 1:  # f16
-            w = _f16(row + c * 2, ok)
-        elif FMT == 2:  # bf16: the top half of a float32
-            p = row + c * 2
-            w = ((_byte(p, ok) | (_byte(p + 1, ok) << 8)) << 16).to(tl.float32, bitcast=True)
-        elif FMT == 3:  # q8_0
-            b = row + (c // 32) * 34
-            q = ((_byte(b + 2 + c % 32, ok) ^ 128) - 128).to(tl.float32)  # int8
-            w = q * _f16(b, ok)
-        elif FMT == 4 or FMT == 5:  # q4_0, q4_1: weight j in byte j % 16, low nibble first
-            j = c % 32
-            if FMT == 4:
-                b = row + (c // 32) * 18
-                nib = (_byte(b + 2 + j % 16, ok) >> (4 * (j // 16))) & 15
-                w = (nib.to(tl.float32) - 8.0) * _f16(b, ok)
-            else:
-                b = row + (c // 32) * 20
-                nib = (_byte(b + 4 + j % 16, ok) >> (4 * (j // 16))) & 15
-                w = _f16(b, ok) * nib.to(tl.float32) + _f16(b + 2, ok)
-        elif FMT == 6 or FMT == 7:  # q4_k, q5_k: 8 sub-blocks of 32
-            r = c % 256
-            sub = r // 32
-            j = r % 32
-            if FMT == 6:
-                b = row + (c // 256) * 144
-                q = (_byte(b + 16 + (sub // 2) * 32 + j, ok) >> (4 * (sub % 2))) & 15
-            else:
-                b = row + (c // 256) * 176
-                q = (_byte(b + 48 + (sub // 2) * 32 + j, ok) >> (4 * (sub % 2))) & 15
-                q = q | (((_byte(b + 16 + j, ok) >> sub) & 1) << 4)
-            sc, m = _k_scale_min(b + 4, sub, ok)
-            w = (_f16(b, ok) * sc) * q.to(tl.float32) - _f16(b + 2, ok) * m
-        else:  # q6_k: two halves of 128; 16 sub-blocks of 16 with int8 scales
-            b = row + (c // 256) * 210
-            r = c % 256
-            h = r // 128
-            rr = r % 128
-            low = (_byte(b + h * 64 + rr % 64, ok) >> (4 * (rr // 64))) & 15
-            high = (_byte(b + 128 + h * 32 + rr % 32, ok) >> (2 * (rr // 32))) & 3
-            q = ((low | (high << 4)) - 32).to(tl.float32)
-            sc = ((_byte(b + 192 + r // 16, ok) ^ 128) - 128).to(tl.float32)
-            w = (_f16(b + 208, ok) * sc) * q
-        return w
 
     @triton.jit
     def _gate_up_kernel(
         x_ptr, pool_ptr, slot_ptr, tok_ptr, h_ptr, HIDDEN, INTER, SLOT_BYTES,
-        GATE_OFFSET, UP_OFFSET, GATE_ROW_BYTES, UP_ROW_BYTES,
-        GATE_FMT: tl.constexpr, UP_FMT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        GATE_OFFSET, UP_OFFSET, GATE_ROW_BYTES, UP_ROW_BYTES, GATE_GROUPS, UP_GROUPS,
+        GATE_FMT: tl.constexpr, UP_FMT: tl.constexpr, ROWS: tl.constexpr, GROUPS: tl.constexpr,
     ):  # fmt: skip
         a = tl.program_id(0)  # which (token, expert) pair
-        rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # rows of gate (and of up)
-        row_ok = rows < INTER
+        rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)  # rows of gate (and of up)
         slot = pool_ptr + tl.load(slot_ptr + a).to(tl.int64) * SLOT_BYTES
-        x_row = x_ptr + tl.load(tok_ptr + a).to(tl.int64) * HIDDEN
-        gate = slot + GATE_OFFSET + rows[:, None].to(tl.int64) * GATE_ROW_BYTES  # (BN, 1)
-        up = slot + UP_OFFSET + rows[:, None].to(tl.int64) * UP_ROW_BYTES
-        acc_gate = tl.zeros([BLOCK_N], dtype=tl.float32)
-        acc_up = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for k in range(0, HIDDEN, BLOCK_K):
-            cols = k + tl.arange(0, BLOCK_K)
-            col_ok = cols < HIDDEN
-            ok = row_ok[:, None] & col_ok[None, :]
-            x = tl.load(x_row + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
-            acc_gate += tl.sum(_dequant(gate, cols[None, :], ok, GATE_FMT) * x, axis=1)
-            acc_up += tl.sum(_dequant(up, cols[None, :], ok, UP_FMT) * x, axis=1)
+        x = x_ptr + tl.load(tok_ptr + a).to(tl.int64) * HIDDEN + tl.zeros([1, 1], dtype=tl.int64)
+        if GATE_FMT == UP_FMT:  # one tile: ROWS rows of gate, then the same rows of up
+            m = tl.arange(0, 2 * ROWS)
+            r = tl.minimum(tl.program_id(1) * ROWS + m % ROWS, INTER - 1).to(tl.int64)
+            proj = GATE_OFFSET + (m // ROWS).to(tl.int64) * (UP_OFFSET - GATE_OFFSET)
+            w = (slot + proj + r * GATE_ROW_BYTES)[:, None]  # (2 ROWS, 1)
+            acc = tl.zeros([2 * ROWS], dtype=tl.float32)
+            for g0 in range(0, GATE_GROUPS, GROUPS):
+                acc += row_dots(w, x, g0, GATE_GROUPS, HIDDEN, GATE_FMT, GROUPS)
+            both = tl.reshape(acc, [2, ROWS])
+            which = tl.arange(0, 2)[:, None]
+            acc_gate = tl.sum(tl.where(which == 0, both, 0.0), axis=0)
+            acc_up = tl.sum(tl.where(which == 1, both, 0.0), axis=0)
+        else:  # two formats: two tiles of ROWS rows
+            r = tl.minimum(rows, INTER - 1).to(tl.int64)
+            gate = (slot + GATE_OFFSET + r * GATE_ROW_BYTES)[:, None]
+            up = (slot + UP_OFFSET + r * UP_ROW_BYTES)[:, None]
+            acc_gate = tl.zeros([ROWS], dtype=tl.float32)
+            acc_up = tl.zeros([ROWS], dtype=tl.float32)
+            for g0 in range(0, GATE_GROUPS, GROUPS):
+                acc_gate += row_dots(gate, x, g0, GATE_GROUPS, HIDDEN, GATE_FMT, GROUPS)
+            for g0 in range(0, UP_GROUPS, GROUPS):
+                acc_up += row_dots(up, x, g0, UP_GROUPS, HIDDEN, UP_FMT, GROUPS)
         act = acc_gate / (1.0 + tl.exp(-acc_gate))  # SiLU, float32 like the CPU path
-        tl.store(h_ptr + a * INTER + rows, act * acc_up, mask=row_ok)
+        tl.store(h_ptr + a * INTER + rows, act * acc_up, mask=rows < INTER)
 
     @triton.jit
     def _down_sum_kernel(
         h_ptr, pool_ptr, slot_ptr, pos_ptr, start_ptr, w_ptr, out_ptr, HIDDEN, INTER, TOP_K,
-        SLOT_BYTES, DOWN_OFFSET, DOWN_ROW_BYTES,
-        DOWN_FMT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        SLOT_BYTES, DOWN_OFFSET, DOWN_ROW_BYTES, DOWN_GROUPS,
+        DOWN_FMT: tl.constexpr, PAIRS: tl.constexpr, ROWS: tl.constexpr, GROUPS: tl.constexpr,
     ):  # fmt: skip
-        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # rows of down = output features
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # rows of down = output features
         t = tl.program_id(1)  # which token
         row_ok = rows < HIDDEN
         odt = out_ptr.dtype.element_ty
         out_row = out_ptr + t.to(tl.int64) * HIDDEN + rows
         total = tl.load(out_row, mask=row_ok, other=0.0).to(tl.float32)  # out += ...
-        for a in range(tl.load(start_ptr + t), tl.load(start_ptr + t + 1)):  # token t's pairs
+        m = tl.arange(0, PAIRS * ROWS)  # tile row m: pair m // ROWS, output row m % ROWS
+        r = tl.minimum(tl.program_id(0) * ROWS + m % ROWS, HIDDEN - 1).to(tl.int64)
+        p = tl.arange(0, PAIRS)
+        end = tl.load(start_ptr + t + 1)
+        for a0 in range(tl.load(start_ptr + t), end, PAIRS):  # token t's pairs, PAIRS at a time
+            a = tl.minimum(a0 + m // ROWS, end - 1)  # pairs past the end: read, then dropped
             slot = pool_ptr + tl.load(slot_ptr + a).to(tl.int64) * SLOT_BYTES
-            weight = tl.load(w_ptr + t * TOP_K + tl.load(pos_ptr + a)).to(tl.float32)
-            down = slot + DOWN_OFFSET + rows[:, None].to(tl.int64) * DOWN_ROW_BYTES
-            acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-            for k in range(0, INTER, BLOCK_K):
-                cols = k + tl.arange(0, BLOCK_K)
-                col_ok = cols < INTER
-                ok = row_ok[:, None] & col_ok[None, :]
-                h = tl.load(h_ptr + a * INTER + cols, mask=col_ok, other=0.0)[None, :]
-                acc += tl.sum(_dequant(down, cols[None, :], ok, DOWN_FMT) * h, axis=1)
-            y = acc.to(odt).to(tl.float32) * weight  # the expert's output in the activations' dtype
-            total = (total + y.to(odt).to(tl.float32)).to(odt).to(tl.float32)
+            down = (slot + DOWN_OFFSET + r * DOWN_ROW_BYTES)[:, None]  # (PAIRS ROWS, 1)
+            h = (h_ptr + a.to(tl.int64) * INTER)[:, None]
+            acc = tl.zeros([PAIRS * ROWS], dtype=tl.float32)
+            for g0 in range(0, DOWN_GROUPS, GROUPS):
+                acc += row_dots(down, h, g0, DOWN_GROUPS, INTER, DOWN_FMT, GROUPS)
+            pos = tl.load(pos_ptr + tl.minimum(a0 + p, end - 1))
+            weight = tl.load(w_ptr + t * TOP_K + pos).to(tl.float32)[:, None]  # (PAIRS, 1)
+            # each expert's output in the activations' dtype, weighted, rounded again
+            y = (tl.reshape(acc, [PAIRS, ROWS]).to(odt).to(tl.float32) * weight).to(odt)
+            y = y.to(tl.float32)
+            for k in tl.static_range(PAIRS):  # added in order, each sum rounded (index_add_)
+                term = tl.sum(tl.where(p[:, None] == k, y, 0.0), axis=0)
+                summed = (total + term).to(odt).to(tl.float32)
+                total = tl.where(a0 + k < end, summed, total)
         tl.store(out_row, total.to(odt), mask=row_ok)
 
 
@@ -284,14 +260,18 @@ def fused_decode_quantized(
     scores = top_k_weights.contiguous()
     codes = [FORMATS[f] for f in layout.formats]
     offsets, row_bytes = layout.offsets, layout.row_bytes
-    # the interpreter pays per step, not per element: fewer, bigger tiles
-    block_n, block_k = (128, 256) if interpreting() else (16, 256)
-    _gate_up_kernel[(n, triton.cdiv(i, block_n))](
+    gate_up, down = TILES[layout.formats[0]][0], TILES[layout.formats[2]][1]
+    if interpreting():
+        gate_up, down = INTERPRETER_TILES
+    pairs = min(triton.next_power_of_2(scores.shape[1]), MAX_PAIRS)
+    _gate_up_kernel[(n, triton.cdiv(i, gate_up.rows))](
         x, pool, slot_t, tok_t, h_buf, d, i, pool.stride(0), offsets[0], offsets[1],
-        row_bytes[0], row_bytes[1], GATE_FMT=codes[0], UP_FMT=codes[1],
-        BLOCK_N=block_n, BLOCK_K=block_k,
+        row_bytes[0], row_bytes[1], groups(codes[0], d), groups(codes[1], d),
+        GATE_FMT=codes[0], UP_FMT=codes[1], ROWS=gate_up.rows, GROUPS=gate_up.groups,
+        num_warps=gate_up.warps,
     )  # fmt: skip
-    _down_sum_kernel[(triton.cdiv(d, block_n), n_tokens)](
+    _down_sum_kernel[(triton.cdiv(d, down.rows), n_tokens)](
         h_buf, pool, slot_t, pos_t, starts_t, scores, out, d, i, scores.shape[1], pool.stride(0),
-        offsets[2], row_bytes[2], DOWN_FMT=codes[2], BLOCK_N=block_n, BLOCK_K=block_k,
+        offsets[2], row_bytes[2], groups(codes[2], i), DOWN_FMT=codes[2], PAIRS=pairs,
+        ROWS=down.rows, GROUPS=down.groups, num_warps=down.warps,
     )  # fmt: skip

@@ -8,6 +8,6 @@
     pool.py               ExpertPool: the one owner of expert buffers, allocated once, in equal slots
     gguf_file.py          GGUFExpertStore: a GGUF file's experts as quantized views into its map
     gguf_config.py        a GGUF file's metadata as config.json, its other tensors as floats
-    qpool.py              QuantizedPool: slots of stored (quantized) bytes, for GGUF models on a CPU
+    qpool.py              QuantizedPool: slots of stored (quantized) bytes, for GGUF models (RAM or VRAM)
     tiers.py              the tiers VRAM -> pinned RAM -> disk, each a pool plus a CacheBook
 """

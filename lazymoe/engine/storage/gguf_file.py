@@ -77,7 +77,6 @@ class GGUFExpertStore(ExpertSource):
     `read_into` dequantize to float32 (for float pools, e.g. on a GPU, and the reference)."""
 
     quantized = True
-    pinned = False
 
     def __init__(self, path: Path, reader: gguf.GGUFReader, config: dict) -> None:
         self.model_dir = path
@@ -87,6 +86,7 @@ class GGUFExpertStore(ExpertSource):
         self.num_layers = int(config["num_hidden_layers"])
         self.dtype = torch.float32  # what read() returns
         self._reader = reader
+        self.pinned = False  # the file's map page-locked for CUDA (pin_for_cuda)
         tensors = {t.name: t for t in reader.tensors}
         # (layer, role) -> (stacked bytes (E, bytes per expert), format, one expert's shape)
         self._tensors: dict[tuple[int, str], tuple[np.ndarray, str, tuple[int, int]]] = {}
@@ -159,11 +159,27 @@ class GGUFExpertStore(ExpertSource):
         return q.nbytes
 
     def pin_for_cuda(self) -> int:
-        raise GGUFError(
-            "pin_checkpoint page-locks a safetensors checkpoint; it does not apply to a GGUF file"
-        )
+        """Page-lock the file's whole map for CUDA, read-only (cudaHostRegister, like
+        SafetensorsFile.pin_for_cuda): a miss then copies an expert's stored bytes straight from
+        the map to VRAM at pinned bandwidth, with no host copy first. Needs RAM for the whole
+        file (like llama.cpp's --mlock). Returns the bytes locked; close() unlocks them."""
+        if self.pinned:
+            return 0
+        m = self._reader.data  # np.memmap of the whole file, copy-on-write
+        # Portable (1): every CUDA context may use it; ReadOnly (8): the GPU only reads it
+        err = torch.cuda.cudart().cudaHostRegister(m.ctypes.data, m.nbytes, 1 | 8)
+        if int(err) != 0:
+            raise GGUFError(
+                f"{self.path}: CUDA could not page-lock the mapped file ({err}); "
+                "run without pin_checkpoint"
+            )
+        self.pinned = True
+        return int(m.nbytes)
 
     def close(self) -> None:
+        if self.pinned:  # unlock before the map goes away
+            torch.cuda.cudart().cudaHostUnregister(self._reader.data.ctypes.data)
+            self.pinned = False
         self._tensors.clear()
         self._reader = None
 

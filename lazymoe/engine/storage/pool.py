@@ -10,7 +10,8 @@ not allocate. Each slot holds one expert in transformers' fused layout:
     pool bytes = n_slots * 3 * I * D * bytes_per_param
 
 On a GPU each slot also has a CUDA event, recorded when a copy into it is issued, that compute
-waits on before reading the slot (copies run on a side stream).
+waits on before reading the slot (copies run on a side stream). `SlotEvents` is that bookkeeping,
+shared with the quantized pool (qpool.py).
 """
 
 from __future__ import annotations
@@ -25,45 +26,17 @@ def expert_nbytes(intermediate: int, hidden: int, dtype: torch.dtype) -> int:
     return 3 * intermediate * hidden * dtype.itemsize
 
 
-class ExpertPool:
-    """`n_slots` expert buffers on `device` (pinned host memory with `pin_memory=True`)."""
+class SlotEvents:
+    """One CUDA event per slot: when the last copy into (or out of) the slot was issued.
 
-    def __init__(
-        self,
-        n_slots: int,
-        intermediate: int,
-        hidden: int,
-        dtype: torch.dtype,
-        device: str | torch.device = "cpu",
-        pin_memory: bool = False,
-        name: str = "pool",
-    ) -> None:
-        if n_slots <= 0:
-            raise ValueError(f"pool {name!r}: n_slots must be positive, got {n_slots}")
-        self.name = name
-        self.n_slots = n_slots
-        self.device = torch.device(device)
-        kwargs = {"dtype": dtype, "device": self.device}
-        if pin_memory and self.device.type == "cpu":
-            kwargs["pin_memory"] = True
-        self.gate_up = torch.empty(n_slots, 2 * intermediate, hidden, **kwargs)  # (S, 2I, D)
-        self.down = torch.empty(n_slots, hidden, intermediate, **kwargs)  # (S, D, I)
-        # Views per slot, made once: no allocation when a slot is filled or read.
-        self._views = [
-            ExpertWeights(self.gate_up[s, :intermediate], self.gate_up[s, intermediate:], self.down[s])
-            for s in range(n_slots)
-        ]
-        self.slot_nbytes = expert_nbytes(intermediate, hidden, dtype)
+    Copies run on a side stream; the compute stream waits on a slot's event before reading it
+    (`wait_ready`), and the host waits on it before rewriting a host slot whose copy to the GPU
+    may still be in flight (`sync_slot`). Host pools without GPU copies never record one.
+    """
+
+    def _init_events(self, n_slots: int) -> None:
         self._events: list[torch.cuda.Event | None] = [None] * n_slots
         self._pending = [False] * n_slots  # a copy into the slot that no reader has waited for
-
-    @property
-    def nbytes(self) -> int:
-        return self.n_slots * self.slot_nbytes
-
-    def weights(self, slot: int) -> ExpertWeights:
-        """The slot's three projections as views (gate (I, D), up (I, D), down (D, I))."""
-        return self._views[slot]
 
     def mark_copy(self, slot: int, stream: torch.cuda.Stream) -> None:
         """Record that a copy into `slot` was issued on `stream` (GPU pools and pinned RAM)."""
@@ -88,6 +61,48 @@ class ExpertPool:
         event = self._events[slot]
         if event is not None:
             event.synchronize()
+
+
+class ExpertPool(SlotEvents):
+    """`n_slots` expert buffers on `device` (pinned host memory with `pin_memory=True`)."""
+
+    def __init__(
+        self,
+        n_slots: int,
+        intermediate: int,
+        hidden: int,
+        dtype: torch.dtype,
+        device: str | torch.device = "cpu",
+        pin_memory: bool = False,
+        name: str = "pool",
+    ) -> None:
+        if n_slots <= 0:
+            raise ValueError(f"pool {name!r}: n_slots must be positive, got {n_slots}")
+        self.name = name
+        self.n_slots = n_slots
+        self.device = torch.device(device)
+        kwargs = {"dtype": dtype, "device": self.device}
+        if pin_memory and self.device.type == "cpu":
+            kwargs["pin_memory"] = True
+        self.gate_up = torch.empty(n_slots, 2 * intermediate, hidden, **kwargs)  # (S, 2I, D)
+        self.down = torch.empty(n_slots, hidden, intermediate, **kwargs)  # (S, D, I)
+        # Views per slot, made once: no allocation when a slot is filled or read.
+        self._views = [
+            ExpertWeights(
+                self.gate_up[s, :intermediate], self.gate_up[s, intermediate:], self.down[s]
+            )
+            for s in range(n_slots)
+        ]
+        self.slot_nbytes = expert_nbytes(intermediate, hidden, dtype)
+        self._init_events(n_slots)
+
+    @property
+    def nbytes(self) -> int:
+        return self.n_slots * self.slot_nbytes
+
+    def weights(self, slot: int) -> ExpertWeights:
+        """The slot's three projections as views (gate (I, D), up (I, D), down (D, I))."""
+        return self._views[slot]
 
     def __repr__(self) -> str:
         return (
