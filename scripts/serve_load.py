@@ -115,7 +115,10 @@ def measure(args: argparse.Namespace, serve_args: list[str]) -> list[dict]:
                 ]
                 health = httpx.get(f"{conn.root_url}/health", timeout=10).json()
                 row = {"max_batch": max_batch, "max_batch_served": health["max_batch"],
-                       "n_users": n_users}  # fmt: skip
+                       "n_users": n_users,
+                       # engine steps so far on this server, by path: "single" (one request
+                       # alone, the engine's fast decoder) or "batched" (the batched layer loop)
+                       "decode_steps_so_far": health.get("decode_steps")}  # fmt: skip
                 row.update({k: statistics.median(r[k] for r in runs) for k in runs[0]})
                 row["runs"] = runs
                 rows.append(row)
@@ -187,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             "(every run under `runs`)",
             "aggregate_tok_s": "all users' completion tokens / wall time from the first request "
             "sent to the last [DONE]",
-            "ttft": "per user: first text chunk received - request sent; p95 is nearest-rank",
+            "ttft": "per user: first chunk carrying a token received - request sent (lazymoe "
+            "sends one chunk per token, with empty text when a token decodes to none); p95 is "
+            "nearest-rank",
             "client": "the users are threads of this script on the same machine as the server",
         },
         "notes": args.note,

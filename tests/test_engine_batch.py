@@ -297,3 +297,123 @@ def test_stats_count_batched_work(prompts):
     assert stats.tokens == 3 * N_NEW
     assert stats.prompt_tokens == sum(len(p) for p in prompts[:3])
     assert stats.prefill_seconds > 0 and stats.decode_seconds > 0
+
+
+# -- one live sequence: the engine's single-sequence path -----------------------------------------
+def staggered(engine: Engine, prompts, gens) -> tuple[list[list[int]], list[dict]]:
+    """The first request alone for 5 steps, the second joins for 4, the third joins, the second
+    is removed 3 steps later (the first may end), and the rest run to the end: each one's tokens,
+    and the batch's step counts after each phase."""
+    with engine.batch() as batch:
+        a, _ = batch.add(prompts[0], gens[0])
+        counts = []
+        for _ in range(5):
+            batch.step()
+        counts.append(dict(batch.step_counts))  # alone
+        b, _ = batch.add(prompts[1], gens[1])
+        for _ in range(4):
+            batch.step()
+        counts.append(dict(batch.step_counts))  # two together
+        c, _ = batch.add(prompts[2], gens[2])
+        for _ in range(3):
+            batch.step()
+        b_tokens = batch.tokens(b)
+        batch.remove(b)
+        while len(batch):
+            batch.step()
+        counts.append(dict(batch.step_counts))  # the last one alone again at the end
+        return [batch.tokens(a), b_tokens, batch.tokens(c)], counts
+
+
+@needs_bundled
+@pytest.mark.parametrize("decode", ["model", "segments"])  # segments: the GPU decoder's loop
+def test_a_lone_sequence_takes_the_single_path_and_moves_into_the_batch_when_others_join(
+    prompts, decode
+):
+    """One request alone decodes as engine.generate does (segments: in the decoder's buffers);
+    the second one's arrival moves it into the batched loop between two tokens, and back when it
+    is alone again: the tokens are those of each request alone."""
+    engine = bundled(12, decode=decode)
+    gens = [GREEDY, GREEDY, GenerationConfig(max_new_tokens=N_NEW + 8, stop_token_ids=())]
+    expected = [engine.generate(p, g) for p, g in zip(prompts, gens, strict=False)]
+    decoded_alone = engine._decoder.timings["tokens"] if decode == "segments" else 0
+    got, counts = staggered(engine, prompts, gens)
+    assert got[0] == expected[0] and got[2] == expected[2]
+    assert got[1] == expected[1][: len(got[1])] and len(got[1]) == 8  # removed after 7 steps
+    assert counts[0] == {"single": 5, "batched": 0}  # the first one alone: the single path
+    assert counts[1] == {"single": 5, "batched": 4}  # the second joined: batched at once
+    # the first (24 tokens) has 13 after 12 steps: 11 more with the third, batched; the third
+    # (32 tokens) then has 15: 17 more alone, on the single path again
+    assert counts[2] == {"single": 5 + 17, "batched": 4 + 3 + 11}
+    if decode == "segments":  # the single steps really ran on the engine's decoder
+        assert engine._decoder.timings["tokens"] - decoded_alone == counts[2]["single"]
+
+
+@needs_bundled
+def test_seeded_sampling_carries_its_generator_through_the_moves(prompts):
+    """The sampler (and its seeded torch.Generator) stays the sequence's own when it moves between
+    the single path and the batch, so seeded draws equal engine.generate's."""
+    engine = bundled(6, decode="segments")
+    seeded = {"temperature": 0.9, "top_p": 0.95, "stop_token_ids": ()}
+    gens = [GenerationConfig(max_new_tokens=N_NEW, seed=4, **seeded),
+            GenerationConfig(max_new_tokens=N_NEW, seed=5, **seeded),
+            GenerationConfig(max_new_tokens=N_NEW + 8, seed=6, **seeded)]  # fmt: skip
+    expected = [engine.generate(p, g) for p, g in zip(prompts, gens, strict=False)]
+    got, counts = staggered(engine, prompts, gens)
+    assert got[0] == expected[0] and got[2] == expected[2]
+    assert got[1] == expected[1][: len(got[1])]
+    assert counts == [{"single": 5, "batched": 0}, {"single": 5, "batched": 4},
+                      {"single": 22, "batched": 18}]  # fmt: skip
+    assert expected[0] != engine.generate(prompts[0], GREEDY)  # the seed matters: not greedy
+
+
+@needs_bundled
+def test_fast_lone_off_decodes_a_lone_sequence_in_the_batched_loop(prompts):
+    from lazymoe.engine.batch import EngineBatch
+
+    engine = bundled(None, decode="segments")
+    expected = engine.generate(prompts[0], GREEDY)
+    engine._decoder = None  # so we see whether the batch makes one
+    with EngineBatch(engine, fast_lone=False) as batch:
+        h, _ = batch.add(prompts[0], GREEDY)
+        while len(batch):
+            batch.step()
+        assert batch.tokens(h) == expected
+        assert batch.step_counts == {"single": 0, "batched": N_NEW - 1}
+        assert batch.last_path == "batched"
+    assert engine._decoder is None
+
+
+@needs_bundled
+def test_a_sequence_alone_on_the_decoder_that_stops_or_is_removed_frees_it(prompts):
+    engine = bundled(None, decode="segments")
+    want = engine.generate(prompts[0], GREEDY)
+    with engine.batch() as batch:
+        a, _ = batch.add(prompts[0], GREEDY)
+        batch.step()
+        assert batch._seqs[a].decoder is not None and batch._seqs[a].cache is None
+        batch.remove(a)
+        b, _ = batch.add(prompts[0], GREEDY)  # the same prompt again: the decoder is reused
+        while len(batch):
+            batch.step()
+        assert batch.tokens(b) == want
+        assert batch._seqs[b].decoder is None and batch._seqs[b].cache is None  # done: freed
+        assert batch.last_path == "single"
+
+
+@needs_bundled
+def test_generating_on_the_engine_while_a_lone_sequence_holds_its_decoder_is_refused(prompts):
+    """engine.generate between two steps overwrites the decoder's keys and values: the lone
+    sequence's next step says so (and the sequence is dropped), instead of going on wrong."""
+    engine = bundled(None, decode="segments")
+    with engine.batch() as batch:
+        batch.add(prompts[0], GREEDY)
+        batch.step()
+        engine.generate(prompts[1], GREEDY)
+        with pytest.raises(RuntimeError, match="decoder ran another generation"):
+            batch.step()
+        assert len(batch) == 0
+        b, _ = batch.add(prompts[1], GREEDY)  # the batch is usable again
+        while len(batch):
+            batch.step()
+        assert batch.tokens(b) == engine.generate(prompts[1], GREEDY)

@@ -330,6 +330,56 @@ def test_the_real_engine_batched_over_http_gives_each_request_its_own_tokens(tmp
     assert backend.stats()["misses"] > misses_before  # a budget that makes it fetch experts
 
 
+@pytest.mark.skipif(
+    not (bundled_model_dir() / "config.json").exists(),
+    reason="the bundled model is not built (`make data`)",
+)
+def test_a_lone_request_decodes_on_the_single_path_until_others_join_over_http(tmp_path):
+    """One request alone for a while (the engine's single-sequence path), then two more join (it
+    moves into the batch between two tokens, the newcomers do not wait for it to end), then they
+    leave: each gets its tokens alone, and /health counts the steps of each path."""
+    backend = EngineBackend.from_model_path(bundled_model_dir(), device="cpu", decode="segments")
+    lengths = [48, 12, 16]
+    alone = []
+    for prompt, n in zip(PROMPTS, lengths, strict=False):
+        ids = list(backend.stream(backend.encode(prompt), SamplingParams(n)))
+        ids = ids[:-1] if ids and ids[-1] in backend.eos_token_ids else ids
+        alone.append((backend.decode(ids), len(ids)))
+    assert all(n == want for (_, n), want in zip(alone, lengths, strict=True))  # no early stop
+    backend.decode_steps.update(single=0, batched=0)  # count the server's steps only
+    config = ServerConfig(port=0, max_batch=8)
+    with EmbeddedServer(backend, config, keys_file=str(tmp_path / "keys.json")) as server:
+        scheduler = server.app.state.scheduler
+
+        def user(i: int) -> tuple[str, dict]:
+            body = {"model": backend.model_id, "prompt": PROMPTS[i], "max_tokens": lengths[i],
+                    "temperature": 0}  # fmt: skip
+            with client_for(server) as client:
+                return stream_text(client, body)
+
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(user, 0)
+            wait_until(lambda: any(j.n_tokens >= 6 for j in list(scheduler.running.values())))
+            health = httpx.get(f"{server.root_url}/health").json()
+            assert health["decode_steps"]["single"] >= 5 and health["decode_steps"]["batched"] == 0
+            others = [pool.submit(user, i) for i in (1, 2)]
+            results = [first.result(), *(f.result() for f in others)]
+        health = httpx.get(f"{server.root_url}/health").json()
+        with client_for(server) as client:
+            snap = client.get("/metrics", params={"format": "json"}).json()
+    for i, ((text, usage), (want, n_tokens)) in enumerate(zip(results, alone, strict=True)):
+        assert text == want, f"request {i} got other tokens than alone"
+        assert usage["completion_tokens"] == n_tokens
+    steps = health["decode_steps"]
+    # every token after each request's first is one step of one path; a batched step serves 2-3
+    n_steps = sum(n - 1 for n in lengths)
+    assert steps["batched"] >= 1 and steps["single"] >= 6
+    alone_steps, together_steps = steps["single"], steps["batched"]
+    assert 2 * together_steps + alone_steps <= n_steps <= 3 * together_steps + alone_steps
+    assert (snap["decode_steps_single"], snap["decode_steps_batched"]) == (
+        steps["single"], steps["batched"])  # fmt: skip
+
+
 def test_ttft_percentiles_of_a_load_on_a_hand_computed_case():
     from lazymoe.server.loadtest import LoadResult, StreamTiming
 

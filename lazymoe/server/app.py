@@ -78,6 +78,12 @@ def create_app(
         "batch_size": lambda: scheduler.in_flight,  # requests decoding together now
         "max_batch": lambda: scheduler.max_batch,
     }
+    # decode steps by path (an engine backend): "single", one request alone on the engine's
+    # single-sequence path (its CUDA graphs on a GPU); "batched", several in one batched step
+    decode_steps: dict[str, int] | None = getattr(backend, "decode_steps", None)
+    if decode_steps is not None:
+        metrics.gauges["decode_steps_single"] = lambda: decode_steps["single"]
+        metrics.gauges["decode_steps_batched"] = lambda: decode_steps["batched"]
     metrics.engine_stats = lambda: scheduler.engine_stats
 
     @asynccontextmanager
@@ -133,6 +139,7 @@ def create_app(
             "in_flight": scheduler.in_flight,
             "batch_size": scheduler.in_flight,
             "max_batch": scheduler.max_batch,
+            **({"decode_steps": dict(decode_steps)} if decode_steps is not None else {}),
         }
 
     @app.get("/v1/models")

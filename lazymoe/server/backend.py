@@ -49,10 +49,10 @@ class Backend(Protocol):
 class BackendBatch(Protocol):
     """Sequences decoding together: each joins with its own prefill, then one `step` for all.
 
-        handle, first = batch.add(prompt_ids, params)   # prefill alone; the first new token
-        new = batch.step()                              # {handle: next token} for every live one
-        batch.finished(handle)                          # end of sequence or max_new_tokens reached
-        batch.remove(handle)                            # leave now, free its KV cache
+    handle, first = batch.add(prompt_ids, params)   # prefill alone; the first new token
+    new = batch.step()                              # {handle: next token} for every live one
+    batch.finished(handle)                          # end of sequence or max_new_tokens reached
+    batch.remove(handle)                            # leave now, free its KV cache
     """
 
     def add(self, prompt_ids: list[int], params: SamplingParams) -> tuple[int, int]: ...
@@ -107,6 +107,10 @@ class EngineBackend:
         # A vocabulary entry is spelled with at least one character per character it decodes
         # to (byte-level BPE: one per byte; SentencePiece: `▁` for a space, `<0x0A>` for one).
         self.max_chars_per_token = max(len(t) for t in self.tokenizer.get_vocab())
+        # decode steps by path, for /health: "single" = one request alone on the engine's
+        # single-sequence path (`stream`, or a batch with one live request: graphs/segments on a
+        # GPU), "batched" = several requests in one step of the batched layer loop
+        self.decode_steps = {"single": 0, "batched": 0}
 
     @classmethod
     def from_model_path(cls, model_path: str | Path, **engine_fields: Any) -> EngineBackend:
@@ -130,11 +134,25 @@ class EngineBackend:
         return plain_chat_prompt(messages)
 
     def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
-        return self.engine.stream(prompt_ids, generation_config(params))
+        # the engine checks the request now (ValueError), before the first token is asked for
+        return self._counted(self.engine.stream(prompt_ids, generation_config(params)))
+
+    def _counted(self, tokens: Iterator[int]) -> Iterator[int]:
+        """`tokens`, counting each one after the first (a decode step) as a "single" step."""
+        try:
+            for i, token in enumerate(tokens):
+                if i > 0:
+                    self.decode_steps["single"] += 1
+                yield token
+        finally:
+            close = getattr(tokens, "close", None)
+            if close is not None:
+                close()  # closing this generator stops the engine's at once
 
     def batch(self) -> EngineBatchAdapter:
-        """The engine's continuous batch (`lazymoe.engine.batch`), taking the server's params."""
-        return EngineBatchAdapter(self.engine.batch())
+        """The engine's continuous batch (`lazymoe.engine.batch`), taking the server's params;
+        one live request alone decodes on the engine's single-sequence path (its `fast_lone`)."""
+        return EngineBatchAdapter(self.engine.batch(), self.decode_steps)
 
     def stats(self) -> dict[str, Any]:
         stats = self.engine.stats()
@@ -144,14 +162,19 @@ class EngineBackend:
 class EngineBatchAdapter:
     """`engine.batch()` (an EngineBatch, taking GenerationConfig) seen as a `BackendBatch`."""
 
-    def __init__(self, batch: Any) -> None:
+    def __init__(self, batch: Any, decode_steps: dict[str, int] | None = None) -> None:
         self._batch = batch
+        self._decode_steps = decode_steps  # the backend's counts by path, added to per step
 
     def add(self, prompt_ids: list[int], params: SamplingParams) -> tuple[int, int]:
         return self._batch.add(prompt_ids, generation_config(params))
 
     def step(self) -> dict[int, int]:
-        return self._batch.step()
+        new = self._batch.step()
+        path = getattr(self._batch, "last_path", None)
+        if new and path is not None and self._decode_steps is not None:
+            self._decode_steps[path] += 1
+        return new
 
     def finished(self, handle: int) -> bool:
         return self._batch.finished(handle)

@@ -15,6 +15,12 @@ Between two steps new jobs take the free slots, so nobody waits for a whole answ
 else. Per user, a step of 8 jobs is slower than a step of 1; all together, many more tokens come
 out per second.
 
+A job alone in the batch is not slowed down by batching: the engine's batch decodes one live
+sequence on the engine's single-sequence path (the CUDA-graph decoder on a GPU, twice the eager
+loop's speed there), and moves it into the batched loop between two tokens when a second job is
+admitted (`lazymoe.engine.batch`); its tokens are the same either way. /health's `decode_steps`
+counts the steps of each path ("single", "batched").
+
 A prefill that fails answers that job only (500); a step that fails answers every job in the
 batch (500) and the next job starts a fresh batch: the server stays up.
 """

@@ -52,10 +52,26 @@ def queue_wait_bound_s(
     return (n_users - 1) * (prefill_s + max_tokens / decode_tok_s) + prefill_s
 
 
+def carries_token(choice: dict[str, Any]) -> bool:
+    """Whether a streamed /v1/completions choice brings a new token: it has text, or it has an
+    empty text and is not the closing chunk (finish_reason set).
+
+    lazymoe sends one chunk per token even when the token decodes to no text (half of a
+    character, or most tokens of a random model), so the first token's arrival, and with it the
+    time to first token, is seen whatever the text. Servers that send only chunks with text
+    (llama-cpp-python's, one per piece) are counted as before; the closing chunk with empty text
+    and a finish_reason is not a token.
+    """
+    text = choice.get("text")
+    if text:
+        return True
+    return text == "" and choice.get("finish_reason") is None
+
+
 @dataclass
 class StreamTiming:
     sent_s: float  # time.perf_counter() when the request left
-    arrivals_s: list[float]  # when each chunk with text arrived
+    arrivals_s: list[float]  # when each chunk carrying a token arrived (`carries_token`)
     done_s: float  # when [DONE] arrived
     n_tokens: int  # generated tokens, from the server's usage report
     text: str
@@ -117,9 +133,9 @@ def stream_once(
                 if event.get("usage"):
                     n_tokens = event["usage"]["completion_tokens"]
                 for choice in event.get("choices", []):
-                    if choice.get("text"):
+                    if carries_token(choice):
                         arrivals_s.append(time.perf_counter())
-                        pieces.append(choice["text"])
+                        pieces.append(choice.get("text") or "")
         return StreamTiming(sent_s, arrivals_s, time.perf_counter(), n_tokens, "".join(pieces))
     finally:
         if own:

@@ -1,8 +1,9 @@
 """From a job's token events to what the client receives: text pieces, then SSE or one JSON.
 
-`text_pieces` turns the worker's token ids into text (holding back half characters and stop
-strings), notices a client that went away and cancels the job so the engine stops. `sse_events`
-wraps the pieces in OpenAI's chunk format, ending with `data: [DONE]`.
+`text_pieces` turns the worker's token ids into text, one piece per token (empty while it holds
+back half characters and stop strings), notices a client that went away and cancels the job so
+the engine stops. `sse_events` wraps the pieces in OpenAI's chunk format, ending with
+`data: [DONE]`.
 """
 
 from __future__ import annotations
@@ -61,8 +62,12 @@ async def text_pieces(
                     yield ("done", "disconnected")
                     return
             if kind == "token":
+                # one piece per token, even an empty one (half a character, text held back at a
+                # stop string's start, or a token with no text at all, as most of a random
+                # model's): the client sees each token arrive, so time to first token and
+                # tokens/s can be measured whatever the text (OpenAI streams allow empty text)
                 piece = text.push(value)
-                if piece:
+                if piece or not text.stopped:
                     yield ("text", piece)
                 if text.stopped:  # a stop string: no need for more tokens
                     job.cancel()
