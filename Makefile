@@ -63,13 +63,16 @@ test: install-test data lint unit notebooks
 
 # Module 01, English and Korean, in JupyterLab in headless Chromium (Debian's package; the playwright
 # Python package drives it, its own browser download is not used). Installs Chromium, and a font with
-# Hangul for the Korean module (fonts-noto-cjk), when absent and we are root; otherwise says so and skips.
+# Hangul for the Korean module (fonts-noto-cjk), when absent and we are root; otherwise says so and skips,
+# or fails under CI (CI=true), where the browser tests must run.
 CHROMIUM ?= /usr/bin/chromium
 test-browser: install-test
 	@if [ ! -x "$(CHROMIUM)" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo ">> installing Chromium (apt-get install chromium)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  elif [ "$$CI" = true ]; then \
+	    echo ">> FAILED: CI=true but no Chromium at $(CHROMIUM), and not root to install it (apt-get install chromium)"; exit 1; \
 	  else \
 	    echo ">> SKIPPED the browser test: no Chromium at $(CHROMIUM). Install it (sudo apt-get install chromium)"; \
 	    echo ">> or point CHROMIUM= at one, then run: make test-browser"; exit 0; \
@@ -79,6 +82,9 @@ test-browser: install-test
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo ">> installing a font with Hangul (apt-get install fonts-noto-cjk)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-noto-cjk >/dev/null; \
+	  elif [ "$$CI" = true ]; then \
+	    echo ">> FAILED: CI=true but no font with Hangul (fc-list :lang=ko is empty), and not root to install one"; \
+	    echo ">> (apt-get install fonts-noto-cjk)"; exit 1; \
 	  else \
 	    echo ">> no font with Hangul (fc-list :lang=ko is empty): the Korean module's browser test will be"; \
 	    echo ">> SKIPPED. Install one (sudo apt-get install fonts-noto-cjk), then run: make test-browser"; \

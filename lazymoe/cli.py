@@ -28,9 +28,29 @@ COMMANDS: dict[str, tuple[str, str]] = {
 PASS_THROUGH = {"lab"}  # commands that hand arguments they do not know to another program
 
 
+def _localize(parser: argparse.ArgumentParser) -> None:
+    """argparse's own words (usage, the section titles, -h's help) in the learner's language."""
+    parser._positionals.title = _("positional arguments")
+    parser._optionals.title = _("options")
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            action.help = _("show this help message and exit")
+    base = parser.formatter_class
+    usage = _("usage: ")
+
+    class Formatter(base):  # type: ignore[misc, valid-type]
+        def add_usage(self, text, actions, groups, prefix=None):
+            super().add_usage(text, actions, groups, usage if prefix is None else prefix)
+
+    parser.formatter_class = Formatter
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lazymoe", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = argparse.ArgumentParser(
+        prog="lazymoe",
+        description=_("lazymoe on the command line: `lazymoe COMMAND --help` shows one command's options"))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title=_("commands"))
+    _localize(parser)
     for name, (module_name, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=_(help_text), description=_(help_text))
         sub_parser.set_defaults(_module=module_name)
@@ -40,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub_parser.set_defaults(_import_error=exc)
             continue
         module.add_arguments(sub_parser)
+        _localize(sub_parser)  # after: a module may set its own formatter
     return parser
 
 

@@ -156,6 +156,9 @@ def run_checks(role: str = "learner") -> DoctorReport:
                 bandwidth=f"{bw:.0f} GB/s" if bw else _("bandwidth unknown"), link=link,
                 driver=gpu.driver_version, cuda=gpu.cuda_version)))
         add(_torch_cuda_check())
+        arch = _torch_arch_check("server" in needed)
+        if arch is not None:
+            add(arch)
     else:
         add(Check("gpu", INFO, _("{note}: the course runs on the CPU").format(note=machine.gpu_note or _("none"))))
     for accel in machine.other_accelerators:
@@ -179,6 +182,57 @@ def _torch_cuda_check() -> Check:
     return Check("torch.cuda", OPTIONAL,
                  _("a GPU is present but this torch ({version}) cannot use it").format(version=torch.__version__),
                  _("install a CUDA build of torch (README, 'CPU-only vs CUDA') to use the GPU"))
+
+
+# PyTorch's CUDA 12.6 wheels still hold kernels for Pascal and Volta (sm_60, sm_70); its wheels
+# for newer CUDA versions leave them out (the "CPU-only vs CUDA" section of the README).
+CU126_INDEX = "https://download.pytorch.org/whl/cu126"
+
+
+def arch_supported(capability: tuple[int, int], arch_list: list[str]) -> bool:
+    """Can a torch built for `arch_list` (torch.cuda.get_arch_list()) run on a GPU of this
+    compute `capability`? A binary for sm_XY runs on X.Y and later minors of the same major
+    (sm_80 on an 8.6 card); PTX (compute_XY) is compiled at load for any X.Y or later."""
+    for arch in arch_list:
+        kind, _, number = arch.partition("_")
+        digits = "".join(ch for ch in number if ch.isdigit())  # "90a" -> "90"
+        if not digits:
+            continue
+        built = divmod(int(digits), 10)  # "120" -> (12, 0)
+        if kind == "sm" and built[0] == capability[0] and built[1] <= capability[1]:
+            return True
+        if kind == "compute" and built <= capability:
+            return True
+    return False
+
+
+def _torch_arch_check(required: bool) -> Check | None:
+    """Is this torch built for each visible GPU's compute capability? None without CUDA.
+    (A torch without the GPU's kernels sees the GPU, then fails at the first operation on it.)"""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        archs = torch.cuda.get_arch_list()
+        gpus = [(i, torch.cuda.get_device_name(i), torch.cuda.get_device_capability(i))
+                for i in range(torch.cuda.device_count())]
+    except Exception as exc:  # a broken driver or build: _torch_cuda_check reports it
+        detail = _("could not read the GPU's compute capability: {error}").format(error=exc)
+        return Check("torch.cuda arch", OPTIONAL, detail)
+    missing = [(i, name, cap) for i, name, cap in gpus if archs and not arch_supported(cap, archs)]
+    if not missing:
+        return Check("torch.cuda arch", OK, _("built for {archs}").format(archs=" ".join(archs)))
+    i, name, (major, minor) = missing[0]
+    detail = _("GPU {index} ({name}) has compute capability {major}.{minor} (sm_{major}{minor}), "
+               "but this torch ({version}) was built for {archs}: it cannot run there").format(
+        index=i, name=name, major=major, minor=minor, version=torch.__version__,
+        archs=" ".join(archs))
+    fix = _("install a PyTorch build with sm_{major}{minor}: for Pascal and Volta (6.x, 7.0), "
+            "PyTorch's CUDA 12.6 wheels: `.venv/bin/pip install --force-reinstall torch "
+            "--index-url {index_url}` (docs/instructor.md, section 2)").format(
+        major=major, minor=minor, index_url=CU126_INDEX)
+    return Check("torch.cuda arch", FAIL if required else OPTIONAL, detail, fix)
 
 
 def _bundled_model_check() -> Check:

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 
 import psutil
 
+from lazymoe.i18n import _
+
 # PCIe payload bandwidth per lane and direction, GB/s, after line encoding
 # (gen1/2: 8b/10b, gen3+: 128b/130b). Source: PCI-SIG base specifications, rounded.
 PCIE_LANE_GBPS = {1: 0.25, 2: 0.5, 3: 0.985, 4: 1.969, 5: 3.938, 6: 7.563}
@@ -72,22 +74,25 @@ class MachineInfo:
     def table(self) -> str:
         """What `probe()` found, one line per part."""
         gib = 2**30
+        # the row names (os, cpu, isa, ram, gpu) stay as they are: lab00 asks learners to find them
         lines = [f"os        {self.os}, Python {self.python}",
-                 f"cpu       {self.cpu_model}: {self.cpu_cores_physical} cores, "
-                 f"{self.cpu_threads} threads",
-                 f"isa       {' '.join(self.isa_flags) or '(none read)'}",
-                 f"ram       {self.ram_total_bytes / gib:.1f} GiB total, "
-                 f"{self.ram_available_bytes / gib:.1f} GiB available"]
+                 "cpu       " + _("{model}: {cores} cores, {threads} threads").format(
+                     model=self.cpu_model, cores=self.cpu_cores_physical, threads=self.cpu_threads),
+                 f"isa       {' '.join(self.isa_flags) or _('(none read)')}",
+                 "ram       " + _("{total:.1f} GiB total, {available:.1f} GiB available").format(
+                     total=self.ram_total_bytes / gib, available=self.ram_available_bytes / gib)]
         for g in self.gpus:
             bw = f"{g.memory_bandwidth_gbps:.0f} GB/s" if g.memory_bandwidth_gbps else "? GB/s"
             link = (f"PCIe {g.pcie_gen} x{g.pcie_width} = {g.pcie_bandwidth_gbps:.1f} GB/s"
-                    if g.pcie_bandwidth_gbps else "link unknown")
-            lines.append(f"gpu{g.index}      {g.name}: {g.vram_total_bytes / gib:.1f} GiB "
-                         f"({g.vram_used_bytes / gib:.1f} used), {bw} "
-                         f"({g.memory_bus_width_bits}-bit x {g.memory_clock_mhz} MHz x 2), {link}, "
-                         f"driver {g.driver_version}, CUDA {g.cuda_version}")
+                    if g.pcie_bandwidth_gbps else _("link unknown"))
+            lines.append(f"gpu{g.index}      " + _(
+                "{name}: {total:.1f} GiB ({used:.1f} used), {bandwidth} ({bus}-bit x {clock} MHz x 2), "
+                "{link}, driver {driver}, CUDA {cuda}").format(
+                    name=g.name, total=g.vram_total_bytes / gib, used=g.vram_used_bytes / gib,
+                    bandwidth=bw, bus=g.memory_bus_width_bits, clock=g.memory_clock_mhz, link=link,
+                    driver=g.driver_version, cuda=g.cuda_version))
         if not self.gpus:
-            lines.append(f"gpu       {self.gpu_note or 'none'}")
+            lines.append(f"gpu       {self.gpu_note or _('none')}")
         lines += [f"other     {a}" for a in self.other_accelerators]
         return "\n".join(lines)
 
@@ -121,11 +126,11 @@ def _nvml_gpus() -> tuple[list[GpuInfo], str]:
     try:
         import pynvml
     except ImportError:
-        return [], "nvidia-ml-py is not installed: GPUs were not probed"
+        return [], _("nvidia-ml-py is not installed: GPUs were not probed")
     try:
         pynvml.nvmlInit()
     except Exception as exc:  # no driver, no GPU, container without NVML: all normal
-        return [], f"no NVIDIA GPU found ({type(exc).__name__})"
+        return [], _("no NVIDIA GPU found ({error})").format(error=type(exc).__name__)
     gpus = []
     try:
         driver = pynvml.nvmlSystemGetDriverVersion()
@@ -168,13 +173,13 @@ def _other_accelerators() -> list[str]:
         import torch
 
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            found.append("Apple GPU (Metal / MPS), memory shared with the CPU")
+            found.append(_("Apple GPU (Metal / MPS), memory shared with the CPU"))
         if torch.version.hip and torch.cuda.is_available():
-            found.append(f"AMD GPU through ROCm: {torch.cuda.get_device_name(0)}")
+            found.append(_("AMD GPU through ROCm: {name}").format(name=torch.cuda.get_device_name(0)))
     except Exception:
         pass
     if os.path.exists("/dev/accel"):
-        found.append("an accelerator under /dev/accel (an NPU?)")
+        found.append(_("an accelerator under /dev/accel (an NPU?)"))
     return found
 
 
@@ -212,12 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    parser = argparse.ArgumentParser(prog="python -m lazymoe.hardware", description=__doc__.splitlines()[0])
-    parser.add_argument("--measure", action="store_true", help="also time the bandwidths")
-    parser.add_argument("--quick", action="store_true", help="small sizes (seconds, not a minute)")
-    parser.add_argument("--host", help="catalog CPU row for the RAM datasheet figure")
-    parser.add_argument("--disk-folder", help="where to write the disk test file (default: temp dir)")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser = argparse.ArgumentParser(prog="python -m lazymoe.hardware", description=_(
+        "What is in this machine: CPU, RAM and GPUs (through NVML), read without side effects."))
+    parser.add_argument("--measure", action="store_true", help=_("also time the bandwidths"))
+    parser.add_argument("--quick", action="store_true", help=_("small sizes (seconds, not a minute)"))
+    parser.add_argument("--host", help=_("catalog CPU row for the RAM datasheet figure"))
+    parser.add_argument("--disk-folder", help=_("where to write the disk test file (default: temp dir)"))
+    parser.add_argument("--json", action="store_true", help=_("print JSON"))
     args = parser.parse_args(argv)
     info = probe()
     report = measure(quick=args.quick or None, host=args.host, disk_folder=args.disk_folder) \

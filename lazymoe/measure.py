@@ -1,8 +1,13 @@
 """Measure this machine's bandwidths: RAM copy, disk read, GPU memory, host <-> GPU copies.
 
-`ram_copy` is THE CPU-bandwidth measurement of the package: lab01's table, the benchmark's roofline
-bound (`lazymoe.bench.bandwidth`) and the engine's placement cost model
-(`lazymoe.engine.compute.placement`) all call it, so "CPU bandwidth" means one thing everywhere.
+CPU bandwidth is measured here and nowhere else, two ways, each the ceiling of a different kind of
+work:
+
+    ram_copy   bytes read and written again (a copy): lab01's table, the benchmark's roofline
+               bound (`lazymoe.bench.bandwidth`), the engine's placement cost model
+               (`lazymoe.engine.compute.placement`)
+    ram_read   bytes read once, nothing written: the ceiling of a CPU kernel that computes
+               straight from stored weights (`lazymoe.quant.expert_bench`, lab03)
 
 Every number is the best of a few repeats of one sized transfer (best, because the slower runs
 are the ones something else interrupted). Sizes and repeats are printed with the results.
@@ -16,6 +21,7 @@ are the ones something else interrupted). Sizes and repeats are printed with the
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import tempfile
@@ -23,6 +29,9 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from lazymoe.i18n import _
+from lazymoe.i18n.width import pad
 
 MiB = 2**20
 GB = 1e9
@@ -52,18 +61,20 @@ class MeasureReport:
     skipped: list[str] = field(default_factory=list)
 
     def table(self) -> str:
-        lines = [f"{'measurement':<34}{'GB/s':>9}{'datasheet':>11}{'share':>7}  size x repeats"]
+        lines = [pad(_("measurement"), 34) + f"{'GB/s':>9}" + pad(_("datasheet"), 11, ">")
+                 + pad(_("share"), 7, ">") + "  " + _("size x repeats")]
         for r in self.results:
             sheet = f"{r.datasheet_gbps:>11.1f}" if r.datasheet_gbps else f"{'-':>11}"
             share = f"{r.share_of_datasheet:>7.0%}" if r.share_of_datasheet else f"{'-':>7}"
             lines.append(f"{r.name:<34}{r.gbps:>9.2f}{sheet}{share}  "
                          f"{r.size_bytes / MiB:.0f} MiB x {r.repeats}")
         notes = [f"  - {r.name}: {r.note}" for r in self.results if r.note]
-        notes += [f"  - {r.name}: datasheet = {r.datasheet}" for r in self.results if r.datasheet]
+        notes += [f"  - {r.name}: " + _("datasheet = {source}").format(source=r.datasheet)
+                  for r in self.results if r.datasheet]
         if notes:
-            lines += ["", "notes:", *notes]
+            lines += ["", _("notes:"), *notes]
         if self.skipped:
-            lines += ["", "skipped:", *(f"  - {s}" for s in self.skipped)]
+            lines += ["", _("skipped:"), *(f"  - {s}" for s in self.skipped)]
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
@@ -75,14 +86,14 @@ class MeasureReport:
 
         names = [r.name for r in self.results]
         fig = go.Figure([
-            go.Bar(name="measured", x=names, y=[r.gbps for r in self.results],
+            go.Bar(name=_("measured"), x=names, y=[r.gbps for r in self.results],
                    text=[f"{r.gbps:.1f}" for r in self.results], textposition="outside"),
-            go.Bar(name="datasheet", x=names, y=[r.datasheet_gbps or 0 for r in self.results],
+            go.Bar(name=_("datasheet"), x=names, y=[r.datasheet_gbps or 0 for r in self.results],
                    text=[f"{r.datasheet_gbps:.1f}" if r.datasheet_gbps else "?" for r in self.results],
                    textposition="outside"),
         ])
-        fig.update_layout(barmode="group", yaxis_type="log", yaxis_title="GB/s (log scale)",
-                          title="Measured bandwidth vs datasheet", height=420)
+        fig.update_layout(barmode="group", yaxis_type="log", yaxis_title=_("GB/s (log scale)"),
+                          title=_("Measured bandwidth vs datasheet"), height=420)
         return fig
 
 
@@ -115,6 +126,59 @@ def ram_copy(size_bytes: int, repeats: int, threads: int | None = None) -> Measu
     note = "one core rarely saturates all memory channels" if used == 1 else ""
     return Measurement(f"RAM copy, {used} thread{'s' if used > 1 else ''}", 2 * size_bytes / min(secs) / GB,
                        size_bytes, repeats, secs, note=note)
+
+
+def ram_read(size_bytes: int = 256 * MiB, repeats: int = 5, threads: int | None = None) -> Measurement:
+    """RAM read bandwidth: `size_bytes` summed as 64-bit words by `threads` threads, bytes moved =
+    size (each byte read once, nothing written), best of `repeats` after a warm-up.
+
+    The right ceiling for work that streams stored bytes once, such as a quantized expert kernel
+    (bytes / `ram_read` is its best time); `ram_copy` is the one for moving bytes (filling a cache
+    slot, a staging buffer). The threads are numba's, the ones the CPU kernels of `lazymoe.quant`
+    use, so kernel and ceiling read memory the same way. threads None: all of numba's.
+    """
+    import numba
+    import numpy as np
+
+    from lazymoe.quant.kernels_cpu import _lock  # numba's thread count is shared by the kernels
+
+    words = np.ones(size_bytes // 8, np.uint64)
+    used = max(1, min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS))
+    sum_words = _sum_words()
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        sum_words(words)
+        return time.perf_counter() - t0
+
+    with _lock:
+        before = numba.get_num_threads()
+        numba.set_num_threads(used)
+        try:
+            secs = _best_of(once, repeats)  # the warm-up also compiles and touches the pages
+        finally:
+            numba.set_num_threads(before)
+    return Measurement(f"RAM read, {used} thread{'s' if used > 1 else ''}", words.nbytes / min(secs) / GB,
+                       words.nbytes, repeats, secs)
+
+
+@functools.cache
+def _sum_words():
+    """The numba kernel behind `ram_read`, compiled at first use (numba loads only then: the engine
+    imports this module for `ram_copy`)."""
+    import numpy as np
+    from numba import prange
+
+    from lazymoe.quant.kernels_cpu import _jit
+
+    @_jit(parallel=True)
+    def sum_words(words):  # reads each 8-byte word once, writes nothing
+        total = np.uint64(0)
+        for i in prange(words.size):
+            total += words[i]
+        return total
+
+    return sum_words
 
 
 def ram_copy_numpy(size_bytes: int, repeats: int) -> Measurement:
@@ -254,7 +318,7 @@ def measure(quick: bool | None = None, host: str | None = None, disk_folder: str
     if gpu and _cuda_available():
         steps.append(("GPU", lambda: gpu_measurements(gpu_size, repeats * 2, datasheet=gpu_datasheet)))
     elif gpu:
-        report.skipped.append("GPU copies: no CUDA GPU visible to torch")
+        report.skipped.append(_("GPU copies: no CUDA GPU visible to torch"))
     for label, step in tqdm(steps, desc="measuring", unit="step"):
         try:
             results = step()

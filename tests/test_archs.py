@@ -16,7 +16,15 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from lazymoe.engine.arch import spec_for
 from lazymoe.engine.errors import UnsupportedArchitectureError
-from lazymoe.models.archs import ARCHS, ROLES, UnknownArchitectureError, arch_of, get_arch
+from lazymoe.models.archs import (
+    ARCHS,
+    ROLES,
+    UnknownArchitectureError,
+    arch_of,
+    get_arch,
+    llamacpp_would_compute_differently,
+    moe_block_pattern,
+)
 from lazymoe.models.random import make_random_checkpoint
 
 GGUF_ARCH = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
@@ -39,6 +47,11 @@ def test_every_record_is_complete(name):
     assert arch.qk_norm in ("", "per_head", "full")
     if arch.qkv_bias_field is not None:
         assert hasattr(config, arch.qkv_bias_field)
+    if arch.top_k_renorm_field is not None:  # the router reads the field the record names
+        assert hasattr(config, arch.top_k_renorm_field)
+        assert hasattr(model.model.layers[0].mlp.gate, arch.top_k_renorm_field)
+    else:  # no field: the model always renormalizes
+        assert not hasattr(config, "norm_topk_prob") and arch.renormalizes_top_k({})
     assert arch.gguf_arch in GGUF_ARCH, f"llama.cpp has no architecture {arch.gguf_arch!r}"
     assert isinstance(arch.segmented_decoder, bool) and isinstance(arch.shared_expert, bool)
 
@@ -104,3 +117,51 @@ def test_an_unknown_type_names_the_supported_ones():
     with pytest.raises(UnsupportedArchitectureError, match="without expert offloading"):
         spec_for(AutoConfig.for_model("llama"))
     assert spec_for(tiny_config(ARCHS["olmoe"])) is ARCHS["olmoe"]
+
+
+def test_the_router_renormalizes_as_the_config_says():
+    qwen3, mixtral = get_arch("qwen3_moe"), get_arch("mixtral")
+    assert qwen3.renormalizes_top_k({"norm_topk_prob": True})
+    assert not qwen3.renormalizes_top_k({"norm_topk_prob": False})
+    assert not qwen3.renormalizes_top_k({})  # transformers' default for the field
+    assert mixtral.renormalizes_top_k({"norm_topk_prob": False})  # it has no such field
+    olmoe = dict(ARCHS["olmoe"].tiny_config, model_type="olmoe", norm_topk_prob=True)
+    assert "norm_topk_prob=True" in llamacpp_would_compute_differently(olmoe)
+    assert llamacpp_would_compute_differently(dict(mixtral.tiny_config, model_type="mixtral")) is None
+
+
+def test_one_pattern_names_every_moe_block():
+    """The expert store, the engine's key filter and record_trace's router hooks use this one."""
+    import re
+
+    from lazymoe.engine.arch import is_expert_key
+    from lazymoe.engine.storage.store import _LAYER
+
+    pattern = re.compile(rf"^(?:{moe_block_pattern()})$")
+    blocks = {"mlp"} | {arch.moe_block for arch in ARCHS.values()}
+    assert {name for name in blocks if pattern.match(name)} == blocks
+    assert not pattern.match("mlp_x") and not pattern.match("experts")
+    for arch in ARCHS.values():
+        key = arch.expert_key(3, 1, "down")
+        assert is_expert_key(key) and _LAYER.search(key).group(1, 2) == ("3", arch.moe_block)
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_a_gguf_files_config_says_how_its_router_renormalizes(tmp_path, name):
+    """The config read from a GGUF names the renormalization field only where the record has one,
+    set to what llama.cpp's graph does (Mixtral: no field, it always renormalizes)."""
+    from lazymoe.engine.storage.gguf_config import config_from_gguf, open_reader
+    from lazymoe.models.gguf_export import export_gguf
+
+    arch = ARCHS[name]
+    overrides = {"num_key_value_heads": 4} if arch.qk_norm == "full" else {}
+    if arch.top_k_renorm_field:
+        overrides[arch.top_k_renorm_field] = arch.llamacpp_renormalizes_top_k
+    checkpoint = make_random_checkpoint(tmp_path / name, arch=name, **overrides)
+    path = export_gguf(checkpoint, tmp_path / f"{name}.gguf", progress=False)
+    config = config_from_gguf(open_reader(path), path)
+    if arch.top_k_renorm_field:
+        assert config[arch.top_k_renorm_field] is arch.llamacpp_renormalizes_top_k
+    else:
+        assert "norm_topk_prob" not in config
+    assert arch.renormalizes_top_k(config) == arch.llamacpp_renormalizes_top_k

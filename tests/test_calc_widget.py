@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("ipywidgets")
 
 from lazymoe import calculator as calc
-from lazymoe.widgets.calculator import NO_GPU, SHIPPED, CalculatorWidget
+from lazymoe.widgets.calculator import NO_GPU, SHIPPED, CalculatorWidget, _color
 
 
 def expected(widget: CalculatorWidget, strategy: str = "auto", **options) -> calc.Plan:
@@ -88,6 +88,25 @@ def test_hit_rate_slider_is_live_for_the_expert_cache_and_is_what_is_computed():
     assert widget.hit_rate.disabled
 
 
+def test_under_auto_the_hit_rate_slider_is_live_when_auto_picks_the_expert_cache():
+    widget = CalculatorWidget(gpu="RTX 4060 Laptop", model="Qwen3-30B-A3B", fmt="Q4_K_M")
+    assert widget.plan.strategy == "cpu_moe" and widget.hit_rate.disabled, "no cache, no hit rate"
+    widget.model.value = "Qwen3-Coder-Next-80B"
+    widget.fmt.value = "FP8"
+    auto = widget.plan
+    assert widget.strategy.value == "auto" and auto.strategy == "expert_cache"
+    assert not widget.hit_rate.disabled and not widget.uniform.disabled
+    assert widget.hit_rate.value == round(auto.options["hit_rate"], 2)   # the rate auto used
+    widget.hit_rate.value = 0.6   # the learner moves it: the cache at that rate, chosen for them
+    assert widget.strategy.value == "expert_cache" and widget.plan.options["hit_rate"] == 0.6
+    assert widget.plan.tok_s > auto.tok_s
+    assert widget.plan.tok_s == pytest.approx(expected(widget, "expert_cache", hit_rate=0.6).tok_s)
+    assert not widget.hit_rate.disabled
+    widget.strategy.value = "auto"   # back to auto: its own (uniform routing) rate again
+    assert widget.plan.tok_s == pytest.approx(auto.tok_s)
+    assert widget.hit_rate.value == round(auto.options["hit_rate"], 2)
+
+
 def test_when_everything_fits_the_chart_and_slider_say_hit_rate_one():
     widget = CalculatorWidget(gpu="RTX 4090", model="Qwen3-30B-A3B", fmt="Q4_K_M")
     widget.strategy.value = "expert_cache"
@@ -135,3 +154,19 @@ def test_size_plot_has_the_case_studies_and_a_verdict_for_each_size():
     assert "case studies (reported)" in names
     cases = next(t for t in widget.curve_figure.data if t.name == "case studies (reported)")
     assert sorted(cases.y) == sorted(c.reported_tok_s for c in calc.case_studies())
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_every_memory_item_keeps_its_colour_in_either_language(monkeypatch, lang):
+    monkeypatch.setenv("LAZYMOE_LANG", lang)
+    labels, strategies = set(), set()
+    for gpu, gpu_count, model in (("RTX 4060 Laptop", 1, "Qwen3-30B-A3B"), ("RTX 3090", 2, "Llama-3.1-70B"),
+                                  ("RTX 4090", 1, "Qwen3-235B-A22B"), (None, 1, "Llama-3.1-8B")):
+        machine = calc.Machine.from_names("Laptop, DDR5-5600 dual channel", 32, gpu=gpu, gpu_count=gpu_count)
+        for p in calc.compare(machine, calc.Workload.from_names(model, "Q4_K_M")).values():
+            if isinstance(p, calc.Plan):
+                strategies.add(p.strategy)
+                labels |= {label for _tier, label, _bytes in p.memory.items}
+    assert {s.removesuffix("_layer") for s in strategies} == set(calc.DESCRIPTIONS), "every strategy's labels are looked at"
+    grey = sorted(label for label in labels if _color(label) == "#bab0ac")
+    assert not grey, f"memory items drawn in the catch-all grey (no colour for their label): {grey}"

@@ -24,6 +24,7 @@ pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server] (
 
 REPO = Path(__file__).resolve().parents[1]
 LAB04 = REPO / "labs" / "lab04_shared_server.ipynb"
+MODULE04 = REPO / "course" / "04_serving.ipynb"
 KEY = "compat-test-key"
 START_TIMEOUT_S = 60.0
 
@@ -114,9 +115,9 @@ def test_stream_timing_gets_a_token_count(llama_server):
     assert not client.fill_token_counts(timing)  # already counted: left alone
 
 
-@pytest.mark.notebook
-@pytest.mark.timeout(300)
-def test_lab04_runs_against_llama_cpp_server(llama_server, tmp_path, monkeypatch):
+def _run_against(notebook: Path, llama_server, tmp_path, monkeypatch) -> str:
+    """Run `notebook` headless with the server's address and key in the environment, as a member
+    of a group whose server is llama-cpp-python's; every code cell's printed text, joined."""
     from nbclient import NotebookClient
 
     base_url, _ = llama_server
@@ -124,12 +125,29 @@ def test_lab04_runs_against_llama_cpp_server(llama_server, tmp_path, monkeypatch
     monkeypatch.setenv("LAZYMOE_HOME", str(tmp_path / "home"))  # progress goes here, not ~
     monkeypatch.setenv("LAZYMOE_API_BASE", base_url)
     monkeypatch.setenv("LAZYMOE_API_KEY", KEY)
-    nb = nbformat.read(LAB04, as_version=4)
+    nb = nbformat.read(notebook, as_version=4)
     NotebookClient(nb, timeout=240, startup_timeout=120, kernel_name="python3",
-                   resources={"metadata": {"path": str(LAB04.parent)}}).execute()
-    text = "\n".join(
+                   resources={"metadata": {"path": str(notebook.parent)}}).execute()
+    return "\n".join(
         out.get("text", "") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
     )
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(300)
+def test_module04_runs_against_llama_cpp_server(llama_server, tmp_path, monkeypatch):
+    text = _run_against(MODULE04, llama_server, tmp_path, monkeypatch)
+    assert "source='environment'" in text  # print(conn): it used the server, not a local one
+    assert '"finish_reason"' in text  # the raw answer, in OpenAI's shape
+    assert "skipped the engine's own timing" in text  # no lazymoe /metrics there...
+    assert "ms per request (engine time and HTTP together)" in text  # ...the client's figure only
+    assert "the engine worked" not in text
+
+
+@pytest.mark.notebook
+@pytest.mark.timeout(300)
+def test_lab04_runs_against_llama_cpp_server(llama_server, tmp_path, monkeypatch):
+    text = _run_against(LAB04, llama_server, tmp_path, monkeypatch)
     assert "from:   environment" in text  # it used the server, not a local one
     assert "401" in text and "api key" in text.lower()  # the wrong key's error, read
     assert "skipped the engine's own timing" in text

@@ -100,3 +100,56 @@ def test_server_role_needs_the_serve_extra_not_jupyterlab(monkeypatch, model_pre
 def test_unknown_role_is_refused():
     with pytest.raises(ValueError, match="learner"):
         doctor.run_checks("gamer")
+
+
+# GPUs by compute capability, and what PyTorch's wheels were built for (torch.cuda.get_arch_list())
+CU128_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120", "compute_120"]
+CU126_ARCHS = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
+
+
+@pytest.mark.parametrize("capability,archs,runs", [
+    ((6, 1), CU128_ARCHS, False),  # a Pascal card (TITAN Xp, P40) and a CUDA 12.8 build
+    ((7, 0), CU128_ARCHS, False),  # Volta
+    ((6, 1), CU126_ARCHS, True),  # sm_60 runs on 6.1: same major, older minor
+    ((8, 9), ["sm_80", "sm_90"], True),  # an Ada card on sm_80's binaries
+    ((8, 0), ["sm_86", "sm_90"], False),  # a newer minor's binary does not run on an older one
+    ((12, 1), ["sm_90", "compute_90"], True),  # PTX: compiled for the card when loaded
+    ((9, 0), ["sm_90a"], True),
+])
+def test_arch_supported_follows_cudas_compatibility_rules(capability, archs, runs):
+    assert doctor.arch_supported(capability, archs) is runs
+
+
+@pytest.fixture
+def pascal_gpu(monkeypatch):
+    """torch.cuda as it looks with one Pascal card and a torch built for CUDA 12.8."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA TITAN Xp")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: (6, 1))
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: CU128_ARCHS)
+    return torch
+
+
+@pytest.mark.parametrize("server", [True, False])
+def test_a_torch_without_the_gpus_arch_says_what_to_install(pascal_gpu, server):
+    check = doctor._torch_arch_check(required=server)
+    assert check.status == (doctor.FAIL if server else doctor.OPTIONAL)
+    assert "TITAN Xp" in check.detail and "6.1 (sm_61)" in check.detail
+    assert "sm_75" in check.detail  # what this torch was built for
+    assert "--index-url https://download.pytorch.org/whl/cu126" in check.fix
+
+
+def test_a_torch_with_the_gpus_arch_passes(pascal_gpu, monkeypatch):
+    monkeypatch.setattr(pascal_gpu.cuda, "get_arch_list", lambda: CU126_ARCHS)
+    check = doctor._torch_arch_check(required=True)
+    assert check.status == doctor.OK and "sm_60" in check.detail
+
+
+def test_no_cuda_means_no_arch_check(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert doctor._torch_arch_check(required=True) is None

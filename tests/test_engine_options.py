@@ -211,3 +211,46 @@ def test_lazymoe_bench_refuses_two_model_lists_and_a_broken_gguf_file_saying_wha
     assert f"{gguf} is not a readable GGUF file" in err and "download it again" in err
     assert run(str(tmp_path / "missing")) == 2
     assert f"{tmp_path / 'missing'} does not exist" in capsys.readouterr().err
+
+
+# -- one way: config and options share the leaf optionspec, and no engine module is in a loop ---
+def test_no_engine_module_is_in_an_import_loop_not_even_through_a_function():
+    from import_graph import import_graph, import_loops
+
+    graph = import_graph()
+    assert graph["lazymoe.engine.optionspec"] == set()  # a leaf: config and options both use it
+    assert "lazymoe.engine.options" not in graph["lazymoe.engine.config"]
+    assert "lazymoe.engine.config" in graph["lazymoe.engine.options"]
+    loops = [loop for loop in import_loops(graph) if any(m.startswith("lazymoe.engine") for m in loop)]
+    assert not loops, f"modules that import each other in a circle: {loops}"
+
+
+def test_the_loop_check_reads_imports_in_functions_and_skips_those_that_never_run_on_import():
+    import ast
+
+    from import_graph import import_loops, runtime_imports
+
+    source = """
+from typing import TYPE_CHECKING
+import a
+if TYPE_CHECKING:
+    import b
+else:
+    import c
+def f():
+    from d import x
+if __name__ == "__main__":
+    import e
+"""
+    names = [n.names[0].name if isinstance(n, ast.Import) else n.module
+             for n in runtime_imports(ast.parse(source))]
+    assert sorted(names) == ["a", "c", "d", "typing"]
+    assert import_loops({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_loops({"a": {"b"}, "b": set()}) == []
+
+
+def test_old_import_homes_still_work():
+    from lazymoe.engine import config, options, optionspec
+
+    assert config.parse_bytes is optionspec.parse_bytes and options.size_arg is optionspec.size_arg
+    assert options.cli is optionspec.cli and options.CliOption is optionspec.CliOption

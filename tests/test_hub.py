@@ -16,19 +16,25 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import nbformat
 import pytest
 
 pytest.importorskip("jupyterhub", reason="needs JupyterHub: pip install -e '.[hub]'")
-from lazymoe.hub import setup
+from traitlets.config import Config
+
+from lazymoe.hub import limit, setup
+from lazymoe.hub.authenticator import MemberAuthenticator
 from lazymoe.hub.passwords import PasswordFile
 from lazymoe.quiz import load_bank
 from lazymoe.server.auth import KeyStore
 
 PASSWORDS = {"alice": "alice-pass-1", "bob": "bob-pass-22"}
 START_TIMEOUT_S = 90.0
+MEMBER_MEM_LIMIT = "3G"  # what the hub test gives each member's processes
+GiB = 2**30
 
 
 def _free_ports(n: int) -> list[int]:
@@ -109,6 +115,134 @@ def test_personal_key_is_made_once_and_a_revoked_one_is_not_remade(tmp_path):
     assert "bob" not in setup.members(settings)
 
 
+def test_memory_limits_are_written_like_jupyterhubs():
+    assert limit.parse_bytes("4G") == 4 * GiB
+    assert limit.parse_bytes("512M") == 512 * 2**20
+    assert limit.parse_bytes("1.5g") == int(1.5 * GiB)
+    assert limit.parse_bytes("1000") == 1000
+    with pytest.raises(ValueError, match=r"e\.g\. 4G"):
+        limit.parse_bytes("four gigs")
+    with pytest.raises(ValueError, match=r"e\.g\. 4G"):  # refused when the hub is configured, not later
+        setup.HubSettings(Path("hub"), Path("keys.json"), mem_limit="4 GB please")
+    with pytest.raises(ValueError, match="CPU cores"):
+        setup.HubSettings(Path("hub"), Path("keys.json"), cpu_limit=0)
+
+
+def _configured(tmp_path: Path, **settings) -> tuple[Config, setup.HubSettings]:
+    hub_settings = setup.HubSettings(tmp_path / "hub", tmp_path / "keys.json", **settings)
+    c = Config()
+    setup.configure(c, hub_settings)
+    return c, hub_settings
+
+
+def test_members_kernels_see_no_gpu(tmp_path):
+    for spawner in ("local", "systemd"):
+        c, _ = _configured(tmp_path, spawner=spawner)
+        # device="auto" in a member's notebook then picks the CPU, not the API server's VRAM
+        assert c.Spawner.environment["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_the_local_spawner_starts_members_under_the_memory_limit(tmp_path):
+    c, _ = _configured(tmp_path, mem_limit="3G")
+    assert c.JupyterHub.spawner_class.endswith("SimpleLocalProcessSpawner")
+    cmd = c.Spawner.cmd
+    assert cmd[:3] == [sys.executable, "-m", "lazymoe.hub.limit"]
+    assert cmd[cmd.index("--mem-bytes") + 1] == str(3 * GiB)
+    assert float(cmd[cmd.index("--cpus") + 1]) == 2.0  # HubSettings' default cpu_limit
+    assert cmd[cmd.index("--") + 1].endswith("jupyterhub-singleuser")
+    alice = SimpleNamespace(user=SimpleNamespace(name="alice"), home_dir="")
+    home = c.Spawner.environment["LAZYMOE_HOME"](alice)
+    assert home == str(tmp_path / "hub" / "homes" / "alice" / ".lazymoe")
+
+
+def test_the_systemd_spawner_keeps_the_course_where_systemd_starts_the_member(tmp_path):
+    c, settings = _configured(tmp_path, spawner="systemd")
+    assert c.JupyterHub.spawner_class == "systemdspawner.SystemdSpawner"
+    assert c.SystemdSpawner.dynamic_users is True
+    assert c.Spawner.cmd[0].endswith("jupyterhub-singleuser")  # cgroups limit it, no wrapper
+    # with dynamic users, systemdspawner's HOME and working folder are /var/lib/<member>
+    alice = SimpleNamespace(user=SimpleNamespace(name="alice"))
+    assert c.Spawner.environment["LAZYMOE_HOME"](alice) == "/var/lib/alice/.lazymoe"
+    assert setup.member_home(settings, "alice") == Path("/var/lib/alice")
+
+
+def test_the_limit_wrapper_stops_an_allocation_past_it():
+    code = ("import resource\n"
+            "print(resource.getrlimit(resource.RLIMIT_AS)[0])\n"
+            "small = bytearray(64 * 2**20)  # well under the limit: fine\n"
+            "try:\n"
+            "    bytearray(2 * 2**30)\n"
+            "except MemoryError:\n"
+            "    print('MemoryError')\n")
+    run = subprocess.run([sys.executable, "-m", "lazymoe.hub.limit", "--mem-bytes", str(GiB),
+                          "--", sys.executable, "-c", code],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [str(GiB), "MemoryError"]
+    without = subprocess.run([sys.executable, "-m", "lazymoe.hub.limit", "--mem-bytes", "1"],
+                             capture_output=True, text=True, timeout=60)
+    assert without.returncode == 2 and "no command to run" in without.stderr
+
+
+def test_the_limit_wrapper_pins_a_member_to_their_cores():
+    code = "import os; print(len(os.sched_getaffinity(0)))"
+    n_cores = len(os.sched_getaffinity(0))
+    for member in ("alice", "bob"):
+        run = subprocess.run([sys.executable, "-m", "lazymoe.hub.limit", "--mem-bytes", str(GiB),
+                              "--cpus", "0.5", "--", sys.executable, "-c", code],
+                             capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "JUPYTERHUB_USER": member})  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.split() == ["1"]  # 0.5 of a core rounds up to one core, never none
+    everything = subprocess.run([sys.executable, "-m", "lazymoe.hub.limit", "--mem-bytes",
+                                 str(GiB), "--cpus", "999", "--", sys.executable, "-c", code],
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert everything.stdout.split() == [str(n_cores)]  # at most the cores there are
+    refused = subprocess.run([sys.executable, "-m", "lazymoe.hub.limit", "--mem-bytes", str(GiB),
+                              "--cpus", "0", "--", "true"], capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+    assert refused.returncode == 2 and "above 0" in refused.stderr
+
+
+def test_members_spread_over_the_cores():
+    cores = sorted(os.sched_getaffinity(0))
+    chosen = {}
+    try:
+        for name in ("alice", "bob", "carol", "dave"):
+            chosen[name] = limit.pin_cpus(1, name)
+            os.sched_setaffinity(0, cores)  # each member's server starts from every core
+    finally:
+        os.sched_setaffinity(0, cores)  # this test process gets its cores back
+    assert all(len(c) == 1 and c[0] in cores for c in chosen.values())
+    if len(cores) > 1:  # four names over two or more cores: not all on the same one
+        assert len({c[0] for c in chosen.values()}) > 1
+
+
+def _authenticate(settings: setup.HubSettings, user: str, password: str) -> str | None:
+    auth = MemberAuthenticator(settings_env=settings.to_env())
+    return asyncio.run(auth.authenticate(None, {"username": user, "password": password}))
+
+
+@pytest.mark.parametrize("first_login", [True, False])
+def test_first_login_sets_the_password_only_when_allowed(tmp_path, first_login):
+    keys = tmp_path / "keys.json"
+    KeyStore(keys, create=True).add("carol")
+    settings = setup.HubSettings(tmp_path / "hub", keys, first_login=first_login)
+    settings.hub_dir.mkdir()
+    passwords = PasswordFile(settings.passwords_file)
+    assert _authenticate(settings, "mallory", "mallory-pass-1") is None  # no key: never
+    assert not passwords.has("mallory")
+    assert _authenticate(settings, "carol", "short") is None  # too short to become hers
+    assert not passwords.has("carol")
+    expected = "carol" if first_login else None
+    assert _authenticate(settings, "carol", "carol-pass-1") == expected
+    assert passwords.has("carol") is first_login
+    if first_login:  # from now on that password is hers, and only it
+        assert _authenticate(settings, "carol", "another-pass-2") is None
+        assert _authenticate(settings, "carol", "carol-pass-1") == "carol"
+        assert passwords.check("carol", "carol-pass-1")
+
+
 @pytest.fixture
 def hub(tmp_path):
     if shutil.which("configurable-http-proxy") is None:
@@ -128,7 +262,8 @@ def hub(tmp_path):
                  tmp_path / "api.log", env)
     hub_proc = _start([*common, "--api-base", f"http://127.0.0.1:{api_port}/v1",
                        "--port", str(hub_public), "--hub-port", str(hub_port),
-                       "--proxy-api-port", str(proxy_port), "--cpu-limit", "1"],
+                       "--proxy-api-port", str(proxy_port), "--cpu-limit", "1",
+                       "--mem-limit", MEMBER_MEM_LIMIT],
                       tmp_path / "hub.log", env)
     try:
         _wait(f"http://127.0.0.1:{api_port}/health", api, tmp_path / "api.log")
@@ -216,6 +351,18 @@ async def _run_cells(ws_url: str, token: str, cells: list[str]) -> str:
     return "".join(out)
 
 
+# In a member's kernel: its address-space limit, what asking for more than that gives, the GPUs it sees
+LIMITS_CELL = """import os, resource
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+try:
+    big = bytearray(4 * 2**30)
+    got = "allocated"
+except MemoryError:
+    got = "MemoryError"
+print(f"limit {soft} {hard}, 4 GiB: {got}, GPUs {os.environ.get('CUDA_VISIBLE_DEVICES')!r}")
+"""
+
+
 def _module00_first_cells(home: Path, n: int = 3) -> list[str]:
     nb = nbformat.read(home / "course" / "00_start_here.ipynb", as_version=4)
     return [c.source for c in nb.cells if c.cell_type == "code"][:n]
@@ -248,12 +395,15 @@ def test_two_members_work_separately(hub):
         cells = [*_module00_first_cells(home),
                  f"from lazymoe import quiz\nprint(quiz.answer('00', {question.id!r}, {answer!r}).correct)",
                  "from lazymoe import client\nconn = client.connect()\n"
-                 "print('API', conn.source, conn.model)"]
+                 "print('API', conn.source, conn.model)",
+                 LIMITS_CELL]
         outputs[name] = asyncio.run(_run_cells(ws_url, token, cells))
         web.close()
 
     for name, correct in (("alice", True), ("bob", False)):
         assert "API environment echo" in outputs[name]  # the group's API, with a working key
+        limit_bytes = limit.parse_bytes(MEMBER_MEM_LIMIT)
+        assert f"limit {limit_bytes} {limit_bytes}, 4 GiB: MemoryError, GPUs ''" in outputs[name]
         assert f"{correct}\n" in outputs[name]
         saved = json.loads((hub_dir / "homes" / name / ".lazymoe" / "progress.json").read_text())
         assert saved["modules"]["00"][question.id]["first_correct"] is correct

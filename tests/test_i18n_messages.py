@@ -16,6 +16,7 @@ from lazymoe import cli, doctor
 from lazymoe.exercises import lab01, solutions
 from lazymoe.i18n import messages
 from lazymoe.i18n.cli import check_messages
+from lazymoe.i18n.width import cells
 from lazymoe.quiz.progress import ExerciseRecord
 
 HANGUL = re.compile(r"[\uac00-\ud7a3]")
@@ -123,3 +124,74 @@ def test_calculator_refusals_in_korean(korean):
     with pytest.raises(calc.CalculatorError) as dense:
         calc.plan(laptop, calc.Workload.from_names("Llama-3.1-8B", "Q4_K_M"), "cpu_moe")
     assert HANGUL.search(str(dense.value)) and "Llama-3.1-8B" in str(dense.value)
+
+
+def test_calculator_memory_labels_in_korean_keep_their_chart_colors(korean):
+    """The memory chart's labels come from the strategies; in Korean they still find their colors."""
+    from lazymoe import calculator as calc
+
+    laptop = calc.Machine.from_names("Laptop, DDR5-5600 dual channel", 32, gpu="RTX 4060 Laptop")
+    workload = calc.Workload.from_names("Qwen3-30B-A3B", "Q4_K_M")
+    labels = [label for name in ("cpu_moe", "expert_cache", "layer_split", "layer_streaming")
+              for _tier, label, _bytes in calc.plan(laptop, workload, name).memory.items]
+    assert labels and all(HANGUL.search(label) for label in labels), labels
+    assert "전문가 외 가중치" in labels and "KV 캐시" in labels and "런타임 오버헤드" in labels
+    assert any(label.endswith("개 층의 전문가") for label in labels)
+    assert "가중치당" in workload.describe_formats()
+    pytest.importorskip("ipywidgets")
+    from lazymoe.widgets.calculator import _color
+
+    assert all(_color(label) != "#bab0ac" for label in labels), "a label lost its color"
+
+
+def test_measure_table_and_figure_in_korean(korean):
+    from lazymoe.measure import Measurement, MeasureReport
+
+    report = MeasureReport([Measurement("RAM copy, 1 thread", 20.0, 2**26, 3, [0.1], 89.6, "DDR5-5600")],
+                           ["GPU copies: no CUDA GPU visible to torch"])
+    table = report.table()
+    assert table.startswith("측정 항목") and "데이터시트 = DDR5-5600" in table and "건너뜀:" in table
+    assert "RAM copy, 1 thread" in table  # a measurement's name is data: it stays as it is
+    header, row = table.splitlines()[:2]
+    assert cells(header[: header.index("GB/s") + 4]) == cells(row[: row.index("20.00") + 5])  # aligned
+    fig = report.figure()
+    assert fig.layout.title.text == "측정한 대역폭과 데이터시트 값 비교"
+    assert [t.name for t in fig.data] == ["측정값", "데이터시트"]
+    assert HANGUL.search(fig.layout.yaxis.title.text)
+
+
+def test_hardware_table_in_korean_keeps_its_row_names(korean):
+    from lazymoe.hardware import MachineInfo
+
+    info = MachineInfo("Linux 6.1", "3.11", "Test CPU", 4, 8, ["avx2"], 16 * 2**30, 8 * 2**30,
+                       gpu_note="NVIDIA GPU를 찾지 못함(NVMLError)")
+    lines = info.table().splitlines()
+    assert [line.split()[0] for line in lines] == ["os", "cpu", "isa", "ram", "gpu"]  # lab00 reads these
+    assert lines[1].endswith("4코어, 8스레드") and "전체 16.0 GiB, 사용 가능 8.0 GiB" in lines[3]
+
+
+def test_case_studies_in_korean(korean):
+    from lazymoe import calculator as calc
+
+    case = calc.case_study("rotary-gpu-cpu-moe")
+    assert HANGUL.search(case.title) and HANGUL.search(case.gap)
+    assert all(HANGUL.search(text) for text in case.assumptions)
+    assert "arXiv:2605.29135" in case.source and "21.06 tok/s" in case.source  # names and figures kept
+
+
+def test_lazymoe_calc_help_in_korean(korean, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["calc", "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("사용법: lazymoe calc")
+    assert "카탈로그의 GPU 이름" in out and "--gpu GPU" in out and "옵션:" in out
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    assert "명령줄에서 쓰는 lazymoe" in capsys.readouterr().out
+
+
+def test_lazymoe_calc_help_in_english_has_no_hangul(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["calc", "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: lazymoe calc") and not HANGUL.search(out)

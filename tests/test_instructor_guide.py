@@ -65,3 +65,13 @@ def test_quoted_calculator_figures_are_what_it_prints(path):
     quoted = re.search(r"```\nmodel: .*?```", text, flags=re.S).group(0).strip("`\n").splitlines()
     for line in quoted:
         assert line.strip() in printed.getvalue(), f"{path.name} quotes a line calc does not print: {line}"
+
+
+def test_the_service_units_command_parses():
+    unit = (REPO / "docs" / "lazymoe-serve.service").read_text().replace("\\\n", " ")
+    exec_start = next(ln for ln in unit.splitlines() if ln.startswith("ExecStart="))
+    words = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert words[0].endswith("/lazymoe") and words[1] == "serve"
+    args = cli.build_parser().parse_args(words[1:])
+    assert args.dtype == "float16"  # the group's P100s (compute capability 6.0) have no bfloat16
+    assert args.keys is not None and args.host == "0.0.0.0"

@@ -81,7 +81,13 @@ def test_copies_do_not_change_the_result_per_token():
     one = time_expert("q8_0", hidden=256, intermediate=512, repeats=1, min_bytes=0)
     many = time_expert("q8_0", hidden=256, intermediate=512, repeats=1, min_bytes=4 << 20)
     assert one.expert_bytes == many.expert_bytes
-    assert one.output_rel_error == many.output_rel_error
+    # the error belongs to the activation path that timed fastest (float or int8), which timing
+    # noise may choose differently in the two runs: compare like with like
+    if one.activations == many.activations:
+        assert one.output_rel_error == many.output_rel_error
+    else:
+        assert {one.activations, many.activations} == {"float", "int8"}
+        assert 0 < one.output_rel_error < 0.05 and 0 < many.output_rel_error < 0.05
 
 
 def test_bad_input_says_what_to_change():

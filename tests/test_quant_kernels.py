@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lazymoe import quant
-from lazymoe.quant import bandwidth, kernels_cpu
+from lazymoe.quant import kernels_cpu
 from lazymoe.quant.expert import expert_forward, expert_forward_reference
 
 # rows: a multiple of the thread chunk (ROW_CHUNK = 16), one short of it, fewer than one chunk;
@@ -77,7 +77,3 @@ def test_refusals_name_the_problem():
         kernels_cpu.qmatvec(torch.randn(1, 64), quant.quantize(torch.randn(4, 64), "int8_row"))
     with pytest.raises(quant.QuantError, match=r"x must be \(tokens, 256\)"):
         kernels_cpu.qmatvec(torch.randn(1, 128), random_weight("q8_0", (4, 256), seed=0))
-
-
-def test_read_bandwidth_is_a_positive_rate():
-    assert bandwidth.read_bandwidth_gbps(size_bytes=1 << 20, repeats=1) > 0

@@ -115,3 +115,24 @@ def test_an_engine_on_the_fused_kernel_gives_the_full_models_tokens(qwen3, decod
         # the model keeps its own norms outside the decoder's segments (prefill runs them)
         assert type(layers[0].input_layernorm).__name__ == "Qwen3MoeRMSNorm"
         assert type(layers[0].self_attn.q_norm).__name__ == "Qwen3MoeRMSNorm"
+
+
+@pytest.mark.parametrize(
+    "capability,runs",
+    [((6, 1), False), ((6, 0), False), ((7, 0), True), ((7, 5), True), ((9, 0), True)],
+)
+def test_gpus_older_than_volta_keep_the_batched_path(monkeypatch, capability, runs):
+    if triton_kernels.triton is None:
+        pytest.skip("Triton is not installed: the reason is that, whatever the GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    cuda = torch.device("cuda", 0)
+    reason = triton_kernels.unavailable_reason(cuda, torch.float16, F.silu)
+    if runs:
+        assert reason is None
+        assert kernels.default_kernel(cuda, torch.float16, F.silu) == "fused"
+    else:
+        assert f"compute capability is {capability[0]}.{capability[1]}" in reason
+        assert "7.0 or newer" in reason
+        assert kernels.default_kernel(cuda, torch.float16, F.silu) == "batched"  # falls back
+        with pytest.raises(ValueError, match=r"compute capability.*Use kernel='batched'"):
+            kernels.check_kernel("fused", cuda, torch.float16, F.silu)

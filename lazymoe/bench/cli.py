@@ -18,6 +18,7 @@ from pathlib import Path
 from lazymoe.bench.harness import ENGINE_CHOICES, ROUTING_CHOICES
 from lazymoe.bench.routing import REGIMES
 from lazymoe.engine.options import ModelPathError, add_engine_arguments, check_model_path, same_path
+from lazymoe.i18n import _
 
 # Engine options the bench sweeps: each takes several values, one row per combination
 # (lazymoe.bench.harness.build_specs). On a CPU-only machine lazymoe runs once, all resident.
@@ -40,42 +41,42 @@ PLAN_FIELDS = (*BENCH_SWEEP, "dtype", "device", "pin_checkpoint")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("models", nargs="*", metavar="MODEL",
-                        help="model folders or .gguf files, the same as --model (one row set per model)")
+                        help=_("model folders or .gguf files, the same as --model (one row set per model)"))
     parser.add_argument("--engines", nargs="+", default=list(ENGINE_CHOICES), choices=ENGINE_CHOICES)
     lazymoe = parser.add_argument_group(
-        "engine options (the same as `lazymoe run`'s; the swept ones take several values)",
-        "--model: model folders (config.json, safetensors, tokenizer.json; a *.gguf of the same "
+        _("engine options (the same as `lazymoe run`'s; the swept ones take several values)"),
+        _("--model: model folders (config.json, safetensors, tokenizer.json; a *.gguf of the same "
         "weights beside them, else one is exported), used by every engine; or .gguf files, which "
         "lazymoe (experts kept quantized) and llama.cpp both read (transformers is skipped: it "
         "would compute dequantized floats). --dtype: also the "
         "GGUF's and the transformers baselines' (default: float32 for the bundled model, "
-        "bfloat16 for benchmark-shape models). The other options apply to lazymoe's rows.")
+        "bfloat16 for benchmark-shape models). The other options apply to lazymoe's rows."))
     add_engine_arguments(lazymoe, sweep=BENCH_SWEEP, defaults=BENCH_DEFAULTS, aliases=OLD_SWEEP_FLAGS)
     lazymoe.add_argument("--budgets", nargs="+", type=float, default=None, metavar="GB",
-                         dest="budgets_gb", help="old spelling of --vram-budget in GB (10**9 bytes): "
-                         "--budgets 5 8 is --vram-budget 5GB 8GB")
+                         dest="budgets_gb", help=_("old spelling of --vram-budget in GB (10**9 bytes): "
+                         "--budgets 5 8 is --vram-budget 5GB 8GB"))
     parser.add_argument("--no-resident", action="store_true",
-                        help="on a GPU, skip lazymoe with every expert resident")
+                        help=_("on a GPU, skip lazymoe with every expert resident"))
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=128,
-                        help="generated tokens per run, after the prompt (llama-bench's tg128)")
+                        help=_("generated tokens per run, after the prompt (llama-bench's tg128)"))
     parser.add_argument("--routing", nargs="+", default=list(REGIMES), choices=ROUTING_CHOICES,
-                        help="lazymoe's routing, one row each (lazymoe.bench.routing): independent "
+                        help=_("lazymoe's routing, one row each (lazymoe.bench.routing): independent "
                              "(uniform draws, the worst case), real-text (calibrated to a measurement "
                              "of real routing), zipf (static skew), model-own (the model's own routers; "
-                             "random weights reuse experts far more than real text)")
+                             "random weights reuse experts far more than real text)"))
     parser.add_argument("--temperature", type=float, default=0.0,
-                        help="0: greedy (default). >0: seeded sampling, for random-weight models, whose "
-                             "greedy output repeats one token so every step routes alike")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (with --temperature)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs first")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per configuration")
-    parser.add_argument("--note", action="append", default=[], help="a note stored with the results")
-    parser.add_argument("--out", default=None, help="results JSON (default: ~/.lazymoe/bench/...)")
+                        help=_("0: greedy (default). >0: seeded sampling, for random-weight models, whose "
+                             "greedy output repeats one token so every step routes alike"))
+    parser.add_argument("--seed", type=int, default=0, help=_("sampling seed (with --temperature)"))
+    parser.add_argument("--repeats", type=int, default=3, help=_("timed runs; the median is reported"))
+    parser.add_argument("--warmup", type=int, default=1, help=_("untimed runs first"))
+    parser.add_argument("--threads", type=int, default=None, help=_("CPU threads for llama.cpp"))
+    parser.add_argument("--timeout", type=float, default=1800.0, help=_("seconds per configuration"))
+    parser.add_argument("--note", action="append", default=[], help=_("a note stored with the results"))
+    parser.add_argument("--out", default=None, help=_("results JSON (default: ~/.lazymoe/bench/...)"))
     parser.add_argument("--report", nargs="+", default=None, metavar="JSON",
-                        help="print the tables of saved results instead of running")
+                        help=_("print the tables of saved results instead of running"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,50 +34,51 @@ STRATEGY_OPTIONS = {  # CLI option -> (strategy keyword, strategies it applies t
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = __doc__.split("\n\n", 1)[1]
-    hw = parser.add_argument_group("machine (catalog names, or explicit numbers)")
-    hw.add_argument("--gpu", help="GPU name from the catalog ('4090', 'RTX 3070 Ti Laptop')")
-    hw.add_argument("--gpus", type=int, default=1, help="number of such GPUs (default 1)")
-    hw.add_argument("--nvlink", action="store_true", help="GPUs talk over NVLink, not PCIe")
-    hw.add_argument("--vram-gb", type=float, help="explicit GPU: memory in GiB")
+    parser.epilog = _("examples:") + "\n" + __doc__.split("\n\n", 1)[1]
+    hw = parser.add_argument_group(_("machine (catalog names, or explicit numbers)"))
+    hw.add_argument("--gpu", help=_("GPU name from the catalog ('4090', 'RTX 3070 Ti Laptop')"))
+    hw.add_argument("--gpus", type=int, default=1, help=_("number of such GPUs (default 1)"))
+    hw.add_argument("--nvlink", action="store_true", help=_("GPUs talk over NVLink, not PCIe"))
+    hw.add_argument("--vram-gb", type=float, help=_("explicit GPU: memory in GiB"))
     hw.add_argument("--vram-gbps", type=float,
-                    help="GPU memory bandwidth in GB/s (explicit GPU; with --gpu: the measured rate)")
-    hw.add_argument("--pcie", help="host link the GPU runs at, e.g. '3.0 x8' (default: the GPU's "
-                    "own; '4.0 x16' for an explicit GPU)")
+                    help=_("GPU memory bandwidth in GB/s (explicit GPU; with --gpu: the measured rate)"))
+    hw.add_argument("--pcie", help=_("host link the GPU runs at, e.g. '3.0 x8' (default: the GPU's "
+                    "own; '4.0 x16' for an explicit GPU)"))
     hw.add_argument("--link-gbps", type=float,
-                    help="effective host->GPU bandwidth in GB/s (default: the link's nominal rate)")
-    hw.add_argument("--host", help=f"CPU memory configuration or Apple chip (default '{DEFAULT_HOST}')")
-    hw.add_argument("--ram-gbps", type=float, help="RAM bandwidth in GB/s (default: the host row's)")
+                    help=_("effective host->GPU bandwidth in GB/s (default: the link's nominal rate)"))
+    hw.add_argument("--host", help=_("CPU memory configuration or Apple chip (default '{host}')").format(host=DEFAULT_HOST))
+    hw.add_argument("--ram-gbps", type=float, help=_("RAM bandwidth in GB/s (default: the host row's)"))
     hw.add_argument("--measured", action="store_true",
-                    help="use this machine's bandwidths as lab01 measured them (explicit numbers win)")
-    hw.add_argument("--ram-gb", type=float, help="RAM in GiB (default 32; a Mac: its memory)")
+                    help=_("use this machine's bandwidths as lab01 measured them (explicit numbers win)"))
+    hw.add_argument("--ram-gb", type=float, help=_("RAM in GiB (default 32; a Mac: its memory)"))
     hw.add_argument("--disk-gbps", type=float, default=calc.workload.DISK_GBPS,
-                    help="disk sequential read in GB/s (default %(default)s)")
-    wl = parser.add_argument_group("workload")
-    wl.add_argument("--model", help="model name from the catalog")
-    wl.add_argument("--params-b", type=float, help="explicit dense model: billions of parameters")
-    wl.add_argument("--active-b", type=float, help="explicit MoE: billions read per token")
-    wl.add_argument("--format", help="weight format from the catalog, the experts' for an MoE "
-                    "(default: as the model ships)")
-    wl.add_argument("--other-format", help="MoE: format of everything outside the experts "
-                    "(default: the --format mix's own, or as shipped)")
-    wl.add_argument("--bits", type=float, help="explicit bits per weight (the experts', for an MoE)")
-    wl.add_argument("--other-bits", type=float, help="MoE: explicit bits per weight outside the experts")
-    wl.add_argument("--context", type=int, default=4096, help="context tokens (default 4096)")
-    wl.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
-    wl.add_argument("--kv-bits", type=float, default=16, help="bits per KV value (default 16)")
-    st = parser.add_argument_group("strategy")
+                    help=_("disk sequential read in GB/s (default %(default)s)"))
+    wl = parser.add_argument_group(_("workload"))
+    wl.add_argument("--model", help=_("model name from the catalog"))
+    wl.add_argument("--params-b", type=float, help=_("explicit dense model: billions of parameters"))
+    wl.add_argument("--active-b", type=float, help=_("explicit MoE: billions read per token"))
+    wl.add_argument("--format", help=_("weight format from the catalog, the experts' for an MoE "
+                    "(default: as the model ships)"))
+    wl.add_argument("--other-format", help=_("MoE: format of everything outside the experts "
+                    "(default: the --format mix's own, or as shipped)"))
+    wl.add_argument("--bits", type=float, help=_("explicit bits per weight (the experts', for an MoE)"))
+    wl.add_argument("--other-bits", type=float, help=_("MoE: explicit bits per weight outside the experts"))
+    wl.add_argument("--context", type=int, default=4096, help=_("context tokens (default 4096)"))
+    wl.add_argument("--batch", type=int, default=1, help=_("sequences decoded together (default 1)"))
+    wl.add_argument("--kv-bits", type=float, default=16, help=_("bits per KV value (default 16)"))
+    st = parser.add_argument_group(_("strategy"))
     st.add_argument("--strategy", default="all",
-                    help=f"all (default), auto, or one of: {', '.join(calc.STRATEGIES)}")
-    st.add_argument("--hit-rate", type=float, help="expert_cache: hit rate 0..1")
-    st.add_argument("--cache-gb", type=float, help="expert_cache: VRAM for cached experts, GiB")
-    st.add_argument("--gpu-layers", type=int, help="layer_split: layers on the GPU (-ngl)")
-    st.add_argument("--n-cpu-moe", type=int, help="cpu_moe: MoE layers whose experts stay on the CPU")
-    st.add_argument("--resident-layers", type=int, help="layer_streaming: layers kept in VRAM")
-    st.add_argument("--mode", choices=["layer", "tensor"], help="multi_gpu: how to split")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--list", choices=["hardware", "models", "formats"], help="list catalog names")
-    parser.add_argument("--cases", action="store_true", help="the case studies: bound vs reported")
+                    help=_("all (default), auto, or one of: {strategies}").format(
+                        strategies=", ".join(calc.STRATEGIES)))
+    st.add_argument("--hit-rate", type=float, help=_("expert_cache: hit rate 0..1"))
+    st.add_argument("--cache-gb", type=float, help=_("expert_cache: VRAM for cached experts, GiB"))
+    st.add_argument("--gpu-layers", type=int, help=_("layer_split: layers on the GPU (-ngl)"))
+    st.add_argument("--n-cpu-moe", type=int, help=_("cpu_moe: MoE layers whose experts stay on the CPU"))
+    st.add_argument("--resident-layers", type=int, help=_("layer_streaming: layers kept in VRAM"))
+    st.add_argument("--mode", choices=["layer", "tensor"], help=_("multi_gpu: how to split"))
+    parser.add_argument("--json", action="store_true", help=_("print JSON instead of a table"))
+    parser.add_argument("--list", choices=["hardware", "models", "formats"], help=_("list catalog names"))
+    parser.add_argument("--cases", action="store_true", help=_("the case studies: bound vs reported"))
 
 
 def build_machine(args: argparse.Namespace) -> calc.Machine:
@@ -86,7 +87,7 @@ def build_machine(args: argparse.Namespace) -> calc.Machine:
         gpu = catalog.hardware(args.gpu)
     elif args.vram_gb or args.vram_gbps:
         if not (args.vram_gb and args.vram_gbps):
-            raise calc.CalculatorError("an explicit GPU needs both --vram-gb and --vram-gbps")
+            raise calc.CalculatorError(_("an explicit GPU needs both --vram-gb and --vram-gbps"))
         gen, lanes = catalog.parse_link(args.pcie or "4.0 x16")
         gpu = HardwareSpec("your GPU", "gpu", args.vram_gbps, int(args.vram_gb * 2**30),
                            pcie_gen=gen, pcie_lanes=lanes, source="command line")
@@ -128,12 +129,12 @@ def build_workload(args: argparse.Namespace) -> calc.Workload:
         fmt = catalog.weight_format(args.format or spec.native_format)
         bits, other, label = fmt.bits_per_weight, None, fmt.name
     if args.bits:
-        bits, label = args.bits, f"{args.bits:g} bits"
+        bits, label = args.bits, _("{bits:g} bits").format(bits=args.bits)
     if args.other_bits:
         if not spec.has_expert_shapes:
             raise calc.CalculatorError(_("{model} has no separate experts: leave out --other-bits").format(
                 model=spec.name))
-        other, label = args.other_bits, f"{label}, rest {args.other_bits:g} bits"
+        other, label = args.other_bits, _("{label}, rest {bits:g} bits").format(label=label, bits=args.other_bits)
     return calc.Workload(spec, bits, other, context_tokens=args.context, batch=args.batch,
                          kv_bits=args.kv_bits, format_label=label)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lazymoe.calculator.workload import GiB, Machine, Workload
+from lazymoe.i18n import _
 
 TIERS = ("VRAM", "RAM", "disk")
 
@@ -32,7 +33,8 @@ class MemoryStack:
 
     def overflow(self) -> list[str]:
         """In words, each tier that is over its capacity and by how much."""
-        return [f"{t}: needs {self.total(t) / GiB:.1f} GiB, has {self.capacity[t] / GiB:.1f} GiB"
+        return [_("{tier}: needs {need:.1f} GiB, has {has:.1f} GiB").format(
+                    tier=t, need=self.total(t) / GiB, has=self.capacity[t] / GiB)
                 for t in TIERS if not self.fits_in(t)]
 
     def as_dict(self) -> dict:

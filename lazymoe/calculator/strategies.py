@@ -74,8 +74,8 @@ def full_gpu(machine: Machine, workload: Workload) -> Plan:
     if not machine.has_gpu:
         raise CalculatorError(_("full_gpu needs a GPU (or unified memory); this machine has none"))
     w = workload
-    stack = MemoryStack((("VRAM", "weights", w.weight_bytes), ("VRAM", "KV cache", w.kv_cache_bytes),
-                         ("VRAM", "runtime overhead", machine.gpu_overhead_bytes)), _capacity(machine))
+    stack = MemoryStack((("VRAM", _("weights"), w.weight_bytes), ("VRAM", _("KV cache"), w.kv_cache_bytes),
+                         ("VRAM", _("runtime overhead"), machine.gpu_overhead_bytes)), _capacity(machine))
     decode = bound_from_parts([Part(machine.vram_name, w.bytes_per_step, machine.vram_gbps)], w.batch)
     return Plan("full_gpu", stack, decode, False, (*w.notes(), *machine.bandwidth_notes()),
                 _prefill(machine, w))
@@ -85,7 +85,7 @@ def cpu_only(machine: Machine, workload: Workload) -> Plan:
     """All weights and the KV cache in RAM, computed by the CPU: t = bytes per step / RAM bandwidth."""
     w = workload
     tier = "VRAM" if machine.unified else "RAM"
-    stack = MemoryStack(((tier, "weights", w.weight_bytes), (tier, "KV cache", w.kv_cache_bytes)),
+    stack = MemoryStack(((tier, _("weights"), w.weight_bytes), (tier, _("KV cache"), w.kv_cache_bytes)),
                         _capacity(machine))
     decode = bound_from_parts([Part("RAM", w.bytes_per_step, machine.ram_gbps)], w.batch)
     return Plan("cpu_only", stack, decode, False, (*w.notes(), *machine.bandwidth_notes()))
@@ -104,14 +104,14 @@ def layer_split(machine: Machine, workload: Workload, gpu_layers: int | None = N
         budget = machine.vram_bytes - machine.gpu_overhead_bytes
         gpu_layers = max(0, min(n, math.floor(budget / (w.bytes_per_layer + kv_layer))))
     if not 0 <= gpu_layers <= n:
-        raise CalculatorError(f"gpu_layers must be between 0 and {n}, got {gpu_layers}")
+        raise CalculatorError(_("gpu_layers must be between 0 and {n}, got {value}").format(n=n, value=gpu_layers))
     f = gpu_layers / n
     stack = MemoryStack((
-        ("VRAM", f"weights ({gpu_layers} of {n} layers)", f * w.weight_bytes),
-        ("VRAM", "KV cache (GPU layers)", f * w.kv_cache_bytes),
-        ("VRAM", "runtime overhead", machine.gpu_overhead_bytes),
-        ("RAM", f"weights ({n - gpu_layers} layers)", (1 - f) * w.weight_bytes),
-        ("RAM", "KV cache (CPU layers)", (1 - f) * w.kv_cache_bytes)), _capacity(machine))
+        ("VRAM", _("weights ({k} of {n} layers)").format(k=gpu_layers, n=n), f * w.weight_bytes),
+        ("VRAM", _("KV cache (GPU layers)"), f * w.kv_cache_bytes),
+        ("VRAM", _("runtime overhead"), machine.gpu_overhead_bytes),
+        ("RAM", _("weights ({n} layers)").format(n=n - gpu_layers), (1 - f) * w.weight_bytes),
+        ("RAM", _("KV cache (CPU layers)"), (1 - f) * w.kv_cache_bytes)), _capacity(machine))
     decode = bound_from_parts([Part("VRAM", f * w.bytes_per_step, machine.vram_gbps),
                                Part("RAM", (1 - f) * w.bytes_per_step, machine.ram_gbps)], w.batch)
     notes = (_("llama.cpp: -ngl {layers}").format(layers=gpu_layers), *w.notes(), *machine.bandwidth_notes())
@@ -134,16 +134,18 @@ def layer_streaming(machine: Machine, workload: Workload, resident_layers: int |
     if resident_layers is None:
         resident_layers = max(0, min(n, math.floor((machine.vram_bytes - fixed) / layer)))
     if not 0 <= resident_layers <= n:
-        raise CalculatorError(f"resident_layers must be between 0 and {n}, got {resident_layers}")
+        raise CalculatorError(_("resident_layers must be between 0 and {n}, got {value}").format(
+            n=n, value=resident_layers))
     streamed = (n - resident_layers) * layer
     in_ram = min(streamed, machine.ram_usable_bytes)
     on_disk = streamed - in_ram
     staging = 2 * layer if streamed else 0.0
     stack = MemoryStack((
-        ("VRAM", f"weights ({resident_layers} of {n} layers resident)", resident_layers * layer),
-        ("VRAM", "KV cache", w.kv_cache_bytes), ("VRAM", "staging buffers", staging),
-        ("VRAM", "runtime overhead", machine.gpu_overhead_bytes),
-        ("RAM", "streamed layers (pinned)", in_ram), ("disk", "streamed layers", on_disk)),
+        ("VRAM", _("weights ({k} of {n} layers resident)").format(k=resident_layers, n=n),
+         resident_layers * layer),
+        ("VRAM", _("KV cache"), w.kv_cache_bytes), ("VRAM", _("staging buffers"), staging),
+        ("VRAM", _("runtime overhead"), machine.gpu_overhead_bytes),
+        ("RAM", _("streamed layers (pinned)"), in_ram), ("disk", _("streamed layers"), on_disk)),
         _capacity(machine))
     link = machine.gpu_link_name
     decode = bound_from_parts([
@@ -172,13 +174,13 @@ def cpu_moe(machine: Machine, workload: Workload, n_cpu_moe: int | None = None) 
         room = machine.vram_bytes - fixed
         n_cpu_moe = big_m if room <= 0 else max(0, big_m - math.floor(room / layer_experts))
     if not 0 <= n_cpu_moe <= big_m:
-        raise CalculatorError(f"n_cpu_moe must be between 0 and {big_m}, got {n_cpu_moe}")
+        raise CalculatorError(_("n_cpu_moe must be between 0 and {n}, got {value}").format(n=big_m, value=n_cpu_moe))
     f_cpu = n_cpu_moe / big_m
     stack = MemoryStack((
-        ("VRAM", "non-expert weights", w.outside_bytes), ("VRAM", "KV cache", w.kv_cache_bytes),
-        ("VRAM", f"experts of {big_m - n_cpu_moe} layers", (1 - f_cpu) * w.expert_bytes),
-        ("VRAM", "runtime overhead", machine.gpu_overhead_bytes),
-        ("RAM", f"experts of {n_cpu_moe} layers", f_cpu * w.expert_bytes)), _capacity(machine))
+        ("VRAM", _("non-expert weights"), w.outside_bytes), ("VRAM", _("KV cache"), w.kv_cache_bytes),
+        ("VRAM", _("experts of {n} layers").format(n=big_m - n_cpu_moe), (1 - f_cpu) * w.expert_bytes),
+        ("VRAM", _("runtime overhead"), machine.gpu_overhead_bytes),
+        ("RAM", _("experts of {n} layers").format(n=n_cpu_moe), f_cpu * w.expert_bytes)), _capacity(machine))
     gpu_bytes = (w.outside_read_bytes_per_step + w.kv_cache_bytes
                  + (1 - f_cpu) * w.active_expert_bytes_per_step)
     decode = bound_from_parts([Part("VRAM", gpu_bytes, machine.vram_gbps),
@@ -207,7 +209,7 @@ def expert_cache(machine: Machine, workload: Workload, hit_rate: float | None = 
     if cache_bytes is None:
         cache_bytes = max(0.0, machine.vram_bytes - fixed)
     if hit_rate is not None and not 0.0 <= hit_rate <= 1.0:
-        raise CalculatorError(f"the hit rate must be between 0 and 1, got {hit_rate!r}")
+        raise CalculatorError(_("the hit rate must be between 0 and 1, got {value!r}").format(value=hit_rate))
     cache_bytes = min(cache_bytes, w.expert_bytes)
     if cache_bytes >= w.expert_bytes:
         if hit_rate is not None and hit_rate < 1:
@@ -224,11 +226,11 @@ def expert_cache(machine: Machine, workload: Workload, hit_rate: float | None = 
     f_ram = in_ram / rest if rest > 0 else 1.0
     slots = cache_bytes / w.expert_bytes * w.model.experts
     stack = MemoryStack((
-        ("VRAM", "non-expert weights", w.outside_bytes), ("VRAM", "KV cache", w.kv_cache_bytes),
-        ("VRAM", f"expert cache ({slots:.0f} of {w.model.experts} per layer, hit rate "
-                 f"{hit_rate:.2f})", cache_bytes),
-        ("VRAM", "runtime overhead", machine.gpu_overhead_bytes),
-        ("RAM", "experts (pinned)", in_ram), ("disk", "experts", rest - in_ram)), _capacity(machine))
+        ("VRAM", _("non-expert weights"), w.outside_bytes), ("VRAM", _("KV cache"), w.kv_cache_bytes),
+        ("VRAM", _("expert cache ({slots:.0f} of {experts} per layer, hit rate {hit_rate:.2f})").format(
+            slots=slots, experts=w.model.experts, hit_rate=hit_rate), cache_bytes),
+        ("VRAM", _("runtime overhead"), machine.gpu_overhead_bytes),
+        ("RAM", _("experts (pinned)"), in_ram), ("disk", _("experts"), rest - in_ram)), _capacity(machine))
     misses = (1 - hit_rate) * w.active_expert_bytes_per_step
     decode = bound_from_parts([
         Part("VRAM", w.outside_read_bytes_per_step + w.kv_cache_bytes
@@ -261,7 +263,7 @@ def multi_gpu(machine: Machine, workload: Workload, mode: str = "layer") -> Plan
                                 "has one: set the number of GPUs to 2 or more, or choose another "
                                 "strategy."))
     if mode not in ("layer", "tensor"):
-        raise CalculatorError(f"mode must be 'layer' or 'tensor', got {mode!r}")
+        raise CalculatorError(_("mode must be 'layer' or 'tensor', got {value!r}").format(value=mode))
     notes = [_("{n} GPUs, {mode} split; memory is per GPU x {n}").format(n=n, mode=mode)]
     hidden, layers = m.hidden or 8192, m.layers or 80
     if m.hidden is None or m.layers is None:
@@ -273,9 +275,9 @@ def multi_gpu(machine: Machine, workload: Workload, mode: str = "layer") -> Plan
         link, link_gbps = machine.gpu_link_name, machine.pcie_gbps
     act = hidden * 2 * w.batch   # bytes: one fp16 hidden vector per sequence
     stack = MemoryStack((
-        ("VRAM", f"weights (1/{n} per GPU)", w.weight_bytes),
-        ("VRAM", "KV cache", w.kv_cache_bytes),
-        ("VRAM", f"runtime overhead x {n}", n * machine.gpu_overhead_bytes)), _capacity(machine, n))
+        ("VRAM", _("weights (1/{n} per GPU)").format(n=n), w.weight_bytes),
+        ("VRAM", _("KV cache"), w.kv_cache_bytes),
+        ("VRAM", _("runtime overhead x {n}").format(n=n), n * machine.gpu_overhead_bytes)), _capacity(machine, n))
     if mode == "layer":
         parts = [Part("VRAM", w.bytes_per_step, machine.vram_gbps), Part(link, (n - 1) * act, link_gbps)]
     else:

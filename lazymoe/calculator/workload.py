@@ -96,9 +96,9 @@ class Workload:
         """'Q4_K_M (experts 4.84 bits, rest 5.2 bits per weight)' or '4.9 bits per weight'."""
         name = f"{self.format_label} " if self.format_label else ""
         if self.model.has_expert_shapes and self._other_bits != self.bits_per_weight:
-            return (f"{name}(experts {self.bits_per_weight:g} bits, rest {self._other_bits:g} bits "
-                    "per weight)")
-        return f"{name}({self.bits_per_weight:g} bits per weight)"
+            return name + _("(experts {bits:g} bits, rest {other:g} bits per weight)").format(
+                bits=self.bits_per_weight, other=self._other_bits)
+        return name + _("({bits:g} bits per weight)").format(bits=self.bits_per_weight)
 
     @property
     def expert_bytes(self) -> float:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import re
 
 from lazymoe.engine.errors import UnsupportedArchitectureError
-from lazymoe.models.archs import ARCHS, Arch, UnknownArchitectureError, arch_of
+from lazymoe.models.archs import Arch, UnknownArchitectureError, arch_of, moe_block_pattern
 
 # Expert weights in a checkpoint: per-expert names (`...experts.3.gate_proj.weight`, Mixtral's
 # `w1/w2/w3`) or transformers-5 fused ones (`...experts.gate_up_proj`, `...experts.down_proj`).
-_BLOCKS = "|".join(sorted({"mlp"} | {arch.moe_block for arch in ARCHS.values()}))
-_EXPERT_KEY = re.compile(rf"\.({_BLOCKS})\.experts\.")
+_EXPERT_KEY = re.compile(rf"\.({moe_block_pattern()})\.experts\.")
 
 
 def is_expert_key(checkpoint_key: str) -> bool:

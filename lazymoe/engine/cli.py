@@ -28,16 +28,16 @@ DEFAULT_PROMPT = "def "  # the bundled model writes Python
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "words", nargs="*", metavar="[MODEL] PROMPT",
-        help="the prompt text (default: 'def '); before it, if you like, the model instead of "
-             "--model: a .gguf file or a model folder (lazymoe run model.gguf \"def fib(n):\")")
-    add_engine_arguments(parser.add_argument_group("engine (lazymoe.engine.EngineConfig)"))
+        help=_("the prompt text (default: 'def '); before it, if you like, the model instead of "
+             "--model: a .gguf file or a model folder (lazymoe run model.gguf \"def fib(n):\")"))
+    add_engine_arguments(parser.add_argument_group(_("engine (lazymoe.engine.EngineConfig)")))
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    parser.add_argument("--temperature", type=float, default=0.0, help=_("0 is greedy"))
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--stats-json", default=None, help="write the final statistics here")
-    parser.add_argument("--quiet", action="store_true", help="no live line, no summary")
+    parser.add_argument("--stats-json", default=None, help=_("write the final statistics here"))
+    parser.add_argument("--quiet", action="store_true", help=_("no live line, no summary"))
 
 
 def run(args: argparse.Namespace) -> int:

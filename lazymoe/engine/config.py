@@ -6,21 +6,22 @@ Both validate themselves on construction, with messages that say what to change.
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lazymoe.engine.options import cli, cli_fields, devices_arg, parse_devices, size_arg
+# parse_bytes is also imported from here (its old home)
+from lazymoe.engine.optionspec import (
+    cli,
+    devices_arg,
+    option_fields,
+    parse_bytes,
+    parse_devices,
+    size_arg,
+)
 from lazymoe.engine.parts.policies import EvictionPolicy
 from lazymoe.engine.parts.trace import RoutingTrace
-
-_UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}  # fmt: skip
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -32,24 +33,6 @@ PLACEMENT_ALIASES = {"gpu": "fetch"}
 POLICY_NAMES = ("lru", "lfu", "fifo")  # lazymoe.engine.parts.policies.POLICIES
 KERNELS = ("reference", "grouped", "batched", "fused")  # see lazymoe.engine.compute.kernels
 DECODE_PATHS = ("auto", "model", "segments", "graphs")  # see lazymoe.engine.compute.graphs
-
-
-def parse_bytes(value: str | int | float | None, what: str = "budget") -> int | None:
-    """'6GiB' -> 6 * 2**30, '500MB' -> 500 * 10**6, 1024 -> 1024, None -> None."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError(f"{what}={value!r}: give a size such as '6GiB', '512MiB' or a byte count")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"{what}={value!r} is negative: give a size such as '6GiB'")
-        return int(value)
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
-    if not match or match.group(2).lower() not in _UNITS:
-        raise ValueError(
-            f"{what}={value!r} is not a size: write e.g. '6GiB', '512MiB', '2GB' or a byte count"
-        )
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def canonical_placement(value: str) -> str:
@@ -227,7 +210,7 @@ class EngineConfig:
         """The config the command-line flags say (`lazymoe.engine.options.add_engine_arguments`);
         `overrides` (field name -> value) win. A missing --model means the bundled model."""
         values = {}
-        for f in cli_fields(cls):
+        for f in option_fields(cls):
             if f.name in overrides:
                 values[f.name] = overrides.pop(f.name)
             elif hasattr(namespace, f.name):
@@ -251,7 +234,7 @@ class EngineConfig:
     def cli_values(self) -> dict[str, Any]:
         """The command-line fields as plain values (JSON-ready): what a results file records."""
         out = {}
-        for f in cli_fields(type(self)):
+        for f in option_fields(type(self)):
             value = getattr(self, f.name)
             if isinstance(value, Path):
                 value = str(value)

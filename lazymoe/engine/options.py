@@ -12,94 +12,43 @@ each) and changes some defaults (`defaults=`), in one visible place (`lazymoe.be
 The model may also come first as a word (`lazymoe run model.gguf "def "`, `lazymoe bench DIR`):
 `model_and_prompt` and `check_model_path` turn the words and --model into one checked path.
 
-This module must not import `lazymoe.engine.config` at the top: config imports `cli` from here.
+How a field is marked (`cli`, `CliOption`) and the option types (`size_arg`, `devices_arg`) live in
+the leaf `lazymoe.engine.optionspec`, which config imports too: config never imports this module.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
+
+from lazymoe.engine.config import EngineConfig
+
+# re-exported: code that imports them from here keeps working
+from lazymoe.engine.optionspec import (  # noqa: F401
+    CliOption,
+    cli,
+    devices_arg,
+    option_fields,
+    parse_devices,
+    size_arg,
+)
+from lazymoe.i18n import _
 
 # argparse's _ActionsContainer: an ArgumentParser or one of its argument groups
 ArgumentContainer = argparse.ArgumentParser | argparse._ArgumentGroup
 
 
-@dataclass(frozen=True)
-class CliOption:
-    """How an `EngineConfig` field appears on the command line.
-
-    Only fields that carry one (`metadata=cli(...)`) are command-line options: the others
-    (objects such as an `EvictionPolicy` instance or a learner's router) are set from Python.
-    """
-
-    help: str
-    flag: str | None = None  # default: "--" + the field name with dashes
-    choices: tuple[str, ...] | None = None
-    type: Callable[[str], Any] | None = None  # argparse's type= (str when None)
-    switch: bool = False  # a bool field whose flag flips its default (--no-prefetch, --pin-checkpoint)
-    metavar: str | None = None
-    none_means: str | None = None  # what the field's None default does, for the help
-
-    def flag_for(self, name: str) -> str:
-        return self.flag or "--" + name.replace("_", "-")
-
-
-def cli(help: str, **how: Any) -> dict[str, CliOption]:
-    """Field metadata marking a dataclass field as a command-line option."""
-    return {"cli": CliOption(help, **how)}
-
-
-def cli_fields(config_cls: type | None = None) -> list[dataclasses.Field]:
+def cli_fields(config_cls: type = EngineConfig) -> list[dataclasses.Field]:
     """The fields of `config_cls` (default `EngineConfig`) that are command-line options."""
-    if config_cls is None:
-        from lazymoe.engine.config import EngineConfig
-
-        config_cls = EngineConfig
-    return [f for f in dataclasses.fields(config_cls) if "cli" in f.metadata]
+    return option_fields(config_cls)
 
 
 def engine_flags() -> dict[str, str]:
     """Field name -> its flag ("model_path" -> "--model"), for every engine option."""
     return {f.name: f.metadata["cli"].flag_for(f.name) for f in cli_fields()}
-
-
-def size_arg(text: str) -> str:
-    """argparse type for a size: checked with `parse_bytes`, kept as written ('6GiB')."""
-    from lazymoe.engine.config import parse_bytes
-
-    try:
-        parse_bytes(text, "size")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def parse_devices(value: str | list | tuple | None) -> tuple[str, ...] | None:
-    """'0,1' or (0, 1) -> ('cuda:0', 'cuda:1'); 'cuda' -> 'cuda:0'; 'cpu', 'cuda:1' as they are."""
-    if value is None:
-        return None
-    names = []
-    for item in value.split(",") if isinstance(value, str) else value:
-        name = str(item).strip().lower()
-        name = f"cuda:{name}" if name.isdigit() else "cuda:0" if name == "cuda" else name
-        if not re.fullmatch(r"cpu|cuda:[0-9]+", name):
-            raise ValueError(f"devices: {item!r} is not a device: give GPU indices such as 0,1 or "
-                             "device names such as cuda:1 or cpu")
-        names.append(name)
-    return tuple(names)
-
-
-def devices_arg(text: str) -> tuple[str, ...]:
-    """argparse type for --gpus: '0,1' -> ('cuda:0', 'cuda:1'), checked with `parse_devices`."""
-    try:
-        return parse_devices(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class _Sweep(argparse.Action):
@@ -149,13 +98,15 @@ def add_engine_arguments(
                 raise ValueError(f"{name} is a switch: it cannot be swept")
             # the flag says what it turns on or off; the field keeps its plain meaning
             action = "store_false" if default else "store_true"
-            parser.add_argument(*flags, dest=name, action=action, default=default, help=how.help)
+            parser.add_argument(*flags, dest=name, action=action, default=default, help=_(how.help))
             continue
         shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default
-        shown = how.none_means if shown is None else shown
-        help_text = how.help if shown is None else f"{how.help} (default: {shown})"
+        shown = _(how.none_means) if shown is None and how.none_means else shown
+        help_text = _(how.help)  # the learner's language (the catalog holds config.py's texts)
+        if shown is not None:
+            help_text = _("{help} (default: {default})").format(help=help_text, default=shown)
         if name in sweep:
-            help_text += "; several values: one run each"
+            help_text += _("; several values: one run each")
         parser.add_argument(
             *flags,
             dest=name,

@@ -65,7 +65,11 @@ def _read_password(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    try:
+        settings = _settings(args)
+    except ValueError as exc:  # --mem-limit or --cpu-limit written wrong
+        print(f"lazymoe hub: {exc}", file=sys.stderr)
+        return 2
     if not settings.keys_file.exists():
         print(f"lazymoe hub: no keys file at {settings.keys_file}: make members' keys first with "
               f"`lazymoe serve --keys {args.keys} --add-key NAME`", file=sys.stderr)

@@ -4,12 +4,17 @@
   closes the hub too. Instructors (role "admin" in the keys file) are the hub's admins.
 - How: a password from the hub's password file (`lazymoe hub --set-password NAME`), or, with
   `first_login`, the first password a member types becomes theirs.
-- Where: each member's home is <hub dir>/homes/<member>, with their own copy of course/ and
-  labs/ (copied once; never overwritten) and their own progress file (LAZYMOE_HOME).
+- Where: each member's home is <hub dir>/homes/<member> (with the systemd spawner
+  /var/lib/<member>, the state folder systemd gives each dynamic user), with their own copy of
+  course/ and labs/ (copied once; never overwritten) and their own progress file (LAZYMOE_HOME).
 - The group's API without configuration: LAZYMOE_API_BASE and a personal key made for the hub
   (kept in <hub dir>/member_keys.json, mode 0600) in every kernel's environment.
-- Limits: `mem_limit` and `cpu_limit` per member. systemdspawner enforces them (cgroups); the
-  local-process spawner only announces them (MEM_LIMIT, CPU_LIMIT) and caps PyTorch's threads.
+- Limits: `mem_limit` and `cpu_limit` per member. systemdspawner enforces both (cgroups); the
+  local-process spawner starts each server under `lazymoe.hub.limit` (each process's address
+  space capped at `mem_limit`, its processes pinned to `cpu_limit` cores, rounded up) and caps
+  PyTorch's threads at `cpu_limit`.
+- No GPU for members' kernels (CUDA_VISIBLE_DEVICES=""): the GPUs belong to `lazymoe serve`, and
+  a notebook's device="auto" must not take their VRAM.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from lazymoe import atomic, paths
+from lazymoe.hub.limit import parse_bytes
 
 COURSE_FOLDERS = ("course", "labs")
 ENV_PREFIX = "LAZYMOE_HUB_"
+SYSTEMD_STATE_DIR = Path("/var/lib")  # systemdspawner's HOME with dynamic users: /var/lib/<member>
 
 
 @dataclass
@@ -41,6 +48,13 @@ class HubSettings:
     cpu_limit: float = 2.0  # CPU cores per member
     first_login: bool = False  # the first password a member types becomes theirs
     spawner: str = "local"  # "local" (processes as the hub's user) or "systemd" (systemdspawner)
+
+    def __post_init__(self) -> None:
+        parse_bytes(self.mem_limit)  # a ValueError saying how to write it
+        if not self.cpu_limit > 0:
+            raise ValueError(f"cpu_limit {self.cpu_limit}: give the CPU cores per member, e.g. 2")
+        if self.spawner not in ("local", "systemd"):
+            raise ValueError(f"spawner {self.spawner!r}: choose local or systemd")
 
     @property
     def homes(self) -> Path:
@@ -138,12 +152,14 @@ def configure(c: Any, settings: HubSettings) -> None:
     c.Spawner.mem_limit = settings.mem_limit
     c.Spawner.cpu_limit = settings.cpu_limit
     c.Spawner.start_timeout = c.Spawner.http_timeout = 120  # seconds: a cold start on a busy box
-    c.Spawner.cmd = [str(Path(sys.executable).parent / "jupyterhub-singleuser")]
+    singleuser = str(Path(sys.executable).parent / "jupyterhub-singleuser")
+    c.Spawner.cmd = [singleuser]
     threads = str(max(1, int(settings.cpu_limit)))  # PyTorch and BLAS use this many cores
     c.Spawner.environment = {
         "LAZYMOE_HOME": lambda spawner: str(_home(settings, spawner) / ".lazymoe"),
         "OMP_NUM_THREADS": threads,
         "MKL_NUM_THREADS": threads,
+        "CUDA_VISIBLE_DEVICES": "",  # the GPUs are the API server's: kernels compute on the CPU
         "LAZYMOE_DATA": str(paths.data_dir()),  # the bundled model, shared read-only
         **({"LAZYMOE_API_BASE": settings.api_base} if settings.api_base else {}),
     }
@@ -157,13 +173,30 @@ def configure(c: Any, settings: HubSettings) -> None:
         c.SystemdSpawner.isolate_tmp = True
         c.SystemdSpawner.isolate_devices = True  # no GPU for kernels: the API server has them
         c.SystemdSpawner.default_shell = "/bin/bash"
+        # with dynamic users systemdspawner ignores user_workingdir: HOME and the working folder
+        # are /var/lib/<member>, so the course is copied there (member_home). Not yet run on a
+        # systemd host: see docs/instructor.md, section 9.
     else:
         c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"
         c.SimpleLocalProcessSpawner.home_dir_template = str(settings.homes / "{username}")
+        # enforce mem_limit (each process of the member's server) and cpu_limit (the cores the
+        # member's processes may run on): lazymoe.hub.limit
+        c.Spawner.cmd = [sys.executable, "-m", "lazymoe.hub.limit",
+                         "--mem-bytes", str(parse_bytes(settings.mem_limit)),
+                         "--cpus", str(settings.cpu_limit), "--", singleuser]
+
+
+def member_home(settings: HubSettings, member: str) -> Path:
+    """Where `member`'s server starts, and their copy of the course and progress file live."""
+    if settings.spawner == "systemd":
+        return SYSTEMD_STATE_DIR / member
+    return settings.homes / member
 
 
 def _home(settings: HubSettings, spawner: Any) -> Path:
-    return Path(getattr(spawner, "home_dir", "") or settings.homes / spawner.user.name)
+    if settings.spawner == "systemd":
+        return member_home(settings, spawner.user.name)
+    return Path(getattr(spawner, "home_dir", "") or member_home(settings, spawner.user.name))
 
 
 def _before_spawn(settings: HubSettings, spawner: Any) -> None:

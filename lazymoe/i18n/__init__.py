@@ -4,7 +4,9 @@
     messages.py   `_("...")` for the package's own messages, from lazymoe/locale/<lang>/LC_MESSAGES
     catalog.py    reading and merging PO catalogs (new entries empty, changed ones fuzzy)
     notebooks.py  notebooks' text as catalogs, and the Korean notebooks built from them
-    cli.py        `python -m lazymoe.i18n update | build | check`
+    handkept.py   translations kept by hand (figures, README, quizzes, glossary) and their reviews
+    width.py      text columns that line up with Hangul (two terminal cells per syllable)
+    cli.py        `python -m lazymoe.i18n update | build | check | reviewed`
 """
 
 from lazymoe.i18n.language import LANGUAGES, current_language, set_language

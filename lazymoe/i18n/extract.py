@@ -3,6 +3,9 @@
     _("Your machine has {ram_gb:.0f} GB of RAM")            -> msgid
     _("Hit rate", context="calculator chart")               -> msgid with msgctxt
     ngettext("{n} attempt", "{n} attempts", n)              -> msgid + msgid_plural
+    cli("VRAM for cached experts", none_means="all free")   -> both texts (an engine option's help,
+                                                               lazymoe.engine.optionspec; translated
+                                                               where argparse receives it)
 
 Notebooks' code cells are shared by every language, so a chart title or an axis label in a code cell
 is written `_("Decode speed")` there too (with `from lazymoe.i18n import _`), and found the same way.
@@ -40,6 +43,11 @@ def messages_in_source(source: str, where: str) -> list[Source]:
         if name in _NAMES and node.args and (msgid := _literal(node.args[0])) is not None:
             context = next((_literal(k.value) for k in node.keywords if k.arg == "context"), None)
             found.append(Source(msgid=msgid, msgctxt=context, comment=f"{where}:{node.lineno}"))
+        elif name == "cli" and isinstance(node.func, ast.Name):
+            texts = [node.args[0] if node.args else None]
+            texts += [k.value for k in node.keywords if k.arg in ("help", "none_means")]
+            for text in filter(None, map(_literal, filter(None, texts))):
+                found.append(Source(msgid=text, comment=f"{where}:{node.lineno} (command-line help)"))
         elif name == "ngettext" and len(node.args) >= 2:
             singular, plural = _literal(node.args[0]), _literal(node.args[1])
             if singular is not None and plural is not None:

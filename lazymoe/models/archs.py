@@ -18,6 +18,7 @@ transformers 5 gives all four the same MoE block: `mlp.gate` (the router) and `m
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -54,6 +55,9 @@ class Arch:
     # -- config fields ----------------------------------------------------------------------------
     num_experts_fields: tuple[str, ...]  # routed experts per layer; the first one present counts
     expert_width_field: str  # each routed expert's intermediate size I
+    # whether the router renormalizes its top-k weights to sum to 1 ("norm_topk_prob"); None: the
+    # config has no such field and the model always renormalizes (Mixtral)
+    top_k_renorm_field: str | None
     # -- checkpoint layout (engine loading, expert store, exporter) -------------------------------
     moe_block: str  # the MoE block's name in checkpoint keys ("mlp"; Mixtral's "block_sparse_moe")
     expert_projections: tuple[str, str, str]  # per-expert checkpoint names of gate, up, down
@@ -88,6 +92,12 @@ class Arch:
 
     def has_qkv_bias(self, config: Any) -> bool:
         return self.qkv_bias_field is not None and bool(_field(config, self.qkv_bias_field))
+
+    def renormalizes_top_k(self, config: Any) -> bool:
+        """Whether the router's top-k weights are divided by their sum (a missing field: no)."""
+        if self.top_k_renorm_field is None:
+            return True
+        return bool(_field(config, self.top_k_renorm_field, False))
 
     # -- checkpoint names --------------------------------------------------------------------------
     def module_key(self, checkpoint_key: str) -> str:
@@ -166,7 +176,7 @@ ARCHS: dict[str, Arch] = {
     "qwen3_moe": Arch(
         "qwen3_moe", "Qwen3MoeForCausalLM",
         num_experts_fields=("num_experts", "num_local_experts"),  # transformers 5 writes the second
-        expert_width_field="moe_intermediate_size",
+        expert_width_field="moe_intermediate_size", top_k_renorm_field="norm_topk_prob",
         moe_block="mlp", expert_projections=_HUB_NAMES,
         qk_norm="per_head", qkv_bias_field="attention_bias", shared_expert=False,
         segmented_decoder=True,
@@ -177,6 +187,7 @@ ARCHS: dict[str, Arch] = {
     "olmoe": Arch(
         "olmoe", "OlmoeForCausalLM",
         num_experts_fields=("num_experts",), expert_width_field="intermediate_size",
+        top_k_renorm_field="norm_topk_prob",
         moe_block="mlp", expert_projections=_HUB_NAMES,
         qk_norm="full", qkv_bias_field="attention_bias", shared_expert=False,
         segmented_decoder=True,
@@ -188,6 +199,7 @@ ARCHS: dict[str, Arch] = {
     "qwen2_moe": Arch(
         "qwen2_moe", "Qwen2MoeForCausalLM",
         num_experts_fields=("num_experts",), expert_width_field="moe_intermediate_size",
+        top_k_renorm_field="norm_topk_prob",
         moe_block="mlp", expert_projections=_HUB_NAMES,
         qk_norm="", qkv_bias_field="qkv_bias", shared_expert=True,
         segmented_decoder=False,  # the layer loop has no place for the shared expert yet
@@ -199,6 +211,7 @@ ARCHS: dict[str, Arch] = {
     "mixtral": Arch(
         "mixtral", "MixtralForCausalLM",
         num_experts_fields=("num_local_experts",), expert_width_field="intermediate_size",
+        top_k_renorm_field=None,  # always renormalizes: its config has no norm_topk_prob
         moe_block="block_sparse_moe", expert_projections=("w1", "w3", "w2"),
         qk_norm="", qkv_bias_field=None, shared_expert=False,
         segmented_decoder=True,
@@ -232,14 +245,14 @@ def llamacpp_would_compute_differently(config: Any) -> str | None:
     are renormalized, and for olmoe that k_norm spans every head (as many KV heads as heads).
     """
     arch = arch_of(config)
-    # Mixtral has no norm_topk_prob field: it always renormalizes
-    renorm = bool(_field(config, "norm_topk_prob", arch.model_type == "mixtral"))
+    renorm = arch.renormalizes_top_k(config)
     if renorm != arch.llamacpp_renormalizes_top_k:
         always = "always" if arch.llamacpp_renormalizes_top_k else "never"
+        field = arch.top_k_renorm_field  # not None: an architecture without it always renormalizes
         return (
-            f"{arch.model_type} with norm_topk_prob={renorm}: llama.cpp's {arch.gguf_arch} graph "
+            f"{arch.model_type} with {field}={renorm}: llama.cpp's {arch.gguf_arch} graph "
             f"{always} renormalizes the top-k router weights, so it would compute another model; set "
-            f"norm_topk_prob={arch.llamacpp_renormalizes_top_k} in config.json (and retrain), or run "
+            f"{field}={arch.llamacpp_renormalizes_top_k} in config.json (and retrain), or run "
             "it with transformers"
         )
     heads = _field(config, "num_attention_heads")
@@ -258,6 +271,13 @@ def gguf_expert_name(layer: int, role: str) -> str:
     if role not in ROLES:
         raise ValueError(f"role={role!r}: choose one of {', '.join(ROLES)}")
     return f"blk.{layer}.ffn_{role}_exps.weight"
+
+
+def moe_block_pattern() -> str:
+    """A regular expression alternative for every name a MoE block has: "mlp" (the model's, in
+    transformers 5) and each record's checkpoint name (`moe_block`), e.g. "block_sparse_moe|mlp"."""
+    names = {"mlp"} | {arch.moe_block for arch in ARCHS.values()}
+    return "|".join(re.escape(name) for name in sorted(names))
 
 
 def moe_layers_from_config(config: Mapping[str, Any]) -> list[int]:

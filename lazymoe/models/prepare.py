@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lazymoe.i18n import _
 from lazymoe.models import bundled
 from lazymoe.paths import bundled_model_dir
 
@@ -30,25 +31,25 @@ def rebuild(out_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Ensure the bundled tiny MoE model exists.")
-    parser.add_argument("--force", action="store_true", help="rebuild even if present")
+    parser = argparse.ArgumentParser(description=_("Ensure the bundled tiny MoE model exists."))
+    parser.add_argument("--force", action="store_true", help=_("rebuild even if present"))
     parser.add_argument("--out", type=Path, default=None,
-                        help=f"model folder (default: {bundled_model_dir()})")
+                        help=_("model folder (default: {path})").format(path=bundled_model_dir()))
     args = parser.parse_args(argv)
     out_dir = args.out or bundled_model_dir()
     found = bundled.problems(out_dir)
     if not found and not args.force:
-        print(f"tiny-moe model present and valid: {out_dir}")
+        print(_("tiny-moe model present and valid: {path}").format(path=out_dir))
         return 0
     if found:
-        print(f"tiny-moe model needs building ({'; '.join(found)})")
-    print("training it by the recipe (lazymoe.models.recipe): ~10 minutes on 2 CPU cores")
+        print(_("tiny-moe model needs building ({problems})").format(problems="; ".join(found)))
+    print(_("training it by the recipe (lazymoe.models.recipe): ~10 minutes on 2 CPU cores"))
     rebuild(out_dir)
     problems = bundled.problems(out_dir)
     if problems:
-        print(f"built, but still wrong: {'; '.join(problems)}", file=sys.stderr)
+        print(_("built, but still wrong: {problems}").format(problems="; ".join(problems)), file=sys.stderr)
         return 1
-    print(f"built {out_dir}")
+    print(_("built {path}").format(path=out_dir))
     return 0
 
 

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from lazymoe.quant import kernels_int8
-from lazymoe.quant.bandwidth import read_bandwidth_gbps
 from lazymoe.quant.expert import SLAB_WEIGHTS, expert_forward
 from lazymoe.quant.formats import QuantError, get_format
 from lazymoe.quant.tensor import QuantizedTensor, quantize
@@ -233,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import numba
 
-    from lazymoe.measure import ram_copy
+    from lazymoe.measure import ram_copy, ram_read
 
     parser = argparse.ArgumentParser(prog="python -m lazymoe.quant.expert", description=main.__doc__)
     parser.add_argument("--formats", default="q8_0,q4_0,q4_k,q5_k,q6_k")
@@ -244,9 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = []
     for threads in (int(n) for n in args.threads.split(",")):
-        read = read_bandwidth_gbps(threads=threads, repeats=args.repeats)
+        read = ram_read(256 << 20, repeats=args.repeats, threads=threads).gbps
         copy = ram_copy(256 << 20, repeats=args.repeats, threads=threads).gbps
-        print(f"{threads} thread(s): read {read:.1f} GB/s, RAM copy (lazymoe.measure.ram_copy) {copy:.1f} GB/s")
+        print(f"{threads} thread(s): RAM read {read:.1f} GB/s, RAM copy {copy:.1f} GB/s (lazymoe.measure)")
         for fmt in args.formats.split(","):
             slab = measure_read_bandwidth(fmt, repeats=2, threads=threads, kernels=False)["read_gbps"]
             for activations in args.activations.split(","):

@@ -16,50 +16,54 @@ import logging
 import sys
 
 from lazymoe.engine.options import add_engine_arguments
+from lazymoe.i18n import _
 from lazymoe.server.config import ServerConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = ServerConfig()
-    where = parser.add_argument_group("where")
+    where = parser.add_argument_group(_("where"))
     where.add_argument(
-        "--host", default=d.host, help="address to bind (default: %(default)s, this machine only)"
+        "--host", default=d.host, help=_("address to bind (default: %(default)s, this machine only)")
     )
-    where.add_argument("--port", type=int, default=d.port, help="TCP port (default: %(default)s)")
-    keys = parser.add_argument_group("keys")
+    where.add_argument("--port", type=int, default=d.port, help=_("TCP port (default: %(default)s)"))
+    keys = parser.add_argument_group(_("keys"))
     keys.add_argument(
-        "--keys", metavar="FILE", help="members' hashed API keys (JSON); without it: no auth"
-    )
-    keys.add_argument(
-        "--add-key", metavar="NAME", help="make a key for member NAME, print it once, exit"
-    )
-    keys.add_argument("--revoke-key", metavar="NAME", help="remove every key of member NAME, exit")
-    keys.add_argument(
-        "--list-keys", action="store_true", help="list the members who have keys, exit"
+        "--keys", metavar="FILE", help=_("members' hashed API keys (JSON); without it: no auth")
     )
     keys.add_argument(
-        "--admin", action="store_true", help="with --add-key: this member sees everyone on /metrics"
+        "--add-key", metavar="NAME", help=_("make a key for member NAME, print it once, exit")
     )
-    for name in ("requests-per-minute", "tokens-per-minute", "tokens-per-day"):
+    keys.add_argument("--revoke-key", metavar="NAME", help=_("remove every key of member NAME, exit"))
+    keys.add_argument(
+        "--list-keys", action="store_true", help=_("list the members who have keys, exit")
+    )
+    keys.add_argument(
+        "--admin", action="store_true", help=_("with --add-key: this member sees everyone on /metrics")
+    )
+    per_member = {"requests-per-minute": _("requests per minute"),
+                  "tokens-per-minute": _("tokens per minute"), "tokens-per-day": _("tokens per day")}
+    for name in per_member:
         keys.add_argument(
             f"--key-{name}",
             type=int,
             metavar="N",
-            help=f"with --add-key: this member's own {name.replace('-', ' ')} (default: the server's)",
+            help=_("with --add-key: this member's own {limit} (default: the server's)").format(
+                limit=per_member[name]),
         )
-    model = parser.add_argument_group("model (passed to the engine: lazymoe.engine.EngineConfig)")
+    model = parser.add_argument_group(_("model (passed to the engine: lazymoe.engine.EngineConfig)"))
     add_engine_arguments(model)
     model.add_argument(
-        "--fake", action="store_true", help="serve a deterministic echo model (no weights)"
+        "--fake", action="store_true", help=_("serve a deterministic echo model (no weights)")
     )
-    limits = parser.add_argument_group("limits")
+    limits = parser.add_argument_group(_("limits"))
     limits.add_argument("--max-queue", type=int, default=d.max_queue)
     limits.add_argument(
         "--max-batch",
         type=int,
         default=d.max_batch,
-        help="requests that decode together, one engine step for all (1: one at a time; "
-        "default: %(default)s)",
+        help=_("requests that decode together, one engine step for all (1: one at a time; "
+        "default: %(default)s)"),
     )
     limits.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
     limits.add_argument("--max-tokens-cap", type=int, default=d.max_tokens_cap)

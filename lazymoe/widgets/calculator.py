@@ -24,14 +24,20 @@ from lazymoe.i18n import _
 NO_GPU = "(no GPU)"  # dropdown values; their labels are translated where the dropdowns are built
 SHIPPED = "(the format's own mix)"
 CONTEXTS = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072]
-CONTROL_WIDTH = "400px"        # the control column; fixed, so the controls never lose their values
+CONTROL_WIDTH = "430px"  # the control column: fixed, so no control loses its value; wide enough
+# for the longest name in a dropdown ("AMD EPYC 9654 (12-channel DDR5-4800)") beside a 130px label
 TIER_COLORS = {"weights": "#4c78a8", "KV": "#f58518", "overhead": "#9d9d9d", "cache": "#54a24b",
                "experts": "#b279a2", "staging": "#e45756", "streamed": "#72b7b2"}
 TEXT_STYLE = "white-space:normal;overflow-wrap:anywhere;line-height:1.4"
 
 
 def _color(label: str) -> str:
-    return next((c for key, c in TIER_COLORS.items() if key in label), "#bab0ac")
+    """A memory item's color, by a key word of its label in English or in the learner's language."""
+    # each translation is a word of the translated labels (lazymoe.calculator.strategies)
+    local = {"weights": _("weights"), "overhead": _("overhead"), "cache": _("cache"),
+             "experts": _("experts"), "staging": _("staging"), "streamed": _("streamed")}
+    return next((c for key, c in TIER_COLORS.items() if key in label or local.get(key, key) in label),
+                "#bab0ac")
 
 
 class CalculatorWidget:
@@ -117,8 +123,9 @@ class CalculatorWidget:
             control.observe(self._refill_bandwidths, names="value")
         for control in (self.gpu_count, self.nvlink, self.ram_gb, self.vram_gbps, self.ram_gbps,
                         self.link_gbps, self.model, self.fmt, self.other_fmt, self.context,
-                        self.batch, self.strategy, self.hit_rate):
+                        self.batch, self.strategy):
             control.observe(self.update, names="value")
+        self.hit_rate.observe(self._hit_rate_moved, names="value")
         self.uniform.on_click(self._uniform_hit_rate)
         self._refill_bandwidths()
 
@@ -175,6 +182,15 @@ class CalculatorWidget:
             control.disabled = value is None
         self.update()
 
+    def _hit_rate_moved(self, *_) -> None:
+        """The learner's hit rate is what is computed: under "auto" (live only when auto chose
+        the expert cache) moving it switches the strategy to expert_cache, which takes a hit rate."""
+        if self._quiet:
+            return
+        if self.strategy.value != "expert_cache":
+            self._set(self.strategy, "expert_cache")
+        self.update()
+
     def _uniform_hit_rate(self, *_) -> None:
         try:
             uniform = calc.expert_cache(self.machine(), self.workload(), hit_rate=None)
@@ -194,7 +210,10 @@ class CalculatorWidget:
         used, chosen = options.get("hit_rate"), strategy == "expert_cache"
         if used is not None and (not chosen or used != self.hit_rate.value):
             self._set(self.hit_rate, round(used, 2))   # auto's choice, or 1 when everything fits
-        self.hit_rate.disabled = not chosen or bool(options.get("everything_fits"))
+        # live whenever the plan shown is the expert cache (chosen, or auto's pick), unless the
+        # cache holds every expert: then the hit rate is 1 whatever the slider says
+        cache_shown = self.plan is not None and self.plan.strategy == "expert_cache"
+        self.hit_rate.disabled = not cache_shown or bool(options.get("everything_fits"))
         self.uniform.disabled = self.hit_rate.disabled
 
     # ---- calculator -> display ---------------------------------------------------------------
@@ -239,8 +258,10 @@ class CalculatorWidget:
                 f"{html.escape(p.verdict.label)}</b> &mdash; {html.escape(p.verdict.sentence)}<br>"
                 f"{speed}{html.escape(prefill)}</div>"
                 f"<div style='font-size:12px;color:#555;{TEXT_STYLE}'>"
-                f"{html.escape(workload.model.name)} at {html.escape(workload.describe_formats())}: "
-                f"{html.escape(workload.describe_read())}<br>{html.escape(p.decode.detail)}"
+                + html.escape(_("{model} at {formats}: {read}").format(
+                    model=workload.model.name, formats=workload.describe_formats(),
+                    read=workload.describe_read()))
+                + f"<br>{html.escape(p.decode.detail)}"
                 f"<ul style='margin:2px'>{notes}</ul></div>")
 
     @staticmethod

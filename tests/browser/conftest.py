@@ -6,6 +6,7 @@ in Korean (ko/01_hardware.ipynb), so autosave never writes outputs into the repo
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -18,15 +19,17 @@ import pytest
 
 from lazymoe.server.embedded import free_port
 
-from .jupyter_browser import CHROMIUM, CHROMIUM_FLAGS, REPO, TOKEN
+from .jupyter_browser import CHROMIUM, CHROMIUM_FLAGS, REPO, TOKEN, missing
 
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory):
     """JupyterLab serving scratch copies of module 01 (English and Korean); yields its base URL."""
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: `apt-get install chromium` (make test-browser does it as root)")
-    pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra has it)")
+        missing(f"there is no Chromium at {CHROMIUM}: `apt-get install chromium` (make test-browser "
+                "does it as root), or point LAZYMOE_CHROMIUM at one")
+    if importlib.util.find_spec("playwright") is None:
+        missing("the playwright Python package is missing: pip install playwright (the test extra has it)")
     root = tmp_path_factory.mktemp("lab")
     shutil.copy(REPO / "course" / "01_hardware.ipynb", root / "01_hardware.ipynb")
     (root / "ko").mkdir()

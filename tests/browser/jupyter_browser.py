@@ -3,6 +3,8 @@ notebook in a page and running all its cells.
 
 Needs Debian's Chromium (/usr/bin/chromium, or $LAZYMOE_CHROMIUM) and the `playwright` Python
 package (its own browser download is not used). Screenshots go to $LAZYMOE_BROWSER_OUT if set.
+Without them the tests skip, saying what to install; under CI (CI=true) they fail instead, since
+CI installs them (`make test-browser` as root).
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import contextlib
 import os
 import re
 from pathlib import Path
+from typing import NoReturn
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("LAZYMOE_CHROMIUM", "/usr/bin/chromium")
@@ -20,6 +25,27 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 VIEWPORT = {"width": 1366, "height": 768}   # a common laptop screen, in CSS pixels
 TOKEN = "lazymoe-browser-test"
 HANGUL = re.compile("[\uac00-\ud7a3]")   # the precomposed Hangul syllables block
+
+# Each select whose shown text is wider than its box (less its padding, where the arrow is drawn):
+# the text measured on a canvas in the select's own font; and each label cut short (ellipsis).
+CLIPPED = """root => [...root.querySelectorAll('.widget-label')].flatMap(label =>
+    label.scrollWidth > label.clientWidth + 1 ? [`label ${label.innerText}`] : []
+).concat([...root.querySelectorAll('select')].flatMap(select => {
+    const style = getComputedStyle(select);
+    const ctx = document.createElement('canvas').getContext('2d');
+    ctx.font = style.font;
+    const text = select.options[select.selectedIndex].text;
+    const width = ctx.measureText(text).width;
+    const room = select.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    return width > room ? [`${text}: ${width.toFixed(0)} px of text in ${room.toFixed(0)} px`] : [];
+}))"""
+
+
+def missing(what: str) -> NoReturn:
+    """Skip for want of `what` (a sentence saying what to install); fail if this is CI."""
+    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+        pytest.fail(f"CI=true, so the browser tests must run, but {what}", pytrace=False)
+    pytest.skip(what)
 
 
 def open_and_run(browser, lab_url: str, notebook: str, ready: list[str]):

@@ -5,6 +5,7 @@ and checks that:
 - the calculator renders as a widget, with both charts, controls in a fixed column beside the
   results, and every slider's value visible;
 - changing an input (the GPU) recomputes the verdict in the page;
+- with the longest host name chosen, no dropdown's text and no label is cut off;
 - a quiz question answers a click.
 
 The Korean edition has its own checks: test_module01_ko_in_browser.py.
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import pytest
 
-from .jupyter_browser import VIEWPORT, open_and_run
+from lazymoe.widgets.calculator import CONTROL_WIDTH
+
+from .jupyter_browser import CLIPPED, VIEWPORT, open_and_run
 from .jupyter_browser import box as _box
 from .jupyter_browser import screenshot as _screenshot
 
@@ -49,7 +52,8 @@ def test_calculator_renders_as_a_widget_that_fits_the_screen(page):
 def _check_layout(calc) -> None:
     controls, results = calc.query_selector_all(":scope > .widget-vbox")
     c, r = _box(controls), _box(results)
-    assert c["width"] == pytest.approx(400, abs=2), "the control column keeps its fixed width"
+    width = float(CONTROL_WIDTH.removesuffix("px"))
+    assert c["width"] == pytest.approx(width, abs=2), "the control column keeps its fixed width"
     assert r["x"] >= c["x"] + c["width"] - 1 and r["width"] > 300, "results sit beside the controls"
     assert len(results.query_selector_all(".js-plotly-plot")) == 2, "both charts are drawn"
     # every slider shows its value inside the control column
@@ -77,6 +81,26 @@ def test_calculator_updates_when_an_input_changes(page):
     link = calc.query_selector(".widget-text:has(label:text('host link GB/s')) input")
     assert float(link.input_value()) == pytest.approx(31.5, abs=0.01)
     _screenshot(page, "calculator_4090", calc)
+
+
+LONGEST_HOST = "AMD EPYC 9654 (12-channel DDR5-4800)"
+
+
+def test_no_dropdown_is_clipped_with_the_longest_host(page):
+    calc = page.query_selector(".lazymoe-calculator")
+    calc.scroll_into_view_if_needed()
+    host = calc.query_selector(".widget-dropdown:has(label:text('CPU / memory')) select")
+    # ipywidgets shows option spaces as no-break spaces
+    longest = max(host.evaluate("el => [...el.options].map(o => o.text.replace(/\\u00a0/g, ' '))"), key=len)
+    assert longest == LONGEST_HOST, "the catalog's longest host name changed: test that one"
+    ram_gbps = calc.query_selector(".widget-text:has(label:text-is('RAM GB/s')) input")
+    before = ram_gbps.input_value()
+    host.select_option(label=LONGEST_HOST)   # the kernel answers with the host's RAM bandwidth
+    page.wait_for_function("([el, old]) => el.value !== old", arg=[ram_gbps, before], timeout=30_000)
+    _screenshot(page, "calculator_epyc", calc)
+    assert len(calc.query_selector_all("select")) >= 5
+    clipped = calc.evaluate(CLIPPED)
+    assert not clipped, f"text cut off in the controls: {clipped}"
 
 
 def test_a_quiz_question_answers_a_click(page):

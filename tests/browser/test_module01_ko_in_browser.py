@@ -4,11 +4,13 @@ The Korean notebook is built from the English one and the catalogs in data/i18n;
 cell sets LAZYMOE_LANG=ko (JupyterLab here starts kernels with LAZYMOE_LANG=en, so the notebook
 must choose Korean itself). After running every cell it checks that:
 - the text (every markdown cell) is Korean, and the calculator renders as a widget with its charts;
-- the calculator's labels are the Korean catalog's (lazymoe/locale/ko), in Hangul once translated;
+- the calculator's labels are the Korean catalog's (lazymoe/locale/ko), in Hangul once translated,
+  none cut short, and its charts' legends are Korean;
 - the quiz is in Korean and answers a click in Korean;
 - Hangul is drawn with a real font, not empty boxes ("tofu"): two different syllables drawn on a
   canvas in each font the page uses for Korean text must give different pixels.
-Without a Hangul font on a Linux system (`fc-list :lang=ko` is empty) it skips, saying what to install.
+Without a Hangul font on a Linux system (`fc-list :lang=ko` is empty) it skips, saying what to install
+(under CI, CI=true, it fails instead).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pytest
 
 from lazymoe.i18n.messages import catalog_path, gettext
 
-from .jupyter_browser import HANGUL, open_and_run, screenshot
+from .jupyter_browser import CLIPPED, HANGUL, missing, open_and_run, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -65,8 +67,8 @@ def _hangul_font_missing() -> bool:
 def page(lab, browser):
     """The Korean module 01 opened and run to the end in Chromium at 1366x768."""
     if _hangul_font_missing():
-        pytest.skip("no font with Hangul on this system (`fc-list :lang=ko` is empty): install one, "
-                    "`sudo apt-get install fonts-noto-cjk` (make test-browser does it as root)")
+        missing("there is no font with Hangul on this system (`fc-list :lang=ko` is empty): install "
+                "one, `sudo apt-get install fonts-noto-cjk` (make test-browser does it as root)")
     page = open_and_run(browser, lab, NOTEBOOK,
                         [".lazymoe-calculator .js-plotly-plot", ".lazymoe-quiz-choice button"])
     yield page
@@ -104,6 +106,16 @@ def test_calculator_labels_are_the_korean_catalogs(page):
               for el in page.query_selector_all(".lazymoe-calculator .widget-label")]
     english = [text for text in labels if text and not HANGUL.search(text) and text not in kept]
     assert not english, f"calculator labels still in English: {english}"
+
+
+def test_calculator_legends_are_korean_and_no_control_text_is_cut_off(page):
+    calc = page.query_selector(".lazymoe-calculator")
+    legends = [el.text_content() for el in calc.query_selector_all(".legendtext")]
+    assert len(legends) >= 5, f"both charts have a legend: {legends}"
+    english = [text for text in legends if not HANGUL.search(text)]
+    assert not english, f"chart legend entries without Hangul (not in lazymoe/locale/ko?): {english}"
+    clipped = calc.evaluate(CLIPPED)
+    assert not clipped, f"text cut off in the controls: {clipped}"
 
 
 def test_the_quiz_is_korean_and_answers_a_click(page):

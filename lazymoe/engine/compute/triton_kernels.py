@@ -22,9 +22,9 @@ dtype and the running sum to the output's dtype. Accumulation inside a matmul is
 dtype, then times the weight) as one kernel instead of ~7.
 
 Triton is optional: `unavailable_reason()` says why these cannot run (no Triton, no GPU and no
-interpreter, an activation other than SiLU); the engine then keeps the batched path. On a CPU the
-kernels run under Triton's interpreter (TRITON_INTERPRET=1, float32 only): that is how the
-unit tests check them against the batched path.
+interpreter, a GPU older than Volta, an activation other than SiLU); the engine then keeps the
+batched path. On a CPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1, float32
+only): that is how the unit tests check them against the batched path.
 """
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ try:  # optional: lazymoe runs without it
     import triton.language as tl
 except ImportError:  # pragma: no cover - depends on the environment
     triton = None
+
+
+# Triton compiles for NVIDIA GPUs of compute capability 7.0 (Volta) and newer: PyTorch refuses to
+# use it below that (torch._inductor: "Triton only supports devices of CUDA Capability >= 7.0"),
+# and Triton's own README lists 8.0+ as tested. These kernels use no tensor cores (no tl.dot), so
+# 7.x needs nothing Ampere adds; on Pascal (6.x) the engine keeps the batched path.
+MIN_CAPABILITY = (7, 0)
 
 
 def interpreting() -> bool:
@@ -64,6 +71,13 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype, act=None) -> st
         return f"device {device.type!r} (Triton runs on CUDA GPUs)"
     if device.type == "cpu" and dtype != torch.float32:
         return f"dtype {dtype} under Triton's interpreter (it computes float32 only)"
+    if device.type == "cuda":
+        capability = torch.cuda.get_device_capability(device)
+        if capability < MIN_CAPABILITY:
+            return (
+                f"the GPU's compute capability is {capability[0]}.{capability[1]}: Triton needs "
+                f"{MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (Volta and later GPUs)"
+            )
     if act is not None and not is_silu(act):
         return f"activation {type(act).__name__} (the fused kernel computes SiLU)"
     return None

@@ -243,7 +243,8 @@ def record_trace(
 ) -> RoutingTrace:  # fmt: skip
     """Run the full transformers model over a text and record every MoE layer's router choice.
 
-    Hooks each router module (`model.layers.N.mlp.gate`, or `block_sparse_moe.gate`), which in
+    Hooks each router module (`model.layers.N.mlp.gate`, or another MoE block name of
+    `lazymoe.models.archs`, such as Mixtral's `block_sparse_moe.gate`), which in
     transformers 5 returns (router_logits, top-k weights, top-k indices). The text is fed in chunks
     of `chunk_tokens` with the KV cache, so routing is what token-by-token generation would see;
     it stops at `max_tokens` or the model's context length. No lazymoe engine is involved.
@@ -252,6 +253,8 @@ def record_trace(
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lazymoe.models.archs import moe_block_pattern
 
     source = None
     if isinstance(model_or_dir, str | Path):
@@ -279,7 +282,7 @@ def record_trace(
 
     routers = {}
     for name, module in model.named_modules():
-        m = re.search(r"layers\.(\d+)\.(?:mlp|block_sparse_moe)\.gate$", name)
+        m = re.search(rf"layers\.(\d+)\.(?:{moe_block_pattern()})\.gate$", name)
         if m:
             routers[int(m.group(1))] = module
     if not routers:

@@ -112,8 +112,8 @@ def config_from_gguf(reader: gguf.GGUFReader, path: Path) -> dict[str, Any]:
         "hidden_act": "silu",
         "torch_dtype": "float32",
     }
-    if arch.model_type != "mixtral":  # Mixtral always renormalizes and has no such field
-        config["norm_topk_prob"] = arch.llamacpp_renormalizes_top_k
+    if arch.top_k_renorm_field:  # None: the architecture always renormalizes (Mixtral)
+        config[arch.top_k_renorm_field] = arch.llamacpp_renormalizes_top_k
     if arch.qkv_bias_field:
         config[arch.qkv_bias_field] = "blk.0.attn_q.bias" in names
     if arch.shared_expert:

@@ -39,19 +39,18 @@ from lazymoe.engine.storage.safetensors_file import (
 )
 from lazymoe.engine.storage.weights import ExpertSource, ExpertWeights
 from lazymoe.models.archs import (
-    ARCHS,
     ROLES,
     Arch,
     UnknownArchitectureError,
     get_arch,
+    moe_block_pattern,
     moe_layers_from_config,
 )
 
 __all__ = ["ExpertStore", "ExpertStoreError", "ExpertWeights", "moe_layers_from_config"]
 
 # an expert tensor's key: layer, MoE block (every name the registry's checkpoints use), the rest
-_BLOCKS = "|".join(sorted({"mlp"} | {arch.moe_block for arch in ARCHS.values()}))
-_LAYER = re.compile(rf"(?:^|\.)layers\.(\d+)\.({_BLOCKS})\.experts\.(.+)$")
+_LAYER = re.compile(rf"(?:^|\.)layers\.(\d+)\.({moe_block_pattern()})\.experts\.(.+)$")
 
 
 def read_config(model_dir: Path) -> dict:
