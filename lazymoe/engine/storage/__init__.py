@@ -1,6 +1,7 @@
 """Where expert bytes live: the checkpoint on disk, and the pools of slots in RAM and VRAM.
 
     safetensors_file.py   reading a safetensors header and memory map without a library call per tensor
+    pagelock.py           page-locking a mapped checkpoint for CUDA (--pin-checkpoint), and unlocking it
     weights.py            ExpertWeights (one expert's gate/up/down) and what every store has in common
     store.py              ExpertStore: one expert's bytes, read without loading the file (lab05b)
     extracted.py          ExtractedStore: reads the per-layer expert files extract() writes

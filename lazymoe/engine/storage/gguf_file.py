@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from lazymoe import quant
+from lazymoe.engine.storage import pagelock
 from lazymoe.engine.storage.gguf_config import (
     GGML_FORMATS,
     SUPPORTED_TYPES,
@@ -165,20 +166,13 @@ class GGUFExpertStore(ExpertSource):
         file (like llama.cpp's --mlock). Returns the bytes locked; close() unlocks them."""
         if self.pinned:
             return 0
-        m = self._reader.data  # np.memmap of the whole file, copy-on-write
-        # Portable (1): every CUDA context may use it; ReadOnly (8): the GPU only reads it
-        err = torch.cuda.cudart().cudaHostRegister(m.ctypes.data, m.nbytes, 1 | 8)
-        if int(err) != 0:
-            raise GGUFError(
-                f"{self.path}: CUDA could not page-lock the mapped file ({err}); "
-                "run without pin_checkpoint"
-            )
+        nbytes = pagelock.lock(self._reader.data, self.path, GGUFError)  # the file's np.memmap
         self.pinned = True
-        return int(m.nbytes)
+        return nbytes
 
     def close(self) -> None:
         if self.pinned:  # unlock before the map goes away
-            torch.cuda.cudart().cudaHostUnregister(self._reader.data.ctypes.data)
+            pagelock.unlock(self._reader.data)
             self.pinned = False
         self._tensors.clear()
         self._reader = None

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from lazymoe.engine.errors import CheckpointError
+from lazymoe.engine.storage import pagelock
 
 
 class ExpertStoreError(CheckpointError):
@@ -90,21 +91,13 @@ class SafetensorsFile:
         in RAM until close(). Returns the bytes locked."""
         if self._pinned:
             return 0
-        m = self.map()
-        # Portable (1): every CUDA context may use it; ReadOnly (8): the GPU only reads it, which
-        # lets the driver pin a private file mapping without copying its pages
-        err = torch.cuda.cudart().cudaHostRegister(m.ctypes.data, m.nbytes, 1 | 8)
-        if int(err) != 0:
-            raise ExpertStoreError(
-                f"{self.path}: CUDA could not page-lock the mapped file ({err}); "
-                "run without pin_checkpoint"
-            )
+        nbytes = pagelock.lock(self.map(), self.path, ExpertStoreError)
         self._pinned = True
-        return m.nbytes
+        return nbytes
 
     def close(self) -> None:
         if self._pinned:  # unlock before the mapping goes away
-            torch.cuda.cudart().cudaHostUnregister(self._map.ctypes.data)
+            pagelock.unlock(self._map)
             self._pinned = False
         self._map = None
 
