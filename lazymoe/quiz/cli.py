@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import unicodedata
 
 from lazymoe import quiz
 from lazymoe.i18n import _, set_language
+from lazymoe.i18n.width import cells, pad
 from lazymoe.quiz import text
 from lazymoe.quiz.loading import normalize_module
 from lazymoe.quiz.progress import ExerciseRecord
@@ -38,22 +38,12 @@ def table(scores: list[quiz.ModuleScore], lang: str = "en") -> str:
     rows.append((_("all"), "", f"{sum(s.answered for s in scores)}/{total}",
                  f"{sum(s.solved for s in scores)}/{total}", f"{first}/{total}",
                  f"{100 * first / total:.0f}%" if total else "-"))
-    widths = [max(_columns(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(_pad(c, w, left=i < 2) for i, (c, w) in
+    widths = [max(cells(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(pad(c, w, "<" if i < 2 else ">") for i, (c, w) in
                        enumerate(zip(row, widths, strict=True))) for row in rows]
-    lines.insert(1, "-" * _columns(lines[0]))
-    lines.insert(len(lines) - 1, "-" * _columns(lines[0]))
+    lines.insert(1, "-" * cells(lines[0]))
+    lines.insert(len(lines) - 1, "-" * cells(lines[0]))
     return "\n".join(lines)
-
-
-def _columns(text: str) -> int:
-    """Terminal columns: a Hangul (or other wide) character takes two, so Korean rows line up."""
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
-
-
-def _pad(text: str, width: int, left: bool) -> str:
-    fill = " " * max(0, width - _columns(text))
-    return text + fill if left else fill + text
 
 
 def run(args: argparse.Namespace) -> int:

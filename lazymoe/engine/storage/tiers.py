@@ -85,12 +85,9 @@ class TierStack:
         # a page-locked checkpoint whose bytes the slots hold as they are (the engine's dtype,
         # or a GGUF file's stored bytes): misses copy straight from the mapping (a GGUF file's
         # experts in float slots are dequantized on the host first: they go through staging)
-        if self.quantized:
-            same_bytes = True
-        else:
-            same_bytes = not getattr(store, "quantized", False) and (
-                store.dtype == device.pool.gate_up.dtype
-            )
+        same_bytes = self.quantized or (
+            not getattr(store, "quantized", False) and store.dtype == device.pool.gate_up.dtype
+        )
         self.direct = self.on_gpu and ram is None and store.pinned and same_bytes
         if self.on_gpu and ram is None and not self.direct:  # disk -> staging -> VRAM
             pool = device.pool
