@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lazymoe import atomic, paths
+from lazymoe.i18n import _
 
 CONFIG_NAME = "api.json"
 HEALTH_TIMEOUT_S = 5.0
@@ -134,8 +135,8 @@ class Connection:
         """metrics(), or None after printing one line: `what` is skipped on this server."""
         if self.has_metrics:
             return self.metrics()
-        print(f"(skipped {what}: only a lazymoe server reports it, and {self.base_url} is another "
-              "OpenAI-compatible server)")
+        print(_("(skipped {what}: only a lazymoe server reports it, and {url} is another "
+                "OpenAI-compatible server)").format(what=what, url=self.base_url))
         return None
 
     def close(self) -> None:

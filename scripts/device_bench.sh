@@ -21,6 +21,7 @@
 #            bits; a quantized format (q8_0, q4_0, q4_k_m): one GGUF written once, read by both
 #   batch    lazymoe serve one request at a time vs batched (scripts/serve_load.py: 1-32 users) on one
 #            GPU, then split over two GPUs when there are two (SERVE_SHAPE, SERVE_BUDGET per GPU)
+#   kernels  the quantized experts' GPU tests and their decode kernels timed (scripts/bench_triton_quant.py)
 #   profile  where a decode step's time goes (python -m lazymoe.bench.profile, 8 layers)
 #
 # llama.cpp is built ONCE, in the background while the first suites run, by CMake with the SYSTEM compiler (a wrapper compiler's own libstdc++
@@ -31,6 +32,10 @@
 # Knobs (environment): SHAPE, BUDGETS ("8", GB; each budget adds a --n-cpu-moe search of ~6 model
 # loads), NEW_TOKENS (128), PROMPT_TOKENS (32), REPEATS (3), BENCH_ARGS (more `lazymoe bench` flags,
 # e.g. a routing regime), TUNE_THREADS (thread counts to try; default half/all cores, all CPUs),
+# PINS ("0"; "0 1" adds lazymoe rows with --pin-checkpoint, in bench-...-pinned.json), KEEP (1: leave
+# the quantized GGUF in /dev/shm for a later suite, e.g. SERVE_MODEL=/dev/shm/lazymoe-SHAPE-q4_0/model-q4_0.gguf),
+# SERVE_MODEL (serve that file/folder instead of writing SERVE_SHAPE), SERVE_FORMAT (write SERVE_SHAPE as a GGUF
+# of that type, in the background from the start, and serve it), KERNEL_BENCH (0: kernels' tests only), KERNEL_K (their pytest -k), SERVE_ARGS (more `lazymoe serve` flags),
 # BUILD_JOBS, BUILD_LLAMA (1; 0: suites that need no llama.cpp), PLACEMENTS ("fetch"; e.g. "fetch auto"), CROSS_CHECK (1; 0 skips llama-bench),
 # FORMATS ("bf16"; e.g. "q8_0 q4_0": one results file each, bench-SHAPE-FORMAT.json). Time on an
 # H200 (16 cores): setup ~5 min, check ~5, compare at one budget ~25 per format (a quantized
@@ -103,9 +108,16 @@ need_llama() {  # wait for the background build; say why when it failed
   log "llama.cpp is not built: $(tail -5 "$RESULTS/llama-build.log" | tr '\n' ' ')"; return 1
 }
 
-prewrite() {  # each quantized GGUF of `compare` written in the background on the last GPU, from the start
-  case " $* " in *compare*) ;; *) return 0 ;; esac
+prewrite() {  # each quantized GGUF of `compare` (and batch's SERVE_FORMAT) written in the background on the last GPU
   local f gpu; gpu=$(( $(nvidia-smi -L 2>/dev/null | wc -l) - 1 )); (( gpu < 0 )) && gpu=0
+  case " $* " in *batch*) if [ -n "${SERVE_FORMAT:-}" ] && [ -z "${SERVE_MODEL:-}" ]; then
+    local s=${SERVE_SHAPE:-olmoe-1b-7b-shapes}
+    log "writing $s $SERVE_FORMAT for batch in the background (GPU $gpu)"
+    CUDA_VISIBLE_DEVICES=$gpu python3 -m lazymoe.bench.writer "$s" "/dev/shm/lazymoe-serve-$s-$SERVE_FORMAT" \
+      --format "$SERVE_FORMAT" --device cuda > "$RESULTS/write-serve-$s.log" 2>&1 &
+    SERVE_WRITER=$!
+  fi ;; esac
+  case " $* " in *compare*) ;; *) return 0 ;; esac
   for f in ${FORMATS:-bf16}; do
     [ "$f" = bf16 ] && continue
     log "writing $SHAPE $f in the background (GPU $gpu)"
@@ -128,6 +140,7 @@ suite_check() {
   timeout 300 python3 -m pytest -m gpu -q -p no:cacheprovider tests/gpu/test_bench_gguf_gpu.py \
     tests/test_bench_llamacpp.py tests/test_libstdcxx.py > "$RESULTS/gpu-tests-llama.log" 2>&1
   log "gpu tests with llama.cpp rc=$? $(tail -1 "$RESULTS/gpu-tests-llama.log")"
+  [ "${KERNEL_BENCH:-1}" = 1 ] || return 0
   timeout 300 python3 scripts/bench_triton_quant.py "$RESULTS/triton-quant-decode.json" > "$RESULTS/triton-quant-decode.log" 2>&1
   log "quantized Triton kernels rc=$?: $(tail -8 "$RESULTS/triton-quant-decode.log" | tr '\n' ' ')"
   python3 -m lazymoe.bench.writer tiny-random "$WORK/tiny" --device cuda > /dev/null
@@ -153,15 +166,12 @@ suite_compare() {
 compare_bf16() {  # lazymoe reads safetensors, llama.cpp a GGUF of the same bits (one file in RAM at a time)
   local out="$RESULTS/bench-$SHAPE.json" g
   python3 -m lazymoe.bench.writer "$SHAPE" "$M" --only safetensors --device cuda 2>&1 | tail -1
-  log "lazymoe rows"
-  # shellcheck disable=SC2086
-  python3 -m lazymoe bench --model "$M" --engines lazymoe --placement ${PLACEMENTS:-fetch} --budgets $BUDGETS --no-resident \
-    $PROTOCOL ${BENCH_ARGS:-} --note "random weights, shapes of $SHAPE" --out "$out" 2>&1 | grep "^|"
+  lazymoe_rows "$M" "$out" "random weights, shapes of $SHAPE"
   rm -f "$M"/*.safetensors  # RAM: one copy of the weights at a time (the same bits, same seed)
   python3 -m lazymoe.bench.writer "$SHAPE" "$M" --only gguf --device cuda 2>&1 | tail -1
   g=$(ls "$M"/*.gguf | head -1)
   llama_rows "$out" "$g" "$SHAPE" --gguf "$g"
-  python3 -m lazymoe bench --report "$out" | tee "$RESULTS/table-$SHAPE.md"
+  python3 -m lazymoe bench --report $(ls "$out" "${out%.json}"-pinned.json 2>/dev/null) | tee "$RESULTS/table-$SHAPE.md"
   rm -rf "$M"
 }
 
@@ -170,13 +180,22 @@ compare_gguf() {  # one quantized GGUF, written once, read by both engines (lazy
   if [ -n "${WRITERS[$f]:-}" ]; then wait "${WRITERS[$f]}"; tail -1 "$RESULTS/write-$SHAPE-$f.log"
   else python3 -m lazymoe.bench.writer "$SHAPE" "$d" --format "$f" --device cuda 2>&1 | tail -1; fi
   g="$d/model-$f.gguf"; [ -f "$g" ] || { log "no $g: $f skipped"; return 1; }
-  log "lazymoe rows on $g"
-  # shellcheck disable=SC2086
-  python3 -m lazymoe bench --model "$g" --engines lazymoe --placement ${PLACEMENTS:-fetch} --budgets $BUDGETS --no-resident \
-    $PROTOCOL ${BENCH_ARGS:-} --note "random weights, shapes of $SHAPE, $f GGUF read by both engines" --out "$out" 2>&1 | grep "^|"
+  lazymoe_rows "$g" "$out" "random weights, shapes of $SHAPE, $f GGUF read by both engines"
   llama_rows "$out" "$g" "$SHAPE-$f"  # no --gguf: the tuner reads the file the lazymoe rows read
-  python3 -m lazymoe bench --report "$out" | tee "$RESULTS/table-$SHAPE-$f.md"
-  rm -rf "$d"
+  python3 -m lazymoe bench --report $(ls "$out" "${out%.json}"-pinned.json 2>/dev/null) | tee "$RESULTS/table-$SHAPE-$f.md"
+  [ "${KEEP:-0}" = 1 ] || rm -rf "$d"
+}
+
+lazymoe_rows() {  # MODEL OUT NOTE: lazymoe's rows, once per PINS value (1: page-locked checkpoint, own file)
+  local model=$1 out=$2 note=$3 pin
+  for pin in ${PINS:-0}; do
+    local o=$out extra=()
+    [ "$pin" = 1 ] && { o="${out%.json}-pinned.json"; extra=(--pin-checkpoint); }
+    log "lazymoe rows on $model${extra[*]:+ (${extra[*]})}"
+    # shellcheck disable=SC2086
+    python3 -m lazymoe bench --model "$model" --engines lazymoe --placement ${PLACEMENTS:-fetch} --budgets $BUDGETS \
+      --no-resident "${extra[@]}" $PROTOCOL ${BENCH_ARGS:-} --note "$note" --out "$o" 2>&1 | grep "^|"
+  done
 }
 
 llama_rows() {  # RESULTS_JSON GGUF MODEL_NAME [--gguf GGUF]: llama.cpp tuned at lazymoe's VRAM, llama-bench cross-check
@@ -202,19 +221,35 @@ llama_rows() {  # RESULTS_JSON GGUF MODEL_NAME [--gguf GGUF]: llama.cpp tuned at
 
 suite_batch() {  # lazymoe serve one request at a time vs batched, on one GPU, then split over two
   local s=${SERVE_SHAPE:-olmoe-1b-7b-shapes} d="/dev/shm/lazymoe-serve-${SERVE_SHAPE:-olmoe-1b-7b-shapes}" n
-  python3 -m lazymoe.bench.writer "$s" "$d" --only safetensors --device cuda 2>&1 | tail -1
+  if [ -n "${SERVE_MODEL:-}" ]; then d=$SERVE_MODEL; s=$(basename "$(dirname "$d")")
+  elif [ -n "${SERVE_FORMAT:-}" ]; then  # the GGUF prewrite started
+    wait "${SERVE_WRITER:-}"; tail -1 "$RESULTS/write-serve-$s.log"
+    d="/dev/shm/lazymoe-serve-$s-$SERVE_FORMAT/model-$SERVE_FORMAT.gguf"; s="$s-$SERVE_FORMAT"
+  else python3 -m lazymoe.bench.writer "$s" "$d" --only safetensors --device cuda 2>&1 | tail -1; fi
+  # shellcheck disable=SC2206
   local common=(--model "$d" --device cuda --vram-budget "${SERVE_BUDGET:-5GiB}" --max-tokens "${SERVE_TOKENS:-32}"
-                --repeats "${SERVE_REPEATS:-2}" --note "random weights, shapes of $s: routing has far more reuse than real text")
+                --repeats "${SERVE_REPEATS:-2}" ${SERVE_ARGS:-}
+                --note "random weights, shapes of $s: routing has far more reuse than real text; ${SERVE_BUDGET:-5GiB} per GPU ${SERVE_ARGS:-}")
   timeout 540 python3 scripts/serve_load.py "${common[@]}" --max-batch 1 32 --users 1 4 16 32 \
-    --out "$RESULTS/serve-gpu-$s.json" 2>&1 | grep -v "it/s]"
+    --out "$RESULTS/serve-gpu-$s.json" 2>&1 | grep --line-buffered -v "it/s]"
   log "serve load one GPU rc=$?"
   n=$(nvidia-smi -L 2>/dev/null | wc -l)
   if (( n >= 2 )); then
     timeout 300 python3 scripts/serve_load.py "${common[@]}" --gpus 0,1 --max-batch 32 --users 1 16 \
-      --out "$RESULTS/serve-gpu2-$s.json" 2>&1 | grep -v "it/s]"
+      --out "$RESULTS/serve-gpu2-$s.json" 2>&1 | grep --line-buffered -v "it/s]"
     log "serve load two GPUs rc=$?"
   fi
-  rm -rf "$d"
+  [ -n "${SERVE_MODEL:-}" ] || rm -rf "${d%/model-*.gguf}"
+}
+
+suite_kernels() {  # quantized experts on the GPU: correctness first, then the kernels' time per layer
+  timeout 420 python3 -m pytest -m gpu -q -n 4 -p no:cacheprovider ${KERNEL_K:+-k "$KERNEL_K"} \
+    tests/gpu/test_triton_quant_gpu.py tests/gpu/test_segments_quant_gpu.py tests/gpu/test_placement_quant_gpu.py \
+    tests/test_gguf_torch_quant.py > "$RESULTS/gpu-tests-kernels.log" 2>&1
+  log "quantized GPU tests rc=$? $(tail -1 "$RESULTS/gpu-tests-kernels.log")"
+  [ "${KERNEL_BENCH:-1}" = 1 ] || return 0
+  timeout 300 python3 scripts/bench_triton_quant.py "$RESULTS/triton-quant-decode.json" > "$RESULTS/triton-quant-decode.log" 2>&1
+  log "quantized Triton kernels rc=$?: $(tail -12 "$RESULTS/triton-quant-decode.log" | tr '\n' ' ')"
 }
 
 suite_profile() {

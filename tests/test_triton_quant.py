@@ -21,7 +21,7 @@ from gguf_models import PROMPT, twin
 
 from lazymoe import quant
 from lazymoe.engine import Engine, EngineConfig, GenerationConfig
-from lazymoe.engine.compute import triton_quant
+from lazymoe.engine.compute import expert_compute, triton_quant
 from lazymoe.engine.compute.triton_quant import SlotLayout, fused_decode_quantized
 from lazymoe.engine.loading import load_tokenizer
 from lazymoe.engine.storage.gguf_file import GGUFExpertStore, QuantizedExpert
@@ -221,8 +221,9 @@ def twins(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["q8_0", "q4_0"])
 def test_an_engine_on_the_quantized_kernels_gives_the_cpu_paths_tokens(twins, name, monkeypatch):
-    """The bundled model's GGUF twins, 3 slots (misses refill slots as it runs): decode and a
-    3-token prefill through the kernels, a long prefill one float32 expert at a time."""
+    """The bundled model's GGUF twins, 3 slots (misses refill slots as it runs): decode, a
+    3-token prefill and a long one through the kernels (a batch of any size reads the slots in
+    place), the long one also in chunks of 4 tokens per launch."""
     path = twins[name]
     prompt = load_tokenizer(path).encode(PROMPT)
     gen = GenerationConfig(max_new_tokens=4, stop_token_ids=())
@@ -242,4 +243,8 @@ def test_an_engine_on_the_quantized_kernels_gives_the_cpu_paths_tokens(twins, na
     fused = engine("fused")
     assert fused.runtime.kernel == "fused" and cpu.runtime.kernel == "grouped"
     assert [fused.generate(prompt, gen), fused.generate(prompt[:3], gen)] == want
-    assert len(prompt) > 8 and set(calls) == {1, 3}  # decode tokens and the short prompt
+    assert len(prompt) > 8 and set(calls) == {1, 3, len(prompt)}  # decode and both prompts
+    calls.clear()
+    monkeypatch.setattr(expert_compute, "FUSED_CHUNK_TOKENS", 4)
+    assert fused.generate(prompt, gen) == want[0]
+    assert max(calls) == 4 and len(prompt) % 4 == 1 and 1 in calls  # chunks of 4, and the rest

@@ -32,9 +32,23 @@ STRATEGY_OPTIONS = {  # CLI option -> (strategy keyword, strategies it applies t
 }
 
 
+def examples() -> str:
+    """The docstring's examples for --help: the commands as they are, their comments translated."""
+    comments = {  # the English after "# " in the docstring -> the learner's language
+        "lab01's figures": _("lab01's figures"),
+        "catalog names (a unique part of a name is enough)": _("catalog names (a unique part of a name is enough)"),
+        "the source documents' case studies: bound vs reported": _(
+            "the source documents' case studies: bound vs reported"),
+    }
+    text = __doc__.split("\n\n", 1)[1]
+    for english, translated in comments.items():
+        text = text.replace("# " + english, "# " + translated)
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = _("examples:") + "\n" + __doc__.split("\n\n", 1)[1]
+    parser.epilog = _("examples:") + "\n" + examples()
     hw = parser.add_argument_group(_("machine (catalog names, or explicit numbers)"))
     hw.add_argument("--gpu", help=_("GPU name from the catalog ('4090', 'RTX 3070 Ti Laptop')"))
     hw.add_argument("--gpus", type=int, default=1, help=_("number of such GPUs (default 1)"))

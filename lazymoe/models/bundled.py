@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen3MoeForCausalLM
 
+from lazymoe.i18n import _
 from lazymoe.models import corpus
 from lazymoe.paths import bundled_model_dir
 
@@ -24,8 +25,8 @@ def load_model(model_dir: str | Path | None = None) -> Qwen3MoeForCausalLM:
     path = Path(model_dir) if model_dir is not None else bundled_model_dir()
     missing = [f for f in ("config.json", "model.safetensors") if not (path / f).exists()]
     if missing:
-        raise FileNotFoundError(f"{path} lacks {', '.join(missing)}: run `make data` "
-                                "(python -m lazymoe.models.prepare) to build the bundled model")
+        raise FileNotFoundError(_("{path} lacks {files}: run `make data` (python -m lazymoe.models.prepare) "
+                                  "to build the bundled model").format(path=path, files=", ".join(missing)))
     model = Qwen3MoeForCausalLM.from_pretrained(path, dtype=torch.float32)
     model.set_experts_implementation("eager")
     return model.eval()
@@ -49,8 +50,8 @@ def problems(model_dir: str | Path | None = None) -> list[str]:
     """What is wrong with a model folder (empty list: it looks complete and loadable)."""
     path = Path(model_dir) if model_dir is not None else bundled_model_dir()
     if not path.is_dir():
-        return [f"{path} does not exist"]
-    found = [f"missing {f}" for f in REQUIRED_FILES if not (path / f).exists()]
+        return [_("{path} does not exist").format(path=path)]
+    found = [_("missing {file}").format(file=f) for f in REQUIRED_FILES if not (path / f).exists()]
     if found:
         return found
     try:
@@ -58,9 +59,10 @@ def problems(model_dir: str | Path | None = None) -> list[str]:
         tj = json.loads((path / "tokenizer.json").read_text())
         ids = set(tj["model"]["vocab"].values()) | {t["id"] for t in tj.get("added_tokens", [])}
     except (OSError, ValueError, KeyError) as err:
-        return [f"unreadable config or tokenizer: {err}"]
+        return [_("unreadable config or tokenizer: {error}").format(error=err)]
     if cfg.get("model_type") != "qwen3_moe":
-        found.append(f"config.json model_type is {cfg.get('model_type')!r}, expected 'qwen3_moe'")
+        found.append(_("config.json model_type is {value!r}, expected 'qwen3_moe'").format(value=cfg.get("model_type")))
     if len(ids) != cfg.get("vocab_size"):
-        found.append(f"tokenizer has {len(ids)} tokens but config says {cfg.get('vocab_size')}")
+        found.append(_("tokenizer has {n} tokens but config says {vocab_size}").format(
+            n=len(ids), vocab_size=cfg.get("vocab_size")))
     return found

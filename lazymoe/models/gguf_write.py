@@ -194,12 +194,42 @@ def _encode(values: np.ndarray | torch.Tensor, slot: TensorSlot, t: Q) -> np.nda
     if isinstance(values, torch.Tensor):
         if values.dtype == torch.bfloat16 and t == Q.BF16:
             return values.cpu().contiguous().view(torch.uint16).numpy()  # the bits as they are
+        if t in LEGACY_TORCH:  # on a GPU when there is one (gguf-py's numpy uses one core)
+            device = "cuda" if torch.cuda.is_available() else values.device
+            return LEGACY_TORCH[t](values.to(device, torch.float32)).cpu().numpy().reshape(
+                gguf.quant_shape_to_byte_shape(tuple(values.shape), t))
         values = values.to(torch.float32).cpu().numpy()
     values = np.asarray(values, dtype=np.float32)
     if t in K_FORMATS:
         blocks = quantize(torch.from_numpy(values), K_FORMATS[t]).data.numpy()
         return blocks.reshape(gguf.quant_shape_to_byte_shape(values.shape, t))
     return gguf.quants.quantize(values, t)
+
+
+def q8_0_blocks(x: torch.Tensor) -> torch.Tensor:
+    """gguf-py's Q8_0 (the reference in ggml-quants.c) in torch, byte for byte: (n_blocks, 34) uint8."""
+    blocks = x.reshape(-1, 32)
+    d = blocks.abs().amax(dim=1, keepdim=True) / 127
+    inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
+    scaled = blocks * inv
+    a = scaled.abs()
+    rounded = torch.sign(scaled) * (a.floor() + (2 * (a - a.floor())).floor())  # roundf: half away from 0
+    qs = rounded.to(torch.int8).view(torch.uint8)
+    return torch.cat([d.to(torch.float16).view(torch.uint8), qs], dim=1)
+
+
+def q4_0_blocks(x: torch.Tensor) -> torch.Tensor:
+    """gguf-py's Q4_0 in torch, byte for byte: (n_blocks, 18) uint8."""
+    blocks = x.reshape(-1, 32)
+    signed_max = blocks.gather(1, blocks.abs().argmax(dim=1, keepdim=True))
+    d = signed_max / -8
+    inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
+    qs = torch.trunc(blocks * inv + 8.5).to(torch.uint8).clamp(0, 15)
+    packed = qs[:, :16] | (qs[:, 16:] << 4)
+    return torch.cat([d.to(torch.float16).view(torch.uint8), packed], dim=1)
+
+
+LEGACY_TORCH: dict[Q, Callable[[torch.Tensor], torch.Tensor]] = {Q.Q8_0: q8_0_blocks, Q.Q4_0: q4_0_blocks}
 
 
 def _add_metadata(writer: gguf.GGUFWriter, arch: Arch, cfg: dict[str, Any], name: str) -> None:

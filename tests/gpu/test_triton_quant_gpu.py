@@ -14,6 +14,7 @@ from gguf_models import PROMPT, twin
 
 from lazymoe import quant
 from lazymoe.engine import Engine, EngineConfig, GenerationConfig
+from lazymoe.engine.compute import triton_quant
 from lazymoe.engine.compute.triton_quant import SlotLayout, fused_decode_quantized
 from lazymoe.engine.loading import load_tokenizer
 from lazymoe.engine.storage.gguf_file import GGUFExpertStore, QuantizedExpert
@@ -105,3 +106,35 @@ def test_a_ram_budget_with_quantized_vram_slots_is_refused_with_the_reason(tmp_p
     budget = 3 * GGUFExpertStore.open(path).max_expert_qbytes
     with pytest.raises(ValueError, match="leave ram_budget out"):
         Engine(EngineConfig(model_path=path, device="cuda", vram_budget=budget, ram_budget="1GiB"))
+
+
+@pytest.mark.parametrize("name", ["q8_0", "q4_0"])
+@pytest.mark.parametrize("slots", [3, None])  # 3: misses in every layer; None: all resident
+def test_quantized_experts_batched_on_the_gpu_give_each_requests_tokens(
+    tmp_path, name, slots, monkeypatch
+):
+    """Continuous batching on the GPU: several requests' tokens in one step through the kernels
+    (any number of tokens per launch), each request's tokens what it gets alone (float32)."""
+    path = twin(name, tmp_path)
+    tokenizer = load_tokenizer(path)
+    prompts = [
+        tokenizer.encode(t) for t in (PROMPT, "import numpy as np\n", "SELECT name FROM users")
+    ]
+    gen = GenerationConfig(max_new_tokens=10, stop_token_ids=())
+    budget = None if slots is None else slots * GGUFExpertStore.open(path).max_expert_qbytes
+    engine = Engine(
+        EngineConfig(model_path=path, device="cuda", dtype="float32", vram_budget=budget)
+    )
+    assert engine.runtime.kernel == "fused"
+    want = [engine.generate(p, gen) for p in prompts]
+    calls = []
+    kernel = triton_quant.fused_decode_quantized
+    monkeypatch.setattr(triton_quant, "fused_decode_quantized",
+                        lambda *a, **kw: calls.append(a[0].shape[0]) or kernel(*a, **kw))  # fmt: skip
+    with engine.batch() as batch:
+        handles = [batch.add(p, gen)[0] for p in prompts]
+        while len(batch):
+            batch.step()
+        got = [batch.tokens(h) for h in handles]
+    assert got == want
+    assert len(prompts) in calls  # a batched decode step went through the kernels

@@ -37,7 +37,7 @@ from lazymoe.engine.storage.store import ExpertWeights
 from lazymoe.engine.storage.tiers import TierStack
 from lazymoe.quant.expert import expert_forward
 
-FUSED_MAX_TOKENS = 8  # more tokens (prefill): dequantize each expert once, then matmul
+FUSED_CHUNK_TOKENS = 4096  # quantized Triton kernels: tokens per launch (the down grid's 2nd axis)
 
 
 def expert_split(x: torch.Tensor, w: ExpertWeights, act) -> torch.Tensor:
@@ -89,11 +89,10 @@ class ExpertCompute:
         if self.quantized:  # GPU: the compute stream waits for the copies into the slots
             for _, slot in on_device:
                 self.tiers.wait_slot(slot)
-        if self.quantized and self.kernel == "fused" and out.shape[0] > FUSED_MAX_TOKENS:
-            self._compute_reference(out, None, hidden, top_k_weights, rows, on_device)  # prefill
-            return  # (one expert at a time, dequantized to a float32 temporary)
         if self.quantized:
-            if self.kernel == "fused":  # decode: Triton dequantizes in registers (triton_quant)
+            if self.kernel == "fused":  # Triton dequantizes in registers (triton_quant), any batch:
+                # each (token, expert) pair reads its expert's bytes, which at a few MB per expert
+                # beats writing a float copy of it (a prefill of 24 tokens took 0.6 s that way)
                 self._fused_quantized(out, hidden, top_k_weights, rows, on_device)
             else:  # slab by slab on the CPU (lazymoe.quant.expert)
                 for e, slot in on_device:
@@ -121,18 +120,26 @@ class ExpertCompute:
             kernels.grouped(out, hidden, top_k_weights, groups, self.act)
 
     def _fused_quantized(self, out, hidden, top_k_weights, rows, on_device) -> None:
-        """A few tokens' experts by the quantized Triton kernels, read in place from the slots."""
+        """The tokens' experts by the quantized Triton kernels, read in place from the slots;
+        FUSED_CHUNK_TOKENS tokens per launch (each token's sum is its own, so chunks are exact)."""
         pool = self.tiers.device.pool
-        pairs = sorted((t, e, slot, k) for e, slot in on_device for t, k in rows[e])  # by token
-        n, per_token = len(pairs), Counter(t for t, *_ in pairs)
-        starts = [sum(per_token[u] for u in range(t)) for t in range(out.shape[0] + 1)]
-        cols = [[p[2] for p in pairs], [p[3] for p in pairs], [p[0] for p in pairs], starts]
-        index = torch.tensor([v for col in cols for v in col], dtype=torch.int32).to(out.device)
         layout = triton_quant.SlotLayout.of(pool.expert(on_device[0][1]))  # one layer's formats
-        triton_quant.fused_decode_quantized(
-            out, hidden, top_k_weights, index[:n], index[n : 2 * n], pool.data, layout,
-            index[2 * n : 3 * n], index[3 * n :],
-        )  # fmt: skip
+        pairs = sorted((t, e, slot, k) for e, slot in on_device for t, k in rows[e])  # by token
+        for first in range(0, out.shape[0], FUSED_CHUNK_TOKENS):
+            last = min(first + FUSED_CHUNK_TOKENS, out.shape[0])
+            chunk = [(t - first, slot, k) for t, _, slot, k in pairs if first <= t < last]
+            if not chunk:
+                continue
+            n, per_token = len(chunk), Counter(t for t, *_ in chunk)
+            starts = [0]
+            for t in range(last - first):
+                starts.append(starts[-1] + per_token[t])
+            cols = [[c[1] for c in chunk], [c[2] for c in chunk], [c[0] for c in chunk], starts]
+            index = torch.tensor([v for col in cols for v in col], dtype=torch.int32).to(out.device)
+            triton_quant.fused_decode_quantized(
+                out[first:last], hidden[first:last], top_k_weights[first:last], index[:n],
+                index[n : 2 * n], pool.data, layout, index[2 * n : 3 * n], index[3 * n :],
+            )  # fmt: skip
 
     def _compute_cpu(self, out, layer, hidden, top_k_weights, rows, on_cpu) -> None:
         """Experts computed where they live (--cpu-moe): one trip of the hidden state to the
