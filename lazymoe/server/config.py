@@ -7,6 +7,8 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from lazymoe.i18n import _
+
 
 @dataclass
 class ServerConfig:
@@ -77,10 +79,10 @@ class ServerConfig:
         was changed, in words (the server says it at startup)."""
         if context_tokens is None or self.max_prompt_tokens <= context_tokens:
             return self, []
-        note = (
-            f"max_prompt_tokens={self.max_prompt_tokens} is more than the model's context of "
-            f"{context_tokens} tokens: prompts are capped at {context_tokens} tokens instead"
-        )
+        note = _(
+            "max_prompt_tokens={asked} is more than the model's context of {context} tokens: "
+            "prompts are capped at {context} tokens instead"
+        ).format(asked=self.max_prompt_tokens, context=context_tokens)
         return dataclasses.replace(self, max_prompt_tokens=context_tokens), [note]
 
 

@@ -34,6 +34,7 @@ from lazymoe.engine.storage.extracted import (
 )
 from lazymoe.engine.storage.safetensors_file import ExpertStoreError
 from lazymoe.engine.storage.store import ExpertStore
+from lazymoe.i18n import _
 
 __all__ = ["ExtractedStore", "extract"]  # ExtractedStore lives in extracted.py (the reader)
 
@@ -67,7 +68,7 @@ def extract(
     stride = sum(tensor_nbytes.values())
     files = {}
     with tqdm(
-        total=len(store.keys()), desc=f"extracting experts ({fmt_name})", unit="expert"
+        total=len(store.keys()), desc=_("extracting experts ({format})").format(format=fmt_name), unit="expert"
     ) as bar:
         for layer in store.moe_layers:
             name = f"layer_{layer:03d}.experts"

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from lazymoe import quant
 from lazymoe.engine.storage.safetensors_file import ExpertStoreError
 from lazymoe.engine.storage.weights import ExpertSource, ExpertWeights
+from lazymoe.i18n import _
 from lazymoe.models.archs import get_arch, moe_layers_from_config
 
 MAGIC = b"LZMOEXP1"
@@ -118,8 +119,10 @@ class ExtractedStore(ExpertSource):
         if self.verify and (layer, expert) not in self._verified:
             if zlib.crc32(raw) != h["crc32"][expert]:
                 raise ExpertStoreError(
-                    f"{info['path']}: expert {expert} fails its checksum (the file was changed or "
-                    "damaged on disk): delete the folder and run extract() again"
+                    _("{path}: expert {expert} fails its checksum (the file was changed or damaged "
+                      "on disk): delete the folder and run extract() again").format(
+                        path=info["path"], expert=expert
+                    )
                 )
             self._verified.add((layer, expert))
         return raw

@@ -20,6 +20,7 @@ import torch
 
 from lazymoe.engine.errors import CheckpointError
 from lazymoe.engine.storage import pagelock
+from lazymoe.i18n import _
 
 
 class ExpertStoreError(CheckpointError):
@@ -59,16 +60,18 @@ class SafetensorsFile:
                 self.tensors: dict[str, dict] = json.loads(f.read(header_len))
         except (OSError, struct.error, ValueError, UnicodeDecodeError) as err:
             raise ExpertStoreError(
-                f"{path} cannot be read as safetensors ({err}): it is corrupt or truncated, "
-                "download it again"
+                _("{path} cannot be read as safetensors ({err}): it is corrupt or truncated, "
+                  "download it again").format(path=path, err=err)
             ) from err
         self.tensors.pop("__metadata__", None)
         self.data_start = 8 + header_len  # bytes; tensor offsets count from here
         end = max((t["data_offsets"][1] for t in self.tensors.values()), default=0)
         if self.data_start + end > size:
             raise ExpertStoreError(
-                f"{path} is truncated: its header needs {self.data_start + end} bytes, the file has "
-                f"{size}: it is corrupt or truncated, download it again"
+                _("{path} is truncated: its header needs {needed} bytes, the file has {size}: it is "
+                  "corrupt or truncated, download it again").format(
+                    path=path, needed=self.data_start + end, size=size
+                )
             )
         self._map: np.memmap | None = None
         self._pinned = False  # page-locked for CUDA (pin_for_cuda)
