@@ -37,6 +37,9 @@ class LazyMoeRunner:
 
     def reset_stats(self) -> None:
         self.engine.reset_stats()
+        decoder = getattr(self.engine, "_decoder", None)  # the segmented/graph decoder, once made
+        if decoder is not None:
+            decoder.timings.update(tokens=0, wait_s=0.0, plan_s=0.0, launch_s=0.0)
 
     def stats(self) -> dict:
         """The engine's counters since the last reset: hit rate, bytes moved, VRAM in use..."""
@@ -51,6 +54,11 @@ class LazyMoeRunner:
         # a GGUF file: whether the cache holds the stored (quantized) bytes, and one slot's size
         out["experts_quantized"] = bool(getattr(self.engine, "quantized_experts", False))
         out["expert_slot_bytes"] = int(self.engine.expert_nbytes)
+        # where a decoded token's host time goes per layer (graphs/segments decoder): waiting for
+        # the GPU to reach the router, planning (cache lookups, fetches issued), launching
+        decoder = getattr(self.engine, "_decoder", None)
+        if decoder is not None and decoder.timings["tokens"]:
+            out["decode_host_us_per_layer"] = decoder.timing_per_layer_us()
         return out
 
     def close(self) -> None:
