@@ -206,3 +206,17 @@ def test_moved_code_does_not_make_a_catalog_stale_but_changed_text_does():
     assert catalog.same_texts(moved, po)
     changed = catalog.merge(po, [Source("Hello there", comment="a.py:9")])
     assert not catalog.same_texts(changed, po)
+
+
+def test_saving_a_catalog_twice_changes_nothing_even_with_obsolete_entries_last(tmp_path):
+    """`python -m lazymoe.i18n update` is idempotent: polib ends obsolete entries with a newline,
+    and a second save of what was read back must not add a blank line (a diff on every run)."""
+    po = polib.POFile(wrapwidth=100)
+    po.append(polib.POEntry(msgid="Hello", msgstr="안녕하세요"))
+    po.append(polib.POEntry(msgid="Gone", msgstr="사라짐", obsolete=True))
+    path = tmp_path / "x.po"
+    assert catalog.save(po, path)
+    first = path.read_text(encoding="utf-8")
+    assert first.endswith("\n") and not first.endswith("\n\n")
+    assert not catalog.save(polib.pofile(str(path), wrapwidth=100), path)  # nothing to write
+    assert path.read_text(encoding="utf-8") == first

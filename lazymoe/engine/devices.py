@@ -29,6 +29,7 @@ from lazymoe.engine.parts.prefetch import Prefetcher
 from lazymoe.engine.parts.replay import TraceReplay
 from lazymoe.engine.stats import EngineStats
 from lazymoe.engine.storage.tiers import TierStack
+from lazymoe.i18n import _
 
 if TYPE_CHECKING:
     from lazymoe.engine.engine import Engine
@@ -213,17 +214,20 @@ def describe_lines(shares: list[DeviceShare], total_experts: int) -> list[str]:
     """One line per tier; with several devices, one line per device (its layers, its tiers)."""
     if len(shares) == 1:
         return [
-            f"tier {tier.name}: {tier.pool.n_slots} of {total_experts} experts "
-            f"({format_bytes(tier.pool.nbytes)}), policy {tier.book.policy.name}"
+            _("tier {tier}: {slots} of {total} experts ({size}), policy {policy}").format(
+                tier=tier.name, slots=tier.pool.n_slots, total=total_experts,
+                size=format_bytes(tier.pool.nbytes), policy=tier.book.policy.name)
             for tier in shares[0].tiers.tiers
-        ]
+        ]  # fmt: skip
     lines = []
     for share in shares:
         tiers = "; ".join(
-            f"{tier.name} {tier.pool.n_slots} of {share.total_experts} experts "
-            f"({format_bytes(tier.pool.nbytes)})"
+            _("{tier} {slots} of {total} experts ({size})").format(
+                tier=tier.name, slots=tier.pool.n_slots, total=share.total_experts,
+                size=format_bytes(tier.pool.nbytes))
             for tier in share.tiers.tiers
-        )
-        lines.append(f"{share.device}: layers {split.layer_ranges(share.layers)}, {tiers}, "
-                     f"policy {share.tiers.device.book.policy.name}")
+        )  # fmt: skip
+        lines.append(_("{device}: layers {layers}, {tiers}, policy {policy}").format(
+            device=share.device, layers=split.layer_ranges(share.layers), tiers=tiers,
+            policy=share.tiers.device.book.policy.name))  # fmt: skip
     return lines

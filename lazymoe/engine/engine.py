@@ -34,6 +34,7 @@ from lazymoe.engine.storage.qpool import QuantizedPool
 from lazymoe.engine.storage.reader import ReaderStore
 from lazymoe.engine.storage.store import ExpertStore
 from lazymoe.engine.storage.tiers import Tier, TierStack
+from lazymoe.i18n import _
 
 
 class Engine:
@@ -313,26 +314,31 @@ class Engine:
     def _placement_words(self) -> str:
         """What the placement does on this device, in words (a CPU-only machine has one place)."""
         if not self.tiers.on_gpu:
-            return "the model runs on the CPU, so a missed expert is read into the RAM cache"
+            return _("the model runs on the CPU, so a missed expert is read into the RAM cache")
         return {
-            "fetch": "a missed expert is copied to the GPU and computed there",
-            "cpu": "a missed expert is computed on the CPU, where it lives",
-            "auto": "each missed expert is copied to the GPU or computed on the CPU, "
-            "whichever the measured bandwidths say is faster",
+            "fetch": _("a missed expert is copied to the GPU and computed there"),
+            "cpu": _("a missed expert is computed on the CPU, where it lives"),
+            "auto": _("each missed expert is copied to the GPU or computed on the CPU, "
+                      "whichever the measured bandwidths say is faster"),
         }[self.config.placement]
 
     def describe(self) -> str:
         """A few lines: what lives where."""
         lines = [
-            f"model {self.config.model_path} ({self.spec.model_type}, {len(self.moe_layers)} MoE layers "
-            f"x {self.num_experts} experts, top-{self.top_k}, expert {format_bytes(self.expert_nbytes)})",
-            f"device {self._device_words()}, dtype {self.config.dtype}, "
-            f"prefetch {'on' if self.runtime.prefetcher else 'off'}, kernel {self.runtime.kernel}, "
-            f"decode {self.decode_path}",
-            f"placement {self.config.placement}: {self._placement_words()}",
-        ]
+            _("model {path} ({type}, {layers} MoE layers x {experts} experts, top-{top_k}, expert "
+              "{size})").format(path=self.config.model_path, type=self.spec.model_type,
+                                layers=len(self.moe_layers), experts=self.num_experts,
+                                top_k=self.top_k, size=format_bytes(self.expert_nbytes)),
+            _("device {device}, dtype {dtype}, prefetch {prefetch}, kernel {kernel}, decode "
+              "{decode}").format(device=self._device_words(), dtype=self.config.dtype,
+                                 prefetch=_("on") if self.runtime.prefetcher else _("off"),
+                                 kernel=self.runtime.kernel, decode=self.decode_path),
+            _("placement {placement}: {words}").format(placement=self.config.placement,
+                                                       words=self._placement_words()),
+        ]  # fmt: skip
         if self.pinned_bytes:
-            lines.append(f"checkpoint page-locked for direct copies: {format_bytes(self.pinned_bytes)}")
+            lines.append(_("checkpoint page-locked for direct copies: {size}").format(
+                size=format_bytes(self.pinned_bytes)))  # fmt: skip
         lines += placement.describe_lines(self.runtime)  # auto: the measured rates, the choices
         return "\n".join(lines + describe_lines(self.shares, self.total_experts))
 
@@ -340,4 +346,4 @@ class Engine:
         if len(self.shares) == 1:
             return str(self.device)
         names = ", ".join(str(share.device) for share in self.shares)
-        return f"{names} (layers split, each with its own expert cache)"
+        return _("{names} (layers split, each with its own expert cache)").format(names=names)

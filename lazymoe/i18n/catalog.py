@@ -143,7 +143,7 @@ def audit(po: polib.POFile) -> Audit:
 def save(po: polib.POFile, path: Path) -> bool:
     """Write `po` to `path` if its text changed; True when written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = str(po) + "\n"
+    text = str(po).rstrip("\n") + "\n"  # one final newline (polib ends obsolete entries with one)
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return False
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lazymoe.i18n import _
+from lazymoe.i18n.width import pad
 from lazymoe.quant import kernels_int8
 from lazymoe.quant.expert import SLAB_WEIGHTS, expert_forward
 from lazymoe.quant.formats import QuantError, get_format
@@ -63,7 +65,7 @@ def _best_seconds(run: Callable[[object], object], experts: list, repeats: int) 
     for e in experts[:2]:
         run(e)
     best = [float("inf")] * len(experts)  # seconds, per copy
-    for _ in range(repeats):
+    for _repeat in range(repeats):
         for i, e in enumerate(experts):
             start = time.perf_counter()
             run(e)
@@ -165,10 +167,11 @@ def timing_table(rows: list[ExpertTiming], reference: str = "bf16", bandwidth_gb
     if ref is None:
         raise QuantError(f"no {reference!r} row to compare with: time it too, or pick one of "
                          f"{', '.join(r.format for r in rows)}")  # fmt: skip
-    head = f"{'format':7}{'bits/w':>7}{'MB read':>9} {'way':6}{'ms/token':>9}{'GB/s':>7}"
-    head += f"{'bound ms':>9}{'reached':>8}" if bandwidth_gbps else ""
+    head = (pad(_("format"), 7) + pad(_("bits/w"), 7, ">") + pad(_("MB read"), 9, ">") + " "
+            + pad(_("way"), 6) + pad(_("ms/token"), 9, ">") + pad("GB/s", 7, ">"))  # fmt: skip
+    head += pad(_("bound ms"), 9, ">") + pad(_("reached"), 8, ">") if bandwidth_gbps else ""
     # speedup: measured over `reference`; predicted: the bytes ratio; error: of the output vs f32
-    lines = [head + f"{'speedup':>9}{'predicted':>10}{'error':>7}"]
+    lines = [head + pad(_("speedup"), 9, ">") + pad(_("predicted"), 10, ">") + pad(_("error"), 7, ">")]
     for r in rows:
         line = (f"{r.format:7}{r.bits_per_weight:7.2f}{r.expert_bytes / 1e6:9.2f} {r.activations:6}"
                 f"{r.seconds_per_token * 1e3:9.3f}{r.read_gbps:7.1f}")  # fmt: skip
@@ -197,7 +200,7 @@ def measure_read_bandwidth(
     threads: torch's (and so the kernels') thread count for the run (None: as set)."""
     gen = torch.Generator().manual_seed(0)
     experts = []
-    for _ in range(n_experts):
+    for _expert in range(n_experts):
         w = [
             torch.randn(shape, generator=gen) * 0.02
             for shape in ((intermediate, hidden), (intermediate, hidden), (hidden, intermediate))
