@@ -123,7 +123,7 @@ def ram_copy(size_bytes: int, repeats: int, threads: int | None = None) -> Measu
         secs = _best_of(once, repeats)
     finally:
         torch.set_num_threads(before)
-    note = "one core rarely saturates all memory channels" if used == 1 else ""
+    note = _("one core rarely saturates all memory channels") if used == 1 else ""
     return Measurement(f"RAM copy, {used} thread{'s' if used > 1 else ''}", 2 * size_bytes / min(secs) / GB,
                        size_bytes, repeats, secs, note=note)
 
@@ -204,7 +204,7 @@ def disk_read(size_bytes: int, repeats: int, folder: str | Path | None = None) -
     try:
         block = os.urandom(chunk)
         with os.fdopen(fd, "wb") as f:
-            for _ in range(size_bytes // chunk):
+            for _chunk in range(size_bytes // chunk):
                 f.write(block)
             f.flush()
             os.fsync(f.fileno())
@@ -233,11 +233,11 @@ def disk_read(size_bytes: int, repeats: int, folder: str | Path | None = None) -
             os.close(fd1)
             return time.perf_counter() - t0
 
-        secs = [once() for _ in range(repeats)]   # no warm-up: it would fill the cache
+        secs = [once() for _repeat in range(repeats)]   # no warm-up: it would fill the cache
     finally:
         os.unlink(path)
-    note = ("O_DIRECT: the page cache was bypassed" if direct else
-            "O_DIRECT not available here: the number may include the page cache (RAM speed)")
+    note = (_("O_DIRECT: the page cache was bypassed") if direct else
+            _("O_DIRECT not available here: the number may include the page cache (RAM speed)"))
     return Measurement(f"disk sequential read ({Path(path).parent})", size_bytes / min(secs) / GB,
                        size_bytes, repeats, secs, note=note)
 
@@ -278,13 +278,13 @@ def gpu_measurements(size_bytes: int, repeats: int, device: int = 0,
     out = []
     secs = _best_of(timed(b, a), repeats)
     out.append(Measurement("GPU device copy", 2 * size_bytes / min(secs) / GB, size_bytes, repeats,
-                           secs, vram_sheet, "NVML: bus width x memory clock x 2"))
+                           secs, vram_sheet, _("NVML: bus width x memory clock x 2")))
     for name, dst, src in [("host->GPU, pinned", a, pinned), ("host->GPU, pageable", a, pageable),
                            ("GPU->host, pinned", pinned, a)]:
         secs = _best_of(timed(dst, src), repeats)
         out.append(Measurement(name, size_bytes / min(secs) / GB, size_bytes, repeats, secs,
-                               link_sheet, f"NVML: {link_name}, one direction"))
-    out[2].note = "pageable memory is first copied into a pinned staging buffer by the driver"
+                               link_sheet, _("NVML: {link}, one direction").format(link=link_name)))
+    out[2].note = _("pageable memory is first copied into a pinned staging buffer by the driver")
     return out
 
 
