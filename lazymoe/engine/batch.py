@@ -24,14 +24,27 @@ users, 16 of 64 experts cached: 704 fetches together against 443 one after anoth
 slots, 723 against 903). Prefetch guesses one token's next experts, so it runs only while one
 sequence is live.
 
-One decode step, for the B live sequences (T = B tokens, one per sequence, D hidden size):
+One decode step, for the B live sequences (T = B tokens, one per sequence, D hidden size, L the
+batch KV's positions):
 
-    embed the B last tokens                                   (B, 1, D)
-    per layer:  stacked:      input norm                                 (B, 1, D)
-                per sequence: attention with its own KV cache, position, rotary  (1, 1, D) each
-                stacked:      residual add -> post-attention norm -> MoE block (or dense MLP)
-                              on all B tokens at once -> residual add    (B, 1, D)
-    stacked: final norm -> lm_head -> (B, V); per sequence: its own sampler, stop checks
+    embed the B last tokens; rotary angles of the B positions   (B, 1, D), (B, 1, head dim)
+    per layer:  input norm                                       (B, 1, D)
+                attention, one call for all B: each row's token  (B, 1, D)
+                  written at its own position in the batch KV
+                  (batch_kv.py), mask (B, 1, 1, L) hiding each
+                  row's positions after its own
+                residual add -> post-attention norm -> MoE block (or dense MLP) on all B tokens
+                at once -> residual add                          (B, 1, D)
+    final norm -> lm_head -> (B, V); per sequence: its own sampler, stop checks
+
+One call per layer matters on a GPU: an attention call is ~30 small kernels (projections, norms,
+rotary, attention, cache write), and calling it once per sequence cost ~30 x B x layers launches a
+step (measured on an H200, Qwen3-30B-A3B shapes, 16 users: batched serving slower than one at a
+time, 35.8 against 88.9 tok/s). Each batched sequence owns a row of the batch KV (`BatchKV`):
+its prefill keys and values are copied into it when it first takes a batched step (and the
+prefill cache freed), and the row is freed when the sequence finishes, is removed, or goes on
+alone; the buffers grow and shrink with the rows in use and their lengths (formula in
+batch_kv.py).
 
 Two or more live sequences always run this eager layer loop (experts through `ExpertRuntime`,
 whatever placement, quantization, prefetch or learner router the engine has). One live sequence
@@ -44,12 +57,14 @@ the graphs, engine.generate 49.1, the eager loop 22.6; scripts/lone_request_gpu.
 request is the common case on a quiet server. The decoder holds one sequence's keys and values
 in its own buffers, so the hand-over happens between two steps:
 
-    one live -> decode alone: its DynamicCache is copied into the decoder's buffers (as after a
-                prefill in Engine.stream), and it stays there while it is alone
-    a second one joins -> at the next step the lone one's keys and values are copied out of the
-                decoder into a DynamicCache (positions 0..length-1, exact copies), and both
-                decode in the batched loop; the newcomer waits one step at most
-    back to one -> at the next step, copied into the decoder again
+    one live -> decode alone: its keys and values (its prefill DynamicCache, or its batch row
+                copied into one) go into the decoder's buffers (as after a prefill in
+                Engine.stream), or stay in the DynamicCache for the "model" path; its row is freed
+    a second one joins -> at the next step the lone one's keys and values (positions
+                0..length-1, exact copies) are copied out of the decoder (or its DynamicCache)
+                into a batch row, and both decode in the batched loop; the newcomer waits one
+                step at most
+    back to one -> at the next step, out of its row again
 
 Its sampler (and so the seeded random generator) stays the sequence's own through every
 hand-over, so greedy and seeded tokens are those of `engine.generate` as before.
@@ -73,6 +88,8 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import DynamicCache
 
+from lazymoe.engine.batch_kv import BatchKV
+from lazymoe.engine.compute.split import tensors_to
 from lazymoe.engine.config import GenerationConfig
 from lazymoe.engine.sampler import Sampler
 
@@ -85,12 +102,14 @@ _LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp
 
 @dataclass
 class _Sequence:
-    """One request in the batch: its settings, its KV cache, its tokens so far."""
+    """One request in the batch: its settings, its tokens so far, and where its keys and values
+    are: a DynamicCache (`cache`), the engine's decoder (`decoder`) or a row of the batch KV
+    (both None then, or once finished or removed)."""
 
     gen: GenerationConfig
     stop_ids: set[int]
     sampler: Sampler
-    cache: DynamicCache | None  # None once finished or removed (freed at once), or on the decoder
+    cache: DynamicCache | None  # after prefill, and while alone on the "model" path
     length: int  # positions in the cache: the prompt plus every token fed back
     prompt_len: int
     new: list[int] = field(default_factory=list)
@@ -102,6 +121,11 @@ class _Sequence:
 
     def free(self) -> None:
         self.cache = self.decoder = None
+
+    @property
+    def max_len(self) -> int:
+        """The most positions it can need: prompt + max_new_tokens."""
+        return self.prompt_len + self.gen.max_new_tokens
 
 
 class EngineBatch:
@@ -127,6 +151,10 @@ class EngineBatch:
         # a sliding-window model hides positions older than the window; one query token with no
         # mask sees them all, so a batch takes only sequences that fit the window (0/None: none)
         self._window = getattr(engine.model.config, "sliding_window", None) or None
+        cfg = engine.model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        # the batched sequences' keys and values, a row each (batch_kv.py)
+        self._kv = BatchKV(self._devices, cfg.num_key_value_heads, head_dim, engine.dtype)
         self._seqs: dict[int, _Sequence] = {}
         self._next_handle = 0
 
@@ -170,14 +198,14 @@ class EngineBatch:
         totals["prompt_tokens"] += len(prompt_ids)
         handle, self._next_handle = self._next_handle, self._next_handle + 1
         self._seqs[handle] = seq
-        self._accept(seq, token)
+        self._accept(handle, seq, token)
         return handle, token
 
     def remove(self, handle: int) -> None:
-        """Drop a sequence now and free its KV cache; an unknown handle is not an error."""
+        """Drop a sequence now and free its keys and values; an unknown handle is not an error."""
         seq = self._seqs.pop(handle, None)
         if seq is not None:
-            seq.free()
+            self._free(handle, seq)
 
     def finished(self, handle: int) -> bool:
         """True once the sequence hit a stop id, a stop string or max_new_tokens."""
@@ -203,8 +231,12 @@ class EngineBatch:
             raise KeyError(f"no sequence {handle!r} in this batch (never added, or removed)")
         return seq
 
-    def _accept(self, seq: _Sequence, token: int) -> None:
-        """Record a new token; a sequence that stops frees its cache at once."""
+    def _free(self, handle: int, seq: _Sequence) -> None:
+        seq.free()
+        self._kv.release(handle)
+
+    def _accept(self, handle: int, seq: _Sequence, token: int) -> None:
+        """Record a new token; a sequence that stops frees its keys and values at once."""
         seq.new.append(token)
         self.engine._totals["tokens"] += 1
         if (
@@ -213,7 +245,7 @@ class EngineBatch:
             or self.engine._hit_stop_string(seq.new, seq.gen)
         ):
             seq.done = True
-            seq.free()
+            self._free(handle, seq)
 
     # -- one step --------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -230,10 +262,9 @@ class EngineBatch:
         path = "single" if self.fast_lone and len(live) == 1 else "batched"
         try:
             if path == "single":
-                logits = self._forward_alone(live[0][1])[None]  # (1, V)
+                logits = self._forward_alone(*live[0])[None]  # (1, V)
             else:
-                for _, seq in live:
-                    self._leave_decoder(seq)
+                live = self._into_rows(live)  # in row order now
                 logits = self._forward([seq for _, seq in live])  # (B, V)
         except BaseException:
             for handle, _ in live:
@@ -245,24 +276,29 @@ class EngineBatch:
         for row, (handle, seq) in enumerate(live):
             token = seq.sampler(logits[row])
             seq.length += 1
-            self._accept(seq, token)
+            self._accept(handle, seq, token)
             out[handle] = token
         self.engine._totals["decode_seconds"] += time.perf_counter() - start
         return out
 
-    def _forward_alone(self, seq: _Sequence) -> torch.Tensor:
+    def _forward_alone(self, handle: int, seq: _Sequence) -> torch.Tensor:
         """The engine's single-sequence path on the sequence's last token: logits (V,).
 
         The same calls as `Engine._stream`: the segmented/graph decoder (made for the prompt plus
         max_new_tokens positions, as there), or transformers' forward with the DynamicCache."""
         engine = self.engine
+        if handle in self._kv:  # it was batched: its row into a DynamicCache (exact copies)
+            seq.cache = DynamicCache(config=engine.model.config)
+            for i, (keys, values) in enumerate(self._kv.read(handle, seq.length)):
+                seq.cache.update(keys, values, i)  # concatenates: a copy
+            self._kv.release(handle)
         if engine.decode_path == "model":
             ids = torch.tensor([[seq.new[-1]]], device=engine.device)
             return engine.model(
                 input_ids=ids, cache=seq.cache, use_cache=True, logits_to_keep=1
             ).logits[0, -1]
         if seq.decoder is None:  # alone from now on: its keys and values move into the decoder
-            decoder = engine._decoder_for(seq.prompt_len + seq.gen.max_new_tokens)
+            decoder = engine._decoder_for(seq.max_len)
             decoder.load_prefill(seq.cache, seq.length)
             seq.decoder, seq.cache = decoder, None
         elif seq.decoder.timings["tokens"] != seq.decoder_tokens:  # someone else decoded on it
@@ -276,39 +312,47 @@ class EngineBatch:
         seq.decoder_tokens = seq.decoder.timings["tokens"]
         return logits
 
-    def _leave_decoder(self, seq: _Sequence) -> None:
-        """Copy a sequence's keys and values out of the decoder's buffers into a DynamicCache of
-        its own (positions 0..length-1), so that it can decode in the batched loop."""
-        if seq.decoder is None:
-            return
-        kv = seq.decoder.kv
-        cache = DynamicCache(config=self.engine.model.config)
-        for i, (keys, values) in enumerate(zip(kv.keys, kv.values, strict=True)):
-            # (1, KV heads, length, head dim); update() concatenates, which copies
-            cache.update(keys[:, :, : seq.length], values[:, :, : seq.length], i)
-        seq.cache, seq.decoder = cache, None
+    def _into_rows(self, live: list[tuple[int, _Sequence]]) -> list[tuple[int, _Sequence]]:
+        """Give every live sequence without a row one, with its keys and values copied in (from
+        its prefill DynamicCache, or from the decoder's buffers: positions 0..length-1), and size
+        the batch KV for this step: the live sequences in row order."""
+        kv = self._kv
+        kv.reserve(len(live), max(seq.length for _, seq in live) + 1,
+                   cap=max(seq.max_len for _, seq in live))  # fmt: skip
+        for handle, seq in live:
+            if handle in kv:
+                continue
+            if seq.decoder is not None:
+                keys, values = seq.decoder.kv.keys, seq.decoder.kv.values
+            else:
+                keys = [layer.keys for layer in seq.cache.layers]
+                values = [layer.values for layer in seq.cache.layers]
+            kv.write(kv.add(handle), keys, values, seq.length)
+            seq.free()  # its keys and values live in the row now
+        return [(handle, self._seqs[handle]) for handle in kv.owners]
 
     def _forward(self, seqs: list[_Sequence]) -> torch.Tensor:
-        """The model on each sequence's last token: logits (B, V)."""
+        """The model on each sequence's last token, one attention call per layer for all rows of
+        the batch KV (`seqs` in row order): logits (B, V)."""
         engine = self.engine
         base = engine.model.model
         device = engine.device
         last = torch.tensor([[seq.new[-1]] for seq in seqs], device=device)  # (B, 1)
         h = base.embed_tokens(last)  # (B, 1, D)
-        # each sequence's next position is its cache length: its own rotary angles
-        ropes = []
-        for b, seq in enumerate(seqs):
-            position = torch.tensor([[seq.length]], device=device)  # (1, 1)
-            ropes.append(base.rotary_emb(h[b : b + 1], position_ids=position))
+        # each sequence's next position is its length: its own rotary angles and mask row
+        positions = [seq.length for seq in seqs]
+        rope = base.rotary_emb(h, position_ids=torch.tensor(positions, device=device)[:, None])
+        self._kv.prepare(positions)
+        moved = {}  # the rotary cos/sin on each layer device, moved once per step
         for layer, layer_device in zip(self._layers, self._devices, strict=True):
             h = h.to(layer_device)  # a no-op unless the layers are split across devices
             x = layer.input_layernorm(h)  # (B, 1, D)
-            attn = torch.cat([
-                # one query token sees every cached position: no mask needed
-                layer.self_attn(hidden_states=x[b : b + 1], position_embeddings=ropes[b],
-                                attention_mask=None, cache=seq.cache)[0]
-                for b, seq in enumerate(seqs)
-            ])  # fmt: skip
+            attn, _ = layer.self_attn(
+                hidden_states=x,
+                position_embeddings=tensors_to(rope, layer_device, moved),
+                attention_mask=self._kv.mask(layer_device),  # (B, 1, 1, L)
+                cache=self._kv,
+            )
             h = h + attn
             h = h + _mlp_output(layer.mlp(layer.post_attention_layernorm(h)), h.shape)
         return engine.model.lm_head(base.norm(h))[:, -1]  # (B, V)
