@@ -32,9 +32,10 @@
 # Knobs (environment): SHAPE, BUDGETS ("8", GB; each budget adds a --n-cpu-moe search of ~6 model
 # loads), NEW_TOKENS (128), PROMPT_TOKENS (32), REPEATS (3), BENCH_ARGS (more `lazymoe bench` flags,
 # e.g. a routing regime), TUNE_THREADS (thread counts to try; default half/all cores, all CPUs),
-# PINS ("0"; "0 1" adds lazymoe rows with --pin-checkpoint, in bench-...-pinned.json), KEEP (1: leave
+# PINS ("0"; "0 1" adds lazymoe rows with --pin-checkpoint, in bench-...-pinned.json), RESIDENT (1: a row with
+# every expert in VRAM too, and llama.cpp searched to its VRAM), KEEP (1: leave
 # the quantized GGUF in /dev/shm for a later suite, e.g. SERVE_MODEL=/dev/shm/lazymoe-SHAPE-q4_0/model-q4_0.gguf),
-# SERVE_MODEL (serve that file/folder instead of writing SERVE_SHAPE), SERVE_FORMAT (write SERVE_SHAPE as a GGUF
+# SERVE_TOKENS (32 new tokens a request), SERVE_REPEATS (2 runs a case), SERVE_MODEL (serve that file/folder instead of writing SERVE_SHAPE), SERVE_FORMAT (write SERVE_SHAPE as a GGUF
 # of that type, in the background from the start, and serve it), KERNEL_BENCH (0: kernels' tests only), KERNEL_K (their pytest -k), SERVE_ARGS (more `lazymoe serve` flags),
 # BUILD_JOBS, BUILD_LLAMA (1; 0: suites that need no llama.cpp), PLACEMENTS ("fetch"; e.g. "fetch auto"), CROSS_CHECK (1; 0 skips llama-bench),
 # FORMATS ("bf16"; e.g. "q8_0 q4_0": one results file each, bench-SHAPE-FORMAT.json). Time on an
@@ -193,8 +194,11 @@ lazymoe_rows() {  # MODEL OUT NOTE: lazymoe's rows, once per PINS value (1: page
     [ "$pin" = 1 ] && { o="${out%.json}-pinned.json"; extra=(--pin-checkpoint); }
     log "lazymoe rows on $model${extra[*]:+ (${extra[*]})}"
     # shellcheck disable=SC2086
+    # RESIDENT=1: also every expert in VRAM (unpinned pass only); the tuner then finds llama.cpp's
+    # --n-cpu-moe for that row's VRAM too (0 when the whole model fits): issue 16's resident target
+    local resident=(--no-resident); [ "${RESIDENT:-0}" = 1 ] && [ "$pin" = 0 ] && resident=()
     python3 -m lazymoe bench --model "$model" --engines lazymoe --placement ${PLACEMENTS:-fetch} --budgets $BUDGETS \
-      --no-resident "${extra[@]}" $PROTOCOL ${BENCH_ARGS:-} --note "$note" --out "$o" 2>&1 | grep "^|"
+      "${resident[@]}" "${extra[@]}" $PROTOCOL ${BENCH_ARGS:-} --note "$note" --out "$o" 2>&1 | grep "^|"
   done
 }
 
