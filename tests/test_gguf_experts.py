@@ -53,6 +53,20 @@ def test_expert_bytes_are_views_into_the_map_and_decode_like_gguf(folder, out_ty
     )
 
 
+def test_an_experts_views_are_made_once_and_dropped_on_close(folder):
+    """A miss asks for the same expert's views again and again: the second read is the same
+    object (no new views, no checks), a wrong key still fails clearly, close() lets the map go."""
+    store = GGUFExpertStore.open(twin("q4_0", folder))
+    first = store.read_quantized(1, 3)
+    assert store.read_quantized(1, 3) is first
+    assert store.read_quantized(1, 4) is not first
+    assert first.gate.data.data_ptr() != store.read_quantized(1, 4).gate.data.data_ptr()
+    with pytest.raises(KeyError, match=r"experts 0\.\.15"):
+        store.read_quantized(1, 16)
+    store.close()
+    assert not store._views
+
+
 def test_q4_k_m_mixes_formats_per_layer(folder):
     store = GGUFExpertStore.open(wide_random_gguf(folder))
     assert store.formats(0) == ("q4_k", "q4_k", "q4_k")
