@@ -39,7 +39,7 @@ class LazyMoeRunner:
         self.engine.reset_stats()
         decoder = getattr(self.engine, "_decoder", None)  # the segmented/graph decoder, once made
         if decoder is not None:
-            decoder.timings.update(tokens=0, wait_s=0.0, plan_s=0.0, launch_s=0.0)
+            decoder.reset_timings()
 
     def stats(self) -> dict:
         """The engine's counters since the last reset: hit rate, bytes moved, VRAM in use..."""

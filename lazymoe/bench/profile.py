@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         engine.reset_stats()
         decoder = engine._decoder
         if decoder is not None:
-            decoder.timings.update(tokens=0, wait_s=0.0, plan_s=0.0, launch_s=0.0)
+            decoder.reset_timings()
         ms = decode_ms(factory, args.tokens)
         stats = engine.stats()
         row = {"engine": "lazymoe", "kernel": config.kernel or "auto", "decode": engine.decode_path,

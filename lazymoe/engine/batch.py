@@ -92,6 +92,7 @@ from lazymoe.engine.batch_kv import BatchKV
 from lazymoe.engine.compute.split import tensors_to
 from lazymoe.engine.config import GenerationConfig
 from lazymoe.engine.sampler import Sampler
+from lazymoe.models.params import attention_head_dim
 
 if TYPE_CHECKING:
     from lazymoe.engine.compute.graphs import SegmentedDecoder
@@ -152,9 +153,9 @@ class EngineBatch:
         # mask sees them all, so a batch takes only sequences that fit the window (0/None: none)
         self._window = getattr(engine.model.config, "sliding_window", None) or None
         cfg = engine.model.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         # the batched sequences' keys and values, a row each (batch_kv.py)
-        self._kv = BatchKV(self._devices, cfg.num_key_value_heads, head_dim, engine.dtype)
+        self._kv = BatchKV(self._devices, cfg.num_key_value_heads, attention_head_dim(cfg),
+                           engine.dtype)  # fmt: skip
         self._seqs: dict[int, _Sequence] = {}
         self._next_handle = 0
 

@@ -34,10 +34,15 @@ class ParamCounts:
         return (self.total - self.experts) + self.num_layers * self.top_k * self.per_expert
 
 
+def attention_head_dim(config) -> int:
+    """One attention head's width: the config's head_dim, else hidden_size / heads."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def param_counts(config) -> ParamCounts:
     """Count from a transformers Qwen3MoeConfig (or anything with the same attributes)."""
     d, n_layers = config.hidden_size, config.num_hidden_layers
-    head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
+    head_dim = attention_head_dim(config)
     q = config.num_attention_heads * head_dim
     kv = config.num_key_value_heads * head_dim
     attention = n_layers * (d * q + 2 * d * kv + q * d + 2 * head_dim)

@@ -39,6 +39,7 @@ import torch
 
 from lazymoe.engine.compute import kernels, triton_kernels, triton_quant
 from lazymoe.models.archs import ARCHS
+from lazymoe.models.params import attention_head_dim
 
 # decoder layers of the plain norm -> attention -> norm -> routed-experts form, whose router
 # returns (logits, top-k weights, top-k ids): the registry's records with segmented_decoder
@@ -119,7 +120,7 @@ class SegmentedDecoder:
 
         self.inputs_host = torch.zeros(2, dtype=torch.long, pin_memory=pin)  # token, position
         self.inputs = torch.zeros(2, dtype=torch.long, device=device)
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        head_dim = attention_head_dim(cfg)
         self.kv = StaticKV(n, cfg.num_key_value_heads, head_dim, max_len, dtype, device, self.inputs[1:])
         self.positions = torch.arange(max_len, device=device)
         self.mask = torch.zeros((1, 1, 1, max_len), dtype=dtype, device=device)
@@ -152,7 +153,7 @@ class SegmentedDecoder:
         self.cuda_graphs: list[torch.cuda.CUDAGraph] = []
         # host seconds per part of a step: waiting for the GPU (the router's ids), the cache's
         # bookkeeping and fetches, issuing index copies and graph replays (or eager segments)
-        self.timings = {"tokens": 0, "wait_s": 0.0, "plan_s": 0.0, "launch_s": 0.0}
+        self.reset_timings()
         if graphs:
             self._capture()
 
@@ -306,6 +307,12 @@ class SegmentedDecoder:
         t["launch_s"] += clock() - start
         t["tokens"] += 1
         return self.logits
+
+    def reset_timings(self) -> None:
+        """Start counting tokens and host seconds (wait, plan, launch) afresh. Not while a batch's
+        lone sequence holds this decoder: the batch reads the token count to see whether anyone
+        else decoded on it."""
+        self.timings = {"tokens": 0, "wait_s": 0.0, "plan_s": 0.0, "launch_s": 0.0}
 
     def timing_per_layer_us(self) -> dict[str, float]:
         """Mean host microseconds per layer and token: wait (GPU busy), plan, launch."""
