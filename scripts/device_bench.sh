@@ -182,7 +182,8 @@ compare_gguf() {  # one quantized GGUF, written once, read by both engines (lazy
   else python3 -m lazymoe.bench.writer "$SHAPE" "$d" --format "$f" --device cuda 2>&1 | tail -1; fi
   g="$d/model-$f.gguf"; [ -f "$g" ] || { log "no $g: $f skipped"; return 1; }
   lazymoe_rows "$g" "$out" "random weights, shapes of $SHAPE, $f GGUF read by both engines"
-  llama_rows "$out" "$g" "$SHAPE-$f"  # no --gguf: the tuner reads the file the lazymoe rows read
+  local tune=$out; [ -f "$out" ] || tune="${out%.json}-pinned.json"  # PINS=1 alone: tune to the pinned rows
+  llama_rows "$tune" "$g" "$SHAPE-$f"  # no --gguf: the tuner reads the file the lazymoe rows read
   python3 -m lazymoe bench --report $(ls "$out" "${out%.json}"-pinned.json 2>/dev/null) | tee "$RESULTS/table-$SHAPE-$f.md"
   [ "${KEEP:-0}" = 1 ] || rm -rf "$d"
 }
@@ -248,7 +249,7 @@ suite_batch() {  # lazymoe serve one request at a time vs batched, on one GPU, t
 
 suite_kernels() {  # quantized experts on the GPU: correctness first, then the kernels' time per layer
   timeout 420 python3 -m pytest -m gpu -q -n 4 -p no:cacheprovider ${KERNEL_K:+-k "$KERNEL_K"} \
-    tests/gpu/test_triton_quant_gpu.py tests/gpu/test_segments_quant_gpu.py tests/gpu/test_placement_quant_gpu.py \
+    tests/gpu/test_triton_quant_gpu.py tests/gpu/test_segments_quant_gpu.py tests/gpu/test_placement_quant_gpu.py tests/gpu/test_device_cache_gpu.py \
     tests/test_gguf_torch_quant.py > "$RESULTS/gpu-tests-kernels.log" 2>&1
   log "quantized GPU tests rc=$? $(tail -1 "$RESULTS/gpu-tests-kernels.log")"
   [ "${KERNEL_BENCH:-1}" = 1 ] || return 0

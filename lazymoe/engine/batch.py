@@ -121,6 +121,8 @@ class _Sequence:
     decoder_tokens: int = 0  # the decoder's token count after this sequence's last step on it
 
     def free(self) -> None:
+        if self.decoder is not None:
+            self.decoder.end()  # a device-cache decoder's tables back into the host's book
         self.cache = self.decoder = None
 
     @property

@@ -32,7 +32,7 @@ PLACEMENTS = ("fetch", "cpu", "auto")
 PLACEMENT_ALIASES = {"gpu": "fetch"}
 POLICY_NAMES = ("lru", "lfu", "fifo")  # lazymoe.engine.parts.policies.POLICIES
 KERNELS = ("reference", "grouped", "batched", "fused")  # see lazymoe.engine.compute.kernels
-DECODE_PATHS = ("auto", "model", "segments", "graphs")  # see lazymoe.engine.compute.graphs
+DECODE_PATHS = ("auto", "model", "segments", "graphs", "device-cache")  # see lazymoe.engine.compute.graphs
 
 
 def canonical_placement(value: str) -> str:
@@ -82,8 +82,11 @@ class EngineConfig:
         with Triton ("batched" without it), "grouped" on a CPU ("auto" is the same as None).
     decode: how a decode token runs (lazymoe.engine.compute.graphs): "model" (transformers' forward, one
         eager call per module), "segments" (the engine's own layer loop, cut at the routers),
-        "graphs" (that loop captured as CUDA graphs: one launch per layer instead of ~100);
-        "auto": "graphs" on a GPU when the model and placement allow it, else "model".
+        "graphs" (that loop captured as CUDA graphs: one launch per layer instead of ~100),
+        "device-cache" (lazymoe.engine.compute.device_cache: the cache's lookups, evictions and
+        fills done by the GPU itself, the whole token one graph; a GGUF file's experts, LRU,
+        pin_checkpoint on a GPU); "auto": "device-cache" where it runs on a GPU, else "graphs"
+        on a GPU when the model and placement allow it, else "model".
     pin_checkpoint: page-lock the memory-mapped expert files for CUDA (read-only
         cudaHostRegister) so a miss is one DMA copy from the mapping to VRAM at pinned bandwidth,
         with no host copy into a staging buffer first (measured on an H200: ~49 GB/s instead
@@ -131,8 +134,8 @@ class EngineConfig:
         "how resident experts are computed; auto: fused on a GPU with Triton, else batched; "
         "grouped on a CPU", choices=("auto", *KERNELS)))
     decode: str = field(default="auto", metadata=cli(
-        "how a decode token runs; auto: CUDA graphs on a GPU where they apply, else "
-        "transformers' forward", choices=DECODE_PATHS))
+        "how a decode token runs; auto: the GPU keeps the cache itself (device-cache) or CUDA "
+        "graphs on a GPU where they apply, else transformers' forward", choices=DECODE_PATHS))
     pin_checkpoint: bool = field(default=False, metadata=cli(
         "page-lock the mapped expert files for direct copies to the GPU (needs RAM for all of "
         "them)", switch=True))

@@ -18,7 +18,7 @@ import torch
 from transformers import DynamicCache
 
 from lazymoe.engine.batch import EngineBatch
-from lazymoe.engine.compute import placement, triton_quant
+from lazymoe.engine.compute import device_cache, placement, triton_quant
 from lazymoe.engine.compute.graphs import SegmentedDecoder, unsupported_reason
 from lazymoe.engine.config import EngineConfig, GenerationConfig, format_bytes
 from lazymoe.engine.devices import build_shares, describe_lines, engine_stats
@@ -175,11 +175,15 @@ class Engine:
         wanted = self.config.decode
         reason = unsupported_reason(self)
         if wanted == "auto":
-            return "graphs" if self.device.type == "cuda" and reason is None else "model"
-        if wanted in ("segments", "graphs") and reason is not None:
+            if self.device.type != "cuda" or reason is not None:
+                return "model"
+            return "device-cache" if device_cache.unsupported_reason(self) is None else "graphs"
+        if wanted in ("segments", "graphs", "device-cache") and reason is not None:
             raise ValueError(f"decode={wanted!r} cannot run this engine: {reason}; use 'model'")
         if wanted == "graphs" and self.device.type != "cuda":
             raise ValueError("decode='graphs' needs a CUDA device: use 'segments' or 'model'")
+        if wanted == "device-cache" and (why := device_cache.unsupported_reason(self)) is not None:
+            raise ValueError(f"decode='device-cache' cannot run this engine: {why}")
         return wanted
 
     def _decoder_for(self, length: int) -> SegmentedDecoder | None:
@@ -188,8 +192,15 @@ class Engine:
             return None
         if self._decoder is None or self._decoder.max_len < length:
             max_len = max(256, 1 << (length - 1).bit_length())  # grow by powers of two
+            if self._decoder is not None:
+                self._decoder.end()  # its cache back into the host's book
             self._decoder = None  # free the old buffers and graphs first
-            self._decoder = SegmentedDecoder(self, max_len, graphs=self.decode_path == "graphs")
+            if self.decode_path == "device-cache":  # graphs on a GPU, eager on the CPU (tests)
+                graphs = self.device.type == "cuda"
+                self._decoder = device_cache.DeviceCacheDecoder(self, max_len, graphs=graphs)
+            else:
+                graphs = self.decode_path == "graphs"
+                self._decoder = SegmentedDecoder(self, max_len, graphs=graphs)
         return self._decoder
 
     # -- generating ------------------------------------------------------------------------------
@@ -271,6 +282,8 @@ class Engine:
                     break
                 ids = torch.tensor([[token]], device=self.device)
         finally:
+            if decoder is not None:
+                decoder.end()  # the device-cache decoder's tables back into the host's book
             del cache
 
     def _hit_stop_string(self, new: list[int], gen: GenerationConfig) -> bool:
@@ -281,6 +294,8 @@ class Engine:
 
     # -- numbers ---------------------------------------------------------------------------------
     def reset_stats(self) -> None:
+        for share in getattr(self, "shares", ()):
+            share.runtime.reclaim()  # counts the GPU holds land in the book before it is reset
         self._totals = {"tokens": 0, "prompt_tokens": 0, "prefill_seconds": 0.0, "decode_seconds": 0.0}
         for share in self.shares:
             share.tiers.reset_stats()
@@ -290,6 +305,8 @@ class Engine:
 
     def stats(self) -> EngineStats:
         """Counts since the last reset_stats, added up over the devices (each one's: `.devices`)."""
+        for share in self.shares:
+            share.runtime.reclaim()
         return engine_stats(self.shares, self._totals, self.runtime.prefetcher)
 
     def close(self) -> None:

@@ -161,11 +161,7 @@ class SegmentedDecoder:
     def _segment(self, i: int) -> None:
         n = len(self.layers)
         if i == 0:
-            token, position = self.inputs[:1].view(1, 1), self.inputs[1:]
-            h = self.base.embed_tokens(token)  # (1, 1, D)
-            self.rope = self.base.rotary_emb(h, position_ids=position.view(1, 1))
-            hidden = torch.where(self.positions <= position, 0.0, float("-inf"))
-            self.mask.copy_(hidden.view(1, 1, 1, -1))
+            h = self._embed()
         else:
             x, residual, weights = self.state[i - 1]
             h = residual + self._experts(i - 1, x, weights).view(residual.shape)
@@ -174,9 +170,30 @@ class SegmentedDecoder:
         else:
             self.logits = self.lm_head(self.base.norm(h))[0, -1]
 
+    def _embed(self) -> torch.Tensor:
+        """The token's embedding (1, 1, D); the rotary angles and the mask for its position."""
+        token, position = self.inputs[:1].view(1, 1), self.inputs[1:]
+        h = self.base.embed_tokens(token)
+        self.rope = self.base.rotary_emb(h, position_ids=position.view(1, 1))
+        hidden = torch.where(self.positions <= position, 0.0, float("-inf"))
+        self.mask.copy_(hidden.view(1, 1, 1, -1))
+        return h
+
     def _up_to_router(self, i: int, h: torch.Tensor) -> tuple:
         """Layer i from its input to its router's choice: (moe input, residual, top-k weights);
         the top-k ids (and the prefetch guess for layer i + 1) go to `ids_host[i]`."""
+        x, residual, weights, ids = self._route(i, h)
+        wanted = [ids.reshape(-1)]
+        prefetcher = self.runtime.prefetcher
+        guess = prefetcher.predict(i, x) if prefetcher is not None else None
+        if guess is not None:
+            wanted.append(guess[1].reshape(-1))
+        flat = torch.cat(wanted)
+        self.ids_host[i, : flat.shape[0]].copy_(flat, non_blocking=True)
+        return x, residual, weights
+
+    def _route(self, i: int, h: torch.Tensor) -> tuple:
+        """Layer i up to its router: (moe input (1, D), residual, top-k weights, top-k ids)."""
         layer = self.layers[i]
         residual = h
         x = layer.input_layernorm(h)
@@ -187,14 +204,7 @@ class SegmentedDecoder:
         residual = h
         x = layer.post_attention_layernorm(h).view(-1, h.shape[-1])  # (1, D)
         _, weights, ids = self.blocks[i].gate(x)
-        wanted = [ids.reshape(-1)]
-        prefetcher = self.runtime.prefetcher
-        guess = prefetcher.predict(i, x) if prefetcher is not None else None
-        if guess is not None:
-            wanted.append(guess[1].reshape(-1))
-        flat = torch.cat(wanted)
-        self.ids_host[i, : flat.shape[0]].copy_(flat, non_blocking=True)
-        return x, residual, weights
+        return x, residual, weights, ids
 
     def _experts(self, i: int, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(x)
@@ -307,6 +317,10 @@ class SegmentedDecoder:
         t["launch_s"] += clock() - start
         t["tokens"] += 1
         return self.logits
+
+    def end(self) -> None:
+        """The generation on this decoder is over (the engine calls it; nothing to do here: the
+        device-cache decoder hands its cache back to the host's book)."""
 
     def reset_timings(self) -> None:
         """Start counting tokens and host seconds (wait, plan, launch) afresh. Not while a batch's

@@ -70,6 +70,9 @@ class ExpertRuntime(ExpertCompute):
         # a CPU-computed miss of a GGUF model (no float RAM tier) runs on its stored bytes
         self.cpu_reads_stored = tiers.ram is None and getattr(tiers.store, "quantized", False)
         self.prefetcher = prefetcher
+        # the device-cache decoder (compute/device_cache.py) while its GPU tables hold the cache:
+        # the host path hands it back (`reclaim`) before it looks anything up
+        self.lent_to = None
         self.expert_flops_per_token = expert_flops_per_token
         self.computed_on: defaultdict[str, int] = defaultdict(int)  # "device"/"cpu" -> experts
         pool = tiers.device.pool
@@ -112,9 +115,15 @@ class ExpertRuntime(ExpertCompute):
             return sum(n for _, n in parts), parts
         return self.tiers.device.pool.slot_nbytes, parts
 
+    def reclaim(self) -> None:
+        """The cache back in the host's book, if the device-cache decoder holds it."""
+        if self.lent_to is not None:
+            self.lent_to.end()
+
     def forward(
         self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
     ) -> torch.Tensor:
+        self.reclaim()
         n_tokens, k = top_k_index.shape
         if self.replay is not None:  # the trace's experts, with the router's weights by position
             top_k_index = self.replay.ids_like(layer, top_k_index)
@@ -173,6 +182,7 @@ class ExpertRuntime(ExpertCompute):
         Returns (slots, positions): per expert in ascending id order, its device slot and its
         position k in `ids` (which top-k weight it takes).
         """
+        self.reclaim()
         if self.replay is not None:  # the trace's experts take the router's weights by position
             ids = self.replay.take(layer, 1)[0].tolist()
         positions = {e: k for k, e in enumerate(ids)}

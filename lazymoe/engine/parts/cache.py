@@ -190,6 +190,29 @@ class CacheBook:
     def reset_stats(self) -> None:
         self.stats.reset()
 
+    # -- handing the book to the GPU and back (lazymoe.engine.compute.device_cache) -------------
+    def free_slots(self) -> list[int]:
+        """The free slots, in the order `admit` hands them out."""
+        return self._free[::-1]
+
+    def reload(self, placed: list[tuple[ExpertKey, int]], free: list[int]) -> None:
+        """Replace what the book holds: `placed` (key, slot) pairs in the order of their last
+        use, oldest first (the policy hears them inserted in that order), and the `free` slots
+        in the order `admit` should hand them out. Counts nothing."""
+        slots = [slot for _, slot in placed] + list(free)
+        if sorted(slots) != list(range(self.n_slots)):
+            raise ValueError(
+                f"tier {self.tier!r}: reload needs every one of its {self.n_slots} slots once, "
+                f"placed or free; got {len(slots)} slots"
+            )
+        for key in list(self._slot_of):
+            self.policy.on_evict(key)
+        self._slot_of = {}
+        for key, slot in placed:
+            self._slot_of[key] = slot
+            self.policy.on_insert(key)
+        self._free = list(free)[::-1]
+
     def _choose_victim(self, protected: frozenset[ExpertKey]) -> ExpertKey:
         resident = list(self._slot_of)
         if all(k in protected for k in resident):

@@ -82,6 +82,10 @@ class _OrderPolicy(EvictionPolicy):
     def on_evict(self, key: ExpertKey) -> None:
         self._order.pop(key, None)
 
+    def oldest_first(self) -> list[ExpertKey]:
+        """The keys it holds, the next victim first (the order a GPU-side copy of it keeps)."""
+        return list(self._order)
+
     def victim(self, resident: list[ExpertKey], protected: frozenset[ExpertKey]) -> ExpertKey:
         for key in self._order:  # oldest first; O(1) unless the oldest keys are protected
             if key not in protected:

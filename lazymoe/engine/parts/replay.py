@@ -73,6 +73,15 @@ class TraceReplay:
         rows = (start + np.arange(n_tokens)) % self.trace.tokens
         return self.trace.experts[rows, self.row_of[layer]]
 
+    def take_token(self) -> np.ndarray:
+        """The next token's experts for every MoE layer at once: (layers, k) int64 (one decode
+        step of the device-cache decoder; the same as `take(layer, 1)` layer by layer)."""
+        served = np.fromiter(self.served.values(), dtype=np.int64)
+        for layer in self.served:
+            self.served[layer] += 1
+        rows = served % self.trace.tokens
+        return self.trace.experts[rows, np.arange(len(rows))].astype(np.int64)
+
     def ids_like(self, layer: int, top_k_index: torch.Tensor) -> torch.Tensor:
         """The trace's ids in the shape, dtype and device of the router's `top_k_index` (T, k)."""
         ids = torch.from_numpy(self.take(layer, top_k_index.shape[0]))

@@ -156,6 +156,34 @@ class GGUFExpertStore(ExpertSource):
         views = self._views[layer, expert] = QuantizedExpert(*parts)
         return views
 
+    def part_offsets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where each expert's gate, up and down lie in the file: (offsets (layers, E, 3) int64,
+        bytes from the start of the file's map; sizes (layers, 3) int64 bytes), layers in
+        `moe_layers` order. For a reader of the map itself (compute/device_cache.py)."""
+        base = self._reader.data.ctypes.data
+        offsets = np.empty((len(self.moe_layers), self.num_experts, 3), dtype=np.int64)
+        sizes = np.empty((len(self.moe_layers), 3), dtype=np.int64)
+        for j, layer in enumerate(self.moe_layers):
+            for r, role in enumerate(ROLES):
+                stacked = self._tensors[layer, role][0]
+                sizes[j, r] = stacked.shape[1]
+                start = stacked.ctypes.data - base
+                offsets[j, :, r] = start + np.arange(self.num_experts, dtype=np.int64) * sizes[j, r]
+        return offsets, sizes
+
+    def map_tensor(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The whole file's map as one flat tensor of `dtype` (the tail that does not fill an
+        element left out), without a copy: on the CPU the map itself, on a GPU the page-locked
+        map read over PCIe (`pin_for_cuda` first)."""
+        data = self._reader.data
+        usable = data[: data.nbytes - data.nbytes % dtype.itemsize]
+        if device.type == "cuda":
+            if not self.pinned:
+                raise GGUFError(f"{self.path}: the GPU reads the file in place only once it is "
+                                "page-locked: open the engine with pin_checkpoint=True")  # fmt: skip
+            return pagelock.device_view(usable.ctypes.data, usable.nbytes, dtype, device)
+        return torch.from_numpy(usable.view(np.ndarray)).view(dtype)
+
     def read(self, layer: int, expert: int) -> ExpertWeights:
         return self.read_quantized(layer, expert).dequantize(self.dtype)
 
@@ -178,6 +206,10 @@ class GGUFExpertStore(ExpertSource):
         nbytes = pagelock.lock(self._reader.data, self.path, GGUFError)  # the file's np.memmap
         self.pinned = True
         return nbytes
+
+    def __del__(self) -> None:  # never closed: unlock before the map goes (pagelock.lock)
+        if getattr(self, "pinned", False) and self._reader is not None:
+            pagelock.unlock(self._reader.data)
 
     def close(self) -> None:
         if self.pinned:  # unlock before the map goes away

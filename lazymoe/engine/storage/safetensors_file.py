@@ -98,6 +98,10 @@ class SafetensorsFile:
         self._pinned = True
         return nbytes
 
+    def __del__(self) -> None:  # never closed: unlock before the map goes (pagelock.lock)
+        if getattr(self, "_pinned", False) and self._map is not None:
+            pagelock.unlock(self._map)
+
     def close(self) -> None:
         if self._pinned:  # unlock before the mapping goes away
             pagelock.unlock(self._map)

@@ -25,11 +25,14 @@ layout, see lazymoe/engine/storage/extract.py).
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from lazymoe.engine.storage import pagelock
 from lazymoe.engine.storage.extracted import ExtractedStore
 from lazymoe.engine.storage.safetensors_file import (
     ExpertStoreError,
@@ -210,6 +213,42 @@ class ExpertStore(ExpertSource):
                 file.close()
             raise
         return nbytes
+
+    def part_offsets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where each expert's gate, up and down lie: (offsets (layers, E, 3) int64, bytes from
+        the first byte of `map_tensor`; sizes (layers, 3) int64 bytes), layers in `moe_layers`
+        order. For a reader of the maps themselves (compute/device_cache.py)."""
+        base = min(file.map().ctypes.data for file in self._files())
+        offsets = np.empty((len(self.moe_layers), self.num_experts, 3), dtype=np.int64)
+        sizes = np.empty((len(self.moe_layers), 3), dtype=np.int64)
+        for j, layer in enumerate(self.moe_layers):
+            for e in range(self.num_experts):
+                loc = self._where(layer, e)
+                for r, role in enumerate(ROLES):
+                    span = loc[role]
+                    offsets[j, e, r] = span.file.map().ctypes.data - base + span.start
+                    sizes[j, r] = math.prod(span.shape) * span.dtype.itemsize
+        return offsets, sizes
+
+    def map_tensor(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The expert files' maps as one flat tensor of `dtype` from the lowest one's first byte
+        (no copy). On a GPU the page-locked maps, read over PCIe (`pin_for_cuda` first): the
+        tensor spans every file (the addresses between them are never read). On the CPU (tests)
+        one file only."""
+        files = self._files()
+        if device.type == "cuda":
+            if not self.pinned:
+                raise ExpertStoreError(f"{self.model_dir}: the GPU reads the files in place only "
+                                       "once they are page-locked: pin_checkpoint=True")  # fmt: skip
+            base = min(file.map().ctypes.data for file in files)
+            end = max(file.map().ctypes.data + file.map().nbytes for file in files)
+            return pagelock.device_view(base, end - base, dtype, device)
+        if len(files) != 1:
+            raise ExpertStoreError(f"{self.model_dir}: on a CPU the experts are read in place "
+                                   f"from one file, not {len(files)}")  # fmt: skip
+        data = files[0].map()
+        usable = data[: data.nbytes - data.nbytes % dtype.itemsize]
+        return torch.from_numpy(usable.view(np.ndarray)).view(dtype)
 
     @property
     def pinned(self) -> bool:

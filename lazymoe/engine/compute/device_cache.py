@@ -1,0 +1,361 @@
+"""The expert cache kept by the GPU itself: a decode token as one CUDA graph, no host round trip.
+
+Why: the graph decoder (graphs.py) stops at every layer's router. The host reads the chosen ids
+(one GPU sync), looks them up in the cache, starts the copies of the misses and launches the
+next segment. On an H200 with Qwen3-30B-A3B in Q4_0 at an 8 GB expert budget that costs ~375 us
+of host time and waiting a layer, 18 ms a token, while the GPU needs ~1.3 ms for the experts and
+~4 ms for the ~77 misses' bytes over PCIe (data/results/bench-h200-qwen3-30b-a3b-q4_0-pinned.json).
+
+Here the cache's bookkeeping lives on the GPU next to the experts, so a whole token (every layer,
+hits and misses) is one graph the host launches once:
+
+    per layer    router -> top-k ids (device)
+                 _assign_kernel   one program: each id's slot from the device map; a miss takes
+                                  the least recently used slot (LRU, as the host's CacheBook
+                                  orders it); writes the slots (in ascending expert order, as
+                                  the kernels read them) and the list of slots to fill
+                 _fill_kernel     copies each missed expert's stored bytes from the page-locked
+                                  file map into its slot: the GPU reads host memory over PCIe
+                                  itself (mapped, unified addressing), no copy engine, no host
+                 experts          the kernels of graphs.py on the slots (triton_quant's for a
+                                  GGUF file's bytes, the float ones for a safetensors checkpoint)
+
+What it needs: experts read in place from the checkpoint's own files (a GGUF file, or safetensors
+in the engine's dtype: the bytes are copied as stored), on a GPU the files page-locked
+(`pin_checkpoint=True`: the GPU can only read host memory that is), and the LRU policy (the one
+the GPU keeps). The CPU runs the same loop eagerly, kernels under Triton's interpreter: the unit
+tests check it token for token, and hit for hit against the host's book (tests/test_device_cache.py).
+
+The host's `CacheBook` stays the record between generations: after a prompt's prefill (which runs
+through transformers and the host's cache) the decoder loads the book into its device tables
+(`load_prefill`); when the generation ends (`end`) it writes the tables back into the book, with
+the hits, misses and evictions counted on the GPU. Prefetch does not run (misses are fetched on
+demand, inside the graph).
+
+Device tables (S slots, L layers, E experts per layer; key = layer * E + expert):
+
+    where  (L E,) int32   key -> slot, or -1
+    owner  (S,)   int32   slot -> key, or -1 when free
+    stamp  (S,)   int64   when the slot was last used: clock * K + rank (rank = the expert's place
+                          in its layer's ascending order, as the host book meets them); free
+                          slots below every used one, in the order the book hands them out
+    counts (L, 3) int64   hits, misses (by layer), evictions (by the victim's layer)
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from lazymoe.engine.compute.graphs import SegmentedDecoder
+from lazymoe.engine.compute.triton_kernels import triton
+from lazymoe.engine.parts.policies import LRU
+
+if triton is not None:
+    import triton.language as tl
+
+    _NO_SLOT = tl.constexpr(1 << 62)  # the stamp of padding past the last slot: never a victim
+
+MAX_SLOTS = 16384  # the LRU search is one program's vector of stamps: registers bound it
+FREE_STAMP = -(1 << 40)  # free slots: older than any used one
+FILL_WORDS = 1024  # words a program of the fill kernel copies (8 KB of int64)
+_WORD_DTYPES = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
+
+
+if triton is not None:
+
+    @triton.jit
+    def _assign_kernel(
+        ids_ptr, where_ptr, owner_ptr, stamp_ptr, clock_ptr, index_ptr, fill_ptr, counts_ptr,
+        LAYER, N_EXPERTS, N_SLOTS, K: tl.constexpr, KP: tl.constexpr, SP: tl.constexpr,
+    ):  # fmt: skip
+        kk = tl.arange(0, KP)
+        kmask = kk < K
+        ids = tl.load(ids_ptr + kk, mask=kmask, other=0).to(tl.int32)
+        key = LAYER * N_EXPERTS + ids
+        slot = tl.load(where_ptr + key, mask=kmask, other=-1)
+        # rank: place in ascending expert order (padding lanes rank past the real ones)
+        lower = (ids[None, :] < ids[:, None]) & kmask[None, :]
+        rank = tl.where(kmask, tl.sum(lower.to(tl.int32), axis=1), KP)
+        ss = tl.arange(0, SP)
+        smask = ss < N_SLOTS
+        stamps = tl.load(stamp_ptr + ss, mask=smask, other=_NO_SLOT)
+        owners = tl.load(owner_ptr + ss, mask=smask, other=-1)
+        clock = tl.load(clock_ptr)
+        hit = kmask & (slot >= 0)
+        hits = tl.sum(hit.to(tl.int64), axis=0)
+        for r in tl.static_range(K):  # the hits first: stamped now, none can be a victim below
+            sel = (rank == r) & hit
+            used = tl.sum(tl.where(sel, slot + 1, 0), axis=0) - 1  # its slot, or -1
+            stamps = tl.where(ss == used, clock * K + r, stamps)
+        for r in tl.static_range(K):  # the misses, in the host book's order: ascending ids
+            sel = rank == r
+            key_r = tl.sum(tl.where(sel, key, 0), axis=0)
+            slot_r = tl.sum(tl.where(sel, slot, 0), axis=0)
+            if slot_r < 0:  # the least recently used slot (never one used this step)
+                victim = tl.argmin(stamps, axis=0).to(tl.int32)
+                old = tl.sum(tl.where(ss == victim, owners, 0), axis=0)
+                tl.store(where_ptr + old, -1, mask=old >= 0)
+                tl.store(where_ptr + key_r, victim)
+                old_layer = tl.where(old >= 0, old // N_EXPERTS, LAYER)  # counts are atomic:
+                # one program's scalar store and a later load may run on different threads
+                tl.atomic_add(counts_ptr + old_layer * 3 + 2, (old >= 0).to(tl.int64))
+                owners = tl.where(ss == victim, key_r, owners)
+                slot = tl.where(sel, victim, slot)
+                stamps = tl.where(ss == victim, clock * K + r, stamps)
+                tl.store(fill_ptr + r, victim)
+            else:
+                tl.store(fill_ptr + r, -1)
+            tl.store(fill_ptr + K + r, key_r)
+        tl.store(stamp_ptr + ss, stamps, mask=smask)
+        tl.store(owner_ptr + ss, owners, mask=smask)
+        tl.store(clock_ptr, clock + 1)
+        # the slots in ascending expert order, and which top-k weight each takes
+        tl.store(index_ptr + rank, slot.to(tl.int64), mask=kmask)
+        tl.store(index_ptr + K + rank, kk.to(tl.int64), mask=kmask)
+        tl.atomic_add(counts_ptr + LAYER * 3, hits)
+        tl.atomic_add(counts_ptr + LAYER * 3 + 1, K - hits)
+
+    @triton.jit
+    def _fill_kernel(
+        src_ptr, dst_ptr, down_ptr, fill_ptr, offsets_ptr, STRIDE, DOWN_STRIDE,
+        SIZE0, SIZE1, SIZE2, START0, START1, START2, K: tl.constexpr, WORDS: tl.constexpr,
+    ):  # fmt: skip
+        r = tl.program_id(0)  # which of the layer's K experts
+        part = tl.program_id(1)  # gate, up, down
+        slot = tl.load(fill_ptr + r).to(tl.int64)
+        if slot >= 0:  # a miss: copy this part's words, WORDS of them per program
+            key = tl.load(fill_ptr + K + r).to(tl.int64)
+            size = tl.where(part == 0, SIZE0, tl.where(part == 1, SIZE1, SIZE2))
+            start = tl.where(part == 0, START0, tl.where(part == 1, START1, START2))
+            src = tl.load(offsets_ptr + key * 3 + part)
+            w = tl.program_id(2) * WORDS + tl.arange(0, WORDS)
+            ok = w < size
+            words = tl.load(src_ptr + src + w, mask=ok)
+            if part == 2:  # down: its own tensor in a float pool (the same one in a byte pool)
+                tl.store(down_ptr + slot * DOWN_STRIDE + start + w, words, mask=ok)
+            else:
+                tl.store(dst_ptr + slot * STRIDE + start + w, words, mask=ok)
+
+
+def unsupported_reason(engine) -> str | None:
+    """Why decode="device-cache" cannot run this engine, or None when it can (beyond what the
+    graph decoder itself needs: graphs.unsupported_reason)."""
+    store = engine.store
+    if triton is None:
+        return "Triton is not installed"
+    if not hasattr(store, "part_offsets"):  # extracted experts, a learner's reader
+        return ("it reads experts in place from the checkpoint's own files (safetensors or GGUF); "
+                f"this engine reads them through {type(store).__name__}: use decode='graphs'")  # fmt: skip
+    if not engine.quantized_experts and store.dtype != engine.dtype:
+        return (f"the checkpoint's experts are {store.dtype} and the engine computes in "
+                f"{engine.dtype}: misses are copied as stored, so give dtype="
+                f"{str(store.dtype).removeprefix('torch.')!r} (or use decode='graphs')")  # fmt: skip
+    if engine.device.type == "cuda" and not getattr(store, "pinned", False):
+        return ("the GPU reads missed experts straight from the file, which it can do only once "
+                "the file is page-locked: add pin_checkpoint=True (--pin-checkpoint)")  # fmt: skip
+    book = engine.tiers.device.book
+    if type(book.policy) is not LRU:
+        return (f"policy {book.policy.name!r}: the GPU keeps least-recently-used order only "
+                "(policy='lru')")  # fmt: skip
+    if book.n_slots > MAX_SLOTS:
+        return f"{book.n_slots} slots: the GPU's LRU search holds at most {MAX_SLOTS}"
+    return None
+
+
+def word_bytes(*values: int) -> int:
+    """The widest word (8, 4, 2 or 1 bytes) that every offset and size in `values` is a multiple of."""
+    for width in (8, 4, 2):
+        if all(int(v) % width == 0 for v in values):
+            return width
+    return 1
+
+
+class DeviceCacheDecoder(SegmentedDecoder):
+    """The segmented decoder's layer loop with the cache's lookups, evictions and fills on the
+    device: one CUDA graph a token (graphs=True), or the same calls eagerly (the CPU tests)."""
+
+    def __init__(self, engine, max_len: int, graphs: bool) -> None:
+        super().__init__(engine, max_len, graphs=False)  # no per-segment graphs: one per token
+        self.graphs = graphs
+        self.engine_store = engine.store
+        self.book = self.runtime.tiers.device.book
+        self.replay = self.runtime.replay
+        device, n, k = engine.device, len(self.layers), self.top_k
+        self.n_experts = engine.num_experts
+        offsets, sizes = engine.store.part_offsets()  # bytes
+        # where each part goes in a slot, in bytes: (pool tensor, stride, start) per part
+        if self.quantized:  # gate | up | down back to back in one byte slot
+            gate_up = down = self.pool.data
+            strides = (self.pool.slot_nbytes,) * 2
+            starts = [(0, int(sz[0]), int(sz[0] + sz[1])) for sz in sizes]
+            for j, layout in enumerate(self.layouts):
+                if layout.offsets != starts[j]:
+                    raise ValueError(f"layer {j}: slot layout {layout.offsets} does not match the "
+                                     f"file's part sizes {tuple(sizes[j])}")  # fmt: skip
+        else:  # a float pool: gate_up (S, 2I, D), down (S, D, I)
+            gate_up, down = self.pool.gate_up, self.pool.down
+            strides = (gate_up[0].nbytes, down[0].nbytes)
+            starts = [(0, gate_up[0].nbytes // 2, 0)] * n
+            if (sizes != [gate_up[0].nbytes // 2, gate_up[0].nbytes // 2, down[0].nbytes]).any():
+                raise ValueError(f"the checkpoint's expert parts {sizes[0].tolist()} bytes do not "
+                                 "fit the pool's slots")  # fmt: skip
+        width = word_bytes(*strides, *offsets.reshape(-1), *sizes.reshape(-1), *np.ravel(starts))
+        dtype = _WORD_DTYPES[width]
+        self.word_bytes = width
+        self.src = engine.store.map_tensor(dtype, device)  # the files' bytes, read in place
+        self.dst = (gate_up.view(-1).view(torch.uint8).view(dtype),
+                    down.view(-1).view(torch.uint8).view(dtype))  # fmt: skip
+        self.strides = tuple(x // width for x in strides)
+        self.part_words = [tuple(int(x) // width for x in row) for row in sizes]
+        self.starts = [tuple(x // width for x in row) for row in starts]
+        self.offsets = torch.from_numpy(offsets.reshape(-1) // width).to(device)
+        self.fill_grid = [(k, 3, triton.cdiv(max(words), FILL_WORDS)) for words in self.part_words]
+        s = self.book.n_slots
+        self.where = torch.full((n * self.n_experts,), -1, dtype=torch.int32, device=device)
+        self.owner = torch.full((s,), -1, dtype=torch.int32, device=device)
+        self.stamp = torch.zeros(s, dtype=torch.int64, device=device)
+        self.clock = torch.zeros(1, dtype=torch.int64, device=device)
+        self.counts = torch.zeros(n, 3, dtype=torch.int64, device=device)
+        self.fill = torch.zeros(n, 2 * k, dtype=torch.int32, device=device)  # slot to fill, key
+        self.search_width = triton.next_power_of_2(s)
+        self.trace_host = torch.zeros(n, k, dtype=torch.long, pin_memory=device.type == "cuda")
+        self._trace_np = self.trace_host.numpy()  # writes land in the pinned buffer
+        self.trace_ids = torch.zeros(n, k, dtype=torch.long, device=device)
+        self.active = False  # the device tables hold the cache (between load_prefill and end)
+        self._loaded_owner: np.ndarray | None = None
+        self.token_graph: torch.cuda.CUDAGraph | None = None
+        if graphs:
+            self._capture_token()
+
+    # -- one token ---------------------------------------------------------------------------------
+    def _token(self) -> None:
+        h = self._embed()
+        for i in range(len(self.layers)):
+            x, residual, weights, ids = self._route(i, h)
+            if self.replay is not None:  # the trace's experts take the router's weights by position
+                ids = self.trace_ids[i]
+            self._assign(i, ids.reshape(-1))
+            h = residual + self._experts(i, x, weights).view(residual.shape)
+        self.logits = self.lm_head(self.base.norm(h))[0, -1]
+
+    def _assign(self, i: int, ids: torch.Tensor) -> None:
+        k = self.top_k
+        _assign_kernel[(1,)](
+            ids, self.where, self.owner, self.stamp, self.clock, self.index[i], self.fill[i],
+            self.counts, i, self.n_experts, self.book.n_slots, K=k,
+            KP=triton.next_power_of_2(k), SP=self.search_width,
+            num_warps=8 if self.search_width >= 4096 else 4,
+        )  # fmt: skip
+        _fill_kernel[self.fill_grid[i]](
+            self.src, *self.dst, self.fill[i], self.offsets, *self.strides, *self.part_words[i],
+            *self.starts[i], K=k, WORDS=FILL_WORDS,
+        )  # fmt: skip
+
+    def _capture_token(self) -> None:
+        """Warm up on a side stream (compiles every kernel), then record the whole token. The
+        warm-up's tables say every expert sits in slot 0, so it fills no slot (the pool may hold
+        the prompt's experts); the cache's real tables are loaded at each prefill."""
+        self._clear_tables()
+        self.where.zero_()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with self._swapped_norms():
+            with torch.cuda.stream(side):
+                self._token()
+            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.synchronize()
+            self.token_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.token_graph):
+                self._token()
+        self._clear_tables()
+
+    def _step(self, token: int, position: int) -> torch.Tensor:
+        if not self.active:
+            raise RuntimeError("the device cache is not loaded: call load_prefill after the prompt")
+        start = time.perf_counter()
+        self.inputs_host[0], self.inputs_host[1] = token, position
+        self.inputs.copy_(self.inputs_host, non_blocking=True)
+        if self.replay is not None:  # this token's row of the trace, every layer at once
+            self._trace_np[:] = self.replay.take_token()
+            self.trace_ids.copy_(self.trace_host, non_blocking=True)
+        if self.graphs:
+            self.token_graph.replay()
+        else:
+            self._token()  # inside step's _swapped_norms()
+        self.timings["launch_s"] += time.perf_counter() - start
+        self.timings["tokens"] += 1
+        return self.logits
+
+    # -- the host's book in and out --------------------------------------------------------------
+    def _clear_tables(self) -> None:
+        self.where.fill_(-1)
+        self.owner.fill_(-1)
+        self.stamp.fill_(FREE_STAMP)
+        self.counts.zero_()
+        self.clock.zero_()
+
+    def load_prefill(self, cache, length: int) -> None:
+        """The prompt's keys and values (as the graph decoder), and the host's cache book into
+        the device tables: from here until `end` the GPU keeps the cache."""
+        super().load_prefill(cache, length)
+        if self.active:
+            self.end()
+        tiers = self.runtime.tiers
+        if tiers.copy_stream is not None:  # the prompt's copies have landed in their slots
+            torch.cuda.current_stream().wait_stream(tiers.copy_stream)
+        e, s = self.n_experts, self.book.n_slots
+        owner = np.full(s, -1, dtype=np.int32)
+        stamp = np.full(s, FREE_STAMP, dtype=np.int64)
+        order = self.book.policy.oldest_first()
+        for age, key in enumerate(order):  # older: smaller, all below the clock's 0
+            slot = self.book.slot_of(key)
+            owner[slot], stamp[slot] = key[0] * e + key[1], age - len(order)
+        for place, slot in enumerate(self.book.free_slots()):  # handed out first: smallest
+            stamp[slot] = FREE_STAMP - len(self.book.free_slots()) + place
+        where = np.full(len(self.layers) * e, -1, dtype=np.int32)
+        used = np.flatnonzero(owner >= 0)
+        where[owner[used]] = used
+        self.owner.copy_(torch.from_numpy(owner))
+        self.stamp.copy_(torch.from_numpy(stamp))
+        self.where.copy_(torch.from_numpy(where))
+        self.counts.zero_()
+        self.clock.zero_()
+        self._loaded_owner = owner
+        self.active = True
+        self.runtime.lent_to = self  # the host path calls end() before it touches the cache
+
+    def end(self) -> None:
+        """Write the device tables back into the host's book (contents, LRU order, counts), so
+        the next prefill, a batch or `engine.stats()` sees them. Idempotent."""
+        if not self.active:
+            return
+        self.active = False
+        self.runtime.lent_to = None
+        owner = self.owner.cpu().numpy()  # waits for the last token
+        stamp = self.stamp.cpu().numpy()
+        counts = self.counts.cpu().numpy()
+        e = self.n_experts
+        used = np.flatnonzero(owner >= 0)
+        used = used[np.argsort(stamp[used], kind="stable")]
+        placed = [((int(owner[s]) // e, int(owner[s]) % e), int(s)) for s in used]
+        free = np.flatnonzero(owner < 0)
+        free = free[np.argsort(stamp[free], kind="stable")]
+        self.book.reload(placed, [int(s) for s in free])
+        stats = self.book.stats
+        for layer, row in enumerate(counts.tolist()):  # (as the book counts: no zero entries)
+            for per_layer, n in zip(
+                (stats.hits_per_layer, stats.misses_per_layer, stats.evictions_per_layer), row,
+                strict=True,
+            ):
+                if n:
+                    per_layer[layer] += n
+        self.runtime.computed_on["device"] += int(counts[:, :2].sum())
+        if not self.quantized:  # a float pool's slots are plain views: nothing to redo
+            return
+        changed = np.flatnonzero(owner != self._loaded_owner)
+        for s in changed:  # the host pool's views of what each refilled slot now holds
+            if owner[s] >= 0:
+                self.pool.place(int(s), self.engine_store.read_quantized(*divmod(int(owner[s]), e)))

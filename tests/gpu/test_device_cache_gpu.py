@@ -1,0 +1,127 @@
+"""decode="device-cache" on a GPU: the whole token one CUDA graph, the cache's lookups, evictions and
+fills done by the GPU, misses read from the page-locked GGUF map over PCIe. Checked against the
+graph decoder (the host's cache deciding) on the same file: same tokens, and with prefetch off
+the same hits, misses, evictions and slots.
+
+Run on the device machine: `pytest -m gpu tests/gpu/test_device_cache_gpu.py`.
+tests/test_device_cache.py runs the same loop eagerly on a CPU under Triton's interpreter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf_models import PROMPT, twin
+
+from lazymoe.bench.routing import make_trace
+from lazymoe.engine import Engine, EngineConfig, GenerationConfig
+from lazymoe.engine.loading import load_tokenizer
+from lazymoe.engine.storage.gguf_file import GGUFExpertStore
+
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, requires_gpu]
+
+GEN = GenerationConfig(max_new_tokens=24, stop_token_ids=())
+
+
+def engine(path, decode, slots, dtype="float32", **fields):
+    budget = None if slots is None else slots * GGUFExpertStore.open(path).max_expert_qbytes
+    return Engine(EngineConfig(model_path=path, device="cuda", dtype=dtype, vram_budget=budget,
+                               decode=decode, prefetch=False, pin_checkpoint=True, **fields))  # fmt: skip
+
+
+def book_state(e: Engine) -> tuple:
+    book = e.tiers.device.book
+    s = book.stats
+    return (dict(s.hits_per_layer), dict(s.misses_per_layer), dict(s.evictions_per_layer),
+            sorted(book._slot_of.items()), book.policy.oldest_first())  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["q8_0", "q4_0"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("slots", [3, 7, None], ids=["3-slots", "7-slots", "no-budget"])
+def test_device_cache_gives_the_graph_decoders_tokens_and_counts(tmp_path, name, dtype, slots):
+    path = twin(name, tmp_path)
+    tok = load_tokenizer(path)
+    prompts = [tok.encode(PROMPT), tok.encode("import os\n")]
+    host, device = engine(path, "graphs", slots, dtype), engine(path, "auto", slots, dtype)
+    assert device.decode_path == "device-cache"  # auto, on a GPU, for a page-locked GGUF file
+    for prompt in prompts:  # the second starts from the book the first wrote back
+        assert device.generate(prompt, GEN) == host.generate(prompt, GEN)
+        assert book_state(device) == book_state(host)
+    assert device._decoder.token_graph is not None and not device._decoder.cuda_graphs
+    host.close()
+    device.close()
+
+
+def test_a_float_checkpoint_too():
+    """The bundled model's own safetensors (float32): gate and up fill the pool's gate_up slot,
+    down its down slot, read over PCIe from the page-locked file."""
+    from lazymoe.paths import bundled_model_dir
+
+    prompt = load_tokenizer(bundled_model_dir()).encode(PROMPT)
+    runs = []
+    for decode in ("graphs", "device-cache"):
+        e = Engine(EngineConfig(model_path=bundled_model_dir(), device="cuda", dtype="float32",
+                                vram_budget=7 * 3 * 4 * 128 * 128, decode=decode, prefetch=False,
+                                pin_checkpoint=True))  # fmt: skip
+        runs.append((e.generate(prompt, GEN), book_state(e)))
+        e.close()
+    assert runs[0] == runs[1]
+
+
+def test_a_replayed_trace_counts_as_on_the_host(tmp_path):
+    path = twin("q4_0", tmp_path)
+    prompt = load_tokenizer(path).encode(PROMPT)
+    probe = engine(path, "graphs", 5)
+    trace = make_trace("real-text", 256, len(probe.moe_layers), probe.num_experts, probe.top_k)
+    host = engine(path, "graphs", 5, routing_trace=trace)
+    device = engine(path, "device-cache", 5, routing_trace=trace)
+    host.generate(prompt, GEN)
+    device.generate(prompt, GEN)
+    assert book_state(device) == book_state(host)
+    for e in (probe, host, device):
+        e.close()
+
+
+def test_an_engine_never_closed_unlocks_its_file(tmp_path):
+    """A pinned engine dropped without close() unlocks its map when collected: a new map of a
+    file (which may land on the same addresses) pins again, many times over."""
+    import gc
+
+    path = twin("q8_0", tmp_path)
+    for _ in range(6):
+        e = engine(path, "device-cache", 5)
+        assert e.store.pinned
+        del e
+        gc.collect()
+    last = engine(path, "device-cache", 5)
+    assert last.generate(load_tokenizer(path).encode(PROMPT), GEN)
+    last.close()
+
+
+def test_the_gpu_reads_the_locked_file_in_place(tmp_path):
+    """map_tensor on the GPU is the file's bytes (no copy made), read by a kernel over PCIe."""
+    path = twin("q4_0", tmp_path)
+    store = GGUFExpertStore.open(path)
+    store.pin_for_cuda()
+    try:
+        on_gpu = store.map_tensor(torch.int32, torch.device("cuda"))
+        raw = np.fromfile(path, dtype=np.uint8)
+        n = on_gpu.numel() * 4
+        assert on_gpu.device.type == "cuda"
+        assert torch.equal(on_gpu.view(torch.uint8).cpu(), torch.from_numpy(raw[:n]))
+        assert on_gpu.data_ptr() == store._reader.data.ctypes.data  # the same pages
+        assert int(on_gpu.sum(dtype=torch.int64)) == int(raw[:n].view(np.int32).sum(dtype=np.int64))
+    finally:
+        store.close()
+
+
+def test_without_a_locked_file_it_says_what_to_do(tmp_path):
+    path = twin("q4_0", tmp_path)
+    e = Engine(EngineConfig(model_path=path, device="cuda", prefetch=False))
+    assert e.decode_path == "graphs"  # auto without pin_checkpoint
+    e.close()
+    with pytest.raises(ValueError, match="pin_checkpoint=True"):
+        Engine(EngineConfig(model_path=path, device="cuda", decode="device-cache"))

@@ -1,0 +1,239 @@
+"""decode="device-cache": the cache's lookups, evictions and fills done by the device's own kernels
+(lazymoe.engine.compute.device_cache), checked against the host's cache on the same model.
+
+On the CPU the kernels run under Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
+float32. The reference is decode="segments" (the same layer loop, the host's CacheBook deciding,
+checked token for token against transformers by tests/test_segments_quant.py): with prefetch off
+both keep one LRU order, so the tokens, every layer's hits, misses and evictions, and which
+expert ends in which slot must all agree. tests/gpu/test_device_cache_gpu.py runs it as one CUDA
+graph a token on a GPU, reading misses from the page-locked file over PCIe.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf_models import twin
+
+from lazymoe.bench.routing import make_trace
+from lazymoe.engine import Engine, EngineConfig, GenerationConfig
+from lazymoe.engine.compute import device_cache, triton_quant
+from lazymoe.engine.loading import load_tokenizer
+from lazymoe.engine.parts.cache import CacheBook
+from lazymoe.engine.storage.gguf_file import GGUFExpertStore
+from lazymoe.paths import bundled_model_dir
+
+pytestmark = pytest.mark.skipif(
+    triton_quant.unavailable_reason(torch.device("cpu"), torch.float32) is not None,
+    reason="Triton is not installed (the dev extra installs it)",
+)
+
+PROMPTS = ("def load(self, path):\n", "import os\n")
+GEN = GenerationConfig(max_new_tokens=6, stop_token_ids=())
+
+
+@pytest.fixture(scope="module")
+def q4_0(tmp_path_factory):
+    return twin("q4_0", tmp_path_factory.mktemp("device-cache"))
+
+
+def engine(path, decode, slots=7, **fields):
+    """The bundled model's GGUF twin on the CPU; `slots` experts' worth of budget (a layer
+    uses 2 of 16: with 7 there are hits, misses and evictions across layers)."""
+    budget = None if slots is None else slots * GGUFExpertStore.open(path).max_expert_qbytes
+    config = EngineConfig(model_path=path, device="cpu", vram_budget=budget, decode=decode,
+                          kernel="fused", prefetch=False, **fields)  # fmt: skip
+    return Engine(config)
+
+
+def cache_state(e: Engine) -> tuple:
+    """Everything the host's book says: per-layer counts, which expert is in which slot, the
+    LRU order and the free slots."""
+    book = e.tiers.device.book
+    stats = book.stats
+    return (
+        dict(stats.hits_per_layer), dict(stats.misses_per_layer), dict(stats.evictions_per_layer),
+        sorted(book._slot_of.items()), book.policy.oldest_first(), book.free_slots(),
+    )  # fmt: skip
+
+
+def test_two_generations_match_the_host_cache_hit_for_hit(q4_0):
+    """Tokens, counts, slots and LRU order agree after each generation; the second starts from
+    the book the first wrote back (its prefill runs on the host's cache)."""
+    prompts = [load_tokenizer(q4_0).encode(p) for p in PROMPTS]
+    host, device = engine(q4_0, "segments"), engine(q4_0, "device-cache")
+    assert device.decode_path == "device-cache"
+    for prompt in prompts:
+        assert device.generate(prompt, GEN) == host.generate(prompt, GEN)
+        assert cache_state(device) == cache_state(host)
+    stats = device.tiers.device.book.stats
+    assert stats.hits > 0 and stats.evictions > 0  # the budget makes both happen
+    assert device.runtime.computed_on == host.runtime.computed_on  # experts computed, per place
+    assert device.runtime.lent_to is None  # the host holds the cache between generations
+    # each slot's bytes and the host pool's views of it are the expert the book says (what the
+    # host's CPU and eager paths read next)
+    pool, store = device.tiers.device.pool, device.store
+    for (layer, expert), slot in device.tiers.device.book._slot_of.items():
+        want = store.read_quantized(layer, expert)
+        got = pool.expert(slot)
+        for part in ("gate", "up", "down"):
+            assert torch.equal(getattr(got, part).data, getattr(want, part).data)
+
+
+def test_a_replayed_trace_hits_and_misses_as_on_the_host(q4_0):
+    e0 = engine(q4_0, "segments")
+    trace = make_trace("real-text", 64, len(e0.moe_layers), e0.num_experts, e0.top_k, seed=5)
+    prompt = load_tokenizer(q4_0).encode(PROMPTS[0])
+    host = engine(q4_0, "segments", routing_trace=trace)
+    device = engine(q4_0, "device-cache", routing_trace=trace)
+    host.generate(prompt, GEN)
+    device.generate(prompt, GEN)
+    assert cache_state(device) == cache_state(host)
+    assert device.runtime.replay.served == host.runtime.replay.served
+
+
+def test_a_host_path_takes_the_cache_back_mid_generation(q4_0):
+    """A generation left suspended (a stream not read to its end), then another one: the second
+    prefill finds the host's book up to date (the runtime reclaims it first)."""
+    prompts = [load_tokenizer(q4_0).encode(p) for p in PROMPTS]
+    runs = {}
+    for decode in ("segments", "device-cache"):
+        e = engine(q4_0, decode)
+        stream = e.stream(prompts[0], GEN)
+        first = [next(stream) for _ in range(3)]
+        if decode == "device-cache":
+            assert e.runtime.lent_to is e._decoder  # the GPU holds the cache mid-stream
+        second = e.generate(prompts[1], GEN)
+        runs[decode] = (first, second, cache_state(e))
+    assert runs["device-cache"] == runs["segments"]
+
+
+def test_every_expert_resident_misses_only_the_first_time(tmp_path_factory):
+    path = twin("q8_0", tmp_path_factory.mktemp("device-cache-q8"))
+    prompt = load_tokenizer(path).encode(PROMPTS[0])
+    host, device = engine(path, "segments", slots=None), engine(path, "device-cache", slots=None)
+    assert device.generate(prompt, GEN) == host.generate(prompt, GEN)
+    assert cache_state(device) == cache_state(host)
+    assert device.tiers.device.book.stats.evictions == 0
+
+
+def lru_reference(n_slots: int, steps: list[tuple[int, list[int]]], free_first: list[int]):
+    """What the host's CacheBook (LRU) does with each step's experts, as ascending lookups."""
+    book = CacheBook(n_slots, "lru")
+    book._free = list(free_first)[::-1]
+    out = []
+    for layer, ids in steps:
+        protected = frozenset((layer, e) for e in ids)
+        slots, missed = {}, []
+        for e in sorted(ids):
+            slot = book.lookup((layer, e))
+            if slot is None:
+                slot, _ = book.admit((layer, e), protected)
+                missed.append(slot)
+            slots[e] = slot
+        out.append(([slots[e] for e in sorted(ids)], missed))
+    return book, out
+
+
+@pytest.mark.parametrize("n_slots", [4, 11, 40])
+def test_the_assign_kernel_is_the_books_lru(n_slots):
+    """The kernel alone against CacheBook: random layers and top-k ids, free slots handed out in
+    a shuffled order; every step's slots, then the final contents, order and counts agree."""
+    rng = np.random.default_rng(n_slots)
+    layers, experts, k = 3, 16, 4
+    steps = [(int(rng.integers(layers)), rng.choice(experts, k, replace=False).tolist())
+             for _ in range(60)]  # fmt: skip
+    free_first = rng.permutation(n_slots).tolist()
+    book, want = lru_reference(n_slots, steps, free_first)
+
+    where = torch.full((layers * experts,), -1, dtype=torch.int32)
+    owner = torch.full((n_slots,), -1, dtype=torch.int32)
+    stamp = torch.tensor([device_cache.FREE_STAMP - n_slots + free_first.index(s)
+                          for s in range(n_slots)], dtype=torch.int64)  # fmt: skip
+    clock = torch.zeros(1, dtype=torch.int64)
+    counts = torch.zeros(layers, 3, dtype=torch.int64)
+    index = torch.zeros(2, k, dtype=torch.int64)
+    fill = torch.zeros(2 * k, dtype=torch.int32)
+    for (layer, ids), (slots, missed) in zip(steps, want, strict=True):
+        device_cache._assign_kernel[(1,)](
+            torch.tensor(ids), where, owner, stamp, clock, index, fill, counts, layer, experts,
+            n_slots, K=k, KP=k, SP=64,
+        )  # fmt: skip
+        assert index[0].tolist() == slots  # ascending expert order
+        assert [ids[p] for p in index[1].tolist()] == sorted(ids)  # each slot's top-k position
+        assert [s for s in fill[:k].tolist() if s >= 0] == missed  # the slots to fill, in order
+    placed = sorted(((int(o) // experts, int(o) % experts), s)
+                    for s, o in enumerate(owner.tolist()) if o >= 0)  # fmt: skip
+    assert placed == sorted(book._slot_of.items())
+    order = [(int(owner[s]) // experts, int(owner[s]) % experts)
+             for s in np.argsort(stamp.numpy(), kind="stable") if owner[s] >= 0]  # fmt: skip
+    assert order == book.policy.oldest_first()
+    st = book.stats
+    assert counts[:, 0].tolist() == [st.hits_per_layer.get(i, 0) for i in range(layers)]
+    assert counts[:, 1].tolist() == [st.misses_per_layer.get(i, 0) for i in range(layers)]
+    assert counts[:, 2].tolist() == [st.evictions_per_layer.get(i, 0) for i in range(layers)]
+    assert all(where[o].item() == s for s, o in enumerate(owner.tolist()) if o >= 0)
+    assert int((where >= 0).sum()) == len(placed)
+
+
+@pytest.mark.parametrize("width", [1, 2, 4, 8])
+@pytest.mark.parametrize("split", [False, True], ids=["one-pool", "float-pool"])
+def test_the_fill_kernel_copies_each_part_from_its_own_place(width, split):
+    """Three parts of different sizes, scattered in a source, land in their slot: back to back
+    in one byte pool, or gate and up in one tensor and down in another (a float pool); slots
+    of experts that hit (-1) are left alone."""
+    dtype = device_cache._WORD_DTYPES[width]
+    src = torch.randint(-100, 100, (5000,)).to(dtype)
+    sizes = (700, 700, 1500)  # words; more than one program's FILL_WORDS for the last
+    offsets = torch.tensor([[10, 2000, 3100], [1, 900, 3300]], dtype=torch.int64)  # 2 keys
+    stride = 3000 if not split else 1400
+    pool = torch.zeros(3 * stride, dtype=dtype)
+    down = torch.zeros(3 * 1500, dtype=dtype) if split else pool
+    starts = (0, 700, 1400) if not split else (0, 700, 0)
+    fill = torch.tensor([2, -1, 0, 1], dtype=torch.int32)  # key 0 -> slot 2; the second: a hit
+    grid = (2, 3, -(-max(sizes) // device_cache.FILL_WORDS))
+    device_cache._fill_kernel[grid](
+        src, pool, down, fill, offsets.reshape(-1), stride, 1500 if split else stride, *sizes,
+        *starts, K=2, WORDS=device_cache.FILL_WORDS,
+    )  # fmt: skip
+    parts = [src[o : o + n] for o, n in zip(offsets[0].tolist(), sizes, strict=True)]
+    if split:
+        assert torch.equal(pool[2 * stride :], torch.cat(parts[:2]))
+        assert torch.equal(down[2 * 1500 :], parts[2])
+        assert not pool[: 2 * stride].any() and not down[: 2 * 1500].any()
+    else:
+        slot = pool[2 * stride :]
+        assert torch.equal(slot[: sum(sizes)], torch.cat(parts))
+        assert not pool[: 2 * stride].any() and not slot[sum(sizes) :].any()
+
+
+def test_word_width_is_the_widest_that_divides_everything():
+    assert device_cache.word_bytes(16, 1152, 884736) == 8
+    assert device_cache.word_bytes(16, 36, 4) == 4
+    assert device_cache.word_bytes(34, 16) == 2
+    assert device_cache.word_bytes(17, 16) == 1
+
+
+def test_a_float_checkpoint_matches_the_host_cache_too():
+    """The bundled model's own safetensors (float32): gate and up land in the pool's gate_up
+    slot, down in its down slot."""
+    prompt = load_tokenizer(bundled_model_dir()).encode(PROMPTS[0])
+    budget = 7 * 3 * 4 * 128 * 128  # 7 experts of float32 (I 128, D 128): hits and misses
+    runs = []
+    for decode in ("segments", "device-cache"):
+        e = Engine(EngineConfig(model_path=bundled_model_dir(), device="cpu", dtype="float32",
+                                vram_budget=budget, decode=decode, prefetch=False))  # fmt: skip
+        assert e.decode_path == decode and e.tiers.device.book.n_slots == 7
+        runs.append((e.generate(prompt, GEN), cache_state(e)))
+    assert runs[0] == runs[1]
+    assert runs[1][1][0] and runs[1][1][2]  # hits and evictions happened
+
+
+def test_what_it_cannot_run_says_why(q4_0):
+    with pytest.raises(ValueError, match="least-recently-used order only"):
+        engine(q4_0, "device-cache", policy="lfu")
+    with pytest.raises(ValueError, match="give dtype='float32'"):
+        Engine(EngineConfig(model_path=bundled_model_dir(), device="cpu", dtype="bfloat16",
+                            decode="device-cache"))  # fmt: skip
+    assert engine(q4_0, "auto").decode_path == "model"  # on a CPU auto keeps transformers' forward
