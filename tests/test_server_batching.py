@@ -251,10 +251,16 @@ def test_max_batch_1_serves_one_request_at_a_time_as_before(tmp_path):
         body = {"model": "echo", "prompt": "ab", "max_tokens": 10}
         with ThreadPoolExecutor(3) as pool:
             futures = [pool.submit(client.post, "/v1/completions", json=body) for _ in range(3)]
-            wait_until(lambda: server.app.state.scheduler.queue_depth > 0)
-            assert server.app.state.scheduler.in_flight == 1
+            scheduler, in_flight = server.app.state.scheduler, []
+
+            def one_runs_while_others_wait() -> bool:  # (between two requests none runs)
+                in_flight.append(scheduler.in_flight)
+                return scheduler.queue_depth > 0 and in_flight[-1] == 1
+
+            wait_until(one_runs_while_others_wait)
             texts = [f.result(timeout=30).json()["choices"][0]["text"] for f in futures]
         assert texts == ["ab" * 5] * 3 and backend.step_sizes == []
+        assert max(in_flight) == 1  # never two at once
         assert httpx.get(f"{server.root_url}/health").json()["max_batch"] == 1
 
 

@@ -5,6 +5,7 @@
     kernels.py          reference / batched / grouped expert kernels over the slot pool
     triton_kernels.py   Triton decode kernels reading experts in place (GPU)
     graphs.py           the segmented decoder: a decode token as a few CUDA graphs (GPU)
+    device_cache.py     the cache kept by the GPU itself: a decode token as one CUDA graph
     placement.py        where a missed expert is computed: fetched to the GPU, or on the CPU
     split.py            layers split across devices (--gpus 0,1): placing them, tensors following
 """
