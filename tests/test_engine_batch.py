@@ -326,7 +326,7 @@ def staggered(engine: Engine, prompts, gens) -> tuple[list[list[int]], list[dict
 
 
 @needs_bundled
-@pytest.mark.parametrize("decode", ["model", "segments"])  # segments: the GPU decoder's loop
+@pytest.mark.parametrize("decode", ["model", "segments", "device-cache"])  # the GPU decoders' loops
 def test_a_lone_sequence_takes_the_single_path_and_moves_into_the_batch_when_others_join(
     prompts, decode
 ):
@@ -336,7 +336,7 @@ def test_a_lone_sequence_takes_the_single_path_and_moves_into_the_batch_when_oth
     engine = bundled(12, decode=decode)
     gens = [GREEDY, GREEDY, GenerationConfig(max_new_tokens=N_NEW + 8, stop_token_ids=())]
     expected = [engine.generate(p, g) for p, g in zip(prompts, gens, strict=False)]
-    decoded_alone = engine._decoder.timings["tokens"] if decode == "segments" else 0
+    decoded_alone = engine._decoder.timings["tokens"] if decode != "model" else 0
     got, counts = staggered(engine, prompts, gens)
     assert got[0] == expected[0] and got[2] == expected[2]
     assert got[1] == expected[1][: len(got[1])] and len(got[1]) == 8  # removed after 7 steps
@@ -345,8 +345,12 @@ def test_a_lone_sequence_takes_the_single_path_and_moves_into_the_batch_when_oth
     # the first (24 tokens) has 13 after 12 steps: 11 more with the third, batched; the third
     # (32 tokens) then has 15: 17 more alone, on the single path again
     assert counts[2] == {"single": 5 + 17, "batched": 4 + 3 + 11}
-    if decode == "segments":  # the single steps really ran on the engine's decoder
+    if decode != "model":  # the single steps really ran on the engine's decoder
         assert engine._decoder.timings["tokens"] - decoded_alone == counts[2]["single"]
+    if decode == "device-cache":  # the device's tables came back to the host's book each time
+        assert engine.runtime.lent_to is None
+        book = engine.tiers.device.book
+        assert len(book) == 12 and book.stats.hits and book.stats.evictions
 
 
 @needs_bundled
