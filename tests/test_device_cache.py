@@ -109,6 +109,27 @@ def test_a_host_path_takes_the_cache_back_mid_generation(q4_0):
     assert runs["device-cache"] == runs["segments"]
 
 
+def test_stats_between_tokens_and_a_host_pass_mid_stream_change_nothing(q4_0):
+    """What `lazymoe run` and the server do: engine.stats() after every token (the counts come
+    over, the cache stays on the device), and a pass through the host's path in the middle of a
+    generation (it takes the cache back; the next token loads it again): the same tokens and
+    the same book as the host's cache doing the same."""
+    prompts = [load_tokenizer(q4_0).encode(p) for p in PROMPTS]
+    runs = {}
+    for decode in ("segments", "device-cache"):
+        e = engine(q4_0, decode)
+        tokens, hits = [], []
+        for i, token in enumerate(e.stream(prompts[0], GEN)):
+            tokens.append(token)
+            hits.append(e.stats().hit_rate)  # between tokens, as the live line does
+            if i == 2:
+                e.forward_logits(prompts[1])  # the host's path, mid-generation
+        runs[decode] = (tokens, hits, cache_state(e))
+        if decode == "device-cache":
+            assert e.runtime.lent_to is None and e._decoder.timings["tokens"] == GEN.max_new_tokens - 1
+    assert runs["device-cache"] == runs["segments"]
+
+
 def test_every_expert_resident_misses_only_the_first_time(tmp_path_factory):
     path = twin("q8_0", tmp_path_factory.mktemp("device-cache-q8"))
     prompt = load_tokenizer(path).encode(PROMPTS[0])

@@ -295,7 +295,7 @@ class Engine:
     # -- numbers ---------------------------------------------------------------------------------
     def reset_stats(self) -> None:
         for share in getattr(self, "shares", ()):
-            share.runtime.reclaim()  # counts the GPU holds land in the book before it is reset
+            share.runtime.settle_counts()  # counts the GPU holds belong to the period that ends
         self._totals = {"tokens": 0, "prompt_tokens": 0, "prefill_seconds": 0.0, "decode_seconds": 0.0}
         for share in self.shares:
             share.tiers.reset_stats()
@@ -306,7 +306,7 @@ class Engine:
     def stats(self) -> EngineStats:
         """Counts since the last reset_stats, added up over the devices (each one's: `.devices`)."""
         for share in self.shares:
-            share.runtime.reclaim()
+            share.runtime.settle_counts()  # the device-cache decoder's counts so far
         return engine_stats(self.shares, self._totals, self.runtime.prefetcher)
 
     def close(self) -> None:

@@ -273,8 +273,8 @@ class DeviceCacheDecoder(SegmentedDecoder):
         self._clear_tables()
 
     def _step(self, token: int, position: int) -> torch.Tensor:
-        if not self.active:
-            raise RuntimeError("the device cache is not loaded: call load_prefill after the prompt")
+        if not self.active:  # the host's path took the cache back mid-generation (`end`)
+            self._load_tables()
         start = time.perf_counter()
         self.inputs_host[0], self.inputs_host[1] = token, position
         self.inputs.copy_(self.inputs_host, non_blocking=True)
@@ -301,8 +301,12 @@ class DeviceCacheDecoder(SegmentedDecoder):
         """The prompt's keys and values (as the graph decoder), and the host's cache book into
         the device tables: from here until `end` the GPU keeps the cache."""
         super().load_prefill(cache, length)
-        if self.active:
-            self.end()
+        self.end()  # (if a generation left them loaded)
+        self._load_tables()
+
+    @torch.inference_mode()  # its tables were made inside a generation's inference mode
+    def _load_tables(self) -> None:
+        """The host's book into the device tables (its contents, LRU order and free slots)."""
         tiers = self.runtime.tiers
         if tiers.copy_stream is not None:  # the prompt's copies have landed in their slots
             torch.cuda.current_stream().wait_stream(tiers.copy_stream)
@@ -327,16 +331,35 @@ class DeviceCacheDecoder(SegmentedDecoder):
         self.active = True
         self.runtime.lent_to = self  # the host path calls end() before it touches the cache
 
+    @torch.inference_mode()  # its tables were made inside a generation's inference mode
+    def flush_counts(self) -> None:
+        """Add the hits, misses and evictions counted on the device since the last flush to the
+        host's book (`engine.stats()` calls it between tokens: the cache stays on the device)."""
+        if not self.active:
+            return
+        counts = self.counts.tolist()  # a copy (on a CPU .numpy() would share the memory
+        self.counts.zero_()  # that this clears); waits for the token in flight
+        stats = self.book.stats
+        for layer, row in enumerate(counts):  # (as the book counts: no zero entries)
+            for per_layer, n in zip(
+                (stats.hits_per_layer, stats.misses_per_layer, stats.evictions_per_layer), row,
+                strict=True,
+            ):
+                if n:
+                    per_layer[layer] += n
+        self.runtime.computed_on["device"] += sum(hits + misses for hits, misses, _ in counts)
+
+    @torch.inference_mode()  # its tables were made inside a generation's inference mode
     def end(self) -> None:
         """Write the device tables back into the host's book (contents, LRU order, counts), so
         the next prefill, a batch or `engine.stats()` sees them. Idempotent."""
         if not self.active:
             return
+        self.flush_counts()  # waits for the last token
         self.active = False
         self.runtime.lent_to = None
-        owner = self.owner.cpu().numpy()  # waits for the last token
-        stamp = self.stamp.cpu().numpy()
-        counts = self.counts.cpu().numpy()
+        owner = self.owner.cpu().numpy().copy()  # copies: the next load writes the tables
+        stamp = self.stamp.cpu().numpy().copy()
         e = self.n_experts
         used = np.flatnonzero(owner >= 0)
         used = used[np.argsort(stamp[used], kind="stable")]
@@ -344,15 +367,6 @@ class DeviceCacheDecoder(SegmentedDecoder):
         free = np.flatnonzero(owner < 0)
         free = free[np.argsort(stamp[free], kind="stable")]
         self.book.reload(placed, [int(s) for s in free])
-        stats = self.book.stats
-        for layer, row in enumerate(counts.tolist()):  # (as the book counts: no zero entries)
-            for per_layer, n in zip(
-                (stats.hits_per_layer, stats.misses_per_layer, stats.evictions_per_layer), row,
-                strict=True,
-            ):
-                if n:
-                    per_layer[layer] += n
-        self.runtime.computed_on["device"] += int(counts[:, :2].sum())
         if not self.quantized:  # a float pool's slots are plain views: nothing to redo
             return
         changed = np.flatnonzero(owner != self._loaded_owner)

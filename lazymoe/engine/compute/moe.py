@@ -116,9 +116,16 @@ class ExpertRuntime(ExpertCompute):
         return self.tiers.device.pool.slot_nbytes, parts
 
     def reclaim(self) -> None:
-        """The cache back in the host's book, if the device-cache decoder holds it."""
+        """The cache back in the host's book, if the device-cache decoder holds it (its next
+        step loads the book again)."""
         if self.lent_to is not None:
             self.lent_to.end()
+
+    def settle_counts(self) -> None:
+        """The hits and misses the device-cache decoder counted so far, into the host's book;
+        the cache stays on the device (for `engine.stats()` between two tokens)."""
+        if self.lent_to is not None:
+            self.lent_to.flush_counts()
 
     def forward(
         self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
