@@ -64,6 +64,8 @@ def test_two_generations_match_the_host_cache_hit_for_hit(q4_0):
     prompts = [load_tokenizer(q4_0).encode(p) for p in PROMPTS]
     host, device = engine(q4_0, "segments"), engine(q4_0, "device-cache")
     assert device.decode_path == "device-cache"
+    assert "keeps the expert cache itself" in device.describe()
+    assert "keeps the expert cache itself" not in host.describe()
     for prompt in prompts:
         assert device.generate(prompt, GEN) == host.generate(prompt, GEN)
         assert cache_state(device) == cache_state(host)

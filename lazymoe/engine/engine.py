@@ -356,6 +356,9 @@ class Engine:
         if self.pinned_bytes:
             lines.append(_("checkpoint page-locked for direct copies: {size}").format(
                 size=format_bytes(self.pinned_bytes)))  # fmt: skip
+        if self.decode_path == "device-cache":
+            lines.append(_("the GPU keeps the expert cache itself: it reads a missed expert straight "
+                           "from the page-locked file, and each token is one CUDA graph"))  # fmt: skip
         lines += placement.describe_lines(self.runtime)  # auto: the measured rates, the choices
         return "\n".join(lines + describe_lines(self.shares, self.total_experts))
 
