@@ -52,9 +52,11 @@ def cache_state(e: Engine) -> tuple:
     LRU order and the free slots."""
     book = e.tiers.device.book
     stats = book.stats
+    links = {name: (link.transfers, link.nbytes, dict(link.bytes_per_layer))
+             for name, link in e.tiers.links.items() if link.transfers}  # fmt: skip
     return (
         dict(stats.hits_per_layer), dict(stats.misses_per_layer), dict(stats.evictions_per_layer),
-        sorted(book._slot_of.items()), book.policy.oldest_first(), book.free_slots(),
+        sorted(book._slot_of.items()), book.policy.oldest_first(), book.free_slots(), links,
     )  # fmt: skip
 
 
@@ -256,6 +258,11 @@ def test_a_float_checkpoint_matches_the_host_cache_too():
 def test_what_it_cannot_run_says_why(q4_0):
     with pytest.raises(ValueError, match="least-recently-used order only"):
         engine(q4_0, "device-cache", policy="lfu")
+    e = engine(q4_0, "device-cache")
+    with pytest.raises(ValueError, match="cannot run a learner router"):  # nothing changed
+        e.set_router(lambda logits, k, norm: torch.topk(logits.softmax(-1), k))
+    assert e.decode_path == "device-cache"
+    assert not any(hasattr(block.gate, "original") for block in e.blocks.values())
     with pytest.raises(ValueError, match="give dtype='float32'"):
         Engine(EngineConfig(model_path=bundled_model_dir(), device="cpu", dtype="bfloat16",
                             decode="device-cache"))  # fmt: skip

@@ -159,7 +159,7 @@ class Engine:
     def set_router(self, route: Callable | None) -> None:
         """Route with `route(router_logits (T, E), top_k, norm_topk_prob) -> (weights, indices)`,
         both (T, top_k); None restores each model's own router."""
-        if route is not None and self.config.decode in ("segments", "graphs"):
+        if route is not None and self.config.decode in ("segments", "graphs", "device-cache"):
             raise ValueError(
                 f"decode={self.config.decode!r} cannot run a learner router (its code may not be "
                 "graph-safe): make the engine with decode='model' or 'auto'"

@@ -118,6 +118,17 @@ def test_the_gpu_reads_the_locked_file_in_place(tmp_path):
         store.close()
 
 
+def test_a_gguf_in_float_slots_keeps_the_graph_decoder(tmp_path):
+    """kernel='batched' dequantizes a GGUF file's experts into float slots: the GPU cannot copy
+    them as stored, so auto keeps decode='graphs' and an explicit device-cache says why."""
+    path = twin("q4_0", tmp_path)
+    e = engine(path, "auto", 5, kernel="batched")
+    assert e.decode_path == "graphs"
+    e.close()
+    with pytest.raises(ValueError, match="dequantized into float slots"):
+        engine(path, "device-cache", 5, kernel="batched")
+
+
 def test_without_a_locked_file_it_says_what_to_do(tmp_path):
     path = twin("q4_0", tmp_path)
     e = Engine(EngineConfig(model_path=path, device="cuda", prefetch=False))

@@ -71,6 +71,7 @@ if triton is not None:
         ids_ptr, where_ptr, owner_ptr, stamp_ptr, clock_ptr, index_ptr, fill_ptr, counts_ptr,
         LAYER, N_EXPERTS, N_SLOTS, K: tl.constexpr, KP: tl.constexpr, SP: tl.constexpr,
     ):  # fmt: skip
+        # the K ids are distinct (a router's top-k; a replayed trace is checked when loaded)
         kk = tl.arange(0, KP)
         kmask = kk < K
         ids = tl.load(ids_ptr + kk, mask=kmask, other=0).to(tl.int32)
@@ -146,6 +147,10 @@ def unsupported_reason(engine) -> str | None:
     store = engine.store
     if triton is None:
         return "Triton is not installed"
+    if getattr(store, "quantized", False) and not engine.quantized_experts:
+        return ("the GGUF file's experts are dequantized into float slots here (kernel "
+                f"{engine.config.kernel!r}): the GPU copies experts as stored, so leave kernel "
+                "to auto (or 'fused'), or use decode='graphs'")  # fmt: skip
     if not hasattr(store, "part_offsets"):  # extracted experts, a learner's reader
         return ("it reads experts in place from the checkpoint's own files (safetensors or GGUF); "
                 f"this engine reads them through {type(store).__name__}: use decode='graphs'")  # fmt: skip
@@ -210,6 +215,7 @@ class DeviceCacheDecoder(SegmentedDecoder):
                     down.view(-1).view(torch.uint8).view(dtype))  # fmt: skip
         self.strides = tuple(x // width for x in strides)
         self.part_words = [tuple(int(x) // width for x in row) for row in sizes]
+        self.expert_bytes = [int(row.sum()) for row in sizes]  # a miss reads this many
         self.starts = [tuple(x // width for x in row) for row in starts]
         self.offsets = torch.from_numpy(offsets.reshape(-1) // width).to(device)
         self.fill_grid = [(k, 3, triton.cdiv(max(words), FILL_WORDS)) for words in self.part_words]
@@ -317,8 +323,9 @@ class DeviceCacheDecoder(SegmentedDecoder):
         for age, key in enumerate(order):  # older: smaller, all below the clock's 0
             slot = self.book.slot_of(key)
             owner[slot], stamp[slot] = key[0] * e + key[1], age - len(order)
-        for place, slot in enumerate(self.book.free_slots()):  # handed out first: smallest
-            stamp[slot] = FREE_STAMP - len(self.book.free_slots()) + place
+        free = self.book.free_slots()
+        for place, slot in enumerate(free):  # handed out first: smallest
+            stamp[slot] = FREE_STAMP - len(free) + place
         where = np.full(len(self.layers) * e, -1, dtype=np.int32)
         used = np.flatnonzero(owner >= 0)
         where[owner[used]] = used
@@ -348,6 +355,11 @@ class DeviceCacheDecoder(SegmentedDecoder):
                 if n:
                     per_layer[layer] += n
         self.runtime.computed_on["device"] += sum(hits + misses for hits, misses, _ in counts)
+        tiers = self.runtime.tiers  # each miss read its expert's bytes from the file: the link
+        link = tiers.links["pinned file->vram" if tiers.on_gpu else "disk->ram"]  # the host uses
+        for layer, (_, misses, _) in enumerate(counts):
+            if misses:
+                link.add(layer, misses * self.expert_bytes[layer], 0.0, transfers=misses)
 
     @torch.inference_mode()  # its tables were made inside a generation's inference mode
     def end(self) -> None:
@@ -356,8 +368,6 @@ class DeviceCacheDecoder(SegmentedDecoder):
         if not self.active:
             return
         self.flush_counts()  # waits for the last token
-        self.active = False
-        self.runtime.lent_to = None
         owner = self.owner.cpu().numpy().copy()  # copies: the next load writes the tables
         stamp = self.stamp.cpu().numpy().copy()
         e = self.n_experts
@@ -367,6 +377,8 @@ class DeviceCacheDecoder(SegmentedDecoder):
         free = np.flatnonzero(owner < 0)
         free = free[np.argsort(stamp[free], kind="stable")]
         self.book.reload(placed, [int(s) for s in free])
+        self.active = False  # only now: a failure above leaves the cache with the device
+        self.runtime.lent_to = None
         if not self.quantized:  # a float pool's slots are plain views: nothing to redo
             return
         changed = np.flatnonzero(owner != self._loaded_owner)

@@ -70,4 +70,11 @@ def device_view(address: int, nbytes: int, dtype: torch.dtype, device: torch.dev
     interface = {"shape": (nbytes // dtype.itemsize,), "typestr": typestr[dtype],
                  "data": (address, False), "version": 3}  # fmt: skip
     wrapper = type("HostPages", (), {"__cuda_array_interface__": interface})  # what as_tensor reads
-    return torch.as_tensor(wrapper(), device=device)
+    with torch.cuda.device(device):
+        view = torch.as_tensor(wrapper(), device=device)
+    if view.data_ptr() != address:  # torch copied it: the pages are not mapped for this GPU
+        raise RuntimeError(
+            f"the page-locked file is not readable in place by {device} (locked while another "
+            "GPU was current?): use decode='graphs'"
+        )
+    return view

@@ -46,8 +46,9 @@ class LinkStats:
     seconds: float = 0.0  # host seconds (reads; for async GPU copies only the time to issue them)
     bytes_per_layer: defaultdict[int, int] = field(default_factory=lambda: defaultdict(int))
 
-    def add(self, layer: int, nbytes: int, seconds: float) -> None:
-        self.transfers += 1
+    def add(self, layer: int, nbytes: int, seconds: float, transfers: int = 1) -> None:
+        """`transfers` copies of `nbytes` bytes in all (one unless a caller counts several)."""
+        self.transfers += transfers
         self.nbytes += nbytes
         self.seconds += seconds
         self.bytes_per_layer[layer] += nbytes
