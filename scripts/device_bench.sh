@@ -33,7 +33,7 @@
 # loads), NEW_TOKENS (128), PROMPT_TOKENS (32), REPEATS (3), BENCH_ARGS (more `lazymoe bench` flags,
 # e.g. a routing regime), TUNE_THREADS (thread counts to try; default half/all cores, all CPUs),
 # PINS ("0"; "0 1" adds lazymoe rows with --pin-checkpoint, in bench-...-pinned.json), RESIDENT (1: a row with
-# every expert in VRAM too, and llama.cpp searched to its VRAM), KEEP (1: leave
+# every expert in VRAM too, in the first PINS pass, and llama.cpp searched to its VRAM), KEEP (1: leave
 # the quantized GGUF in /dev/shm for a later suite, e.g. SERVE_MODEL=/dev/shm/lazymoe-SHAPE-q4_0/model-q4_0.gguf),
 # SERVE_TOKENS (32 new tokens a request), SERVE_REPEATS (2 runs a case), SERVE_MODEL (serve that file/folder instead of writing SERVE_SHAPE), SERVE_FORMAT (write SERVE_SHAPE as a GGUF
 # of that type, in the background from the start, and serve it), KERNEL_BENCH (0: kernels' tests only), KERNEL_K (their pytest -k), SERVE_ARGS (more `lazymoe serve` flags),
@@ -189,15 +189,17 @@ compare_gguf() {  # one quantized GGUF, written once, read by both engines (lazy
 }
 
 lazymoe_rows() {  # MODEL OUT NOTE: lazymoe's rows, once per PINS value (1: page-locked checkpoint, own file)
-  local model=$1 out=$2 note=$3 pin
+  local model=$1 out=$2 note=$3 pin PINS_FIRST
+  PINS_FIRST=$(echo ${PINS:-0} | cut -d' ' -f1)  # the pass that also runs RESIDENT's row
   for pin in ${PINS:-0}; do
     local o=$out extra=()
     [ "$pin" = 1 ] && { o="${out%.json}-pinned.json"; extra=(--pin-checkpoint); }
     log "lazymoe rows on $model${extra[*]:+ (${extra[*]})}"
     # shellcheck disable=SC2086
-    # RESIDENT=1: also every expert in VRAM (unpinned pass only); the tuner then finds llama.cpp's
+    # RESIDENT=1: also every expert in VRAM (the first PINS pass only; PINS=1: through
+    # device-cache, the GPU keeping the cache); the tuner then finds llama.cpp's
     # --n-cpu-moe for that row's VRAM too (0 when the whole model fits): issue 16's resident target
-    local resident=(--no-resident); [ "${RESIDENT:-0}" = 1 ] && [ "$pin" = 0 ] && resident=()
+    local resident=(--no-resident); [ "${RESIDENT:-0}" = 1 ] && [ "$pin" = "${PINS_FIRST}" ] && resident=()
     python3 -m lazymoe bench --model "$model" --engines lazymoe --placement ${PLACEMENTS:-fetch} --budgets $BUDGETS \
       "${resident[@]}" "${extra[@]}" $PROTOCOL ${BENCH_ARGS:-} --note "$note" --out "$o" 2>&1 | grep "^|"
   done
