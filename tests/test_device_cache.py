@@ -253,3 +253,14 @@ def test_what_it_cannot_run_says_why(q4_0):
         Engine(EngineConfig(model_path=bundled_model_dir(), device="cpu", dtype="bfloat16",
                             decode="device-cache"))  # fmt: skip
     assert engine(q4_0, "auto").decode_path == "model"  # on a CPU auto keeps transformers' forward
+
+
+def test_file_nbytes_is_what_pinning_would_lock(q4_0):
+    """The size describe()'s --pin-checkpoint tip quotes: the whole file(s)."""
+    from lazymoe.engine.storage.store import ExpertStore
+
+    assert GGUFExpertStore.open(q4_0).file_nbytes == q4_0.stat().st_size
+    folder = bundled_model_dir()
+    assert ExpertStore.open(folder).file_nbytes == sum(
+        p.stat().st_size for p in folder.glob("*.safetensors")
+    )

@@ -359,6 +359,10 @@ class Engine:
         if self.decode_path == "device-cache":
             lines.append(_("the GPU keeps the expert cache itself: it reads a missed expert straight "
                            "from the page-locked file, and each token is one CUDA graph"))  # fmt: skip
+        elif self.decode_path == "graphs" and device_cache.unsupported_reason(self, True) is None:
+            lines.append(_("tip: with --pin-checkpoint the GPU keeps the expert cache itself and reads "
+                           "missed experts straight from the file (it locks the file in RAM: {size})"
+                           ).format(size=format_bytes(self.store.file_nbytes)))  # fmt: skip
         lines += placement.describe_lines(self.runtime)  # auto: the measured rates, the choices
         return "\n".join(lines + describe_lines(self.shares, self.total_experts))
 

@@ -133,6 +133,7 @@ def test_without_a_locked_file_it_says_what_to_do(tmp_path):
     path = twin("q4_0", tmp_path)
     e = Engine(EngineConfig(model_path=path, device="cuda", prefetch=False))
     assert e.decode_path == "graphs"  # auto without pin_checkpoint
+    assert "tip: with --pin-checkpoint" in e.describe()  # and the tip says what it would cost
     e.close()
     with pytest.raises(ValueError, match="pin_checkpoint=True"):
         Engine(EngineConfig(model_path=path, device="cuda", decode="device-cache"))

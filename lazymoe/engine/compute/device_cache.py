@@ -141,9 +141,10 @@ if triton is not None:
                 tl.store(dst_ptr + slot * STRIDE + start + w, words, mask=ok)
 
 
-def unsupported_reason(engine) -> str | None:
+def unsupported_reason(engine, assume_pinned: bool = False) -> str | None:
     """Why decode="device-cache" cannot run this engine, or None when it can (beyond what the
-    graph decoder itself needs: graphs.unsupported_reason)."""
+    graph decoder itself needs: graphs.unsupported_reason). assume_pinned: as if the checkpoint
+    were page-locked (would --pin-checkpoint be enough?)."""
     store = engine.store
     if triton is None:
         return "Triton is not installed"
@@ -158,7 +159,7 @@ def unsupported_reason(engine) -> str | None:
         return (f"the checkpoint's experts are {store.dtype} and the engine computes in "
                 f"{engine.dtype}: misses are copied as stored, so give dtype="
                 f"{str(store.dtype).removeprefix('torch.')!r} (or use decode='graphs')")  # fmt: skip
-    if engine.device.type == "cuda" and not getattr(store, "pinned", False):
+    if engine.device.type == "cuda" and not (assume_pinned or getattr(store, "pinned", False)):
         return ("the GPU reads missed experts straight from the file, which it can do only once "
                 "the file is page-locked: add pin_checkpoint=True (--pin-checkpoint)")  # fmt: skip
     book = engine.tiers.device.book

@@ -196,6 +196,11 @@ class GGUFExpertStore(ExpertSource):
             getattr(out, role).copy_(getattr(q, role).dequantize(), non_blocking=non_blocking)
         return q.nbytes
 
+    @property
+    def file_nbytes(self) -> int:
+        """Bytes `pin_for_cuda` locks: the whole file."""
+        return int(self._reader.data.nbytes)
+
     def pin_for_cuda(self) -> int:
         """Page-lock the file's whole map for CUDA, read-only (cudaHostRegister, like
         SafetensorsFile.pin_for_cuda): a miss then copies an expert's stored bytes straight from

@@ -199,6 +199,11 @@ class ExpertStore(ExpertSource):
         files = {id(span.file): span.file for spans in self._locations.values() for span in spans.values()}
         return list(files.values())
 
+    @property
+    def file_nbytes(self) -> int:
+        """Bytes `pin_for_cuda` locks: every file holding experts, whole."""
+        return sum(file.path.stat().st_size for file in self._files())
+
     def pin_for_cuda(self) -> int:
         """Page-lock every expert file's mapping for CUDA (see SafetensorsFile.pin_for_cuda): the
         tiers then copy misses straight from the mapping to VRAM. Needs RAM for all the files
