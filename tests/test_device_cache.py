@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 PROMPTS = ("def load(self, path):\n", "import os\n")
-GEN = GenerationConfig(max_new_tokens=6, stop_token_ids=())
+GEN = GenerationConfig(max_new_tokens=4, stop_token_ids=())
 
 
 @pytest.fixture(scope="module")
