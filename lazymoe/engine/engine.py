@@ -294,10 +294,9 @@ class Engine:
 
     # -- numbers ---------------------------------------------------------------------------------
     def reset_stats(self) -> None:
-        for share in getattr(self, "shares", ()):
-            share.runtime.settle_counts()  # counts the GPU holds belong to the period that ends
         self._totals = {"tokens": 0, "prompt_tokens": 0, "prefill_seconds": 0.0, "decode_seconds": 0.0}
         for share in self.shares:
+            share.runtime.settle_counts()  # counts the GPU holds belong to the period that ends
             share.tiers.reset_stats()
             share.runtime.computed_on.clear()
         if self.runtime.prefetcher is not None:

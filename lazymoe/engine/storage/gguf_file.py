@@ -176,13 +176,12 @@ class GGUFExpertStore(ExpertSource):
         element left out), without a copy: on the CPU the map itself, on a GPU the page-locked
         map read over PCIe (`pin_for_cuda` first)."""
         data = self._reader.data
-        usable = data[: data.nbytes - data.nbytes % dtype.itemsize]
         if device.type == "cuda":
             if not self.pinned:
                 raise GGUFError(f"{self.path}: the GPU reads the file in place only once it is "
                                 "page-locked: open the engine with pin_checkpoint=True")  # fmt: skip
-            return pagelock.device_view(usable.ctypes.data, usable.nbytes, dtype, device)
-        return torch.from_numpy(usable.view(np.ndarray)).view(dtype)
+            return pagelock.device_view(data.ctypes.data, data.nbytes, dtype, device)
+        return pagelock.host_view(data, dtype)
 
     def read(self, layer: int, expert: int) -> ExpertWeights:
         return self.read_quantized(layer, expert).dequantize(self.dtype)

@@ -60,6 +60,13 @@ def _clear_error() -> None:
         torch.zeros(1, device="cuda")
 
 
+def host_view(mapped: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """`mapped` as one flat CPU tensor of `dtype`, without a copy (a tail shorter than one
+    element left out): what a kernel reads in place on the CPU (Triton's interpreter)."""
+    usable = mapped[: mapped.nbytes - mapped.nbytes % dtype.itemsize]
+    return torch.from_numpy(usable.view(np.ndarray)).view(dtype)
+
+
 def device_view(address: int, nbytes: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A CUDA tensor over `nbytes` of host memory at `address`, page-locked by `lock` (no copy):
     kernels reading it read the host's pages over PCIe. With unified addressing (64-bit Linux,

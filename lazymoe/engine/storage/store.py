@@ -251,9 +251,7 @@ class ExpertStore(ExpertSource):
         if len(files) != 1:
             raise ExpertStoreError(f"{self.model_dir}: on a CPU the experts are read in place "
                                    f"from one file, not {len(files)}")  # fmt: skip
-        data = files[0].map()
-        usable = data[: data.nbytes - data.nbytes % dtype.itemsize]
-        return torch.from_numpy(usable.view(np.ndarray)).view(dtype)
+        return pagelock.host_view(files[0].map(), dtype)
 
     @property
     def pinned(self) -> bool:
