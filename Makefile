@@ -14,6 +14,8 @@ TEST_EXTRAS ?= course,serve,bench,llama,hub,dev
 LAB_ARGS ?=
 PYTEST_ARGS ?=
 NOTEBOOK_WORKERS ?= 2
+# unit tests in two processes (CI has 2 cores: ~13 min instead of ~16; UNIT_WORKERS=0 for one)
+UNIT_WORKERS ?= 2
 
 .PHONY: lab test venv install-lab install-test data model lint unit notebooks strip test-gpu test-browser clean help hub hub-proxy test-hub
 
@@ -54,7 +56,7 @@ lint: install-test
 	$(PY) -m lazymoe.quiz
 
 unit: install-test hub-proxy
-	$(VENV)/bin/pytest -m "not notebook and not gpu and not browser" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -m "not notebook and not gpu and not browser" -n $(UNIT_WORKERS) $(PYTEST_ARGS)
 
 notebooks: install-test
 	$(VENV)/bin/pytest -m notebook -n $(NOTEBOOK_WORKERS) $(PYTEST_ARGS)

@@ -23,6 +23,7 @@
 #            GPU, then split over two GPUs when there are two (SERVE_SHAPE, SERVE_BUDGET per GPU)
 #   kernels  the quantized experts' GPU tests and their decode kernels timed (scripts/bench_triton_quant.py)
 #   profile  where a decode step's time goes (python -m lazymoe.bench.profile, 8 layers)
+#   batchprofile  where a batched step's time goes (python -m lazymoe.bench.batch_profile), on batch's model
 #
 # llama.cpp is built ONCE, in the background while the first suites run, by CMake with the SYSTEM compiler (a wrapper compiler's own libstdc++
 # crashed llama-cpp-python beside torch: lazymoe/bench/libstdcxx.py), CUDA for sm_90: the shared
@@ -229,6 +230,7 @@ llama_rows() {  # RESULTS_JSON GGUF MODEL_NAME [--gguf GGUF]: llama.cpp tuned at
 suite_batch() {  # lazymoe serve one request at a time vs batched, on one GPU, then split over two
   local s=${SERVE_SHAPE:-olmoe-1b-7b-shapes} d="/dev/shm/lazymoe-serve-${SERVE_SHAPE:-olmoe-1b-7b-shapes}" n
   if [ -n "${SERVE_MODEL:-}" ]; then d=$SERVE_MODEL; s=$(basename "$(dirname "$d")")
+    local pid; for pid in "${WRITERS[@]}"; do wait "$pid"; done  # compare's GGUF, if it is that one
   elif [ -n "${SERVE_FORMAT:-}" ]; then  # the GGUF prewrite started
     wait "${SERVE_WRITER:-}"; tail -1 "$RESULTS/write-serve-$s.log"
     d="/dev/shm/lazymoe-serve-$s-$SERVE_FORMAT/model-$SERVE_FORMAT.gguf"; s="$s-$SERVE_FORMAT"
@@ -247,6 +249,16 @@ suite_batch() {  # lazymoe serve one request at a time vs batched, on one GPU, t
     log "serve load two GPUs rc=$?"
   fi
   [ -n "${SERVE_MODEL:-}" ] || rm -rf "${d%/model-*.gguf}"
+}
+
+suite_batchprofile() {  # where a batched step's time goes (lazymoe.bench.batch_profile), on batch's model
+  local s=${SERVE_SHAPE:-olmoe-1b-7b-shapes} d
+  if [ -n "${SERVE_MODEL:-}" ]; then d=$SERVE_MODEL
+  else wait "${SERVE_WRITER:-}" 2>/dev/null; d="/dev/shm/lazymoe-serve-$s-${SERVE_FORMAT:-q4_0}/model-${SERVE_FORMAT:-q4_0}.gguf"; fi
+  # shellcheck disable=SC2086
+  timeout 420 python3 -m lazymoe.bench.batch_profile --model "$d" --device cuda --vram-budget "${SERVE_BUDGET:-5GiB}" \
+    ${SERVE_ARGS:-} --compare-host --out "$RESULTS/batch-profile.json" > "$RESULTS/batch-profile.log" 2>&1
+  log "batch profile rc=$? $(grep -E "users|Error" "$RESULTS/batch-profile.log" | tr '\n' ' ')"
 }
 
 suite_kernels() {  # quantized experts on the GPU: correctness first, then the kernels' time per layer

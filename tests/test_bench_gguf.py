@@ -9,6 +9,7 @@ the quantized benchmark model. Results are schema lazymoe.bench/3; /1 and /2 fil
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -218,3 +219,8 @@ def test_gpu_plans_of_a_gguf_entry_read_the_one_file_everywhere(q4_0_file):
     slots = int(0.00002 * harness.GB // entry.nbytes()["expert_bytes"])
     assert specs[1]["resident_fraction"] == slots / (TINY.num_layers * TINY.num_experts)
     assert any("transformers baselines" in line for line in harness.skipped_baselines(plan))
+    # with a page-locked file, the resident row pins it too (decode="device-cache" on a GPU)
+    pinned = harness.build_specs(dataclasses.replace(plan, pin_checkpoint=True), llama_ok=True)
+    resident = [s for s in pinned if s["label"].startswith("lazymoe all resident")]
+    assert [s["label"] for s in resident] == ["lazymoe all resident, pinned file"]
+    assert resident[0]["options"]["pin_checkpoint"] is True

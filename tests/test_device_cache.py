@@ -264,3 +264,124 @@ def test_file_nbytes_is_what_pinning_would_lock(q4_0):
     assert ExpertStore.open(folder).file_nbytes == sum(
         p.stat().st_size for p in folder.glob("*.safetensors")
     )
+
+
+# -- a batched step's experts (EngineBatch on decode="device-cache") ------------------------------
+
+
+def batch_reference(n_slots: int, steps: list[tuple[int, list[list[int]]]], free_first: list[int]):
+    """What the host's batched path does with each step's tokens: their distinct experts
+    looked up once each, ascending, all of them protected (they fit the slots)."""
+    return lru_reference(n_slots, [(layer, sorted({e for ids in tokens for e in ids}))
+                                   for layer, tokens in steps], free_first)  # fmt: skip
+
+
+@pytest.mark.parametrize("n_slots", [12, 40])
+def test_the_batch_assign_kernel_is_the_books_lru(n_slots):
+    """Random steps of 1-5 tokens whose top-k ids repeat across tokens: the distinct experts
+    decide the cache as the host's batched path does; every token gets the slots of its own
+    experts in ascending order, with the top-k place of each."""
+    rng = np.random.default_rng(n_slots)
+    layers, experts, k = 3, 16, 4
+    steps = []
+    for _ in range(50):
+        n_tokens = int(rng.integers(1, 6))
+        pool = rng.choice(experts, 6, replace=False)  # few choices: tokens share experts
+        steps.append((int(rng.integers(layers)),
+                      [rng.choice(pool, k, replace=False).tolist() for _ in range(n_tokens)]))  # fmt: skip
+    free_first = rng.permutation(n_slots).tolist()
+    book, want = batch_reference(n_slots, steps, free_first)
+
+    where = torch.full((layers * experts,), -1, dtype=torch.int32)
+    owner = torch.full((n_slots,), -1, dtype=torch.int32)
+    stamp = torch.tensor([device_cache.FREE_STAMP - n_slots + free_first.index(s)
+                          for s in range(n_slots)], dtype=torch.int64)  # fmt: skip
+    clock = torch.zeros(1, dtype=torch.int64)
+    counts = torch.zeros(layers, 3, dtype=torch.int64)
+    seen = torch.zeros(experts, dtype=torch.int32)
+    for (layer, tokens), (slots, missed) in zip(steps, want, strict=True):
+        n = len(tokens) * k
+        index = torch.full((2, n), -7, dtype=torch.int64)
+        fill = torch.full((2 * experts,), -7, dtype=torch.int32)
+        ids = torch.tensor(tokens).reshape(-1)
+        device_cache._assign_batch_kernel[(1,)](
+            ids, where, owner, stamp, clock, index, fill, counts, seen, layer, experts, n_slots,
+            n, K=k, EP=16, SP=64, BLOCK=8,  # blocks of 8 pairs: the loops take several steps
+        )  # fmt: skip
+        assert not seen.any()  # zeros again for the next call
+        slot_of = dict(zip(sorted({e for t in tokens for e in t}), slots, strict=True))
+        for t, token_ids in enumerate(tokens):
+            mine = slice(t * k, t * k + k)
+            assert index[0, mine].tolist() == [slot_of[e] for e in sorted(token_ids)]
+            assert [token_ids[p] for p in index[1, mine].tolist()] == sorted(token_ids)
+        distinct = len(slot_of)
+        assert [s for s in fill[:distinct].tolist() if s >= 0] == missed  # in order
+        assert fill[distinct:experts].tolist() == [-1] * (experts - distinct)  # nothing else
+        keys = fill[experts : experts + distinct].tolist()
+        assert keys == [layer * experts + e for e in sorted(slot_of)]
+    placed = sorted(((int(o) // experts, int(o) % experts), s)
+                    for s, o in enumerate(owner.tolist()) if o >= 0)  # fmt: skip
+    assert placed == sorted(book._slot_of.items())
+    order = [(int(owner[s]) // experts, int(owner[s]) % experts)
+             for s in np.argsort(stamp.numpy(), kind="stable") if owner[s] >= 0]  # fmt: skip
+    assert order == book.policy.oldest_first()
+    st = book.stats
+    assert counts[:, 0].tolist() == [st.hits_per_layer.get(i, 0) for i in range(layers)]
+    assert counts[:, 1].tolist() == [st.misses_per_layer.get(i, 0) for i in range(layers)]
+    assert counts[:, 2].tolist() == [st.evictions_per_layer.get(i, 0) for i in range(layers)]
+
+
+def batched(e: Engine, prompts: list[list[int]], device_experts: bool,
+            together: bool = False) -> tuple[list, object]:  # fmt: skip
+    """Requests that join one after another (or all at once, prefilled in one pass) and decode
+    together: their tokens, the batch."""
+    with e.batch() as batch:
+        batch.device_experts = device_experts
+        handles = []
+        if together:
+            handles = [h for h, _ in batch.add_many(prompts, [GEN] * len(prompts))]
+        for prompt in [] if together else prompts:
+            handles.append(batch.add(prompt, GEN)[0])
+            batch.step()
+        while len(batch):
+            batch.step()
+        return [batch.tokens(h) for h in handles], batch
+
+
+@pytest.mark.parametrize(("source", "together"), [("q4_0", False), ("float32", False),
+                                                  ("float32", True)])  # fmt: skip
+def test_batched_steps_on_the_device_match_the_hosts_batch(q4_0, source, together):
+    """EngineBatch on decode="device-cache": the batched steps' experts (and the prefills')
+    looked up, filled and computed on the device's tables give each request the tokens of
+    generating it alone (prompts prefilled one by one, or together in one padded pass), and
+    leave the cache (counts, slots, LRU order, link bytes) exactly as the host's batched path
+    does; the cache is back in the host's book once nobody decodes."""
+    # 20 slots of the 64 experts: misses and evictions, and room for the 16 a layer has (so
+    # any pass can run on the device's tables: `can_batch`)
+    if source == "q4_0":
+        make = lambda decode: engine(q4_0, decode, slots=20)  # noqa: E731
+        tokenizer = load_tokenizer(q4_0)
+    else:
+        budget = 20 * 3 * 4 * 128 * 128  # 20 experts of float32 (I 128, D 128)
+        make = lambda decode: Engine(EngineConfig(  # noqa: E731
+            model_path=bundled_model_dir(), device="cpu", dtype="float32", vram_budget=budget,
+            decode=decode, prefetch=False))  # fmt: skip
+        tokenizer = load_tokenizer(bundled_model_dir())
+    # the quantized kernels are slow under the interpreter: two requests there, three in float32
+    prompts = [tokenizer.encode(p) for p in (*PROMPTS, "SELECT name FROM")][: 2 if source == "q4_0" else 3]
+    alone = make("device-cache")
+    expected = [alone.generate(p, GEN) for p in prompts]
+    runs = {}
+    for device_experts in (False, True):
+        e = make("device-cache")
+        tokens, batch = batched(e, prompts, device_experts, together)
+        assert tokens == expected
+        assert batch.step_counts["batched"] > 0
+        assert batch.device_steps == (batch.step_counts["batched"] if device_experts else 0)
+        # each prefill pass too (one for the three prompts together)
+        assert batch.device_prefills == device_experts * (1 if together else len(prompts))
+        assert e.runtime.lent_to is None
+        runs[device_experts] = (cache_state(e), dict(e.runtime.computed_on))
+    assert runs[True] == runs[False]
+    state = runs[True][0]
+    assert state[1] and state[2]  # misses and evictions happened

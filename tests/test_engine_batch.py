@@ -421,3 +421,64 @@ def test_generating_on_the_engine_while_a_lone_sequence_holds_its_decoder_is_ref
         while len(batch):
             batch.step()
         assert batch.tokens(b) == engine.generate(prompts[1], GREEDY)
+
+
+# -- prompts prefilled together (add_many) -------------------------------------------------------
+@needs_bundled
+@pytest.mark.parametrize("n_slots", [3, None])
+def test_prompts_prefilled_together_give_each_its_tokens_alone(prompts, n_slots):
+    """Four prompts of different lengths in one padded pass (and a refused one between them):
+    each gets the first token and the tokens it gets alone; the refused one gets its error and
+    the others join anyway."""
+    engine = bundled(n_slots)
+    expected = alone(engine, prompts)
+    engine.reset_stats()
+    with engine.batch() as batch:
+        joined = batch.add_many([prompts[0], [], prompts[1], prompts[2], prompts[3]],
+                                [GREEDY] * 5)  # fmt: skip
+        assert isinstance(joined[1], ValueError) and "empty" in str(joined[1])
+        handles = [joined[i][0] for i in (0, 2, 3, 4)]
+        assert [joined[i][1] for i in (0, 2, 3, 4)] == [e[0] for e in expected]
+        assert len(batch) == 4
+        while len(batch):
+            batch.step()
+        assert [batch.tokens(h) for h in handles] == expected
+    assert engine.stats().prompt_tokens == sum(len(p) for p in prompts)
+
+
+def test_prefill_groups_bound_the_padding():
+    """By length; a group's padded tokens at most twice its real ones and at most
+    PREFILL_TOKENS; a prompt longer than that alone."""
+    from lazymoe.engine.batch import PREFILL_TOKENS, prefill_groups
+
+    def groups(lengths):
+        ready = [(i, [1] * n, None) for i, n in enumerate(lengths)]
+        return [[i for i, *_ in group] for group in prefill_groups(ready)]
+
+    assert groups([5, 5, 5]) == [[0, 1, 2]]
+    assert groups([10, 3, 9]) == [[1, 2, 0]]  # 30 padded tokens for 22 real
+    assert groups([1, 1, 1, 9]) == [[0, 1, 2], [3]]  # 36 padded for 12 real: the 9 apart
+    assert groups([24] * 100) == [list(range(85)), list(range(85, 100))]  # 85 * 24 <= 2048
+    assert groups([PREFILL_TOKENS + 1, 4]) == [[1], [0]]
+    assert groups([]) == []
+
+
+@needs_bundled
+def test_a_failed_pass_refuses_its_prompts_and_leaves_the_batch_usable(prompts, monkeypatch):
+    engine = bundled(None)
+    want = alone(engine, prompts[:1])[0]
+    with engine.batch() as batch:
+        h, _ = batch.add(prompts[0], GREEDY)
+        original = engine.model.model.forward
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("out of memory (simulated)")
+
+        monkeypatch.setattr(engine.model.model, "forward", broken)
+        joined = batch.add_many(prompts[1:3], [GREEDY, GREEDY])
+        assert all(isinstance(j, RuntimeError) for j in joined)
+        monkeypatch.setattr(engine.model.model, "forward", original)
+        assert len(batch) == 1
+        while len(batch):
+            batch.step()
+        assert batch.tokens(h) == want

@@ -122,6 +122,48 @@ def test_a_failing_prefill_answers_that_request_only(loop):
     assert backend.step_sizes[0] == 2 and backend.streams_open == 0
 
 
+class GroupBackend(EchoBackend):
+    """The echo model whose batch prefills waiting prompts together (`add_many`), as the
+    engine's does: each call's size written down."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.groups: list[int] = []
+
+    def batch(self):
+        batch, groups = super().batch(), self.groups
+
+        def add_many(prompts, params):
+            groups.append(len(prompts))
+            out = []
+            for prompt_ids, p in zip(prompts, params, strict=True):
+                try:
+                    out.append(batch.add(prompt_ids, p))
+                except Exception as exc:  # as the engine's batch returns it
+                    out.append(exc)
+            return out
+
+        batch.add_many = add_many
+        return batch
+
+
+def test_waiting_requests_are_prefilled_together_and_a_bad_one_fails_alone(loop):
+    """Everyone waiting joins in one `add_many` (the engine: one padded pass), so nobody's first
+    token waits for the prefills of all the others; a prompt the batch refuses gets its 500,
+    the rest decode as before."""
+    backend = GroupBackend(bad_prompt="boom")
+    prompts = [("abc", 3), ("boom", 4), ("hello", 5), ("xy", 7)]
+    results = run_queued(loop, backend, [job(loop, p, n) for p, n in prompts], max_batch=8)
+    assert backend.groups == [4]  # one call for the four waiting
+    for (prompt, n), (tokens, kind, reason) in zip(prompts, results, strict=True):
+        if prompt == "boom":
+            assert tokens == [] and kind == "error" and reason.status == 500
+        else:
+            assert tokens == backend.reply(list(prompt.encode()), n)
+            assert (kind, reason) == ("done", "length")
+    assert backend.step_sizes[0] == 3 and backend.streams_open == 0
+
+
 def test_a_failing_step_answers_500_to_the_batch_and_a_fresh_batch_serves_the_next(loop):
     backend = EchoBackend(fail_after=3, token_delay_s=0.01)
     scheduler = Scheduler(backend, max_queue=8, max_batch=4)

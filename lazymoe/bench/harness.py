@@ -182,8 +182,10 @@ def build_specs(plan: BenchPlan, llama_ok: bool, trace_dir: Path | None = None) 
                                 "kernel": None if kernel == "auto" else kernel,
                                 "pin_checkpoint": plan.pin_checkpoint,
                                 "vram_budget": round(budget * GB), "device": "cuda"}, budget, placement)
-                if plan.include_resident:
-                    add("lazymoe all resident", "lazymoe", {**base, "device": "cuda"}, None, "fetch")
+                if plan.include_resident:  # pinned too when the rows are: decode="device-cache"
+                    label = "lazymoe all resident" + (", pinned file" if plan.pin_checkpoint else "")
+                    add(label, "lazymoe", {**base, "device": "cuda",
+                                           "pin_checkpoint": plan.pin_checkpoint}, None, "fetch")
             else:
                 add("lazymoe (CPU)", "lazymoe", {**base, "device": "cpu", "placement": "cpu"}, None, "cpu")
                 for budget in plan.cpu_cache_budgets_gb:  # a RAM cache over the mapped checkpoint

@@ -47,7 +47,18 @@ alone; the buffers grow and shrink with the rows in use and their lengths (formu
 batch_kv.py).
 
 Two or more live sequences always run this eager layer loop (experts through `ExpertRuntime`,
-whatever placement, quantization, prefetch or learner router the engine has). One live sequence
+whatever placement, quantization, prefetch or learner router the engine has). The host's path
+for a MoE block reads the layer's expert ids (one GPU sync) and looks each distinct expert up
+in Python: ~3 ms a layer, ~140 ms a step at 16 users (measured on an H200, Qwen3-30B-A3B
+shapes in Q4_0, every expert in VRAM), while one user's token takes ~11 ms. So on
+decode="device-cache" (compute/device_cache.py: the GPU keeps the expert cache itself) a
+batched step's experts, and those of a new request's prefill, run on the device's tables
+instead (`DeviceCacheDecoder.batch_experts`): the pass's distinct experts looked up on the GPU,
+each miss filled once from the page-locked file, every token's experts computed in one launch,
+no host sync. It decides as the host's book would (the same hits, evictions and LRU order) and
+adds in the same order (the same tokens); it takes passes of at most 256 (token, expert) pairs
+that the slots can hold at once (`can_batch`), larger ones take the host's path;
+`device_steps` counts the batched steps that ran there. One live sequence
 alone takes the engine's single-sequence path instead, the one `Engine.stream` takes (`fast_lone`,
 on by default): the segmented/CUDA-graph decoder of `compute/graphs.py` where the engine has one
 (`engine.decode_path` "graphs" or "segments"), else transformers' own forward ("model", the CPU).
@@ -99,6 +110,7 @@ if TYPE_CHECKING:
     from lazymoe.engine.engine import Engine
 
 _LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+PREFILL_TOKENS = 2048  # padded tokens of prompts prefilled in one pass at most (`add_many`)
 
 
 @dataclass
@@ -134,10 +146,14 @@ class _Sequence:
 class EngineBatch:
     """Requests that join, decode together one step at a time, and leave (`Engine.batch()`)."""
 
-    def __init__(self, engine: Engine, fast_lone: bool = True) -> None:
+    def __init__(self, engine: Engine, fast_lone: bool = True, device_experts: bool = True) -> None:
         self.engine = engine
         # one live sequence decodes through the engine's single-sequence path (module doc)
         self.fast_lone = fast_lone
+        # decode="device-cache": the batched steps' experts on the GPU's own tables (module doc)
+        self.device_experts = device_experts
+        self.device_steps = 0  # batched steps whose experts ran that way
+        self.device_prefills = 0  # prefill passes (one prompt, or several together) too
         self.step_counts = {"single": 0, "batched": 0}  # steps decoded by each path
         self.last_path: str | None = None  # "single" or "batched": the last step's
         self._layers = list(engine.model.model.layers)
@@ -170,6 +186,41 @@ class EngineBatch:
         ValueError for an empty prompt, ids outside the vocabulary or max_new_tokens=0; the batch
         is unchanged then.
         """
+        prompt_ids, gen = self._checked(prompt_ids, gen)
+        return self._prefill([(prompt_ids, gen)])[0]
+
+    @torch.inference_mode()
+    def add_many(
+        self, prompts: list[list[int]], gens: list[GenerationConfig | None]
+    ) -> list[tuple[int, int] | Exception]:
+        """Several requests join at once, their prompts prefilled together: one pass through
+        the model for up to PREFILL_TOKENS padded tokens (the server admits everyone waiting
+        this way, so the last of 16 users does not wait for 15 prefills before its first token).
+
+        Per prompt, in order: (handle, first new token id), or the exception that kept it out
+        (`add`'s ValueErrors; a failed pass fails each prompt in it, the batch stays usable).
+        Each prompt's tokens are those it would get alone: the prompts are padded on the right
+        to the longest of their group, and causal attention never lets a real position see the
+        padding after it; their experts are computed token by token as in a prompt alone.
+        """
+        out: list[tuple[int, int] | Exception | None] = [None] * len(prompts)
+        ready = []
+        for i, (prompt_ids, gen) in enumerate(zip(prompts, gens, strict=True)):
+            try:
+                ready.append((i, *self._checked(prompt_ids, gen)))
+            except ValueError as exc:
+                out[i] = exc
+        for group in prefill_groups(ready):
+            try:
+                joined = self._prefill([(ids, gen) for _, ids, gen in group])
+            except Exception as exc:  # each prompt of the pass gets it
+                joined = [exc] * len(group)
+            for (i, _, _), result in zip(group, joined, strict=True):
+                out[i] = result
+        return out
+
+    def _checked(self, prompt_ids: list[int], gen: GenerationConfig | None):
+        """(prompt ids, settings) of a request a batch can take, or ValueError saying why not."""
         engine, gen = self.engine, gen or GenerationConfig()
         if not prompt_ids:
             raise ValueError("prompt_ids is empty: give at least one token (e.g. the EOS id)")
@@ -185,24 +236,55 @@ class EngineBatch:
                 f"model's sliding attention window of {self._window} positions, which a batch does "
                 "not apply: shorten the request, or generate it alone with engine.generate"
             )
+        return prompt_ids, gen
+
+    def _prefill(self, group: list[tuple[list[int], GenerationConfig]]) -> list[tuple[int, int]]:
+        """One pass of the model over the group's prompts (one alone: as `Engine.stream` runs
+        it; several: right-padded to the longest), each prompt's keys and values into its own
+        cache, its first token sampled: per prompt (handle, token). Nothing joins if it fails."""
+        engine = self.engine
         if engine.runtime.prefetcher is not None:
             engine.runtime.prefetcher.reset_pending()  # guesses of the last step are stale now
-        seq = _Sequence(gen, engine._stop_ids(gen), Sampler(gen, engine.device),
-                        DynamicCache(config=engine.model.config), len(prompt_ids),
-                        len(prompt_ids))  # fmt: skip
+        config = engine.model.config
+        seqs = [_Sequence(gen, engine._stop_ids(gen), Sampler(gen, engine.device),
+                          DynamicCache(config=config), len(ids), len(ids))
+                for ids, gen in group]  # fmt: skip
         start = time.perf_counter()
-        ids = torch.tensor([prompt_ids], device=engine.device)
-        logits = engine.model(
-            input_ids=ids, cache=seq.cache, use_cache=True, logits_to_keep=1
-        ).logits
-        token = seq.sampler(logits[0, -1])
+        longest = max(len(ids) for ids, _ in group)
+        ids = torch.tensor([ids + ids[-1:] * (longest - len(ids)) for ids, _ in group],
+                           device=engine.device)  # fmt: skip
+        runtime = engine.runtime  # the prompts' experts on the device's tables, where it can
+        runtime.batch_on_device = self._device_cache(ids.numel())
+        self.device_prefills += runtime.batch_on_device is not None
+        try:
+            if len(group) == 1:
+                cache = seqs[0].cache
+                logits = engine.model(input_ids=ids, cache=cache, use_cache=True,
+                                      logits_to_keep=1).logits[:, -1]  # fmt: skip
+            else:
+                cache = DynamicCache(config=config)
+                hidden = engine.model.model(input_ids=ids, cache=cache, use_cache=True)
+                last = torch.tensor([seq.length - 1 for seq in seqs], device=engine.device)
+                rows = torch.arange(len(seqs), device=engine.device)
+                logits = engine.model.lm_head(hidden.last_hidden_state[rows, last])  # (B, V)
+        finally:
+            runtime.batch_on_device = None
+        if len(group) > 1:  # each prompt's own positions, copied out of the padded pass
+            for b, seq in enumerate(seqs):
+                for i, layer in enumerate(cache.layers):
+                    seq.cache.update(layer.keys[b : b + 1, :, : seq.length].clone(),
+                                     layer.values[b : b + 1, :, : seq.length].clone(), i)  # fmt: skip
+        tokens = [seq.sampler(logits[b]) for b, seq in enumerate(seqs)]
         totals = engine._totals
         totals["prefill_seconds"] += time.perf_counter() - start
-        totals["prompt_tokens"] += len(prompt_ids)
-        handle, self._next_handle = self._next_handle, self._next_handle + 1
-        self._seqs[handle] = seq
-        self._accept(handle, seq, token)
-        return handle, token
+        totals["prompt_tokens"] += sum(seq.length for seq in seqs)
+        out = []
+        for seq, token in zip(seqs, tokens, strict=True):
+            handle, self._next_handle = self._next_handle, self._next_handle + 1
+            self._seqs[handle] = seq
+            self._accept(handle, seq, token)
+            out.append((handle, token))
+        return out
 
     def remove(self, handle: int) -> None:
         """Drop a sequence now and free its keys and values; an unknown handle is not an error."""
@@ -237,6 +319,8 @@ class EngineBatch:
     def _free(self, handle: int, seq: _Sequence) -> None:
         seq.free()
         self._kv.release(handle)
+        if not len(self):  # nobody decodes: a cache lent for batched steps back to the host's book
+            self.engine.runtime.reclaim()
 
     def _accept(self, handle: int, seq: _Sequence, token: int) -> None:
         """Record a new token; a sequence that stops frees its keys and values at once."""
@@ -347,18 +431,57 @@ class EngineBatch:
         rope = base.rotary_emb(h, position_ids=torch.tensor(positions, device=device)[:, None])
         self._kv.prepare(positions)
         moved = {}  # the rotary cos/sin on each layer device, moved once per step
-        for layer, layer_device in zip(self._layers, self._devices, strict=True):
-            h = h.to(layer_device)  # a no-op unless the layers are split across devices
-            x = layer.input_layernorm(h)  # (B, 1, D)
-            attn, _ = layer.self_attn(
-                hidden_states=x,
-                position_embeddings=tensors_to(rope, layer_device, moved),
-                attention_mask=self._kv.mask(layer_device),  # (B, 1, 1, L)
-                cache=self._kv,
-            )
-            h = h + attn
-            h = h + _mlp_output(layer.mlp(layer.post_attention_layernorm(h)), h.shape)
+        runtime = engine.runtime
+        runtime.batch_on_device = self._device_cache(len(seqs))
+        self.device_steps += runtime.batch_on_device is not None
+        try:
+            for layer, layer_device in zip(self._layers, self._devices, strict=True):
+                h = h.to(layer_device)  # a no-op unless the layers are split across devices
+                x = layer.input_layernorm(h)  # (B, 1, D)
+                attn, _ = layer.self_attn(
+                    hidden_states=x,
+                    position_embeddings=tensors_to(rope, layer_device, moved),
+                    attention_mask=self._kv.mask(layer_device),  # (B, 1, 1, L)
+                    cache=self._kv,
+                )
+                h = h + attn
+                h = h + _mlp_output(layer.mlp(layer.post_attention_layernorm(h)), h.shape)
+        finally:
+            runtime.batch_on_device = None
         return engine.model.lm_head(base.norm(h))[:, -1]  # (B, V)
+
+    def _device_cache(self, n_tokens: int):
+        """The engine's device-cache decoder, its tables holding the cache, when the experts of
+        a pass over `n_tokens` tokens (a batched step, a prefill) can run on them
+        (`DeviceCacheDecoder.batch_experts`); else None (the host's path: a replayed trace, a
+        count of computed experts, too many (token, expert) pairs for one program or the slots)."""
+        engine, runtime = self.engine, self.engine.runtime
+        if not self.device_experts or engine.decode_path != "device-cache":
+            return None
+        if runtime.replay is not None or runtime.computed_experts is not None:
+            return None
+        decoder = engine._decoder_for(1)  # the one it has (made on first use)
+        if not decoder.can_batch(n_tokens):
+            return None
+        decoder.lend()
+        return decoder
+
+
+def prefill_groups(ready: list[tuple]) -> list[list[tuple]]:
+    """(index, prompt ids, settings) of requests in groups prefilled together: by length, so
+    that a group's padding adds at most as many tokens as its prompts hold, and at most
+    PREFILL_TOKENS padded tokens a group (one prompt longer than that goes alone)."""
+    groups: list[list[tuple]] = []
+    real = 0
+    for item in sorted(ready, key=lambda item: len(item[1])):
+        n = len(item[1])  # the longest so far: the group's padded length
+        if groups and (len(groups[-1]) + 1) * n <= min(2 * (real + n), PREFILL_TOKENS):
+            groups[-1].append(item)
+            real += n
+        else:
+            groups.append([item])
+            real = n
+    return groups
 
 
 def _mlp_output(out, shape: torch.Size) -> torch.Tensor:

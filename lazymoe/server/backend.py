@@ -50,6 +50,8 @@ class BackendBatch(Protocol):
     """Sequences decoding together: each joins with its own prefill, then one `step` for all.
 
     handle, first = batch.add(prompt_ids, params)   # prefill alone; the first new token
+    batch.add_many(prompts, params)                 # optional: prefilled together; per prompt
+                                                    # (handle, first) or the exception
     new = batch.step()                              # {handle: next token} for every live one
     batch.finished(handle)                          # end of sequence or max_new_tokens reached
     batch.remove(handle)                            # leave now, free its KV cache
@@ -168,6 +170,11 @@ class EngineBatchAdapter:
 
     def add(self, prompt_ids: list[int], params: SamplingParams) -> tuple[int, int]:
         return self._batch.add(prompt_ids, generation_config(params))
+
+    def add_many(
+        self, prompts: list[list[int]], params: list[SamplingParams]
+    ) -> list[tuple[int, int] | Exception]:
+        return self._batch.add_many(prompts, [generation_config(p) for p in params])
 
     def step(self) -> dict[int, int]:
         new = self._batch.step()

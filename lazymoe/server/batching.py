@@ -2,8 +2,9 @@
 
 One loop, on the scheduler's worker thread (the only thread that touches the engine):
 
-    admit   waiting jobs join, taken round-robin by member, until `max_batch` are live; each
-            one's prompt is prefilled alone and its first token sent at once
+    admit   waiting jobs join, taken round-robin by member, until `max_batch` are live; their
+            prompts are prefilled together (one pass, `add_many`; grouped by length) and each
+            first token sent at once
     step    one decode step for all live jobs: a new token each, the union of their experts
             fetched once per layer (that is the saving: one fetch serves every job that routes
             to the expert)
@@ -54,8 +55,7 @@ class BatchLoop:
             jobs = s.take(s.max_batch - len(self.live), wait=not self.live)
             if jobs is None:
                 return  # shutting down, nothing queued, nothing live
-            for job in jobs:
-                self._admit(job)
+            self._admit(jobs)
             for handle, job in list(self.live.items()):
                 if job.cancelled.is_set():  # the client went away: free the slot before the step
                     self._retire(handle, "cancelled")
@@ -63,22 +63,49 @@ class BatchLoop:
                 self._step()
             self._answer()
 
-    def _admit(self, job: Job) -> None:
+    def _admit(self, jobs: list[Job]) -> None:
+        """Prefill the jobs and send each its first token: together in one pass where the batch
+        can (`add_many`), else one after another."""
         s = self.scheduler
-        if s.refuse_stale(job):
+        jobs = [job for job in jobs if not s.refuse_stale(job)]
+        if not jobs:
             return
-        job.started_s = time.monotonic()
         try:
             if self.batch is None:
                 self.batch = s.backend.batch()
-            handle, first = self.batch.add(job.prompt_ids, job.params)
-        except Exception as exc:  # this job's prefill failed: answer it, the others go on
-            log.exception("prefill of %s failed", job.job_id)
-            self._over.append((job, engine_failed(exc)))
+        except Exception as exc:  # no batch at all: every job gets the error
+            log.exception("the engine's batch could not be made")
+            self._over.extend((job, engine_failed(exc)) for job in jobs)
             return
+        if len(jobs) > 1 and callable(getattr(self.batch, "add_many", None)):
+            for job in jobs:
+                job.started_s = time.monotonic()
+            try:
+                results = self.batch.add_many([j.prompt_ids for j in jobs], [j.params for j in jobs])
+            except Exception as exc:  # the batch refused them all
+                results = [exc] * len(jobs)
+            for job, result in zip(jobs, results, strict=True):
+                self._joined(job, result)
+            self._answer()
+            return
+        for job in jobs:
+            job.started_s = time.monotonic()
+            try:
+                result = self.batch.add(job.prompt_ids, job.params)
+            except Exception as exc:  # this job's prefill failed: answer it, the others go on
+                result = exc
+            self._joined(job, result)
+            self._answer()  # a one-token answer goes out before the next job's prefill
+
+    def _joined(self, job: Job, result: tuple[int, int] | Exception) -> None:
+        """A job's prefill done: live with its first token sent, or answered with the error."""
+        if isinstance(result, Exception):
+            log.error("prefill of %s failed", job.job_id, exc_info=result)
+            self._over.append((job, engine_failed(result)))
+            return
+        handle, first = result
         self.live[handle] = job
         self._take(handle, first)
-        self._answer()  # a one-token answer goes out before the next job's prefill
 
     def _step(self) -> None:
         assert self.batch is not None

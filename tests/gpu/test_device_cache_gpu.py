@@ -122,11 +122,11 @@ def test_a_gguf_in_float_slots_keeps_the_graph_decoder(tmp_path):
     """kernel='batched' dequantizes a GGUF file's experts into float slots: the GPU cannot copy
     them as stored, so auto keeps decode='graphs' and an explicit device-cache says why."""
     path = twin("q4_0", tmp_path)
-    e = engine(path, "auto", 5, kernel="batched")
+    e = engine(path, "auto", None, kernel="batched")  # (float slots: no budget in stored bytes)
     assert e.decode_path == "graphs"
     e.close()
     with pytest.raises(ValueError, match="dequantized into float slots"):
-        engine(path, "device-cache", 5, kernel="batched")
+        engine(path, "device-cache", None, kernel="batched")
 
 
 def test_without_a_locked_file_it_says_what_to_do(tmp_path):
@@ -137,3 +137,60 @@ def test_without_a_locked_file_it_says_what_to_do(tmp_path):
     e.close()
     with pytest.raises(ValueError, match="pin_checkpoint=True"):
         Engine(EngineConfig(model_path=path, device="cuda", decode="device-cache"))
+
+
+def staggered_batch(e: Engine, prompts, gen, device_experts: bool):
+    """Requests joining one after another, decoding together: their tokens, the batch."""
+    with e.batch() as batch:
+        batch.device_experts = device_experts
+        handles = []
+        for prompt in prompts:
+            handles.append(batch.add(prompt, gen)[0])
+            batch.step()
+        while len(batch):
+            batch.step()
+        return [batch.tokens(h) for h in handles], batch
+
+
+@pytest.mark.parametrize("name", ["q8_0", "q4_0"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("slots", [9, None], ids=["9-slots", "no-budget"])
+def test_batched_steps_on_the_device_match_the_hosts_batch(tmp_path, name, dtype, slots):
+    """EngineBatch's batched steps with the experts looked up, filled from the locked file and
+    computed on the GPU's tables: the same tokens and the same book as the host's batched path
+    (same kernels, same order); in float32 each request's tokens are those of generating it
+    alone."""
+    path = twin(name, tmp_path)
+    tok = load_tokenizer(path)
+    prompts = [tok.encode(p) for p in (PROMPT, "import os\n", "SELECT name FROM", "x = [")]
+    runs = {}
+    for device_experts in (False, True):
+        e = engine(path, "device-cache", slots, dtype)
+        tokens, batch = staggered_batch(e, prompts, GEN, device_experts)
+        assert batch.step_counts["batched"] > 0
+        assert batch.device_steps == (batch.step_counts["batched"] if device_experts else 0)
+        assert e.runtime.lent_to is None
+        runs[device_experts] = (tokens, book_state(e))
+        if dtype == "float32" and device_experts:
+            assert tokens == [e.generate(p, GEN) for p in prompts]
+        e.close()
+    assert runs[True] == runs[False]
+
+
+def test_batched_steps_of_a_float_checkpoint():
+    from lazymoe.paths import bundled_model_dir
+
+    tok = load_tokenizer(bundled_model_dir())
+    prompts = [tok.encode(p) for p in (PROMPT, "import os\n", "SELECT name FROM")]
+    runs = {}
+    for device_experts in (False, True):
+        e = Engine(EngineConfig(model_path=bundled_model_dir(), device="cuda", dtype="float32",
+                                vram_budget=9 * 3 * 4 * 128 * 128, decode="device-cache",
+                                prefetch=False, pin_checkpoint=True))  # fmt: skip
+        tokens, batch = staggered_batch(e, prompts, GEN, device_experts)
+        assert batch.device_steps == (batch.step_counts["batched"] if device_experts else 0)
+        runs[device_experts] = (tokens, book_state(e))
+        if device_experts:
+            assert tokens == [e.generate(p, GEN) for p in prompts]
+        e.close()
+    assert runs[True] == runs[False]

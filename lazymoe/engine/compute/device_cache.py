@@ -26,6 +26,12 @@ in the engine's dtype: the bytes are copied as stored), on a GPU the files page-
 the GPU keeps). The CPU runs the same loop eagerly, kernels under Triton's interpreter: the unit
 tests check it token for token, and hit for hit against the host's book (tests/test_device_cache.py).
 
+A batched step of several requests (engine/batch.py), and the prompts' prefill there, use the
+same tables: `batch_experts` runs `_assign_batch_kernel` (the pass's T x K ids; the layer's
+experts it uses looked up in ascending order, each once, as the host's batched path does),
+`_fill_kernel` for its misses, and one launch of the experts' kernels for every token. No host sync there
+either: the eager layer loop only launches.
+
 The host's `CacheBook` stays the record between generations: after a prompt's prefill (which runs
 through transformers and the host's cache) the decoder loads the book into its device tables
 (`load_prefill`); when the generation ends (`end`) it writes the tables back into the book, with
@@ -36,7 +42,7 @@ Device tables (S slots, L layers, E experts per layer; key = layer * E + expert)
 
     where  (L E,) int32   key -> slot, or -1
     owner  (S,)   int32   slot -> key, or -1 when free
-    stamp  (S,)   int64   when the slot was last used: clock * K + rank (rank = the expert's place
+    stamp  (S,)   int64   when the slot was last used: clock * 2^16 + rank (rank = the expert's place
                           in its layer's ascending order, as the host book meets them); free
                           slots below every used one, in the order the book hands them out
     counts (L, 3) int64   hits, misses (by layer), evictions (by the victim's layer)
@@ -49,6 +55,7 @@ import time
 import numpy as np
 import torch
 
+from lazymoe.engine.compute import kernels, triton_quant
 from lazymoe.engine.compute.graphs import SegmentedDecoder
 from lazymoe.engine.compute.triton_kernels import triton
 from lazymoe.engine.parts.policies import LRU
@@ -57,8 +64,13 @@ if triton is not None:
     import triton.language as tl
 
     _NO_SLOT = tl.constexpr(1 << 62)  # the stamp of padding past the last slot: never a victim
+    _RANKS = tl.constexpr(1 << 16)  # stamps are clock * _RANKS + rank: room for any step's experts
 
 MAX_SLOTS = 16384  # the LRU search is one program's vector of stamps: registers bound it
+# a float pool's experts take a launch per token (kernels.batched_decode_indexed): passes of at
+# most this many tokens run on the device's tables (a long prompt's prefill takes the host's path)
+FLOAT_BATCH_TOKENS = 32
+BATCH_BLOCK = 256  # pairs a step of the batch assign kernel's loops takes
 FREE_STAMP = -(1 << 40)  # free slots: older than any used one
 FILL_WORDS = 1024  # words a program of the fill kernel copies (8 KB of int64)
 _WORD_DTYPES = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
@@ -90,7 +102,7 @@ if triton is not None:
         for r in tl.static_range(K):  # the hits first: stamped now, none can be a victim below
             sel = (rank == r) & hit
             used = tl.sum(tl.where(sel, slot + 1, 0), axis=0) - 1  # its slot, or -1
-            stamps = tl.where(ss == used, clock * K + r, stamps)
+            stamps = tl.where(ss == used, clock * _RANKS + r, stamps)
         for r in tl.static_range(K):  # the misses, in the host book's order: ascending ids
             sel = rank == r
             key_r = tl.sum(tl.where(sel, key, 0), axis=0)
@@ -105,7 +117,7 @@ if triton is not None:
                 tl.atomic_add(counts_ptr + old_layer * 3 + 2, (old >= 0).to(tl.int64))
                 owners = tl.where(ss == victim, key_r, owners)
                 slot = tl.where(sel, victim, slot)
-                stamps = tl.where(ss == victim, clock * K + r, stamps)
+                stamps = tl.where(ss == victim, clock * _RANKS + r, stamps)
                 tl.store(fill_ptr + r, victim)
             else:
                 tl.store(fill_ptr + r, -1)
@@ -119,12 +131,79 @@ if triton is not None:
         tl.atomic_add(counts_ptr + LAYER * 3, hits)
         tl.atomic_add(counts_ptr + LAYER * 3 + 1, K - hits)
 
+    @triton.jit(do_not_specialize=["LAYER", "N"])  # one compile, whatever the pass's size
+    def _assign_batch_kernel(
+        ids_ptr, where_ptr, owner_ptr, stamp_ptr, clock_ptr, index_ptr, fill_ptr, counts_ptr,
+        seen_ptr, LAYER, N_EXPERTS, N_SLOTS, N, K: tl.constexpr, EP: tl.constexpr,
+        SP: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        # a pass's N = T x K ids, token t's at t K .. t K + K - 1 (distinct within a token,
+        # repeated across tokens), looked up as the host's path does: the layer's distinct
+        # experts in ascending order, each once. seen: E int32 scratch, zeros between calls
+        for c in range(0, N, BLOCK):  # which experts the pass uses
+            a = c + tl.arange(0, BLOCK)
+            ids = tl.load(ids_ptr + a, mask=a < N, other=0)
+            tl.store(seen_ptr + ids, 1, mask=a < N)
+        tl.debug_barrier()  # every thread of the program sees every store above
+        e = tl.arange(0, EP)
+        emask = e < N_EXPERTS
+        used = tl.load(seen_ptr + e, mask=emask, other=0) > 0
+        rank = tl.cumsum(used.to(tl.int32), axis=0) - 1  # place among the used ones, ascending
+        distinct = tl.sum(used.to(tl.int32), axis=0)
+        key = LAYER * N_EXPERTS + e
+        slot = tl.load(where_ptr + key, mask=emask, other=-1)
+        hit = used & (slot >= 0)
+        hits = tl.sum(hit.to(tl.int64), axis=0)
+        clock = tl.load(clock_ptr)
+        # the hits first, stamped now (none can be a victim below), then read back by all
+        tl.store(stamp_ptr + slot, clock * _RANKS + rank, mask=hit)
+        tl.store(fill_ptr + e, -1, mask=emask)  # no fill unless a miss below says so
+        tl.store(seen_ptr + e, 0, mask=emask)  # zeros again for the next call
+        tl.debug_barrier()
+        ss = tl.arange(0, SP)
+        smask = ss < N_SLOTS
+        stamps = tl.load(stamp_ptr + ss, mask=smask, other=_NO_SLOT)
+        owners = tl.load(owner_ptr + ss, mask=smask, other=-1)
+        for r in range(0, distinct):  # the misses in the host book's order: ascending ids
+            sel = used & (rank == r)
+            key_r = tl.sum(tl.where(sel, key, 0), axis=0)
+            slot_r = tl.sum(tl.where(sel, slot, 0), axis=0)
+            if slot_r < 0:  # the least recently used slot (never one this pass uses)
+                victim = tl.argmin(stamps, axis=0).to(tl.int32)
+                old = tl.sum(tl.where(ss == victim, owners, 0), axis=0)
+                tl.store(where_ptr + old, -1, mask=old >= 0)
+                tl.store(where_ptr + key_r, victim)
+                old_layer = tl.where(old >= 0, old // N_EXPERTS, LAYER)
+                tl.atomic_add(counts_ptr + old_layer * 3 + 2, (old >= 0).to(tl.int64))
+                owners = tl.where(ss == victim, key_r, owners)
+                stamps = tl.where(ss == victim, clock * _RANKS + r, stamps)
+                tl.store(fill_ptr + r, victim)
+            tl.store(fill_ptr + N_EXPERTS + r, key_r)
+        tl.store(stamp_ptr + ss, stamps, mask=smask)
+        tl.store(owner_ptr + ss, owners, mask=smask)
+        tl.store(clock_ptr, clock + 1)
+        tl.atomic_add(counts_ptr + LAYER * 3, hits)
+        tl.atomic_add(counts_ptr + LAYER * 3 + 1, distinct - hits)
+        tl.debug_barrier()  # the layer's row of `where` holds every used expert's slot now
+        for c in range(0, N, BLOCK):  # per token, its slots in ascending expert order, and
+            a = c + tl.arange(0, BLOCK)  # which top-k weight each takes
+            ok = a < N
+            ids = tl.load(ids_ptr + a, mask=ok, other=0)
+            row = a // K
+            place = row * K
+            for j in tl.static_range(K):  # how many of its token's ids are smaller
+                other = tl.load(ids_ptr + row * K + j, mask=ok, other=0)
+                place += (other < ids).to(place.dtype)
+            got = tl.load(where_ptr + LAYER * N_EXPERTS + ids, mask=ok, other=0)
+            tl.store(index_ptr + place, got.to(tl.int64), mask=ok)
+            tl.store(index_ptr + N + place, (a % K).to(tl.int64), mask=ok)
+
     @triton.jit
     def _fill_kernel(
         src_ptr, dst_ptr, down_ptr, fill_ptr, offsets_ptr, STRIDE, DOWN_STRIDE,
-        SIZE0, SIZE1, SIZE2, START0, START1, START2, K: tl.constexpr, WORDS: tl.constexpr,
+        SIZE0, SIZE1, SIZE2, START0, START1, START2, K, WORDS: tl.constexpr,
     ):  # fmt: skip
-        r = tl.program_id(0)  # which of the layer's K experts
+        r = tl.program_id(0)  # which of the layer's K experts (a batched step: of its K pairs)
         part = tl.program_id(1)  # gate, up, down
         slot = tl.load(fill_ptr + r).to(tl.int64)
         if slot >= 0:  # a miss: copy this part's words, WORDS of them per program
@@ -227,6 +306,7 @@ class DeviceCacheDecoder(SegmentedDecoder):
         self.clock = torch.zeros(1, dtype=torch.int64, device=device)
         self.counts = torch.zeros(n, 3, dtype=torch.int64, device=device)
         self.fill = torch.zeros(n, 2 * k, dtype=torch.int32, device=device)  # slot to fill, key
+        self.seen = torch.zeros(self.n_experts, dtype=torch.int32, device=device)  # batch kernel's
         self.search_width = triton.next_power_of_2(s)
         self.trace_host = torch.zeros(n, k, dtype=torch.long, pin_memory=device.type == "cuda")
         self._trace_np = self.trace_host.numpy()  # writes land in the pinned buffer
@@ -260,6 +340,61 @@ class DeviceCacheDecoder(SegmentedDecoder):
             self.src, *self.dst, self.fill[i], self.offsets, *self.strides, *self.part_words[i],
             *self.starts[i], K=k, WORDS=FILL_WORDS,
         )  # fmt: skip
+
+    # -- a batched step's experts (EngineBatch) -----------------------------------------------------
+    def can_batch(self, n_tokens: int) -> bool:
+        """Whether a pass over `n_tokens` tokens (a batched step, a prefill) can look its experts
+        up on the device: the slots hold every expert a layer might use in it at once (the
+        host's path splits a larger union in chunks instead); a float pool, few tokens."""
+        if not self.quantized and n_tokens > FLOAT_BATCH_TOKENS:
+            return False
+        return min(n_tokens * self.top_k, self.n_experts) <= self.book.n_slots
+
+    def lend(self) -> None:
+        """The host's book into the device tables, unless they hold the cache already."""
+        if not self.active:
+            self._load_tables()
+
+    def batch_experts(self, i: int, hidden: torch.Tensor, top_k_index: torch.Tensor,
+                      top_k_weights: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Layer i's experts for a batched step's T tokens (`ExpertRuntime.forward` sends them
+        here while `EngineBatch` has lent it the step): the distinct experts of all T tokens
+        looked up in the device tables, each miss filled once from the file, every token's
+        experts computed from the slots in one launch. No host sync: the host only launches.
+        hidden (T, D), top_k_index and top_k_weights (T, K) on the device; returns (T, D).
+
+        The tables decide as the host's book would for the same step (the distinct experts in
+        ascending order, one LRU), so the counts and slots are those of the host's batched path."""
+        n_tokens, k = top_k_index.shape
+        n, device, e = n_tokens * k, hidden.device, self.n_experts
+        index = torch.empty(2, n, dtype=torch.int64, device=device)  # per pair: slot, top-k place
+        fill = torch.empty(2 * e, dtype=torch.int32, device=device)  # by rank: slot to fill, key
+        ids = top_k_index.reshape(-1).contiguous()
+        _assign_batch_kernel[(1,)](
+            ids, self.where, self.owner, self.stamp, self.clock, index, fill, self.counts,
+            self.seen, i, e, self.book.n_slots, n, K=k, EP=triton.next_power_of_2(e),
+            SP=self.search_width, BLOCK=BATCH_BLOCK, num_warps=8,
+        )  # fmt: skip
+        _fill_kernel[(e, *self.fill_grid[i][1:])](
+            self.src, *self.dst, fill, self.offsets, *self.strides, *self.part_words[i],
+            *self.starts[i], K=e, WORDS=FILL_WORDS,
+        )  # fmt: skip
+        out = torch.zeros_like(hidden)
+        if self.quantized:  # every pair in one launch; token t's pairs are t K .. t K + K - 1
+            token = torch.arange(n, dtype=torch.int32, device=device) // k
+            starts = torch.arange(0, n + 1, k, dtype=torch.int32, device=device)
+            triton_quant.fused_decode_quantized(
+                out, hidden, top_k_weights, index[0], index[1], self.pool.data, self.layouts[i],
+                token, starts,
+            )  # fmt: skip
+            return out
+        for t in range(n_tokens):  # the float kernels take one token: a launch each
+            kernels.batched_decode_indexed(
+                out[t : t + 1], hidden[t : t + 1], top_k_weights[t : t + 1],
+                index[0, t * k : t * k + k], index[1, t * k : t * k + k], self.pool.gate_up,
+                self.pool.down, self.workspace, self.runtime.act,
+            )  # fmt: skip
+        return out
 
     def _capture_token(self) -> None:
         """Warm up on a side stream (compiles every kernel), then record the whole token. The
@@ -306,10 +441,11 @@ class DeviceCacheDecoder(SegmentedDecoder):
 
     def load_prefill(self, cache, length: int) -> None:
         """The prompt's keys and values (as the graph decoder), and the host's cache book into
-        the device tables: from here until `end` the GPU keeps the cache."""
+        the device tables: from here until `end` the GPU keeps the cache. Tables that hold it
+        already (a batch's prefill ran its experts on them) stay as they are: they are the
+        cache (a host pass in between would have taken it back)."""
         super().load_prefill(cache, length)
-        self.end()  # (if a generation left them loaded)
-        self._load_tables()
+        self.lend()
 
     @torch.inference_mode()  # its tables were made inside a generation's inference mode
     def _load_tables(self) -> None:

@@ -73,6 +73,9 @@ class ExpertRuntime(ExpertCompute):
         # the device-cache decoder (compute/device_cache.py) while its GPU tables hold the cache:
         # the host path hands it back (`reclaim`) before it looks anything up
         self.lent_to = None
+        # the device-cache decoder that computes a batched step's experts on its own tables
+        # (EngineBatch sets it for the step, `DeviceCacheDecoder.batch_experts`), else None
+        self.batch_on_device = None
         self.expert_flops_per_token = expert_flops_per_token
         self.computed_on: defaultdict[str, int] = defaultdict(int)  # "device"/"cpu" -> experts
         pool = tiers.device.pool
@@ -130,6 +133,8 @@ class ExpertRuntime(ExpertCompute):
     def forward(
         self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
     ) -> torch.Tensor:
+        if self.batch_on_device is not None:
+            return self.batch_on_device.batch_experts(layer, hidden, top_k_index, top_k_weights)
         self.reclaim()
         n_tokens, k = top_k_index.shape
         if self.replay is not None:  # the trace's experts, with the router's weights by position
