@@ -59,6 +59,25 @@ def test_update_writes_each_rows_token_at_its_own_position_and_the_mask_hides_th
 
 
 @torch.inference_mode()
+def test_prepare_from_a_device_tensor_gives_the_same_rows_positions_and_mask():
+    """What a recorded (CUDA graph) batched step prepares from the positions on the device:
+    the same as `prepare` from the host's list; one device only."""
+    kv = kv_of()
+    kv.reserve(3, 6)
+    for owner in "abc":
+        kv.add(owner)
+    kv.prepare([2, 0, 5])
+    want = kv._step[CPU]
+    kv.prepare_static(torch.tensor([2, 0, 5]))
+    got = kv._step[CPU]
+    for w, g in zip(want, got, strict=True):
+        assert torch.equal(w, g)
+    split = kv_of(devices=[CPU, torch.device("meta")])
+    with pytest.raises(ValueError, match="every layer on cpu"):
+        split.prepare_static(torch.tensor([0]))
+
+
+@torch.inference_mode()
 def test_a_freed_row_takes_the_last_row_and_no_row_left_drops_the_buffers():
     kv = kv_of()
     kv.reserve(3, 4)
@@ -97,6 +116,24 @@ def test_growing_keeps_every_rows_keys_and_sizes_stay_within_four_times_the_need
         kv.prepare([50])
     assert [_fitted(0, 5), _fitted(8, 5), _fitted(20, 5), _fitted(21, 5), _fitted(0, 5, cap=7)] == [
         10, 8, 20, 10, 7]  # fmt: skip
+
+
+@torch.inference_mode()
+def test_kept_buffers_only_grow_and_stay_when_no_row_is_left():
+    """Once CUDA graphs read the buffers (`keep`), a smaller need keeps them as they are, a
+    larger one grows them (rows copied), and the last row leaving leaves them in place."""
+    kv = kv_of()
+    kv.reserve(8, 20)
+    kv.write(kv.add("a"), [prefix(3, 7.0)] * 2, [prefix(3, 8.0)] * 2, 3)
+    kv.keep = True
+    buffers = list(kv.keys)
+    kv.reserve(1, 4)  # would shrink to (2, 8) otherwise
+    assert (kv.n_rows, kv.max_len) == (16, 40)
+    assert all(k is b for k, b in zip(kv.keys, buffers, strict=True))  # the same tensors
+    kv.reserve(20, 50)
+    assert (kv.n_rows, kv.max_len) == (40, 100) and (kv.read("a", 3)[0][0] == 7.0).all()
+    kv.release("a")
+    assert len(kv) == 0 and (kv.n_rows, kv.max_len) == (40, 100) and kv.nbytes > 0
 
 
 @torch.inference_mode()

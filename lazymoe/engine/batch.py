@@ -92,6 +92,7 @@ thread-safe, and neither is a batch: one caller drives `add`, `step` and `remove
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -109,8 +110,21 @@ if TYPE_CHECKING:
     from lazymoe.engine.compute.graphs import SegmentedDecoder
     from lazymoe.engine.engine import Engine
 
+log = logging.getLogger("lazymoe.engine")
+
 _LAYER_PARTS = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
 PREFILL_TOKENS = 2048  # padded tokens of prompts prefilled in one pass at most (`add_many`)
+
+
+@dataclass
+class _StepGraph:
+    """A batched step recorded for one batch size: token ids and positions go in `inputs`
+    (through the pinned `inputs_host`), the logits come out in `logits`."""
+
+    inputs_host: torch.Tensor  # (2, B): last tokens, positions
+    inputs: torch.Tensor
+    logits: torch.Tensor | None = None
+    graph: torch.cuda.CUDAGraph | None = None
 
 
 @dataclass
@@ -153,6 +167,11 @@ class EngineBatch:
         # decode="device-cache": the batched steps' experts on the GPU's own tables (module doc)
         self.device_experts = device_experts
         self.device_steps = 0  # batched steps whose experts ran that way
+        # and on a GPU, those steps as CUDA graphs, one per batch size (`_graph_step`)
+        self.graphs = True
+        self.graph_steps = 0  # steps that replayed a graph
+        self._graphs: dict[int, _StepGraph] = {}
+        self._graphs_key: tuple | None = None
         self.device_prefills = 0  # prefill passes (one prompt, or several together) too
         self.step_counts = {"single": 0, "batched": 0}  # steps decoded by each path
         self.last_path: str | None = None  # "single" or "batched": the last step's
@@ -420,20 +439,31 @@ class EngineBatch:
 
     def _forward(self, seqs: list[_Sequence]) -> torch.Tensor:
         """The model on each sequence's last token, one attention call per layer for all rows of
-        the batch KV (`seqs` in row order): logits (B, V)."""
+        the batch KV (`seqs` in row order): logits (B, V). On a GPU whose experts run on the
+        device's tables, a CUDA graph of the whole step (one per batch size)."""
+        engine = self.engine
+        decoder = self._device_cache(len(seqs))
+        tokens = [seq.new[-1] for seq in seqs]
+        positions = [seq.length for seq in seqs]  # each one's next position is its length
+        self.device_steps += decoder is not None
+        if decoder is not None and self.graphs and engine.device.type == "cuda":
+            return self._graph_step(decoder, tokens, positions)
+        self._kv.prepare(positions)
+        device = engine.device
+        return self._pass(torch.tensor(tokens, device=device),
+                          torch.tensor(positions, device=device), decoder)  # fmt: skip
+
+    def _pass(self, last: torch.Tensor, at: torch.Tensor, decoder) -> torch.Tensor:
+        """The layer loop on the rows' last tokens (B,) at their positions (B,), the batch KV
+        prepared for them; `decoder`: the device-cache decoder computing the experts, or None.
+        No host values once the inputs are on the device: a CUDA graph can record it."""
         engine = self.engine
         base = engine.model.model
-        device = engine.device
-        last = torch.tensor([[seq.new[-1]] for seq in seqs], device=device)  # (B, 1)
-        h = base.embed_tokens(last)  # (B, 1, D)
-        # each sequence's next position is its length: its own rotary angles and mask row
-        positions = [seq.length for seq in seqs]
-        rope = base.rotary_emb(h, position_ids=torch.tensor(positions, device=device)[:, None])
-        self._kv.prepare(positions)
+        h = base.embed_tokens(last[:, None])  # (B, 1, D)
+        rope = base.rotary_emb(h, position_ids=at[:, None])  # each row's own rotary angles
         moved = {}  # the rotary cos/sin on each layer device, moved once per step
         runtime = engine.runtime
-        runtime.batch_on_device = self._device_cache(len(seqs))
-        self.device_steps += runtime.batch_on_device is not None
+        runtime.batch_on_device = decoder
         try:
             for layer, layer_device in zip(self._layers, self._devices, strict=True):
                 h = h.to(layer_device)  # a no-op unless the layers are split across devices
@@ -449,6 +479,57 @@ class EngineBatch:
         finally:
             runtime.batch_on_device = None
         return engine.model.lm_head(base.norm(h))[:, -1]  # (B, V)
+
+    # -- the batched step as CUDA graphs -----------------------------------------------------------
+    def _graph_step(self, decoder, tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """The step by replaying the graph recorded for this batch size (its first step at a
+        size runs eagerly and records it). Graphs read the batch KV's buffers and the decoder's
+        tables where they were: new buffers (the KV grew or shrank) or a new decoder drop them."""
+        kv = self._kv
+        if max(positions) >= kv.max_len:
+            raise ValueError(f"position {max(positions)} is past max_len={kv.max_len}")
+        key = (id(decoder), id(kv.keys[0]), kv.n_rows, kv.max_len)
+        if key != self._graphs_key:
+            self._graphs, self._graphs_key = {}, key
+        n = len(tokens)
+        step = self._graphs.get(n)
+        if step is None:
+            return self._record(decoder, tokens, positions)
+        step.inputs_host[0], step.inputs_host[1] = torch.tensor(tokens), torch.tensor(positions)
+        step.inputs.copy_(step.inputs_host, non_blocking=True)
+        step.graph.replay()
+        self.graph_steps += 1
+        return step.logits
+
+    def _record(self, decoder, tokens: list[int], positions: list[int]) -> torch.Tensor:
+        """This step eagerly on a side stream (which also compiles the kernels and sets up the
+        libraries), then the same calls recorded as a graph for this batch size: this step's
+        logits. If recording fails, the batch runs its steps eagerly from then on."""
+        device, n = self.engine.device, len(tokens)
+        step = _StepGraph(torch.zeros(2, n, dtype=torch.long, pin_memory=True),
+                          torch.zeros(2, n, dtype=torch.long, device=device))  # fmt: skip
+        step.inputs_host[0], step.inputs_host[1] = torch.tensor(tokens), torch.tensor(positions)
+        step.inputs.copy_(step.inputs_host)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            self._kv.prepare_static(step.inputs[1])
+            logits = self._pass(step.inputs[0], step.inputs[1], decoder).clone()
+        torch.cuda.current_stream(device).wait_stream(side)
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self._kv.prepare_static(step.inputs[1])
+                step.logits = self._pass(step.inputs[0], step.inputs[1], decoder)
+        except Exception:  # the step above stands; later ones run eagerly
+            log.warning("recording the batched step as a CUDA graph failed: batched steps run "
+                        "eagerly from now on", exc_info=True)  # fmt: skip
+            self.graphs = False
+            return logits
+        step.graph = graph
+        self._graphs[n] = step
+        self._kv.keep = True  # the buffers the graphs read stay (they only grow from now on)
+        return logits
 
     def _device_cache(self, n_tokens: int):
         """The engine's device-cache decoder, its tables holding the cache, when the experts of

@@ -21,7 +21,9 @@ into the hole (a copy of one row), so the rows in use stay 0..B-1.
 Size: the buffers grow when a step needs more rows or positions than they have (reallocated and
 copied, to twice what is needed; positions to at most the longest prompt + max_new_tokens among
 the rows), shrink when they have more than four times what is needed, and are dropped when no
-row is in use. So, for B rows in use whose longest needs N positions (its length + 1):
+row is in use; once a CUDA graph reads them (`keep`, a batched step recorded on a GPU) they only
+grow, and stay, so the recorded steps stay valid (the bounds below hold until then). So, for B
+rows in use whose longest needs N positions (its length + 1):
 
     bytes = 2 (keys, values) x layers x R x L x KV heads x head dim x bytes per number
     with B <= R <= 4 B and N <= L <= 4 N
@@ -55,6 +57,9 @@ class BatchKV:
         self.keys: list[torch.Tensor] = []  # per layer (rows, kvh, max_len, hd); [] when empty
         self.values: list[torch.Tensor] = []
         self.n_rows = self.max_len = 0  # the buffers' size
+        # True once a CUDA graph reads these buffers (EngineBatch._record): they only grow then,
+        # and stay when no row is in use, so the graphs recorded on them stay valid
+        self.keep = False
         # per device, set by prepare(): rows (B,) and positions (B,) for update(), mask (B,1,1,L)
         self._step: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -73,7 +78,9 @@ class BatchKV:
             raise ValueError(f"{n_rows} rows reserved, but {len(self.owners)} are in use")
         rows = _fitted(self.n_rows, n_rows)
         max_len = _fitted(self.max_len, length, cap)
-        if n_rows == 0:
+        if self.keep:  # grow only
+            rows, max_len = max(rows, self.n_rows), max(max_len, self.max_len)
+        elif n_rows == 0:
             rows = max_len = 0
         if (rows, max_len) != (self.n_rows, self.max_len):
             self._resize(rows, max_len)
@@ -100,7 +107,7 @@ class BatchKV:
                 values[row].copy_(values[last])
             self.owners[row] = self.owners[last]
         self.owners.pop()
-        if not self.owners:
+        if not self.owners and not self.keep:
             self._resize(0, 0)
 
     # -- copies in and out -----------------------------------------------------------------------
@@ -139,6 +146,18 @@ class BatchKV:
             mask = torch.zeros(hidden.shape, dtype=self.dtype, device=device)
             mask.masked_fill_(hidden, float("-inf"))
             self._step[device] = (rows, at, mask.view(len(positions), 1, 1, self.max_len))
+
+    def prepare_static(self, positions: torch.Tensor) -> None:
+        """`prepare` from the rows' positions in a device tensor (B,), with no host values, so a
+        CUDA graph can record it; every layer on that one device."""
+        if set(self.devices) != {positions.device}:
+            raise ValueError(f"prepare_static needs every layer on {positions.device}")
+        device, n = positions.device, positions.shape[0]
+        rows = torch.arange(n, device=device)
+        hidden = torch.arange(self.max_len, device=device)[None, :] > positions[:, None]  # (B, L)
+        mask = torch.zeros(hidden.shape, dtype=self.dtype, device=device)
+        mask.masked_fill_(hidden, float("-inf"))
+        self._step = {device: (rows, positions, mask.view(n, 1, 1, self.max_len))}
 
     def mask(self, device: torch.device) -> torch.Tensor:
         """(B, 1, 1, max_len) for the attention modules on `device`: 0 where row b may look (its

@@ -194,3 +194,33 @@ def test_batched_steps_of_a_float_checkpoint():
             assert tokens == [e.generate(p, GEN) for p in prompts]
         e.close()
     assert runs[True] == runs[False]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_batched_steps_as_cuda_graphs_match_the_eager_steps(tmp_path, dtype):
+    """The batched step recorded as one CUDA graph per batch size and replayed: the same tokens
+    and the same book as running every step eagerly; batch sizes change as requests join and
+    finish (a graph each), and prompts joining at once are prefilled together."""
+    path = twin("q4_0", tmp_path)
+    tok = load_tokenizer(path)
+    texts = (PROMPT, "import os\n", "SELECT name FROM", "x = [", "class A:\n", "# note\n")
+    prompts = [tok.encode(p) for p in texts]
+    gens = [GenerationConfig(max_new_tokens=8 + 4 * i, stop_token_ids=()) for i in range(len(prompts))]
+    runs = {}
+    for graphs in (False, True):
+        e = engine(path, "device-cache", 40, dtype)
+        with e.batch() as batch:
+            batch.graphs = graphs
+            handles = [h for h, _ in batch.add_many(prompts[:3], gens[:3])]
+            batch.step()
+            handles += [h for h, _ in batch.add_many(prompts[3:], gens[3:])]
+            while len(batch):
+                batch.step()
+            tokens = [batch.tokens(h) for h in handles]
+            assert batch.device_steps == batch.step_counts["batched"]
+            assert (batch.graph_steps > 0) == graphs and batch.graphs == graphs
+            runs[graphs] = (tokens, book_state(e))
+        if dtype == "float32" and graphs:
+            assert tokens == [e.generate(p, g) for p, g in zip(prompts, gens, strict=True)]
+        e.close()
+    assert runs[True] == runs[False]
