@@ -16,8 +16,8 @@ that wants that expert, and the attention, norm and lm_head weights are read onc
 tokens instead of once per token. Aggregate tokens/s rises with B.
 
 What it costs: a step does the work of B tokens (B attentions, a union of experts larger than
-one token's top-k), so each user waits a little longer between their own tokens; and a new
-request's prompt (prefill) runs alone between steps, pausing everyone else while it does. The
+one token's top-k), so each user waits a little longer between their own tokens; and new
+requests' prompts (prefill) run between steps, pausing everyone else while they do. The
 expert cache must hold the batch's union, not one user's experts: when it holds one user's recent
 experts but not the union, one request alone gets hits that the batch loses (bundled model, 4
 users, 16 of 64 experts cached: 704 fetches together against 443 one after another; with 2
@@ -56,9 +56,20 @@ batched step's experts, and those of a new request's prefill, run on the device'
 instead (`DeviceCacheDecoder.batch_experts`): the pass's distinct experts looked up on the GPU,
 each miss filled once from the page-locked file, every token's experts computed in one launch,
 no host sync. It decides as the host's book would (the same hits, evictions and LRU order) and
-adds in the same order (the same tokens); it takes passes of at most 256 (token, expert) pairs
-that the slots can hold at once (`can_batch`), larger ones take the host's path;
-`device_steps` counts the batched steps that ran there. One live sequence
+adds in the same order (the same tokens); it takes passes whose experts the slots can hold at
+once (`can_batch`), larger ones take the host's path; `device_steps` counts the batched steps
+that ran there. That alone changed little (146 ms a step at 16 users, of which the GPU worked
+26 ms: data/results/h200-batch-profile-eager.json): transformers' layer code issues ~60 small
+GPU operations a layer from Python. So on a GPU such a step is recorded once per batch size as a
+CUDA graph and replayed (`_graph_step`, `graph_steps`; `graphs=False` keeps every step eager):
+16 users 232 tok/s against 82 one at a time, 32 users 354 against 89 (same H200 and model,
+data/results/serve-h200-qwen3-q4_0-device-batch-graphs.json). A graph reads the batch KV's
+buffers where they are, so from the first one on the buffers only grow (`BatchKV.keep`).
+
+Prompts that wait together join together (`add_many`, which the server uses): one padded pass
+through the model for all of them (grouped by length, `prefill_groups`), so the last of 16 users
+does not wait for 15 prefills before its first token (16 prompts of 24 tokens: 575 ms together,
+2,210 ms one by one, same GPU). One live sequence
 alone takes the engine's single-sequence path instead, the one `Engine.stream` takes (`fast_lone`,
 on by default): the segmented/CUDA-graph decoder of `compute/graphs.py` where the engine has one
 (`engine.decode_path` "graphs" or "segments"), else transformers' own forward ("model", the CPU).
