@@ -147,6 +147,23 @@ def lru_reference(n_slots: int, steps: list[tuple[int, list[int]]], free_first: 
     return book, out
 
 
+def assert_tables_are_the_book(book, where, owner, stamp, counts, layers: int, experts: int):
+    """The device tables after the kernels hold what the host's book holds: which expert in
+    which slot (and the map back), the LRU order, every layer's hits, misses and evictions."""
+    placed = sorted(((int(o) // experts, int(o) % experts), s)
+                    for s, o in enumerate(owner.tolist()) if o >= 0)  # fmt: skip
+    assert placed == sorted(book._slot_of.items())
+    assert all(where[o].item() == s for s, o in enumerate(owner.tolist()) if o >= 0)
+    assert int((where >= 0).sum()) == len(placed)
+    order = [(int(owner[s]) // experts, int(owner[s]) % experts)
+             for s in np.argsort(stamp.numpy(), kind="stable") if owner[s] >= 0]  # fmt: skip
+    assert order == book.policy.oldest_first()
+    st = book.stats
+    assert counts[:, 0].tolist() == [st.hits_per_layer.get(i, 0) for i in range(layers)]
+    assert counts[:, 1].tolist() == [st.misses_per_layer.get(i, 0) for i in range(layers)]
+    assert counts[:, 2].tolist() == [st.evictions_per_layer.get(i, 0) for i in range(layers)]
+
+
 @pytest.mark.parametrize("n_slots", [4, 11, 40])
 def test_the_assign_kernel_is_the_books_lru(n_slots):
     """The kernel alone against CacheBook: random layers and top-k ids, free slots handed out in
@@ -174,18 +191,7 @@ def test_the_assign_kernel_is_the_books_lru(n_slots):
         assert index[0].tolist() == slots  # ascending expert order
         assert [ids[p] for p in index[1].tolist()] == sorted(ids)  # each slot's top-k position
         assert [s for s in fill[:k].tolist() if s >= 0] == missed  # the slots to fill, in order
-    placed = sorted(((int(o) // experts, int(o) % experts), s)
-                    for s, o in enumerate(owner.tolist()) if o >= 0)  # fmt: skip
-    assert placed == sorted(book._slot_of.items())
-    order = [(int(owner[s]) // experts, int(owner[s]) % experts)
-             for s in np.argsort(stamp.numpy(), kind="stable") if owner[s] >= 0]  # fmt: skip
-    assert order == book.policy.oldest_first()
-    st = book.stats
-    assert counts[:, 0].tolist() == [st.hits_per_layer.get(i, 0) for i in range(layers)]
-    assert counts[:, 1].tolist() == [st.misses_per_layer.get(i, 0) for i in range(layers)]
-    assert counts[:, 2].tolist() == [st.evictions_per_layer.get(i, 0) for i in range(layers)]
-    assert all(where[o].item() == s for s, o in enumerate(owner.tolist()) if o >= 0)
-    assert int((where >= 0).sum()) == len(placed)
+    assert_tables_are_the_book(book, where, owner, stamp, counts, layers, experts)
 
 
 @pytest.mark.parametrize("width", [1, 2, 4, 8])
@@ -319,16 +325,7 @@ def test_the_batch_assign_kernel_is_the_books_lru(n_slots):
         assert fill[distinct:experts].tolist() == [-1] * (experts - distinct)  # nothing else
         keys = fill[experts : experts + distinct].tolist()
         assert keys == [layer * experts + e for e in sorted(slot_of)]
-    placed = sorted(((int(o) // experts, int(o) % experts), s)
-                    for s, o in enumerate(owner.tolist()) if o >= 0)  # fmt: skip
-    assert placed == sorted(book._slot_of.items())
-    order = [(int(owner[s]) // experts, int(owner[s]) % experts)
-             for s in np.argsort(stamp.numpy(), kind="stable") if owner[s] >= 0]  # fmt: skip
-    assert order == book.policy.oldest_first()
-    st = book.stats
-    assert counts[:, 0].tolist() == [st.hits_per_layer.get(i, 0) for i in range(layers)]
-    assert counts[:, 1].tolist() == [st.misses_per_layer.get(i, 0) for i in range(layers)]
-    assert counts[:, 2].tolist() == [st.evictions_per_layer.get(i, 0) for i in range(layers)]
+    assert_tables_are_the_book(book, where, owner, stamp, counts, layers, experts)
 
 
 def batched(e: Engine, prompts: list[list[int]], device_experts: bool,

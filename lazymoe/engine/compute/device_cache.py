@@ -79,6 +79,21 @@ _WORD_DTYPES = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
 if triton is not None:
 
     @triton.jit
+    def _evict(stamps, owners, ss, key, stamp, where_ptr, counts_ptr, LAYER, N_EXPERTS):
+        """A miss of `key`: the least recently used slot is its (its old expert leaves the map,
+        an eviction counted for that one's layer), stamped `stamp`. (victim, owners, stamps)."""
+        victim = tl.argmin(stamps, axis=0).to(tl.int32)
+        old = tl.sum(tl.where(ss == victim, owners, 0), axis=0)
+        tl.store(where_ptr + old, -1, mask=old >= 0)
+        tl.store(where_ptr + key, victim)
+        old_layer = tl.where(old >= 0, old // N_EXPERTS, LAYER)  # counts are atomic: one
+        # program's scalar store and a later load may run on different threads
+        tl.atomic_add(counts_ptr + old_layer * 3 + 2, (old >= 0).to(tl.int64))
+        owners = tl.where(ss == victim, key, owners)
+        stamps = tl.where(ss == victim, stamp, stamps)
+        return victim, owners, stamps
+
+    @triton.jit
     def _assign_kernel(
         ids_ptr, where_ptr, owner_ptr, stamp_ptr, clock_ptr, index_ptr, fill_ptr, counts_ptr,
         LAYER, N_EXPERTS, N_SLOTS, K: tl.constexpr, KP: tl.constexpr, SP: tl.constexpr,
@@ -108,16 +123,11 @@ if triton is not None:
             key_r = tl.sum(tl.where(sel, key, 0), axis=0)
             slot_r = tl.sum(tl.where(sel, slot, 0), axis=0)
             if slot_r < 0:  # the least recently used slot (never one used this step)
-                victim = tl.argmin(stamps, axis=0).to(tl.int32)
-                old = tl.sum(tl.where(ss == victim, owners, 0), axis=0)
-                tl.store(where_ptr + old, -1, mask=old >= 0)
-                tl.store(where_ptr + key_r, victim)
-                old_layer = tl.where(old >= 0, old // N_EXPERTS, LAYER)  # counts are atomic:
-                # one program's scalar store and a later load may run on different threads
-                tl.atomic_add(counts_ptr + old_layer * 3 + 2, (old >= 0).to(tl.int64))
-                owners = tl.where(ss == victim, key_r, owners)
+                victim, owners, stamps = _evict(
+                    stamps, owners, ss, key_r, clock * _RANKS + r, where_ptr, counts_ptr, LAYER,
+                    N_EXPERTS,
+                )  # fmt: skip
                 slot = tl.where(sel, victim, slot)
-                stamps = tl.where(ss == victim, clock * _RANKS + r, stamps)
                 tl.store(fill_ptr + r, victim)
             else:
                 tl.store(fill_ptr + r, -1)
@@ -169,14 +179,10 @@ if triton is not None:
             key_r = tl.sum(tl.where(sel, key, 0), axis=0)
             slot_r = tl.sum(tl.where(sel, slot, 0), axis=0)
             if slot_r < 0:  # the least recently used slot (never one this pass uses)
-                victim = tl.argmin(stamps, axis=0).to(tl.int32)
-                old = tl.sum(tl.where(ss == victim, owners, 0), axis=0)
-                tl.store(where_ptr + old, -1, mask=old >= 0)
-                tl.store(where_ptr + key_r, victim)
-                old_layer = tl.where(old >= 0, old // N_EXPERTS, LAYER)
-                tl.atomic_add(counts_ptr + old_layer * 3 + 2, (old >= 0).to(tl.int64))
-                owners = tl.where(ss == victim, key_r, owners)
-                stamps = tl.where(ss == victim, clock * _RANKS + r, stamps)
+                victim, owners, stamps = _evict(
+                    stamps, owners, ss, key_r, clock * _RANKS + r, where_ptr, counts_ptr, LAYER,
+                    N_EXPERTS,
+                )  # fmt: skip
                 tl.store(fill_ptr + r, victim)
             tl.store(fill_ptr + N_EXPERTS + r, key_r)
         tl.store(stamp_ptr + ss, stamps, mask=smask)
