@@ -6,7 +6,7 @@
 
 For each `--max-batch` value (default 1, then 32) it starts `lazymoe serve` in its own process on
 a free loopback port (extra arguments go to `lazymoe serve` as they are), warms it up (one
-request, then one untimed round of the most users), then 1, 4, 16 and 32 users at once (`lazymoe.server.loadtest.run_users`): each user its
+request, then one untimed round of each case), then 1, 4, 16 and 32 users at once (`lazymoe.server.loadtest.run_users`): each user its
 own prompt, all prompts the same number of tokens, `--max-tokens` new tokens each, greedy,
 `--repeats` times. Per case it records (medians over the repeats) the aggregate tokens/s (all
 users' tokens over the wall time) and the time to first token (median, p95, max), and writes
@@ -109,9 +109,10 @@ def measure(args: argparse.Namespace, serve_args: list[str]) -> list[dict]:
         process, conn = start_server(max_batch, serve_args, log_path)
         try:
             loadtest.stream_once(conn, prompts[0], max_tokens=args.max_tokens)  # warm-up, then
-            # every batch size once (the GPU's kernels compile on a batch size's first step)
-            top = max(args.users)
-            loadtest.run_users(conn, top, prompts[0], args.max_tokens, prompts=prompts[:top])
+            # each case once (a GPU records a batch size's step on its first use)
+            for n_users in args.users:
+                loadtest.run_users(conn, n_users, prompts[0], args.max_tokens,
+                                   prompts=prompts[:n_users])  # fmt: skip
             for n_users in args.users:
                 runs = [
                     one_run(conn, n_users, prompts, args.max_tokens) for _ in range(args.repeats)
@@ -188,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             "max_tokens": args.max_tokens,
             "temperature": 0,
             "prompts": "a different prompt per user, all of prompt_tokens token ids",
-            "warm_up": "per server start, not timed: one request, then one round of the most "
-            "users (every batch size's first step, where kernels compile)",
+            "warm_up": "per server start, not timed: one request, then one round of each case "
+            "(a GPU records each batch size's step on its first use)",
             "repeats": f"{args.repeats} runs per case; each figure is the median over the runs "
             "(every run under `runs`)",
             "aggregate_tok_s": "all users' completion tokens / wall time from the first request "

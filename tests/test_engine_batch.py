@@ -482,3 +482,42 @@ def test_a_failed_pass_refuses_its_prompts_and_leaves_the_batch_usable(prompts, 
         while len(batch):
             batch.step()
         assert batch.tokens(h) == want
+
+
+@needs_bundled
+def test_buffers_kept_for_graphs_go_when_far_bigger_than_the_last_burst_needed(prompts):
+    """`BatchKV.keep` (set once a GPU recorded a step) keeps the buffers between bursts only
+    while they are within 4x of what the last burst needed; the graphs go with them."""
+    engine = bundled(None)
+    for grow, kept in ((None, True), ((64, 512), False)):
+        with engine.batch() as batch:
+            for p in prompts[:2]:
+                batch.add(p, GenerationConfig(max_new_tokens=4, stop_token_ids=()))
+            batch.step()  # both in rows now
+            batch._kv.keep = True  # as after recording a graph
+            batch._graphs = {2: "a recorded step"}
+            if grow is not None:  # a burst of 64 long requests left them this big
+                batch._kv.reserve(*grow)
+            size = (batch._kv.n_rows, batch._kv.max_len)
+            while len(batch):
+                batch.step()
+            assert ((batch._kv.n_rows, batch._kv.max_len) == size) == kept
+            assert bool(batch._graphs) == kept and batch._kv.keep == kept
+            assert batch._burst == (0, 0)
+
+
+@needs_bundled
+def test_a_failing_hand_back_of_the_cache_does_not_stop_the_removals(prompts, monkeypatch, caplog):
+    engine = bundled(None)
+    with engine.batch() as batch:
+        handles = [batch.add(p, GREEDY)[0] for p in prompts[:2]]
+        batch.step()
+
+        def broken():
+            raise RuntimeError("CUDA error: an illegal memory access (simulated)")
+
+        monkeypatch.setattr(engine.runtime, "reclaim", broken)
+        for h in handles:
+            batch.remove(h)
+        assert len(batch) == 0 and not batch._seqs
+    assert "handing the device's cache back to the host failed" in caplog.text

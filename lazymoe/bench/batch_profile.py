@@ -55,9 +55,12 @@ def profile_users(engine: Engine, n_users: int, args, device_experts: bool = Tru
     row: dict = {"n_users": n_users, "device_experts": device_experts}
     with engine.batch() as batch:
         batch.device_experts = device_experts
-        _, row["prefill_together_ms"] = _timed(
+        joined, row["prefill_together_ms"] = _timed(
             device, lambda: batch.add_many(prompts, [gen] * n_users)
         )
+        failed = [j for j in joined if isinstance(j, Exception)]
+        if failed:  # (empty batches would time as nearly free)
+            raise RuntimeError(f"{len(failed)} of {n_users} prompts failed to join") from failed[0]
         steps = []
         for _ in range(args.steps):
             _, ms = _timed(device, batch.step)
@@ -109,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-host", action="store_true",
                         help="also the host's path for the experts (device_experts=False)")
     parser.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
+    args, ignored = parser.parse_known_args(argv)  # (`lazymoe serve` flags given to both)
+    if ignored:
+        print(f"ignored: {' '.join(ignored)}")
     fields = {"device": args.device, "pin_checkpoint": args.pin_checkpoint}
     if args.dtype:
         fields["dtype"] = args.dtype

@@ -182,7 +182,10 @@ class EngineBatch:
         self.graphs = True
         self.graph_steps = 0  # steps that replayed a graph
         self._graphs: dict[int, _StepGraph] = {}
-        self._graphs_key: tuple | None = None
+        # what the graphs read: (decoder, first key buffer, rows, positions); compared by
+        # identity (a freed decoder's id can come back for its successor)
+        self._graphs_on: tuple | None = None
+        self._burst = (0, 0)  # the most rows and positions needed since the batch was last empty
         self.device_prefills = 0  # prefill passes (one prompt, or several together) too
         self.step_counts = {"single": 0, "batched": 0}  # steps decoded by each path
         self.last_path: str | None = None  # "single" or "batched": the last step's
@@ -349,8 +352,21 @@ class EngineBatch:
     def _free(self, handle: int, seq: _Sequence) -> None:
         seq.free()
         self._kv.release(handle)
-        if not len(self):  # nobody decodes: a cache lent for batched steps back to the host's book
+        if len(self):
+            return
+        # nobody decodes: a cache lent for batched steps back to the host's book (best effort: a
+        # failing GPU must not stop the removal of the others), and buffers kept for CUDA graphs
+        # dropped with the graphs when they are more than 4x what the last burst needed
+        try:
             self.engine.runtime.reclaim()
+        except Exception:
+            log.warning("handing the device's cache back to the host failed", exc_info=True)
+        kv, (rows, length) = self._kv, self._burst
+        if kv.keep and kv.n_rows * kv.max_len > 4 * rows * length:
+            self._graphs, self._graphs_on = {}, None
+            kv.keep = False
+            kv.reserve(0, 0)
+        self._burst = (0, 0)
 
     def _accept(self, handle: int, seq: _Sequence, token: int) -> None:
         """Record a new token; a sequence that stops frees its keys and values at once."""
@@ -390,8 +406,11 @@ class EngineBatch:
         self.step_counts[path] += 1
         self.last_path = path
         out = {}
+        greedy = None  # every row greedy: one argmax and one host sync for all, not one per row
+        if len(live) > 1 and all(seq.gen.temperature == 0 for _, seq in live):
+            greedy = logits.argmax(dim=-1).tolist()  # the first largest, as Sampler's argmax
         for row, (handle, seq) in enumerate(live):
-            token = seq.sampler(logits[row])
+            token = greedy[row] if greedy is not None else seq.sampler(logits[row])
             seq.length += 1
             self._accept(handle, seq, token)
             out[handle] = token
@@ -434,8 +453,9 @@ class EngineBatch:
         its prefill DynamicCache, or from the decoder's buffers: positions 0..length-1), and size
         the batch KV for this step: the live sequences in row order."""
         kv = self._kv
-        kv.reserve(len(live), max(seq.length for _, seq in live) + 1,
-                   cap=max(seq.max_len for _, seq in live))  # fmt: skip
+        need = (len(live), max(seq.length for _, seq in live) + 1)
+        self._burst = (max(self._burst[0], need[0]), max(self._burst[1], need[1]))
+        kv.reserve(*need, cap=max(seq.max_len for _, seq in live))
         for handle, seq in live:
             if handle in kv:
                 continue
@@ -499,9 +519,10 @@ class EngineBatch:
         kv = self._kv
         if max(positions) >= kv.max_len:
             raise ValueError(f"position {max(positions)} is past max_len={kv.max_len}")
-        key = (id(decoder), id(kv.keys[0]), kv.n_rows, kv.max_len)
-        if key != self._graphs_key:
-            self._graphs, self._graphs_key = {}, key
+        on = self._graphs_on
+        if on is None or on[0] is not decoder or on[1] is not kv.keys[0] or on[2:] != (
+                kv.n_rows, kv.max_len):  # fmt: skip
+            self._graphs, self._graphs_on = {}, (decoder, kv.keys[0], kv.n_rows, kv.max_len)
         n = len(tokens)
         step = self._graphs.get(n)
         if step is None:

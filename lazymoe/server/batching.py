@@ -65,19 +65,18 @@ class BatchLoop:
 
     def _admit(self, jobs: list[Job]) -> None:
         """Prefill the jobs and send each its first token: together in one pass where the batch
-        can (`add_many`), else one after another."""
+        can (`add_many`), else one after another. A job cancelled or past its deadline by the
+        time its prefill would start is answered so instead (`refuse_stale`)."""
         s = self.scheduler
-        jobs = [job for job in jobs if not s.refuse_stale(job)]
-        if not jobs:
-            return
         try:
             if self.batch is None:
                 self.batch = s.backend.batch()
         except Exception as exc:  # no batch at all: every job gets the error
             log.exception("the engine's batch could not be made")
-            self._over.extend((job, engine_failed(exc)) for job in jobs)
+            self._over.extend((job, engine_failed(exc)) for job in jobs if not s.refuse_stale(job))
             return
         if len(jobs) > 1 and callable(getattr(self.batch, "add_many", None)):
+            jobs = [job for job in jobs if not s.refuse_stale(job)]
             for job in jobs:
                 job.started_s = time.monotonic()
             try:
@@ -89,6 +88,8 @@ class BatchLoop:
             self._answer()
             return
         for job in jobs:
+            if s.refuse_stale(job):  # checked just before its turn: others prefill meanwhile
+                continue
             job.started_s = time.monotonic()
             try:
                 result = self.batch.add(job.prompt_ids, job.params)

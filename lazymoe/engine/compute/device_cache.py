@@ -70,6 +70,10 @@ MAX_SLOTS = 16384  # the LRU search is one program's vector of stamps: registers
 # a float pool's experts take a launch per token (kernels.batched_decode_indexed): passes of at
 # most this many tokens run on the device's tables (a long prompt's prefill takes the host's path)
 FLOAT_BATCH_TOKENS = 32
+# a quantized pool's experts: one launch computes every (token, expert) pair, with K I floats of
+# activations per token between its two kernels: passes of at most this many tokens (the host's
+# path takes longer prompts in chunks)
+QUANT_BATCH_TOKENS = 512
 BATCH_BLOCK = 256  # pairs a step of the batch assign kernel's loops takes
 FREE_STAMP = -(1 << 40)  # free slots: older than any used one
 FILL_WORDS = 1024  # words a program of the fill kernel copies (8 KB of int64)
@@ -168,8 +172,8 @@ if triton is not None:
         # the hits first, stamped now (none can be a victim below), then read back by all
         tl.store(stamp_ptr + slot, clock * _RANKS + rank, mask=hit)
         tl.store(fill_ptr + e, -1, mask=emask)  # no fill unless a miss below says so
+        tl.debug_barrier()  # (every thread has read `seen` by now: it can be cleared below)
         tl.store(seen_ptr + e, 0, mask=emask)  # zeros again for the next call
-        tl.debug_barrier()
         ss = tl.arange(0, SP)
         smask = ss < N_SLOTS
         stamps = tl.load(stamp_ptr + ss, mask=smask, other=_NO_SLOT)
@@ -352,7 +356,7 @@ class DeviceCacheDecoder(SegmentedDecoder):
         """Whether a pass over `n_tokens` tokens (a batched step, a prefill) can look its experts
         up on the device: the slots hold every expert a layer might use in it at once (the
         host's path splits a larger union in chunks instead); a float pool, few tokens."""
-        if not self.quantized and n_tokens > FLOAT_BATCH_TOKENS:
+        if n_tokens > (QUANT_BATCH_TOKENS if self.quantized else FLOAT_BATCH_TOKENS):
             return False
         return min(n_tokens * self.top_k, self.n_experts) <= self.book.n_slots
 
