@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import httpx
 import pytest
 
 from lazymoe import client
+from lazymoe.paths import bundled_model_dir
 from lazymoe.server.config import ServerConfig
 from lazymoe.server.embedded import EmbeddedServer, free_port
 from lazymoe.server.fake import EchoBackend
@@ -169,3 +171,25 @@ def test_lazymoe_serve_answers_and_stops_cleanly_on_ctrl_c(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.skipif(not (bundled_model_dir() / "config.json").exists(),
+                    reason="the bundled model is not built (`make data`)")  # fmt: skip
+def test_lazymoe_serve_says_what_its_engine_runs_at_start(monkeypatch, capsys):
+    """As `lazymoe run` does: the model, device, decode path and cache tiers (an instructor sees
+    whether the fast paths are on, and why not)."""
+    from lazymoe.server import cli as serve_cli
+    from lazymoe.server import embedded
+
+    class NoServer:
+        def run(self):
+            return None
+
+    monkeypatch.setattr(embedded, "build_server", lambda *args, **kwargs: NoServer())
+    parser = argparse.ArgumentParser()
+    serve_cli.add_arguments(parser)
+    args = parser.parse_args(["--model", str(bundled_model_dir()), "--device", "cpu"])
+    assert serve_cli.run(args) == 0
+    out = capsys.readouterr()
+    assert "decode model" in out.err and "tier ram: 64 of 64 experts" in out.err
+    assert "tiny-moe on http://127.0.0.1:" in out.out

@@ -150,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"lazymoe serve: {exc}", file=sys.stderr)
         return 2
+    engine = getattr(backend, "engine", None)  # what the engine runs, and why (as lazymoe run)
+    if engine is not None:
+        print(engine.describe(), file=sys.stderr)
     for note in app.state.notes:  # limits changed to fit the model (its context...)
         print(f"lazymoe serve: {note}")
     auth = f"keys from {config.keys_file}" if config.keys_file else "NO keys (loopback only)"
