@@ -147,6 +147,16 @@ def lru_reference(n_slots: int, steps: list[tuple[int, list[int]]], free_first: 
     return book, out
 
 
+def empty_tables(layers: int, experts: int, n_slots: int, free_first: list[int]) -> tuple:
+    """The device tables of an empty cache whose free slots are handed out in `free_first`'s
+    order: where, owner, stamp, clock, counts."""
+    where = torch.full((layers * experts,), -1, dtype=torch.int32)
+    owner = torch.full((n_slots,), -1, dtype=torch.int32)
+    stamp = torch.tensor([device_cache.FREE_STAMP - n_slots + free_first.index(s)
+                          for s in range(n_slots)], dtype=torch.int64)  # fmt: skip
+    return where, owner, stamp, torch.zeros(1, dtype=torch.int64), torch.zeros(layers, 3, dtype=torch.int64)
+
+
 def assert_tables_are_the_book(book, where, owner, stamp, counts, layers: int, experts: int):
     """The device tables after the kernels hold what the host's book holds: which expert in
     which slot (and the map back), the LRU order, every layer's hits, misses and evictions."""
@@ -175,12 +185,7 @@ def test_the_assign_kernel_is_the_books_lru(n_slots):
     free_first = rng.permutation(n_slots).tolist()
     book, want = lru_reference(n_slots, steps, free_first)
 
-    where = torch.full((layers * experts,), -1, dtype=torch.int32)
-    owner = torch.full((n_slots,), -1, dtype=torch.int32)
-    stamp = torch.tensor([device_cache.FREE_STAMP - n_slots + free_first.index(s)
-                          for s in range(n_slots)], dtype=torch.int64)  # fmt: skip
-    clock = torch.zeros(1, dtype=torch.int64)
-    counts = torch.zeros(layers, 3, dtype=torch.int64)
+    where, owner, stamp, clock, counts = empty_tables(layers, experts, n_slots, free_first)
     index = torch.zeros(2, k, dtype=torch.int64)
     fill = torch.zeros(2 * k, dtype=torch.int32)
     for (layer, ids), (slots, missed) in zip(steps, want, strict=True):
@@ -298,12 +303,7 @@ def test_the_batch_assign_kernel_is_the_books_lru(n_slots):
     free_first = rng.permutation(n_slots).tolist()
     book, want = batch_reference(n_slots, steps, free_first)
 
-    where = torch.full((layers * experts,), -1, dtype=torch.int32)
-    owner = torch.full((n_slots,), -1, dtype=torch.int32)
-    stamp = torch.tensor([device_cache.FREE_STAMP - n_slots + free_first.index(s)
-                          for s in range(n_slots)], dtype=torch.int64)  # fmt: skip
-    clock = torch.zeros(1, dtype=torch.int64)
-    counts = torch.zeros(layers, 3, dtype=torch.int64)
+    where, owner, stamp, clock, counts = empty_tables(layers, experts, n_slots, free_first)
     seen = torch.zeros(experts, dtype=torch.int32)
     for (layer, tokens), (slots, missed) in zip(steps, want, strict=True):
         n = len(tokens) * k
