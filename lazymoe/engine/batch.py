@@ -465,7 +465,9 @@ class EngineBatch:
                 keys = [layer.keys for layer in seq.cache.layers]
                 values = [layer.values for layer in seq.cache.layers]
             kv.write(kv.add(handle), keys, values, seq.length)
-            seq.free()  # its keys and values live in the row now
+            # its keys and values live in the row now; a device-cache decoder keeps the cache
+            # lent (the batched step reads the same tables; a host pass takes it back first)
+            seq.cache = seq.decoder = None
         return [(handle, self._seqs[handle]) for handle in kv.owners]
 
     def _forward(self, seqs: list[_Sequence]) -> torch.Tensor:
