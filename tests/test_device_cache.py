@@ -85,6 +85,20 @@ def test_two_generations_match_the_host_cache_hit_for_hit(q4_0):
             assert torch.equal(getattr(got, part).data, getattr(want, part).data)
 
 
+def test_a_prompt_runs_its_experts_on_the_device_tables_as_the_host_would(q4_0):
+    """With slots for every expert a layer has (16 of 64 here: 20), a generation's prompt runs
+    its experts on the device's tables too (`batch_experts`: no host lookups): the same tokens
+    and the same book as the host's cache."""
+    prompt = load_tokenizer(q4_0).encode(PROMPTS[0])
+    host, device = engine(q4_0, "segments", slots=20), engine(q4_0, "device-cache", slots=20)
+    assert device.generate(prompt, GEN) == host.generate(prompt, GEN)
+    assert cache_state(device) == cache_state(host)
+    assert device._decoder.batch_layer_passes == len(device.moe_layers)  # the prompt, one pass
+    small = engine(q4_0, "device-cache", slots=7)  # a layer's 16 might not fit: the host's path
+    small.generate(prompt, GEN)
+    assert small._decoder.batch_layer_passes == 0
+
+
 def test_a_replayed_trace_hits_and_misses_as_on_the_host(q4_0):
     e0 = engine(q4_0, "segments")
     trace = make_trace("real-text", 64, len(e0.moe_layers), e0.num_experts, e0.top_k, seed=5)

@@ -566,20 +566,9 @@ class EngineBatch:
         return logits
 
     def _device_cache(self, n_tokens: int):
-        """The engine's device-cache decoder, its tables holding the cache, when the experts of
-        a pass over `n_tokens` tokens (a batched step, a prefill) can run on them
-        (`DeviceCacheDecoder.batch_experts`); else None (the host's path: a replayed trace, a
-        count of computed experts, too many (token, expert) pairs for one program or the slots)."""
-        engine, runtime = self.engine, self.engine.runtime
-        if not self.device_experts or engine.decode_path != "device-cache":
-            return None
-        if runtime.replay is not None or runtime.computed_experts is not None:
-            return None
-        decoder = engine._decoder_for(1)  # the one it has (made on first use)
-        if not decoder.can_batch(n_tokens):
-            return None
-        decoder.lend()
-        return decoder
+        """The engine's device-cache decoder for a pass over `n_tokens` tokens (a batched step,
+        a prefill), or None: `Engine._device_tables`, unless this batch's `device_experts` is off."""
+        return self.engine._device_tables(n_tokens) if self.device_experts else None
 
 
 def prefill_groups(ready: list[tuple]) -> list[list[tuple]]:

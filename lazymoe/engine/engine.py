@@ -260,9 +260,15 @@ class Engine:
             while len(new) < gen.max_new_tokens:
                 if decoder is not None and not prefill:
                     logits = decoder.step(new[-1], len(prompt_ids) + len(new) - 1)
-                else:
-                    logits = self.model(input_ids=ids, cache=cache, use_cache=True,
-                                        logits_to_keep=1).logits[0, -1]  # fmt: skip
+                else:  # (the prompt's experts on a device-cache decoder's tables, where it can)
+                    self.runtime.batch_on_device = (
+                        self._device_tables(len(prompt_ids)) if decoder is not None else None
+                    )
+                    try:
+                        logits = self.model(input_ids=ids, cache=cache, use_cache=True,
+                                            logits_to_keep=1).logits[0, -1]  # fmt: skip
+                    finally:
+                        self.runtime.batch_on_device = None
                     if decoder is not None:
                         decoder.load_prefill(cache, len(prompt_ids))
                         cache = None  # the decoder's buffers hold the keys and values now
@@ -285,6 +291,23 @@ class Engine:
             if decoder is not None:
                 decoder.end()  # the device-cache decoder's tables back into the host's book
             del cache
+
+    def _device_tables(self, n_tokens: int):
+        """The device-cache decoder, its tables holding the cache, when the experts of a pass
+        over `n_tokens` tokens (a prompt, a batched step) can run on them
+        (`DeviceCacheDecoder.batch_experts`: no host sync, the host book's decisions); else None
+        (another decoder, a replayed trace, a count of computed experts, a pass whose experts
+        the slots might not hold at once)."""
+        runtime = self.runtime
+        if self.decode_path != "device-cache" or runtime.replay is not None:
+            return None
+        if runtime.computed_experts is not None:
+            return None
+        decoder = self._decoder_for(1)  # the one it has (made on first use)
+        if not decoder.can_batch(n_tokens):
+            return None
+        decoder.lend()
+        return decoder
 
     def _hit_stop_string(self, new: list[int], gen: GenerationConfig) -> bool:
         if not gen.stop_strings:

@@ -317,6 +317,7 @@ class DeviceCacheDecoder(SegmentedDecoder):
         self.counts = torch.zeros(n, 3, dtype=torch.int64, device=device)
         self.fill = torch.zeros(n, 2 * k, dtype=torch.int32, device=device)  # slot to fill, key
         self.seen = torch.zeros(self.n_experts, dtype=torch.int32, device=device)  # batch kernel's
+        self.batch_layer_passes = 0  # layers whose experts `batch_experts` ran (prompts, batches)
         self.search_width = triton.next_power_of_2(s)
         self.trace_host = torch.zeros(n, k, dtype=torch.long, pin_memory=device.type == "cuda")
         self._trace_np = self.trace_host.numpy()  # writes land in the pinned buffer
@@ -375,6 +376,7 @@ class DeviceCacheDecoder(SegmentedDecoder):
 
         The tables decide as the host's book would for the same step (the distinct experts in
         ascending order, one LRU), so the counts and slots are those of the host's batched path."""
+        self.batch_layer_passes += 1
         n_tokens, k = top_k_index.shape
         n, device, e = n_tokens * k, hidden.device, self.n_experts
         index = torch.empty(2, n, dtype=torch.int64, device=device)  # per pair: slot, top-k place
