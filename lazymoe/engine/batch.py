@@ -137,6 +137,11 @@ class _StepGraph:
     logits: torch.Tensor | None = None
     graph: torch.cuda.CUDAGraph | None = None
 
+    def feed(self, tokens: list[int], positions: list[int]) -> None:
+        """This step's last tokens and positions into `inputs` (through the pinned buffer)."""
+        self.inputs_host[0], self.inputs_host[1] = torch.tensor(tokens), torch.tensor(positions)
+        self.inputs.copy_(self.inputs_host, non_blocking=True)
+
 
 @dataclass
 class _Sequence:
@@ -286,10 +291,9 @@ class EngineBatch:
         longest = max(len(ids) for ids, _ in group)
         ids = torch.tensor([ids + ids[-1:] * (longest - len(ids)) for ids, _ in group],
                            device=engine.device)  # fmt: skip
-        runtime = engine.runtime  # the prompts' experts on the device's tables, where it can
-        runtime.batch_on_device = self._device_cache(ids.numel())
-        self.device_prefills += runtime.batch_on_device is not None
-        try:
+        tables = self._device_cache(ids.numel())  # the prompts' experts there, where it can
+        self.device_prefills += tables is not None
+        with engine.runtime.experts_on(tables):
             if len(group) == 1:
                 cache = seqs[0].cache
                 logits = engine.model(input_ids=ids, cache=cache, use_cache=True,
@@ -300,8 +304,6 @@ class EngineBatch:
                 last = torch.tensor([seq.length - 1 for seq in seqs], device=engine.device)
                 rows = torch.arange(len(seqs), device=engine.device)
                 logits = engine.model.lm_head(hidden.last_hidden_state[rows, last])  # (B, V)
-        finally:
-            runtime.batch_on_device = None
         if len(group) > 1:  # each prompt's own positions, copied out of the padded pass
             for b, seq in enumerate(seqs):
                 for i, layer in enumerate(cache.layers):
@@ -495,9 +497,7 @@ class EngineBatch:
         h = base.embed_tokens(last[:, None])  # (B, 1, D)
         rope = base.rotary_emb(h, position_ids=at[:, None])  # each row's own rotary angles
         moved = {}  # the rotary cos/sin on each layer device, moved once per step
-        runtime = engine.runtime
-        runtime.batch_on_device = decoder
-        try:
+        with engine.runtime.experts_on(decoder):
             for layer, layer_device in zip(self._layers, self._devices, strict=True):
                 h = h.to(layer_device)  # a no-op unless the layers are split across devices
                 x = layer.input_layernorm(h)  # (B, 1, D)
@@ -509,8 +509,6 @@ class EngineBatch:
                 )
                 h = h + attn
                 h = h + _mlp_output(layer.mlp(layer.post_attention_layernorm(h)), h.shape)
-        finally:
-            runtime.batch_on_device = None
         return engine.model.lm_head(base.norm(h))[:, -1]  # (B, V)
 
     # -- the batched step as CUDA graphs -----------------------------------------------------------
@@ -529,8 +527,7 @@ class EngineBatch:
         step = self._graphs.get(n)
         if step is None:
             return self._record(decoder, tokens, positions)
-        step.inputs_host[0], step.inputs_host[1] = torch.tensor(tokens), torch.tensor(positions)
-        step.inputs.copy_(step.inputs_host, non_blocking=True)
+        step.feed(tokens, positions)
         step.graph.replay()
         self.graph_steps += 1
         return step.logits
@@ -542,8 +539,7 @@ class EngineBatch:
         device, n = self.engine.device, len(tokens)
         step = _StepGraph(torch.zeros(2, n, dtype=torch.long, pin_memory=True),
                           torch.zeros(2, n, dtype=torch.long, device=device))  # fmt: skip
-        step.inputs_host[0], step.inputs_host[1] = torch.tensor(tokens), torch.tensor(positions)
-        step.inputs.copy_(step.inputs_host)
+        step.feed(tokens, positions)  # (the side stream below waits for the copy)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):

@@ -138,26 +138,24 @@ class BatchKV:
             raise ValueError(f"{len(positions)} positions for {len(self.owners)} rows in use")
         if max(positions) >= self.max_len:
             raise ValueError(f"position {max(positions)} is past max_len={self.max_len}")
-        self._step = {}
-        for device in dict.fromkeys(self.devices):
-            at = torch.tensor(positions, device=device)  # (B,)
-            rows = torch.arange(len(positions), device=device)
-            hidden = torch.arange(self.max_len, device=device)[None, :] > at[:, None]  # (B, L)
-            mask = torch.zeros(hidden.shape, dtype=self.dtype, device=device)
-            mask.masked_fill_(hidden, float("-inf"))
-            self._step[device] = (rows, at, mask.view(len(positions), 1, 1, self.max_len))
+        self._step = {device: self._step_at(torch.tensor(positions, device=device))
+                      for device in dict.fromkeys(self.devices)}  # fmt: skip
 
     def prepare_static(self, positions: torch.Tensor) -> None:
         """`prepare` from the rows' positions in a device tensor (B,), with no host values, so a
         CUDA graph can record it; every layer on that one device."""
         if set(self.devices) != {positions.device}:
             raise ValueError(f"prepare_static needs every layer on {positions.device}")
-        device, n = positions.device, positions.shape[0]
-        rows = torch.arange(n, device=device)
-        hidden = torch.arange(self.max_len, device=device)[None, :] > positions[:, None]  # (B, L)
+        self._step = {positions.device: self._step_at(positions)}
+
+    def _step_at(self, at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, positions, mask) on the positions' device for the rows at positions `at` (B,):
+        rows 0..B-1, and the (B, 1, 1, max_len) additive mask hiding each row's later positions."""
+        device, n = at.device, at.shape[0]
+        hidden = torch.arange(self.max_len, device=device)[None, :] > at[:, None]  # (B, L)
         mask = torch.zeros(hidden.shape, dtype=self.dtype, device=device)
         mask.masked_fill_(hidden, float("-inf"))
-        self._step = {device: (rows, positions, mask.view(n, 1, 1, self.max_len))}
+        return torch.arange(n, device=device), at, mask.view(n, 1, 1, self.max_len)
 
     def mask(self, device: torch.device) -> torch.Tensor:
         """(B, 1, 1, max_len) for the attention modules on `device`: 0 where row b may look (its

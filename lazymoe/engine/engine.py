@@ -261,14 +261,10 @@ class Engine:
                 if decoder is not None and not prefill:
                     logits = decoder.step(new[-1], len(prompt_ids) + len(new) - 1)
                 else:  # (the prompt's experts on a device-cache decoder's tables, where it can)
-                    self.runtime.batch_on_device = (
-                        self._device_tables(len(prompt_ids)) if decoder is not None else None
-                    )
-                    try:
+                    tables = self._device_tables(len(prompt_ids)) if decoder is not None else None
+                    with self.runtime.experts_on(tables):
                         logits = self.model(input_ids=ids, cache=cache, use_cache=True,
                                             logits_to_keep=1).logits[0, -1]  # fmt: skip
-                    finally:
-                        self.runtime.batch_on_device = None
                     if decoder is not None:
                         decoder.load_prefill(cache, len(prompt_ids))
                         cache = None  # the decoder's buffers hold the keys and values now

@@ -23,6 +23,7 @@ Shapes: T tokens, K experts per token, D hidden size, I expert width.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter, defaultdict
 
 import torch
@@ -73,8 +74,8 @@ class ExpertRuntime(ExpertCompute):
         # the device-cache decoder (compute/device_cache.py) while its GPU tables hold the cache:
         # the host path hands it back (`reclaim`) before it looks anything up
         self.lent_to = None
-        # the device-cache decoder that computes a batched step's experts on its own tables
-        # (EngineBatch sets it for the step, `DeviceCacheDecoder.batch_experts`), else None
+        # the device-cache decoder that computes a pass's experts on its own tables (set for a
+        # prompt or a batched step by `experts_on`: `DeviceCacheDecoder.batch_experts`), else None
         self.batch_on_device = None
         self.expert_flops_per_token = expert_flops_per_token
         self.computed_on: defaultdict[str, int] = defaultdict(int)  # "device"/"cpu" -> experts
@@ -117,6 +118,16 @@ class ExpertRuntime(ExpertCompute):
         if parts is not None and self.quantized:
             return sum(n for _, n in parts), parts
         return self.tiers.device.pool.slot_nbytes, parts
+
+    @contextlib.contextmanager
+    def experts_on(self, decoder):
+        """The model passes inside send their experts to `decoder.batch_experts` (a device-cache
+        decoder whose tables hold the cache), or through the host's path when it is None."""
+        self.batch_on_device = decoder
+        try:
+            yield decoder
+        finally:
+            self.batch_on_device = None
 
     def reclaim(self) -> None:
         """The cache back in the host's book, if the device-cache decoder holds it (its next
