@@ -21,7 +21,8 @@
 #            bits; a quantized format (q8_0, q4_0, q4_k_m): one GGUF written once, read by both
 #   batch    lazymoe serve one request at a time vs batched (scripts/serve_load.py: 1-32 users) on one
 #            GPU, then split over two GPUs when there are two (SERVE_SHAPE, SERVE_BUDGET per GPU)
-#   kernels  the quantized experts' GPU tests and their decode kernels timed (scripts/bench_triton_quant.py)
+#   kernels  the quantized experts' GPU tests and their kernels timed (scripts/bench_prompt_experts.py,
+#            scripts/bench_triton_quant.py; KERNEL_BENCH=prompt the first only, 0 neither)
 #   profile  where a decode step's time goes (python -m lazymoe.bench.profile, 8 layers)
 #   batchprofile  where a batched step's time goes (python -m lazymoe.bench.batch_profile), on batch's model
 #
@@ -37,7 +38,7 @@
 # every expert in VRAM too, in the first PINS pass, and llama.cpp searched to its VRAM), KEEP (1: leave
 # the quantized GGUF in /dev/shm for a later suite, e.g. SERVE_MODEL=/dev/shm/lazymoe-SHAPE-q4_0/model-q4_0.gguf),
 # SERVE_TOKENS (32 new tokens a request), SERVE_REPEATS (2 runs a case), SERVE_MODEL (serve that file/folder instead of writing SERVE_SHAPE), SERVE_FORMAT (write SERVE_SHAPE as a GGUF
-# of that type, in the background from the start, and serve it), KERNEL_BENCH (0: kernels' tests only), KERNEL_K (their pytest -k), SERVE_ARGS (more `lazymoe serve` flags),
+# of that type, in the background from the start, and serve it), KERNEL_BENCH (0: kernels' tests only; prompt: and the prompt kernels' timing), KERNEL_K (their pytest -k), SERVE_ARGS (more `lazymoe serve` flags),
 # BUILD_JOBS, BUILD_LLAMA (1; 0: suites that need no llama.cpp), PLACEMENTS ("fetch"; e.g. "fetch auto"), CROSS_CHECK (1; 0 skips llama-bench),
 # FORMATS ("bf16"; e.g. "q8_0 q4_0": one results file each, bench-SHAPE-FORMAT.json). Time on an
 # H200 (16 cores): setup ~5 min, check ~5, compare at one budget ~25 per format (a quantized
@@ -263,10 +264,13 @@ suite_batchprofile() {  # where a batched step's time goes (lazymoe.bench.batch_
 
 suite_kernels() {  # quantized experts on the GPU: correctness first, then the kernels' time per layer
   timeout 420 python3 -m pytest -m gpu -q -n 4 -p no:cacheprovider ${KERNEL_K:+-k "$KERNEL_K"} \
-    tests/gpu/test_triton_quant_gpu.py tests/gpu/test_segments_quant_gpu.py tests/gpu/test_placement_quant_gpu.py tests/gpu/test_device_cache_gpu.py \
+    tests/gpu/test_triton_quant_gpu.py tests/gpu/test_triton_grouped_gpu.py tests/gpu/test_segments_quant_gpu.py tests/gpu/test_placement_quant_gpu.py tests/gpu/test_device_cache_gpu.py \
     tests/test_gguf_torch_quant.py > "$RESULTS/gpu-tests-kernels.log" 2>&1
   log "quantized GPU tests rc=$? $(tail -1 "$RESULTS/gpu-tests-kernels.log")"
-  [ "${KERNEL_BENCH:-1}" = 1 ] || return 0
+  [ "${KERNEL_BENCH:-1}" = 0 ] && return 0
+  timeout 300 python3 scripts/bench_prompt_experts.py "$RESULTS/prompt-experts.json" > "$RESULTS/prompt-experts.log" 2>&1
+  log "prompt experts (grouped vs per pair) rc=$?: $(tail -15 "$RESULTS/prompt-experts.log" | tr '\n' ' ')"
+  [ "${KERNEL_BENCH:-1}" = prompt ] && return 0  # KERNEL_BENCH=prompt: only a prompt's kernels
   timeout 300 python3 scripts/bench_triton_quant.py "$RESULTS/triton-quant-decode.json" > "$RESULTS/triton-quant-decode.log" 2>&1
   log "quantized Triton kernels rc=$?: $(tail -12 "$RESULTS/triton-quant-decode.log" | tr '\n' ' ')"
   # the CPU path's quantized matmuls: stored bytes read per second against the machine's RAM read (issue 16: >= 50%)

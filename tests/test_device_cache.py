@@ -94,6 +94,7 @@ def test_a_prompt_runs_its_experts_on_the_device_tables_as_the_host_would(q4_0):
     assert device.generate(prompt, GEN) == host.generate(prompt, GEN)
     assert cache_state(device) == cache_state(host)
     assert device._decoder.batch_layer_passes == len(device.moe_layers)  # the prompt, one pass
+    assert device._decoder.grouped_layer_passes == len(device.moe_layers)  # in tiles of tokens
     small = engine(q4_0, "device-cache", slots=7)  # a layer's 16 might not fit: the host's path
     small.generate(prompt, GEN)
     assert small._decoder.batch_layer_passes == 0

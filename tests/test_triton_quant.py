@@ -21,7 +21,7 @@ from gguf_models import PROMPT, twin
 
 from lazymoe import quant
 from lazymoe.engine import Engine, EngineConfig, GenerationConfig
-from lazymoe.engine.compute import expert_compute, triton_quant
+from lazymoe.engine.compute import expert_compute, triton_grouped, triton_quant
 from lazymoe.engine.compute.triton_quant import SlotLayout, fused_decode_quantized
 from lazymoe.engine.loading import load_tokenizer
 from lazymoe.engine.storage.gguf_file import GGUFExpertStore, QuantizedExpert
@@ -221,10 +221,10 @@ def twins(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["q8_0", "q4_0"])
 def test_an_engine_on_the_quantized_kernels_gives_the_cpu_paths_tokens(twins, name, monkeypatch):
-    """The bundled model's GGUF twins, 3 slots (misses refill slots as it runs): decode and
-    prompts of 3 and 10 tokens through the kernels (a batch of any size reads the slots in place;
-    more than 8 took another path once), the 10 also in chunks of 4 tokens per launch. Short
-    prompts: the interpreter pays per program."""
+    """The bundled model's GGUF twins, 3 slots (misses refill slots as it runs): decode through
+    the per-pair kernels, prompts of 3 and 10 tokens through the grouped ones (each expert once
+    for its tokens), the 10 also in chunks of 4 tokens per launch. Short prompts: the
+    interpreter pays per program."""
     path = twins[name]
     prompt = load_tokenizer(path).encode(PROMPT)[:10]
     gen = GenerationConfig(max_new_tokens=4, stop_token_ids=())
@@ -237,15 +237,18 @@ def test_an_engine_on_the_quantized_kernels_gives_the_cpu_paths_tokens(twins, na
 
     cpu = engine(None)
     want = [cpu.generate(prompt, gen), cpu.generate(prompt[:3], gen)]
-    calls = []
-    kernel = triton_quant.fused_decode_quantized
-    monkeypatch.setattr(triton_quant, "fused_decode_quantized",
-                        lambda *a, **kw: calls.append(a[0].shape[0]) or kernel(*a, **kw))  # fmt: skip
+    calls = {"per pair": [], "grouped": []}
+    for module, name, key in ((triton_quant, "fused_decode_quantized", "per pair"),
+                              (triton_grouped, "grouped_experts", "grouped")):  # fmt: skip
+        kernel = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, kernel=kernel, key=key, **kw:
+                            calls[key].append(a[0].shape[0]) or kernel(*a, **kw))  # fmt: skip
     fused = engine("fused")
     assert fused.runtime.kernel == "fused" and cpu.runtime.kernel == "grouped"
     assert [fused.generate(prompt, gen), fused.generate(prompt[:3], gen)] == want
-    assert len(prompt) == 10 and set(calls) == {1, 3, 10}  # decode and both prompts
-    calls.clear()
+    assert len(prompt) == 10 and set(calls["per pair"]) == {1}  # decode
+    assert set(calls["grouped"]) == {3, 10}  # both prompts
+    calls["grouped"].clear()
     monkeypatch.setattr(expert_compute, "FUSED_CHUNK_TOKENS", 4)
     assert fused.generate(prompt, gen) == want[0]
-    assert max(calls) == 4 and 2 in calls  # the 10 tokens as 4 + 4 + 2
+    assert max(calls["grouped"]) == 4 and 2 in calls["grouped"]  # the 10 tokens as 4 + 4 + 2

@@ -262,7 +262,7 @@ class Engine:
                     logits = decoder.step(new[-1], len(prompt_ids) + len(new) - 1)
                 else:  # (the prompt's experts on a device-cache decoder's tables, where it can)
                     tables = self._device_tables(len(prompt_ids)) if decoder is not None else None
-                    with self.runtime.experts_on(tables):
+                    with self.runtime.experts_on(tables, prompt=prefill):
                         logits = self.model(input_ids=ids, cache=cache, use_cache=True,
                                             logits_to_keep=1).logits[0, -1]  # fmt: skip
                     if decoder is not None:

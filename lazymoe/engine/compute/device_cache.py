@@ -55,7 +55,7 @@ import time
 import numpy as np
 import torch
 
-from lazymoe.engine.compute import kernels, triton_quant
+from lazymoe.engine.compute import kernels, triton_grouped, triton_quant
 from lazymoe.engine.compute.graphs import SegmentedDecoder
 from lazymoe.engine.compute.triton_kernels import triton
 from lazymoe.engine.parts.policies import LRU
@@ -70,10 +70,11 @@ MAX_SLOTS = 16384  # the LRU search is one program's vector of stamps: registers
 # a float pool's experts take a launch per token (kernels.batched_decode_indexed): passes of at
 # most this many tokens run on the device's tables (a long prompt's prefill takes the host's path)
 FLOAT_BATCH_TOKENS = 32
-# a quantized pool's experts: one launch computes every (token, expert) pair, with K I floats of
-# activations per token between its two kernels: passes of at most this many tokens (the host's
-# path takes longer prompts in chunks)
-QUANT_BATCH_TOKENS = 512
+# a quantized pool's experts: one launch computes every (token, expert) pair, with K (I floats +
+# D activations) per token between the kernels (~50 KB a token at Qwen3-30B-A3B's shapes):
+# passes of at most this many tokens, as many as EngineBatch prefills together (the host's path
+# takes longer prompts in chunks)
+QUANT_BATCH_TOKENS = 2048
 BATCH_BLOCK = 256  # pairs a step of the batch assign kernel's loops takes
 FREE_STAMP = -(1 << 40)  # free slots: older than any used one
 FILL_WORDS = 1024  # words a program of the fill kernel copies (8 KB of int64)
@@ -318,6 +319,7 @@ class DeviceCacheDecoder(SegmentedDecoder):
         self.fill = torch.zeros(n, 2 * k, dtype=torch.int32, device=device)  # slot to fill, key
         self.seen = torch.zeros(self.n_experts, dtype=torch.int32, device=device)  # batch kernel's
         self.batch_layer_passes = 0  # layers whose experts `batch_experts` ran (prompts, batches)
+        self.grouped_layer_passes = 0  # of those, prompts' computed in tiles of tokens
         self.search_width = triton.next_power_of_2(s)
         self.trace_host = torch.zeros(n, k, dtype=torch.long, pin_memory=device.type == "cuda")
         self._trace_np = self.trace_host.numpy()  # writes land in the pinned buffer
@@ -367,7 +369,7 @@ class DeviceCacheDecoder(SegmentedDecoder):
             self._load_tables()
 
     def batch_experts(self, i: int, hidden: torch.Tensor, top_k_index: torch.Tensor,
-                      top_k_weights: torch.Tensor) -> torch.Tensor:  # fmt: skip
+                      top_k_weights: torch.Tensor, prompt: bool = False) -> torch.Tensor:  # fmt: skip
         """Layer i's experts for a batched step's T tokens (`ExpertRuntime.forward` sends them
         here while `EngineBatch` has lent it the step): the distinct experts of all T tokens
         looked up in the device tables, each miss filled once from the file, every token's
@@ -375,7 +377,12 @@ class DeviceCacheDecoder(SegmentedDecoder):
         hidden (T, D), top_k_index and top_k_weights (T, K) on the device; returns (T, D).
 
         The tables decide as the host's book would for the same step (the distinct experts in
-        ascending order, one LRU), so the counts and slots are those of the host's batched path."""
+        ascending order, one LRU), so the counts and slots are those of the host's batched path.
+
+        prompt: a prompt's pass (one prompt or several) computes each expert once for all its
+        tokens (triton_grouped.py) where the layer's formats allow, as the host's path does for
+        a prompt; a decode step computes per pair, as one token's decode does, so a request's
+        tokens are those it gets served alone."""
         self.batch_layer_passes += 1
         n_tokens, k = top_k_index.shape
         n, device, e = n_tokens * k, hidden.device, self.n_experts
@@ -395,10 +402,13 @@ class DeviceCacheDecoder(SegmentedDecoder):
         if self.quantized:  # every pair in one launch; token t's pairs are t K .. t K + K - 1
             token = torch.arange(n, dtype=torch.int32, device=device) // k
             starts = torch.arange(0, n + 1, k, dtype=torch.int32, device=device)
-            triton_quant.fused_decode_quantized(
-                out, hidden, top_k_weights, index[0], index[1], self.pool.data, self.layouts[i],
-                token, starts,
-            )  # fmt: skip
+            args = (out, hidden, top_k_weights, index[0], index[1], self.pool.data,
+                    self.layouts[i], token, starts)  # fmt: skip
+            if prompt and triton_grouped.supports(self.layouts[i]):
+                self.grouped_layer_passes += 1
+                triton_grouped.grouped_experts(*args, n_experts=e)
+            else:
+                triton_quant.fused_decode_quantized(*args)
             return out
         for t in range(n_tokens):  # the float kernels take one token: a launch each
             kernels.batched_decode_indexed(

@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from lazymoe.engine.compute import kernels, triton_quant
+from lazymoe.engine.compute import kernels, triton_grouped, triton_quant
 from lazymoe.engine.compute.kernels import expert_fused
 from lazymoe.engine.storage.store import ExpertWeights
 from lazymoe.engine.storage.tiers import TierStack
@@ -80,6 +80,7 @@ class ExpertCompute:
     workspace: kernels.DecodeWorkspace | None  # the one-token decode path's buffers
     cpu_reads_stored: bool  # a CPU-computed miss runs on the file's stored bytes
     computed_on: defaultdict[str, int]  # "device"/"cpu" -> experts computed
+    batch_prompt: bool  # the pass is a prompt's (ExpertRuntime.experts_on)
 
     def _compute_device(self, out, hidden, top_k_weights, rows, on_device) -> None:
         """The fast paths (kernels.py) for experts whose weights are in device slots."""
@@ -121,9 +122,13 @@ class ExpertCompute:
 
     def _fused_quantized(self, out, hidden, top_k_weights, rows, on_device) -> None:
         """The tokens' experts by the quantized Triton kernels, read in place from the slots;
-        FUSED_CHUNK_TOKENS tokens per launch (each token's sum is its own, so chunks are exact)."""
+        FUSED_CHUNK_TOKENS tokens per launch (each token's sum is its own, so chunks are exact).
+        A prompt's pass (`batch_prompt`) takes the grouped kernels, as the device-cache decoder's
+        tables do (triton_grouped.py: each expert once for all its tokens); a decode step the
+        per-pair ones."""
         pool = self.tiers.device.pool
         layout = triton_quant.SlotLayout.of(pool.expert(on_device[0][1]))  # one layer's formats
+        grouped = self.batch_prompt and triton_grouped.supports(layout)
         pairs = sorted((t, e, slot, k) for e, slot in on_device for t, k in rows[e])  # by token
         for first in range(0, out.shape[0], FUSED_CHUNK_TOKENS):
             last = min(first + FUSED_CHUNK_TOKENS, out.shape[0])
@@ -136,10 +141,12 @@ class ExpertCompute:
                 starts.append(starts[-1] + per_token[t])
             cols = [[c[1] for c in chunk], [c[2] for c in chunk], [c[0] for c in chunk], starts]
             index = torch.tensor([v for col in cols for v in col], dtype=torch.int32).to(out.device)
-            triton_quant.fused_decode_quantized(
-                out[first:last], hidden[first:last], top_k_weights[first:last], index[:n],
-                index[n : 2 * n], pool.data, layout, index[2 * n : 3 * n], index[3 * n :],
-            )  # fmt: skip
+            args = (out[first:last], hidden[first:last], top_k_weights[first:last], index[:n],
+                    index[n : 2 * n], pool.data, layout, index[2 * n : 3 * n], index[3 * n :])  # fmt: skip
+            if grouped:
+                triton_grouped.grouped_experts(*args, n_experts=len(on_device))
+            else:
+                triton_quant.fused_decode_quantized(*args)
 
     def _compute_cpu(self, out, layer, hidden, top_k_weights, rows, on_cpu) -> None:
         """Experts computed where they live (--cpu-moe): one trip of the hidden state to the

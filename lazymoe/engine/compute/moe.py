@@ -77,6 +77,7 @@ class ExpertRuntime(ExpertCompute):
         # the device-cache decoder that computes a pass's experts on its own tables (set for a
         # prompt or a batched step by `experts_on`: `DeviceCacheDecoder.batch_experts`), else None
         self.batch_on_device = None
+        self.batch_prompt = False  # the passes are prompts' (their experts in tiles of tokens)
         self.expert_flops_per_token = expert_flops_per_token
         self.computed_on: defaultdict[str, int] = defaultdict(int)  # "device"/"cpu" -> experts
         pool = tiers.device.pool
@@ -120,14 +121,17 @@ class ExpertRuntime(ExpertCompute):
         return self.tiers.device.pool.slot_nbytes, parts
 
     @contextlib.contextmanager
-    def experts_on(self, decoder):
+    def experts_on(self, decoder, prompt: bool = False):
         """The model passes inside send their experts to `decoder.batch_experts` (a device-cache
-        decoder whose tables hold the cache), or through the host's path when it is None."""
-        self.batch_on_device = decoder
+        decoder whose tables hold the cache), or through the host's path when it is None.
+        prompt: the passes are prompts', not decode steps: quantized experts on a GPU take the
+        grouped kernels there (triton_grouped.py), on either path, so a prompt's tokens are the
+        same whichever path and whichever other prompts share its pass."""
+        self.batch_on_device, self.batch_prompt = decoder, prompt
         try:
             yield decoder
         finally:
-            self.batch_on_device = None
+            self.batch_on_device, self.batch_prompt = None, False
 
     def reclaim(self) -> None:
         """The cache back in the host's book, if the device-cache decoder holds it (its next
@@ -145,7 +149,8 @@ class ExpertRuntime(ExpertCompute):
         self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
     ) -> torch.Tensor:
         if self.batch_on_device is not None:
-            return self.batch_on_device.batch_experts(layer, hidden, top_k_index, top_k_weights)
+            return self.batch_on_device.batch_experts(layer, hidden, top_k_index, top_k_weights,
+                                                      prompt=self.batch_prompt)  # fmt: skip
         self.reclaim()
         n_tokens, k = top_k_index.shape
         if self.replay is not None:  # the trace's experts, with the router's weights by position
