@@ -11,16 +11,13 @@ prompt's pass is not a CUDA graph), tile building included. GPU only:
 
 from __future__ import annotations
 
-import json
-import platform
 import statistics
 import sys
-import time
 
 import torch
-import triton
 
 from lazymoe import quant
+from lazymoe.bench.kernel_results import write_kernel_result
 from lazymoe.engine.compute.triton_grouped import grouped_experts
 from lazymoe.engine.compute.triton_quant import SlotLayout, fused_decode_quantized
 
@@ -85,20 +82,15 @@ def main(out_path: str) -> None:
                          "max_abs_diff_over_max_abs": diff / scale})  # fmt: skip
             print(rows[-1], flush=True)
         del pool
-    result = {
-        "what": "one layer's experts of a pass over T tokens: grouped kernels vs per-pair decode kernels",
-        "routing": "uniform random top-8 of 128 experts per token (tile fill is a lower bound)",
-        "shapes": {"hidden": D, "intermediate": I, "top_k": K, "experts": EXPERTS},
-        "timing": f"median of {REPEATS} eager calls (CUDA events), tile building included",
-        "machine": torch.cuda.get_device_name(),
-        "host": platform.node(),
-        "versions": {"torch": torch.__version__, "triton": triton.__version__},
-        "command": "python scripts/bench_prompt_experts.py " + out_path,
-        "date": time.strftime("%Y-%m-%d"),
-        "rows": rows,
-    }
-    with open(out_path, "w") as f:
-        json.dump(result, f, indent=1)
+    write_kernel_result(
+        out_path,
+        "scripts/bench_prompt_experts.py",
+        rows,
+        what="one layer's experts of a pass over T tokens: grouped kernels vs per-pair decode kernels",
+        routing="uniform random top-8 of 128 experts per token (tile fill is a lower bound)",
+        shapes={"hidden": D, "intermediate": I, "top_k": K, "experts": EXPERTS},
+        timing=f"median of {REPEATS} eager calls (CUDA events), tile building included",
+    )
 
 
 if __name__ == "__main__":

@@ -14,15 +14,13 @@ H200 on 2026-12-01, launched one by one). GPU only:
 from __future__ import annotations
 
 import json
-import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
-import triton
 
 from lazymoe import quant
+from lazymoe.bench.kernel_results import write_kernel_result
 from lazymoe.engine.compute import kernels, triton_kernels
 from lazymoe.engine.compute.triton_quant import SlotLayout, fused_decode_quantized
 
@@ -127,19 +125,14 @@ def main(out_path: str) -> None:
                  "bytes_per_layer": nbytes, "read_gbps": nbytes / us / 1e3,
                  "us_per_layer_graph": graph_us, "read_gbps_graph": nbytes / graph_us / 1e3})  # fmt: skip
     print(rows[-1], flush=True)
-    result = {
-        "what": "one decode layer's experts: quantized Triton kernels vs the BF16 fused kernels",
-        "before": f"{BEFORE.name}: the per-weight kernels this version replaces",
-        "shapes": {"hidden": D, "intermediate": I, "experts_per_step": A, "pool_slots": SLOTS},
-        "machine": torch.cuda.get_device_name(),
-        "host": platform.node(),
-        "versions": {"torch": torch.__version__, "triton": triton.__version__},
-        "command": "python scripts/bench_triton_quant.py " + out_path,
-        "date": time.strftime("%Y-%m-%d"),
-        "rows": rows,
-    }
-    with open(out_path, "w") as f:
-        json.dump(result, f, indent=1)
+    write_kernel_result(
+        out_path,
+        "scripts/bench_triton_quant.py",
+        rows,
+        what="one decode layer's experts: quantized Triton kernels vs the BF16 fused kernels",
+        before=f"{BEFORE.name}: the per-weight kernels this version replaces",
+        shapes={"hidden": D, "intermediate": I, "experts_per_step": A, "pool_slots": SLOTS},
+    )
 
 
 if __name__ == "__main__":

@@ -197,3 +197,43 @@ def test_token_agreement_script_runs(tmp_path):
     assert module.main(["--tokens", "2", "--formats", "q4_0", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == len(module.PROMPTS) and all(0 <= r["same_prefix"] <= 2 for r in rows)
+
+
+def test_the_vpmaddwd_and_vnni_block_sums_agree(tmp_path):
+    """The block sums are built by vpdpbusd where the CPU has VNNI, by vpmaddwd elsewhere
+    (simd_int8.has_vnni, decided when numba compiles). This process runs one; a fresh one,
+    compiled into its own cache with the other choice, runs the other: the integer sums are
+    exact both ways, so the outputs differ only by float32 rounding of the lanes' order."""
+    import os
+    import subprocess
+    import sys
+
+    from numba.core.registry import cpu_target
+
+    from lazymoe.quant import simd_int8
+
+    other = not simd_int8.has_vnni(cpu_target.target_context)
+    script = (
+        "import sys, numpy as np, torch\n"
+        "from lazymoe.quant import simd_int8\n"
+        f"simd_int8.has_vnni = lambda context: {other}\n"
+        "from lazymoe import quant\n"
+        "from lazymoe.quant import kernels_int8\n"
+        "x = torch.randn(2, 512, generator=torch.Generator().manual_seed(9))\n"
+        "for fmt in kernels_int8.KINDS:\n"
+        "    w = torch.randn(24, 512, generator=torch.Generator().manual_seed(8)) * 0.05\n"
+        "    y = kernels_int8.qmatvec_int8(x, quant.quantize(w, fmt), threads=1)\n"
+        "    np.save(sys.argv[1] + '/' + fmt + '.npy', y.numpy())\n"
+        "asm = ''.join(kernels_int8._rows_q4_0.inspect_asm().values())\n"
+        "print('vpdpbusd' in asm)\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, env=env,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.stdout.split()[-1] == str(other)  # it really compiled the other way
+    x = torch.randn(2, 512, generator=torch.Generator().manual_seed(9))
+    for fmt in kernels_int8.KINDS:
+        w = torch.randn(24, 512, generator=torch.Generator().manual_seed(8)) * 0.05
+        mine = kernels_int8.qmatvec_int8(x, quant.quantize(w, fmt), threads=1).numpy()
+        theirs = np.load(tmp_path / f"{fmt}.npy")
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-5 * np.abs(mine).max())

@@ -39,8 +39,16 @@ measurement, expert_forward with int8 activations:
 (two runs, read bandwidth 28-34 GB/s in the same runs): 2.5-4x the float kernels. The issue's
 50 % target is met for q8_0 and nearly for q6_k at two threads; q4_0 and q4_k stay at 30-40 %:
 a 4-bit block costs the same per-block work (float16 scale, nibble unpacking, widening to 16
-bits) for half the bytes. Next steps there: VNNI (vpdpbusd, two blocks per instruction) where
-the CPU has it, or repacking the weights once so that several blocks share one scale load.
+bits) for half the bytes. With VNNI (vpdpbusd: sums of four byte products in one instruction,
+lazymoe/quant/simd_int8.py) where the CPU has it, same machine, two runs each, alternated with
+the vpmaddwd build (data/results/quant-cpu-kernels-dev-vnni.json):
+
+    threads   q8_0                q4_0                q4_k                q6_k
+    1         10.6-14.7 (12.0-14.3)  9.1-9.7 (6.4-7.7)   6.3-8.0 (7.3-8.6)   9.1-9.6 (6.2-9.5)
+    2         20.0 (19.0-19.8)       12.0-14.6 (7.5-7.9) 7.5-12.0 (10.3-13.4) 10.8-12.9 (10.6-10.9)
+
+(GB/s, vpmaddwd in brackets): q4_0 gains 1.3-1.8x, the others stay within this machine's noise.
+Next: repacking the weights once so that several blocks share one scale load.
 
 No longer equal to the float32 reference (see `expert_forward`); the engine keeps "float".
 Greedy tokens of the bundled model's GGUF twins, int8 against float, 3 prompts x 32 tokens

@@ -29,8 +29,9 @@ tests check it token for token, and hit for hit against the host's book (tests/t
 A batched step of several requests (engine/batch.py), and the prompts' prefill there, use the
 same tables: `batch_experts` runs `_assign_batch_kernel` (the pass's T x K ids; the layer's
 experts it uses looked up in ascending order, each once, as the host's batched path does),
-`_fill_kernel` for its misses, and one launch of the experts' kernels for every token. No host sync there
-either: the eager layer loop only launches.
+`_fill_kernel` for its misses, and one launch of the experts' kernels for every token (a prompt's
+pass: the grouped kernels, triton_grouped.py). No host sync there either: the eager layer loop
+only launches.
 
 The host's `CacheBook` stays the record between generations: after a prompt's prefill (which runs
 through transformers and the host's cache) the decoder loads the book into its device tables
