@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _inputs(layout, n_tokens, n_slots, seed, routes=None):
-    """x, router weights, a start for `out`, and each token's K slots (distinct, ascending, as
+    """x, router weights, and each token's K slots (distinct, ascending, as
     the device tables give them) and top-k places."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n_tokens, layout.hidden, generator=g)

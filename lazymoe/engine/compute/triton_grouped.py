@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import torch
 
-from lazymoe.engine.compute.triton_kernels import interpreting, triton
-from lazymoe.engine.compute.triton_quant import FORMATS, SlotLayout
+from lazymoe.engine.compute.triton_kernels import triton
+from lazymoe.engine.compute.triton_quant import FORMATS, SlotLayout, check_inputs
 
 if triton is not None:
     import triton.language as tl
@@ -278,16 +278,10 @@ def grouped_experts(
     if not supports(layout):
         raise ValueError(f"grouped kernels read {', '.join(sorted(GROUPED))}; not "
                          f"{layout.formats}: use triton_quant.fused_decode_quantized")  # fmt: skip
-    shapes_ok = out.shape == hidden.shape and out.is_contiguous() and d == layout.hidden
-    if not shapes_ok or top_k_weights.shape[0] != n_tokens or starts_t.shape != (n_tokens + 1,):
-        raise ValueError(f"shapes disagree: hidden {tuple(hidden.shape)}, out {tuple(out.shape)} "
-                         f"(contiguous), top_k_weights {tuple(top_k_weights.shape)}, starts_t "
-                         f"{tuple(starts_t.shape)} for {layout}")  # fmt: skip
-    if pool.dtype != torch.uint8 or pool.dim() != 2 or pool.shape[1] < layout.nbytes:
-        raise ValueError(f"pool: expected (slots, >= {layout.nbytes} bytes) uint8, got "
-                         f"{pool.dtype} {tuple(pool.shape)}")  # fmt: skip
-    if interpreting() and hidden.device.type == "cpu" and hidden.dtype != torch.float32:
-        raise ValueError(f"Triton's interpreter computes float32 only, got {hidden.dtype}")
+    check_inputs(out, hidden, top_k_weights, pool, layout)
+    if starts_t.shape != (n_tokens + 1,):
+        raise ValueError(f"shapes disagree: starts_t {tuple(starts_t.shape)} for {n_tokens} "
+                         f"tokens: give their T + 1 bounds")  # fmt: skip
     if n == 0:
         return
     device = hidden.device

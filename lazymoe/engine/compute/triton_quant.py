@@ -205,6 +205,33 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype, act=None) -> st
     return float_reason(device, dtype, act)
 
 
+def check_inputs(out, hidden, top_k_weights, pool: torch.Tensor, layout: SlotLayout) -> None:
+    """ValueError naming what does not fit, for the arguments these kernels and the grouped ones
+    (triton_grouped.py) share: out, hidden (T, D) with D the layout's, out contiguous,
+    top_k_weights (T, K), pool contiguous (slots, >= an expert's bytes) uint8."""
+    if (
+        pool.dtype != torch.uint8
+        or pool.dim() != 2
+        or not pool.is_contiguous()
+        or pool.shape[1] < layout.nbytes
+    ):
+        raise ValueError(f"pool: expected contiguous (slots, >= {layout.nbytes} bytes) uint8 for "
+                         f"{layout}, got {pool.dtype} {tuple(pool.shape)}")  # fmt: skip
+    if (
+        hidden.dim() != 2
+        or hidden.shape[1] != layout.hidden
+        or out.shape != hidden.shape
+        or not out.is_contiguous()
+        or top_k_weights.shape[0] != hidden.shape[0]
+    ):
+        raise ValueError(
+            f"shapes disagree: hidden {tuple(hidden.shape)}, out {tuple(out.shape)} (contiguous), "
+            f"top_k_weights {tuple(top_k_weights.shape)}, for {layout}"
+        )
+    if interpreting() and hidden.device.type == "cpu" and hidden.dtype != torch.float32:
+        raise ValueError(f"Triton's interpreter computes float32 only, got {hidden.dtype}")
+
+
 def fused_decode_quantized(
     out: torch.Tensor,
     hidden: torch.Tensor,
@@ -229,23 +256,7 @@ def fused_decode_quantized(
     n_tokens, d = hidden.shape
     i = layout.intermediate
     n = slot_t.shape[0]
-    if pool.dtype != torch.uint8 or pool.dim() != 2 or not pool.is_contiguous():
-        raise ValueError(f"pool: expected contiguous (slots, bytes) uint8, got {pool.dtype} "
-                         f"{tuple(pool.shape)}")  # fmt: skip
-    if (
-        d != layout.hidden
-        or out.shape != hidden.shape
-        or not out.is_contiguous()
-        or top_k_weights.shape[0] != n_tokens
-        or pool.shape[1] < layout.nbytes
-    ):
-        raise ValueError(
-            f"shapes disagree: hidden {tuple(hidden.shape)}, out {tuple(out.shape)} (contiguous), "
-            f"top_k_weights {tuple(top_k_weights.shape)}, a slot of "
-            f"{pool.shape[1]} bytes for {layout}, which needs {layout.nbytes}"
-        )
-    if interpreting() and hidden.device.type == "cpu" and hidden.dtype != torch.float32:
-        raise ValueError(f"Triton's interpreter computes float32 only, got {hidden.dtype}")
+    check_inputs(out, hidden, top_k_weights, pool, layout)
     if tok_t is None or starts_t is None:
         if n_tokens != 1:
             raise ValueError(f"{n_tokens} tokens: give tok_t and starts_t (which pairs are whose)")
