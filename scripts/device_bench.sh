@@ -42,7 +42,7 @@
 # BUILD_JOBS, BUILD_LLAMA (1; 0: suites that need no llama.cpp), PLACEMENTS ("fetch"; e.g. "fetch auto"), CROSS_CHECK (1; 0 skips llama-bench),
 # FORMATS ("bf16"; e.g. "q8_0 q4_0": one results file each, bench-SHAPE-FORMAT.json). Time on an
 # H200 (16 cores): setup ~5 min, check ~5, compare at one budget ~25 per format (a quantized
-# GGUF of qwen3-30b-a3b takes ~6 min to write in q8_0/q4_0, ~15 in q4_k_m: one core quantizes).
+# GGUF of qwen3-30b-a3b takes ~6 min to write in q8_0/q4_0, q4_k_m too: the GPU quantizes).
 set -uo pipefail
 CARRY=${CARRY:-.device}
 LLAMA_CPP_PYTHON_VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}

@@ -1,5 +1,6 @@
 """The GGUF writer's torch Q8_0/Q4_0 quantizers give gguf-py's bytes exactly (ties, zero blocks,
-negative maxima), on the CPU here and on a GPU in the GPU suite."""
+negative maxima), on the CPU here and on a GPU in the GPU suite; its K-quants (which it computes on
+a GPU when there is one) give the same bytes there as on the CPU."""
 
 import gguf
 import numpy as np
@@ -7,7 +8,8 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
-from lazymoe.models.gguf_write import LEGACY_TORCH
+from lazymoe.models.gguf_write import K_FORMATS, LEGACY_TORCH, _encode
+from lazymoe.models.archs import TensorSlot
 
 
 def awkward_values(seed: int) -> np.ndarray:
@@ -44,3 +46,20 @@ def test_same_bytes_on_the_gpu(qtype):
     ref = gguf.quants.quantize(x, qtype)
     got = LEGACY_TORCH[qtype](torch.from_numpy(x).cuda()).cpu().numpy().reshape(ref.shape)
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("qtype", sorted(K_FORMATS))
+def test_k_quants_same_bytes_on_the_gpu_as_on_the_cpu(qtype):
+    x = np.concatenate(
+        [
+            awkward_values(4),
+            np.random.default_rng(5).standard_normal((2048, 256)).astype(np.float32) * 0.02,
+        ]
+    )
+    slot = TensorSlot("blk.0.ffn_down_exps.weight", x.shape, "experts", ())
+    on_cpu = _encode(x, slot, qtype)  # a numpy array: the CPU path
+    on_gpu = _encode(torch.from_numpy(x), slot, qtype)  # a tensor: moved to the GPU
+    assert on_gpu.shape == on_cpu.shape
+    np.testing.assert_array_equal(on_gpu, on_cpu)

@@ -194,10 +194,13 @@ def _encode(values: np.ndarray | torch.Tensor, slot: TensorSlot, t: Q) -> np.nda
     if isinstance(values, torch.Tensor):
         if values.dtype == torch.bfloat16 and t == Q.BF16:
             return values.cpu().contiguous().view(torch.uint16).numpy()  # the bits as they are
-        if t in LEGACY_TORCH:  # on a GPU when there is one (gguf-py's numpy uses one core)
+        if t in LEGACY_TORCH or t in K_FORMATS:
+            # on a GPU when there is one: gguf-py's numpy, and torch on the CPU for a K-quant's
+            # scale search, use one core (a 30B model's Q4_K_M took ~15 minutes that way)
             device = "cuda" if torch.cuda.is_available() else values.device
-            return LEGACY_TORCH[t](values.to(device, torch.float32)).cpu().numpy().reshape(
-                gguf.quant_shape_to_byte_shape(tuple(values.shape), t))
+            x = values.to(device, torch.float32)
+            blocks = LEGACY_TORCH[t](x) if t in LEGACY_TORCH else quantize(x, K_FORMATS[t]).data
+            return blocks.cpu().numpy().reshape(gguf.quant_shape_to_byte_shape(tuple(values.shape), t))
         values = values.to(torch.float32).cpu().numpy()
     values = np.asarray(values, dtype=np.float32)
     if t in K_FORMATS:

@@ -13,7 +13,8 @@ hits and misses) is one graph the host launches once:
                  _assign_kernel   one program: each id's slot from the device map; a miss takes
                                   the least recently used slot (LRU, as the host's CacheBook
                                   orders it); writes the slots (in ascending expert order, as
-                                  the kernels read them) and the list of slots to fill
+                                  the kernels read them) and the list of slots to fill. A
+                                  layer whose experts all hit stamps them and skips the search
                  _fill_kernel     copies each missed expert's stored bytes from the page-locked
                                   file map into its slot: the GPU reads host memory over PCIe
                                   itself (mapped, unified addressing), no copy engine, no host
@@ -113,33 +114,38 @@ if triton is not None:
         # rank: place in ascending expert order (padding lanes rank past the real ones)
         lower = (ids[None, :] < ids[:, None]) & kmask[None, :]
         rank = tl.where(kmask, tl.sum(lower.to(tl.int32), axis=1), KP)
-        ss = tl.arange(0, SP)
-        smask = ss < N_SLOTS
-        stamps = tl.load(stamp_ptr + ss, mask=smask, other=_NO_SLOT)
-        owners = tl.load(owner_ptr + ss, mask=smask, other=-1)
         clock = tl.load(clock_ptr)
         hit = kmask & (slot >= 0)
         hits = tl.sum(hit.to(tl.int64), axis=0)
-        for r in tl.static_range(K):  # the hits first: stamped now, none can be a victim below
-            sel = (rank == r) & hit
-            used = tl.sum(tl.where(sel, slot + 1, 0), axis=0) - 1  # its slot, or -1
-            stamps = tl.where(ss == used, clock * _RANKS + r, stamps)
-        for r in tl.static_range(K):  # the misses, in the host book's order: ascending ids
-            sel = rank == r
-            key_r = tl.sum(tl.where(sel, key, 0), axis=0)
-            slot_r = tl.sum(tl.where(sel, slot, 0), axis=0)
-            if slot_r < 0:  # the least recently used slot (never one used this step)
-                victim, owners, stamps = _evict(
-                    stamps, owners, ss, key_r, clock * _RANKS + r, where_ptr, counts_ptr, LAYER,
-                    N_EXPERTS,
-                )  # fmt: skip
-                slot = tl.where(sel, victim, slot)
-                tl.store(fill_ptr + r, victim)
-            else:
-                tl.store(fill_ptr + r, -1)
-            tl.store(fill_ptr + K + r, key_r)
-        tl.store(stamp_ptr + ss, stamps, mask=smask)
-        tl.store(owner_ptr + ss, owners, mask=smask)
+        if hits == K:  # every expert resident: its stamp, nothing to fill, no search
+            tl.store(stamp_ptr + slot, clock * _RANKS + rank, mask=kmask)
+            tl.store(fill_ptr + rank, tl.full([KP], -1, tl.int32), mask=kmask)
+            tl.store(fill_ptr + K + rank, key, mask=kmask)
+        else:  # a miss: the search for victims needs every slot's stamp
+            ss = tl.arange(0, SP)
+            smask = ss < N_SLOTS
+            stamps = tl.load(stamp_ptr + ss, mask=smask, other=_NO_SLOT)
+            owners = tl.load(owner_ptr + ss, mask=smask, other=-1)
+            for r in tl.static_range(K):  # the hits first: stamped now, none can be a victim below
+                sel = (rank == r) & hit
+                used = tl.sum(tl.where(sel, slot + 1, 0), axis=0) - 1  # its slot, or -1
+                stamps = tl.where(ss == used, clock * _RANKS + r, stamps)
+            for r in tl.static_range(K):  # the misses, in the host book's order: ascending ids
+                sel = rank == r
+                key_r = tl.sum(tl.where(sel, key, 0), axis=0)
+                slot_r = tl.sum(tl.where(sel, slot, 0), axis=0)
+                if slot_r < 0:  # the least recently used slot (never one used this step)
+                    victim, owners, stamps = _evict(
+                        stamps, owners, ss, key_r, clock * _RANKS + r, where_ptr, counts_ptr,
+                        LAYER, N_EXPERTS,
+                    )  # fmt: skip
+                    slot = tl.where(sel, victim, slot)
+                    tl.store(fill_ptr + r, victim)
+                else:
+                    tl.store(fill_ptr + r, -1)
+                tl.store(fill_ptr + K + r, key_r)
+            tl.store(stamp_ptr + ss, stamps, mask=smask)
+            tl.store(owner_ptr + ss, owners, mask=smask)
         tl.store(clock_ptr, clock + 1)
         # the slots in ascending expert order, and which top-k weight each takes
         tl.store(index_ptr + rank, slot.to(tl.int64), mask=kmask)
