@@ -8,8 +8,8 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 
-from lazymoe.models.gguf_write import K_FORMATS, LEGACY_TORCH, _encode
 from lazymoe.models.archs import TensorSlot
+from lazymoe.models.gguf_write import K_FORMATS, LEGACY_TORCH, _encode
 
 
 def awkward_values(seed: int) -> np.ndarray:
