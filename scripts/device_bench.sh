@@ -173,7 +173,7 @@ compare_bf16() {  # lazymoe reads safetensors, llama.cpp a GGUF of the same bits
   rm -f "$M"/*.safetensors  # RAM: one copy of the weights at a time (the same bits, same seed)
   python3 -m lazymoe.bench.writer "$SHAPE" "$M" --only gguf --device cuda 2>&1 | tail -1
   g=$(ls "$M"/*.gguf | head -1)
-  llama_rows "$out" "$g" "$SHAPE" --gguf "$g"
+  llama_rows "$(rows_file "$out")" "$g" "$SHAPE" --gguf "$g"
   python3 -m lazymoe bench --report $(ls "$out" "${out%.json}"-pinned.json 2>/dev/null) | tee "$RESULTS/table-$SHAPE.md"
   rm -rf "$M"
 }
@@ -184,10 +184,13 @@ compare_gguf() {  # one quantized GGUF, written once, read by both engines (lazy
   else python3 -m lazymoe.bench.writer "$SHAPE" "$d" --format "$f" --device cuda 2>&1 | tail -1; fi
   g="$d/model-$f.gguf"; [ -f "$g" ] || { log "no $g: $f skipped"; return 1; }
   lazymoe_rows "$g" "$out" "random weights, shapes of $SHAPE, $f GGUF read by both engines"
-  local tune=$out; [ -f "$out" ] || tune="${out%.json}-pinned.json"  # PINS=1 alone: tune to the pinned rows
-  llama_rows "$tune" "$g" "$SHAPE-$f"  # no --gguf: the tuner reads the file the lazymoe rows read
+  llama_rows "$(rows_file "$out")" "$g" "$SHAPE-$f"  # no --gguf: the tuner reads the file the lazymoe rows read
   python3 -m lazymoe bench --report $(ls "$out" "${out%.json}"-pinned.json 2>/dev/null) | tee "$RESULTS/table-$SHAPE-$f.md"
   [ "${KEEP:-0}" = 1 ] || rm -rf "$d"
+}
+
+rows_file() {  # OUT: the lazymoe rows llama.cpp is tuned to (PINS=1 alone: the pinned ones)
+  if [ -f "$1" ]; then echo "$1"; else echo "${1%.json}-pinned.json"; fi
 }
 
 lazymoe_rows() {  # MODEL OUT NOTE: lazymoe's rows, once per PINS value (1: page-locked checkpoint, own file)
