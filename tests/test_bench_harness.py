@@ -153,6 +153,13 @@ def test_a_pinned_checkpoint_is_labelled(tiny_dir):
                              routings=("real-text",))
     [spec] = harness.build_specs(plan, llama_ok=False)
     assert spec["label"] == "lazymoe fetch, pinned file" and spec["options"]["pin_checkpoint"] is True
+    plan.cpu_activations = ("float", "int8")  # `lazymoe bench --cpu-activations float int8`
+    specs = harness.build_specs(plan, llama_ok=False)
+    assert [(s["label"], s["options"]["cpu_activations"]) for s in specs] == [
+        ("lazymoe fetch, pinned file", "float"), ("lazymoe fetch, pinned file, int8 activations", "int8")]
+    plan.gpu = False
+    assert [s["label"] for s in harness.build_specs(plan, llama_ok=False)] == [
+        "lazymoe (CPU)", "lazymoe (CPU), int8 activations"]
 
 
 @pytest.mark.skipif(not (paths.bundled_model_dir() / "config.json").is_file(),

@@ -268,6 +268,7 @@ def test_stop_strings_end_a_sequence(prompts):
 def test_bad_prompts_raise_and_leave_the_batch_usable(prompts):
     engine = bundled(None)
     want = alone(engine, prompts[:1])[0]
+    assert engine.generate(torch.tensor(prompts[0]), GREEDY) == want  # a tensor of ids is ids
     with engine.batch() as batch:
         h, _ = batch.add(prompts[0], GREEDY)
         batch.step()
@@ -277,6 +278,12 @@ def test_bad_prompts_raise_and_leave_the_batch_usable(prompts):
             batch.add([5, 99999], GREEDY)
         with pytest.raises(ValueError, match=r"prompt_ids\[0\] = -1"):
             batch.add([-1], GREEDY)
+        with pytest.raises(TypeError, match=r"is text .* not token ids: encode it first"):
+            batch.add("def add(a, b):", GREEDY)
+        with pytest.raises(TypeError, match=r"prompt_ids\[1\] = 2.5 is a float, not a token id"):
+            batch.add([5, 2.5], GREEDY)
+        joined = batch.add_many(["text", [5, 2.5]], [GREEDY, GREEDY])  # each refused, none joins
+        assert [type(j) for j in joined] == [TypeError, TypeError]
         with pytest.raises(ValueError, match="max_new_tokens=0"):
             batch.add(prompts[1], GenerationConfig(max_new_tokens=0))
         batch.remove(12345)  # unknown: no error

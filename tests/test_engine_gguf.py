@@ -14,6 +14,7 @@ from lazymoe.engine.reference import full_model, reference_greedy
 from lazymoe.engine.storage.gguf_file import GGUFExpertStore, write_dequantized_checkpoint
 from lazymoe.engine.storage.pool import expert_nbytes
 from lazymoe.engine.storage.qpool import QuantizedPool
+from lazymoe.quant import kernels_int8
 
 NEW_TOKENS = 12
 
@@ -58,6 +59,9 @@ def test_tokens_equal_transformers_on_dequantized_weights(files, name, budget, p
     )
     got = engine.generate(prompt, GenerationConfig(max_new_tokens=NEW_TOKENS, stop_token_ids=()))
     assert got == want
+    # each decode step's experts in the RAM slots ran together (one parallel region per kind of
+    # matmul), and still gave transformers' tokens
+    assert engine.runtime.pooled_cpu_steps > 0
     pool = engine.tiers.device.pool
     assert isinstance(pool, QuantizedPool) and pool.slot_nbytes == slot_nbytes
     assert pool.n_slots == (2 if budget == "tight" else len(store.keys()))
@@ -82,6 +86,32 @@ def test_reference_kernel_gives_the_same_tokens(files):
         engine.generate(prompt, GenerationConfig(max_new_tokens=NEW_TOKENS, stop_token_ids=()))
         == want
     )
+
+
+@pytest.mark.parametrize("placement", ["fetch", "cpu"])
+def test_int8_activations_run_llamacpps_arithmetic(files, placement, monkeypatch):
+    """cpu_activations="int8": the experts go through the int8 kernels (one expert at a time),
+    the logits move by about int8 rounding, no more, and the first tokens stay the same."""
+    path, want, prompt = files["q4_0"]
+    calls = []
+    real = kernels_int8.qmatvec_int8
+    monkeypatch.setattr(kernels_int8, "qmatvec_int8", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def engine(activations):
+        return Engine(EngineConfig(model_path=path, device="cpu", vram_budget="60KiB",
+                                   placement=placement, cpu_activations=activations))  # fmt: skip
+
+    exact = engine("float").forward_logits(prompt)
+    assert not calls
+    fast = engine("int8")
+    rounded = fast.forward_logits(prompt)
+    assert calls and fast.runtime.pooled_cpu_steps == 0
+    assert not torch.equal(rounded, exact)  # other arithmetic, other numbers
+    assert (rounded - exact).norm() < 0.02 * exact.norm()  # about 1/254 of a block's largest input a layer
+    got = fast.generate(prompt, GenerationConfig(max_new_tokens=4, stop_token_ids=()))
+    assert got == want[:4]
+    with pytest.raises(ValueError, match="cpu_activations='int4': choose one of float, int8"):
+        EngineConfig(model_path=path, cpu_activations="int4")
 
 
 def test_a_budget_holds_more_quantized_experts(files):

@@ -48,6 +48,7 @@ def non_default_flags(model, experts_dir, **replace) -> tuple[list[str], dict]:
         "model_path": model, "device": "cpu", "dtype": "bfloat16", "vram_budget": "6GiB",
         "ram_budget": "512MiB", "placement": "cpu", "policy": "lfu", "prefetch": False,
         "experts_path": experts_dir, "kernel": "grouped", "decode": "model", "pin_checkpoint": True,
+        "cpu_activations": "int8",
         "h2d_bandwidth_gbps": 20.5, "cpu_bandwidth_gbps": 30.0, "devices": "cpu,cpu",
     }  # fmt: skip
     flags = []

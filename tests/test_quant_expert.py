@@ -8,7 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from lazymoe import quant
-from lazymoe.quant.expert import expert_forward, expert_forward_reference, qlinear
+from lazymoe.quant import kernels_cpu
+from lazymoe.quant.expert import (
+    KERNEL_MAX_TOKENS,
+    expert_forward,
+    expert_forward_reference,
+    experts_forward,
+    qlinear,
+)
 
 FORMATS = ["f32", "bf16", "q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k"]
 
@@ -62,3 +69,58 @@ def test_buffers_made_in_inference_mode_still_work_outside_it():
     with torch.inference_mode():
         inside = expert_forward(x, gate, up, down)
     torch.testing.assert_close(expert_forward(x, gate, up, down), inside)
+
+
+def pooled(experts: list[list[quant.QuantizedTensor]]) -> tuple[torch.Tensor, list]:
+    """The experts' bytes laid out as an expert pool lays them (one row of bytes per slot: gate |
+    up | down) and QuantizedTensor views into it: (pool data, experts)."""
+    size = max(sum(t.nbytes for t in e) for e in experts) + 64  # slack past each expert, as a pool has
+    data = torch.zeros(len(experts), size, dtype=torch.uint8)
+    views = []
+    for slot, e in enumerate(experts):
+        pos, parts = 0, []
+        for t in e:
+            dst = data[slot, pos : pos + t.nbytes].view(t.data.shape)
+            dst.copy_(t.data)
+            parts.append(quant.QuantizedTensor(t.format, t.shape, dst))
+            pos += t.nbytes
+        views.append(parts)
+    return data, views
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k"])
+@pytest.mark.parametrize("tokens", [1, 2])
+def test_experts_together_give_each_experts_own_numbers(fmt, tokens):
+    data, experts = pooled([random_expert(fmt, seed=s) for s in range(5)])
+    x = torch.randn(tokens, 256, generator=torch.Generator().manual_seed(2))
+    got = experts_forward(x, [tuple(e) for e in experts], data, F.silu)
+    assert got.shape == (5, tokens, 256) and got.dtype == torch.float32
+    for i, e in enumerate(experts):  # the same bits as one at a time: the engine's tokens agree
+        assert torch.equal(got[i], expert_forward(x, *e, F.silu)), i
+
+
+def test_experts_together_with_gate_and_down_in_different_formats():
+    # a Q4_K_M file: gate and up in one format, down in another (and gate != up is allowed too)
+    parts = [random_expert("q4_k", seed=s) for s in range(3)]
+    mixed = [[g, quant.quantize(u.dequantize(), "q5_k"), quant.quantize(d.dequantize(), "q6_k")]
+             for g, u, d in parts]
+    data, experts = pooled(mixed)
+    x = torch.randn(1, 256, generator=torch.Generator().manual_seed(3))
+    got = experts_forward(x, [tuple(e) for e in experts], data, F.silu)
+    for i, e in enumerate(experts):
+        assert torch.equal(got[i], expert_forward(x, *e, F.silu))
+
+
+def test_experts_together_decline_what_they_cannot_do():
+    data, experts = pooled([random_expert("q8_0", seed=s) for s in range(2)])
+    x = torch.randn(1, 256)
+    elsewhere = [random_expert("q8_0", seed=9), experts[1]]  # weights outside `data`
+    assert experts_forward(x, [tuple(e) for e in elsewhere], data, F.silu) is None
+    mixed = [experts[0], pooled([random_expert("q4_0")])[1][0]]
+    assert experts_forward(x, [tuple(e) for e in mixed], data, F.silu) is None  # two formats
+    assert experts_forward(torch.randn(KERNEL_MAX_TOKENS + 1, 256), [tuple(e) for e in experts],
+                           data, F.silu) is None  # prefill: the slab path's business
+    with pytest.raises(quant.QuantError, match="not a contiguous part of `base`"):
+        kernels_cpu.qmatvec_many(x[None], [elsewhere[0][0]], data)
+    with pytest.raises(quant.QuantError, match=r"x must be \(2 or 1, tokens, 256\)"):
+        kernels_cpu.qmatvec_many(torch.randn(3, 1, 256), [experts[0][0], experts[1][0]], data)

@@ -22,7 +22,7 @@ from lazymoe.i18n import _
 
 # Engine options the bench sweeps: each takes several values, one row per combination
 # (lazymoe.bench.harness.build_specs). On a CPU-only machine lazymoe runs once, all resident.
-BENCH_SWEEP = ("model_path", "placement", "decode", "kernel", "vram_budget")
+BENCH_SWEEP = ("model_path", "placement", "decode", "kernel", "vram_budget", "cpu_activations")
 # Where the bench's defaults differ from `lazymoe run`'s, and why:
 BENCH_DEFAULTS = {
     # compare every placement, not only the default one
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     plan = BenchPlan(
         models=models, engines=tuple(args.engines), lazymoe_options=shared,
         placements=tuple(args.placement), decodes=tuple(args.decode), kernels=tuple(args.kernel),
-        pin_checkpoint=args.pin_checkpoint,
+        pin_checkpoint=args.pin_checkpoint, cpu_activations=tuple(args.cpu_activations),
         vram_budgets_gb=tuple(parse_bytes(b) / GB for b in args.vram_budget),
         prompt_tokens=args.prompt_tokens, gpu=None if args.device == "auto" else args.device == "cuda",
         new_tokens=args.new_tokens, repeats=args.repeats, warmup=args.warmup,

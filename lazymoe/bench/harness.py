@@ -71,6 +71,7 @@ class BenchPlan:
     decodes: tuple[str, ...] = ("auto",)  # lazymoe decode paths on a GPU (EngineConfig.decode)
     kernels: tuple[str, ...] = ("auto",)  # lazymoe expert kernels on a GPU (EngineConfig.kernel)
     pin_checkpoint: bool = False  # lazymoe on a GPU: EngineConfig.pin_checkpoint, labelled "pinned file"
+    cpu_activations: tuple[str, ...] = ("float",)  # EngineConfig.cpu_activations, one row set each
     # the other EngineConfig fields every lazymoe row shares (`lazymoe bench`'s engine flags)
     lazymoe_options: dict = field(default_factory=dict)
     vram_budgets_gb: tuple[float, ...] = (5.0, 8.0, 12.0)
@@ -169,27 +170,29 @@ def build_specs(plan: BenchPlan, llama_ok: bool, trace_dir: Path | None = None) 
         llama_here = llama_ok and bool(entry.gguf_path)
         if llama_here and "llamacpp-cpu-moe" in plan.engines:
             add("llama.cpp --cpu-moe", "llamacpp", {**llama, "cpu_moe": True}, None, "cpu")
-        if "lazymoe" in plan.engines:
-            base = {**plan.lazymoe_options, "model_path": entry.model_path, "dtype": entry.dtype}
+        for activations in plan.cpu_activations if "lazymoe" in plan.engines else ():
+            base = {**plan.lazymoe_options, "model_path": entry.model_path, "dtype": entry.dtype,
+                    "cpu_activations": activations}
+            int8 = ", int8 activations" if activations == "int8" else ""
             if plan.gpu:  # budgets outer: the first budget's row of every placement comes first
                 for budget in plan.vram_budgets_gb:
                     for placement in plan.placements:
                         for decode, kernel in itertools.product(plan.decodes, plan.kernels):
                             label = f"lazymoe {placement}" + ("" if decode == "auto" else f" ({decode})")
                             label += "" if kernel == "auto" else f" [{kernel}]"
-                            label += ", pinned file" if plan.pin_checkpoint else ""
+                            label += (", pinned file" if plan.pin_checkpoint else "") + int8
                             add(label, "lazymoe", {**base, "placement": placement, "decode": decode,
                                 "kernel": None if kernel == "auto" else kernel,
                                 "pin_checkpoint": plan.pin_checkpoint,
                                 "vram_budget": round(budget * GB), "device": "cuda"}, budget, placement)
                 if plan.include_resident:  # pinned too when the rows are: decode="device-cache"
-                    label = "lazymoe all resident" + (", pinned file" if plan.pin_checkpoint else "")
+                    label = "lazymoe all resident" + (", pinned file" if plan.pin_checkpoint else "") + int8
                     add(label, "lazymoe", {**base, "device": "cuda",
                                            "pin_checkpoint": plan.pin_checkpoint}, None, "fetch")
             else:
-                add("lazymoe (CPU)", "lazymoe", {**base, "device": "cpu", "placement": "cpu"}, None, "cpu")
+                add("lazymoe (CPU)" + int8, "lazymoe", {**base, "device": "cpu", "placement": "cpu"}, None, "cpu")
                 for budget in plan.cpu_cache_budgets_gb:  # a RAM cache over the mapped checkpoint
-                    add(f"lazymoe (CPU), {budget:g} GB cache", "lazymoe", {
+                    add(f"lazymoe (CPU), {budget:g} GB cache{int8}", "lazymoe", {
                         **base, "device": "cpu", "placement": "cpu", "vram_budget": round(budget * GB)},
                         budget, "cpu")
         if llama_here and "llamacpp-gpu" in plan.engines and plan.gpu:

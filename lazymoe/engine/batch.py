@@ -224,8 +224,8 @@ class EngineBatch:
         """Prefill `prompt_ids` alone now and join the batch: (handle, the first new token id).
 
         The sequence may be finished already (a stop id, or max_new_tokens=1): see `finished`.
-        ValueError for an empty prompt, ids outside the vocabulary or max_new_tokens=0; the batch
-        is unchanged then.
+        ValueError for an empty prompt, ids outside the vocabulary or max_new_tokens=0, TypeError
+        for text or values that are not ints; the batch is unchanged then.
         """
         prompt_ids, gen = self._checked(prompt_ids, gen)
         return self._prefill([(prompt_ids, gen)])[0]
@@ -249,7 +249,7 @@ class EngineBatch:
         for i, (prompt_ids, gen) in enumerate(zip(prompts, gens, strict=True)):
             try:
                 ready.append((i, *self._checked(prompt_ids, gen)))
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:
                 out[i] = exc
         for group in prefill_groups(ready):
             try:
@@ -263,9 +263,9 @@ class EngineBatch:
     def _checked(self, prompt_ids: list[int], gen: GenerationConfig | None):
         """(prompt ids, settings) of a request a batch can take, or ValueError saying why not."""
         engine, gen = self.engine, gen or GenerationConfig()
+        prompt_ids = engine._checked_ids(prompt_ids)
         if not prompt_ids:
             raise ValueError("prompt_ids is empty: give at least one token (e.g. the EOS id)")
-        prompt_ids = engine._checked_ids(prompt_ids)
         if gen.max_new_tokens < 1:
             raise ValueError(
                 f"max_new_tokens={gen.max_new_tokens}: a sequence in a batch makes at least one "

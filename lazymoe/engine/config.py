@@ -32,7 +32,8 @@ PLACEMENTS = ("fetch", "cpu", "auto")
 PLACEMENT_ALIASES = {"gpu": "fetch"}
 POLICY_NAMES = ("lru", "lfu", "fifo")  # lazymoe.engine.parts.policies.POLICIES
 KERNELS = ("reference", "grouped", "batched", "fused")  # see lazymoe.engine.compute.kernels
-DECODE_PATHS = ("auto", "model", "segments", "graphs", "device-cache")  # see lazymoe.engine.compute.graphs
+DECODE_PATHS = ("auto", "model", "segments", "graphs", "device-cache")
+CPU_ACTIVATIONS = ("float", "int8")  # lazymoe.quant.expert.expert_forward's `activations`  # see lazymoe.engine.compute.graphs
 
 
 def canonical_placement(value: str) -> str:
@@ -93,6 +94,12 @@ class EngineConfig:
         of ~20 GB/s from mapped pages, 3-8 GB/s from pages touched for the first time). The
         files stay locked in RAM until close(): it needs RAM for all of them, like llama.cpp's
         --mlock, and locking takes a while (~1.4 GB/s). GPU only; ignored on a CPU.
+    cpu_activations: how the CPU computes a GGUF file's quantized experts
+        (lazymoe.quant.expert.expert_forward): "float" (the default: every activation stays
+        float32, tokens equal transformers on the dequantized weights) or "int8" (each block of
+        32 inputs rounded to int8 with one scale, integer dot products, as llama.cpp's CPU code:
+        2-4x faster there, each output off by about 1/254 of its block's largest input, so a
+        token may differ now and then). Formats without an int8 kernel stay float.
 
     Fields with `cli(...)` metadata are also command-line options, defined once here for
     `lazymoe run`, `lazymoe serve` and `lazymoe bench` (`lazymoe.engine.options`).
@@ -139,6 +146,11 @@ class EngineConfig:
     pin_checkpoint: bool = field(default=False, metadata=cli(
         "page-lock the mapped expert files for direct copies to the GPU (needs RAM for all of "
         "them)", switch=True))
+    cpu_activations: str = field(default="float", metadata=cli(
+        "how the CPU multiplies a GGUF file's experts: float (the same tokens as transformers on "
+        "the dequantized weights) or int8 (the inputs rounded to 8-bit blocks, integer dot "
+        "products, as llama.cpp does: 2-4x faster, slightly different numbers)",
+        choices=CPU_ACTIVATIONS))
     # Measured bandwidths for placement="auto" (GB/s); None: measured at load time.
     h2d_bandwidth_gbps: float | None = field(default=None, metadata=cli(
         "host-to-GPU bandwidth for placement auto, GB/s", type=float, metavar="GB/S",
@@ -182,6 +194,9 @@ class EngineConfig:
             )
         if self.kernel not in (None, *KERNELS):
             raise ValueError(f"kernel={self.kernel!r}: choose one of {', '.join(KERNELS)}, 'auto' or None")
+        if self.cpu_activations not in CPU_ACTIVATIONS:
+            raise ValueError(f"cpu_activations={self.cpu_activations!r}: choose one of "
+                             f"{', '.join(CPU_ACTIVATIONS)}")
         if self.decode not in DECODE_PATHS:
             raise ValueError(f"decode={self.decode!r}: choose one of {', '.join(DECODE_PATHS)}")
         is_policy_class = isinstance(self.policy, type) and issubclass(self.policy, EvictionPolicy)

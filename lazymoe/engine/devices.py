@@ -123,6 +123,7 @@ def _make_runtime(engine: Engine, share: DeviceShare, act, prefetcher, replay) -
         share.tiers, act, config.placement, cost_model, prefetcher,
         expert_flops_per_token=6 * engine.intermediate * engine.hidden,
         top_k=engine.top_k, kernel=config.kernel, replay=replay,
+        cpu_activations=config.cpu_activations,
     )  # fmt: skip
     if cost_model is not None:  # what auto weighs per layer: a quantized expert's stored parts
         share.runtime.miss_parts = {layer: expert_parts(engine.store, layer) for layer in share.moe_layers}

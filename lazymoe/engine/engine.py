@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 
@@ -211,9 +212,10 @@ class Engine:
     def stream(self, prompt_ids: list[int], gen: GenerationConfig | None = None) -> Iterator[int]:
         """Yield new token ids as they are made. `.close()` on the iterator stops it cleanly."""
         gen = gen or GenerationConfig()
+        prompt_ids = self._checked_ids(prompt_ids)
         if not prompt_ids:
             raise ValueError("prompt_ids is empty: give at least one token (e.g. the EOS id)")
-        return self._stream(self._checked_ids(prompt_ids), gen)
+        return self._stream(prompt_ids, gen)
 
     def batch(self) -> EngineBatch:
         """Requests that decode together, one model pass per step (`lazymoe.engine.batch`)."""
@@ -221,9 +223,22 @@ class Engine:
 
     def _checked_ids(self, prompt_ids: list[int]) -> list[int]:
         """The ids as a list, or ValueError naming the first one outside the vocabulary (torch
-        would only say IndexError, from deep inside the embedding)."""
+        would only say IndexError, from deep inside the embedding), or TypeError for text or
+        anything else that is not token ids."""
+        if isinstance(prompt_ids, (str, bytes)):
+            raise TypeError(
+                f"prompt_ids is text ({prompt_ids[:40]!r}...), not token ids: encode it first, e.g. "
+                "engine.generate(engine.tokenizer.encode(text)), or use `lazymoe run` for text"
+            )
+        if isinstance(prompt_ids, (torch.Tensor, np.ndarray)) and prompt_ids.ndim == 1:
+            prompt_ids = prompt_ids.tolist()  # a tensor or array of ids: as their ints
         vocab_size = self.model.get_input_embeddings().num_embeddings
         for i, token_id in enumerate(prompt_ids):
+            if isinstance(token_id, bool) or not isinstance(token_id, (int, np.integer)):
+                raise TypeError(
+                    f"prompt_ids[{i}] = {token_id!r} is a {type(token_id).__name__}, not a token id: "
+                    "give a list of ints (encode text with engine.tokenizer)"
+                )
             if not 0 <= token_id < vocab_size:
                 raise ValueError(
                     f"prompt_ids[{i}] = {token_id} is not a token of this model: ids must be "

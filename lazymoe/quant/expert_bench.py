@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from lazymoe.i18n import _
 from lazymoe.i18n.width import pad
 from lazymoe.quant import kernels_int8
-from lazymoe.quant.expert import SLAB_WEIGHTS, expert_forward
+from lazymoe.quant.expert import SLAB_WEIGHTS, expert_forward, experts_forward
 from lazymoe.quant.formats import QuantError, get_format
 from lazymoe.quant.tensor import QuantizedTensor, quantize
 
@@ -194,10 +194,13 @@ def measure_read_bandwidth(
     threads: int | None = None,
     kernels: bool = True,
     activations: str = "float",
+    together: int = 1,
 ) -> dict[str, float]:
     """Decode-step speed of `expert_forward` (`tokens` rows) over `n_experts` distinct experts of
     Qwen3-30B-A3B's shape (more bytes than any CPU cache): stored bytes read per second, in GB/s.
-    threads: torch's (and so the kernels') thread count for the run (None: as set)."""
+    threads: torch's (and so the kernels') thread count for the run (None: as set).
+    together: experts computed per call, as a decode step's top-k in the engine's RAM slots
+    (`experts_forward` over an expert pool, float activations); 1: one `expert_forward` each."""
     gen = torch.Generator().manual_seed(0)
     experts = []
     for _expert in range(n_experts):
@@ -208,6 +211,8 @@ def measure_read_bandwidth(
         experts.append([quantize(t, fmt) for t in w])
     nbytes = sum(t.nbytes for e in experts for t in e)  # bytes
     x = torch.randn(tokens, hidden, generator=gen)
+    if together > 1:
+        return _together_read_bandwidth(fmt, experts, nbytes, x, repeats, threads, together)
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
@@ -218,6 +223,34 @@ def measure_read_bandwidth(
             start = time.perf_counter()
             for e in experts:
                 expert_forward(x, *e, slab_weights=slab_weights, kernels=kernels, activations=activations)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(before)
+    return {"format": fmt, "bytes": nbytes, "seconds": best, "read_gbps": nbytes / best / 1e9}
+
+
+def _together_read_bandwidth(fmt, experts, nbytes, x, repeats, threads, together) -> dict[str, float]:
+    """measure_read_bandwidth's `together` case: the experts in a pool's slots, `together` of
+    them per `experts_forward` call."""
+    from lazymoe.engine.storage.gguf_file import QuantizedExpert
+    from lazymoe.engine.storage.qpool import QuantizedPool
+
+    pool = QuantizedPool(len(experts), max(sum(t.nbytes for t in e) for e in experts))
+    for slot, e in enumerate(experts):
+        pool.fill(slot, QuantizedExpert(*e))
+    slots = [pool.expert(slot) for slot in range(len(experts))]
+    groups = [[(q.gate, q.up, q.down) for q in slots[i : i + together]]
+              for i in range(0, len(slots), together)]  # fmt: skip
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        if experts_forward(x, groups[0], pool.data) is None:
+            raise QuantError(f"{fmt}: no CPU kernel computes these experts together")
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for group in groups:
+                experts_forward(x, group, pool.data)
             best = min(best, time.perf_counter() - start)
     finally:
         torch.set_num_threads(before)
@@ -242,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--activations", default="float,int8", help="float, int8 or both (comma-separated)")
+    parser.add_argument("--together", default="1",
+                        help="experts per call, comma-separated (8: a decode step's top-k in one call, "
+                             "float activations); 1: one expert a call")
     parser.add_argument("--json", help="write the results here (data/results/quant-cpu-kernels-dev.json)")
     args = parser.parse_args(argv)
     rows = []
@@ -251,15 +287,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{threads} thread(s): RAM read {read:.1f} GB/s, RAM copy {copy:.1f} GB/s (lazymoe.measure)")
         for fmt in args.formats.split(","):
             slab = measure_read_bandwidth(fmt, repeats=2, threads=threads, kernels=False)["read_gbps"]
-            for activations in args.activations.split(","):
+            cases = [(a, 1) for a in args.activations.split(",")]
+            cases += [("float", int(k)) for k in args.together.split(",") if int(k) > 1]
+            for activations, together in cases:
                 if activations == "int8" and fmt not in kernels_int8.KINDS:
                     continue
-                kernel = measure_read_bandwidth(fmt, repeats=args.repeats, threads=threads, activations=activations)
+                kernel = measure_read_bandwidth(fmt, repeats=args.repeats, threads=threads,
+                                                activations=activations, together=together)  # fmt: skip
                 row = {"format": fmt, "activations": activations, "tokens": 1, "threads": threads,
+                       "experts_per_call": together,
                        "kernel_gbps": kernel["read_gbps"], "slab_gbps": slab, "read_gbps": read,
                        "ram_copy_gbps": copy, "kernel_share_of_read": kernel["read_gbps"] / read}  # fmt: skip
                 rows.append(row)
-                print(f"  {fmt} {activations:5}: kernel {row['kernel_gbps']:.2f} GB/s = "
+                print(f"  {fmt} {activations:5} x{together}: kernel {row['kernel_gbps']:.2f} GB/s = "
                       f"{row['kernel_share_of_read']:.0%} of read bandwidth (slab path {slab:.2f} GB/s)")  # fmt: skip
     if args.json:
         from lazymoe.hardware import _cpu_model_and_flags

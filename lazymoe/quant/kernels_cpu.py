@@ -2,6 +2,9 @@
 
     qmatvec(x, qt)     x (T, in) float32, qt (rows, in) in q8_0 | q4_0 | q4_1 | q4_k | q5_k | q6_k
                        -> (T, rows) float32
+    qmatvec_many(x, qts, base)   the same for n weights of one format and shape at once (a
+                       decode step's experts, their bytes in `base`): (n, T, rows), one
+                       parallel region for all of them
 
 Each kernel walks a row's blocks once: it reads the block's scale(s), turns its 8/6/5/4-bit
 values into floats in registers and multiplies them into every token's running sum. No weight
@@ -250,50 +253,72 @@ def _rows_q6_k(data, x, y, r0, r1):
             y[t, r] = part[t].sum()
 
 
-# One parallel driver per format: prange over chunks of rows, each chunk a plain call (a loop
-# written inside prange itself ran 2-4x slower, measured: numba's parallel lowering loses the
-# vectorisation of the inner loops).
-
-@_jit(parallel=True)
-def _q8_0(data, x, y):
-    rows = data.shape[0]
-    for c in prange((rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        _rows_q8_0(data, x, y, c * ROW_CHUNK, min(rows, (c + 1) * ROW_CHUNK))
+# One parallel driver per format: prange over chunks of ROW_CHUNK rows, each chunk a plain call
+# of the row kernel (a loop written inside prange itself ran 2-4x slower, measured: numba's
+# parallel lowering loses the vectorisation of the inner loops). A call covers n matrices of one
+# format and shape, matrix i the (rows, row_bytes) bytes at base[starts[i]:], times x[i] (x[0]
+# for every matrix when x holds one): `qmatvec_many` gives a decode step's experts one parallel
+# region, whose start (~10-25 us to wake the threads) each matrix paid alone before.
 
 
 @_jit(parallel=True)
-def _q4_0(data, x, y):
-    rows = data.shape[0]
-    for c in prange((rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        _rows_q4_0(data, x, y, c * ROW_CHUNK, min(rows, (c + 1) * ROW_CHUNK))
+def _q8_0(base, starts, row_bytes, x, y):
+    n, rows = starts.shape[0], y.shape[2]
+    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    for c in prange(n * chunks):
+        i, k = c // chunks, c % chunks
+        w = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes))
+        _rows_q8_0(w, x[min(i, x.shape[0] - 1)], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
 
 
 @_jit(parallel=True)
-def _q4_1(data, x, y):
-    rows = data.shape[0]
-    for c in prange((rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        _rows_q4_1(data, x, y, c * ROW_CHUNK, min(rows, (c + 1) * ROW_CHUNK))
+def _q4_0(base, starts, row_bytes, x, y):
+    n, rows = starts.shape[0], y.shape[2]
+    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    for c in prange(n * chunks):
+        i, k = c // chunks, c % chunks
+        w = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes))
+        _rows_q4_0(w, x[min(i, x.shape[0] - 1)], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
 
 
 @_jit(parallel=True)
-def _q4_k(data, x, y):
-    rows = data.shape[0]
-    for c in prange((rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        _rows_q4_k(data, x, y, c * ROW_CHUNK, min(rows, (c + 1) * ROW_CHUNK))
+def _q4_1(base, starts, row_bytes, x, y):
+    n, rows = starts.shape[0], y.shape[2]
+    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    for c in prange(n * chunks):
+        i, k = c // chunks, c % chunks
+        w = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes))
+        _rows_q4_1(w, x[min(i, x.shape[0] - 1)], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
 
 
 @_jit(parallel=True)
-def _q5_k(data, x, y):
-    rows = data.shape[0]
-    for c in prange((rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        _rows_q5_k(data, x, y, c * ROW_CHUNK, min(rows, (c + 1) * ROW_CHUNK))
+def _q4_k(base, starts, row_bytes, x, y):
+    n, rows = starts.shape[0], y.shape[2]
+    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    for c in prange(n * chunks):
+        i, k = c // chunks, c % chunks
+        w = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes))
+        _rows_q4_k(w, x[min(i, x.shape[0] - 1)], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
 
 
 @_jit(parallel=True)
-def _q6_k(data, x, y):
-    rows = data.shape[0]
-    for c in prange((rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        _rows_q6_k(data, x, y, c * ROW_CHUNK, min(rows, (c + 1) * ROW_CHUNK))
+def _q5_k(base, starts, row_bytes, x, y):
+    n, rows = starts.shape[0], y.shape[2]
+    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    for c in prange(n * chunks):
+        i, k = c // chunks, c % chunks
+        w = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes))
+        _rows_q5_k(w, x[min(i, x.shape[0] - 1)], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
+
+
+@_jit(parallel=True)
+def _q6_k(base, starts, row_bytes, x, y):
+    n, rows = starts.shape[0], y.shape[2]
+    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    for c in prange(n * chunks):
+        i, k = c // chunks, c % chunks
+        w = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes))
+        _rows_q6_k(w, x[min(i, x.shape[0] - 1)], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
 
 
 _KERNELS = {"q8_0": _q8_0, "q4_0": _q4_0, "q4_1": _q4_1, "q4_k": _q4_k, "q5_k": _q5_k, "q6_k": _q6_k}
@@ -328,12 +353,49 @@ def qmatvec(x: torch.Tensor, qt: QuantizedTensor, threads: int | None = None) ->
             f"no CPU kernel for a {qt.format} weight of shape {qt.shape} on {qt.device}: the kernels "
             f"cover 2-D CPU weights in {', '.join(KINDS)}; use lazymoe.quant.expert.qlinear instead"
         )
-    rows, _ = check_activations(x, qt)
-    xs = x.detach().to("cpu", torch.float32).contiguous()
+    check_activations(x, qt)
     data = qt.data if qt.data.is_contiguous() else qt.data.contiguous()
-    y = torch.empty((x.shape[0], rows), dtype=torch.float32)
+    return _run(qt, data.view(-1), np.zeros(1, np.int64), x[None], threads)[0]
+
+
+def qmatvec_many(
+    x: torch.Tensor, qts: list[QuantizedTensor], base: torch.Tensor, threads: int | None = None
+) -> torch.Tensor:
+    """x[i] (T, in) @ W_i^T for n weights of one format and shape, in one parallel region:
+    (n, T, rows) float32, each [i] the same numbers as `qmatvec(x[i], qts[i])`.
+
+    x: (n, T, in), or (1, T, in) for the same rows times every weight. base: a contiguous uint8
+    CPU tensor holding every weight's bytes (an expert pool's `data`): the kernels find weight i
+    at its byte offset there. QuantError when a weight is not in `base`, or the weights differ in
+    format or shape."""
+    if not qts:
+        raise QuantError("qmatvec_many needs at least one weight")
+    first = qts[0]
+    if not supports(first):
+        raise QuantError(f"no CPU kernel for a {first.format} weight of shape {first.shape} on {first.device}")
+    if any((q.format, q.shape) != (first.format, first.shape) for q in qts):
+        raise QuantError("qmatvec_many: the weights differ in format or shape; call it once per kind")
+    if x.dim() != 3 or x.shape[0] not in (1, len(qts)) or x.shape[2] != first.shape[1]:
+        raise QuantError(f"x must be ({len(qts)} or 1, tokens, {first.shape[1]}), got {tuple(x.shape)}")
+    if base.dtype != torch.uint8 or base.device.type != "cpu" or not base.is_contiguous():
+        raise QuantError("qmatvec_many: base must be a contiguous uint8 CPU tensor")
+    flat, origin, end = base.view(-1), base.data_ptr(), base.numel()
+    starts = np.empty(len(qts), np.int64)
+    for i, q in enumerate(qts):
+        starts[i] = q.data.data_ptr() - origin
+        if not q.data.is_contiguous() or not 0 <= starts[i] <= end - q.nbytes:
+            raise QuantError(f"qmatvec_many: weight {i} is not a contiguous part of `base`")
+    return _run(first, flat, starts, x, threads)
+
+
+def _run(qt: QuantizedTensor, flat: torch.Tensor, starts: np.ndarray, x: torch.Tensor,
+         threads: int | None) -> torch.Tensor:
+    """The format's driver over len(starts) weights shaped like qt: (n, T, rows) float32."""
+    rows, cols = qt.shape
+    xs = x.detach().to("cpu", torch.float32).contiguous()
+    y = torch.empty((len(starts), x.shape[1], rows), dtype=torch.float32)
     n = thread_count(threads)
     with _lock:
         numba.set_num_threads(n)
-        _KERNELS[qt.fmt.kind](data.numpy(), xs.numpy(), y.numpy())
+        _KERNELS[qt.fmt.kind](flat.numpy(), starts, qt.fmt.row_bytes(cols), xs.numpy(), y.numpy())
     return y

@@ -35,7 +35,7 @@ from lazymoe.engine.compute import kernels, triton_grouped, triton_quant
 from lazymoe.engine.compute.kernels import expert_fused
 from lazymoe.engine.storage.store import ExpertWeights
 from lazymoe.engine.storage.tiers import TierStack
-from lazymoe.quant.expert import expert_forward
+from lazymoe.quant.expert import expert_forward, experts_forward
 
 FUSED_CHUNK_TOKENS = 4096  # quantized Triton kernels: tokens per launch (the down grid's 2nd axis)
 
@@ -81,6 +81,8 @@ class ExpertCompute:
     cpu_reads_stored: bool  # a CPU-computed miss runs on the file's stored bytes
     computed_on: defaultdict[str, int]  # "device"/"cpu" -> experts computed
     batch_prompt: bool  # the pass is a prompt's (ExpertRuntime.experts_on)
+    pooled_cpu_steps: int  # layer steps whose CPU-pool experts ran together (_pooled_cpu)
+    cpu_activations: str  # quantized experts on the CPU: "float" or "int8" (expert_forward's)
 
     def _compute_device(self, out, hidden, top_k_weights, rows, on_device) -> None:
         """The fast paths (kernels.py) for experts whose weights are in device slots."""
@@ -95,11 +97,11 @@ class ExpertCompute:
                 # each (token, expert) pair reads its expert's bytes, which at a few MB per expert
                 # beats writing a float copy of it (a prefill of 24 tokens took 0.6 s that way)
                 self._fused_quantized(out, hidden, top_k_weights, rows, on_device)
-            else:  # slab by slab on the CPU (lazymoe.quant.expert)
-                for e, slot in on_device:
+            elif not self._pooled_cpu(out, hidden, top_k_weights, rows, on_device):
+                for e, slot in on_device:  # on the CPU, one expert after another (lazymoe.quant.expert)
                     q = pool.expert(slot)
-                    self._add_rows(out, hidden, top_k_weights, rows[e],
-                                   lambda x, q=q: expert_forward(x, q.gate, q.up, q.down, self.act))
+                    self._add_rows(out, hidden, top_k_weights, rows[e], lambda x, q=q: expert_forward(
+                        x, q.gate, q.up, q.down, self.act, activations=self.cpu_activations))
             self.computed_on["device"] += len(on_device)
             return
         for _, slot in on_device:
@@ -119,6 +121,24 @@ class ExpertCompute:
         else:
             groups = [(rows[e], pool.gate_up[slot], pool.down[slot]) for e, slot in on_device]
             kernels.grouped(out, hidden, top_k_weights, groups, self.act)
+
+    def _pooled_cpu(self, out, hidden, top_k_weights, rows, on_device) -> bool:
+        """A decode step's quantized experts in a CPU pool, each kind of matmul of all of them in
+        one parallel region (lazymoe.quant.expert.experts_forward), added in the same order and
+        with the same numbers as one after another; False when they cannot go together."""
+        if out.shape[0] != 1 or len(on_device) < 2 or any(len(rows[e]) != 1 for e, _ in on_device):
+            return False
+        if self.cpu_activations != "float":  # the int8 kernels take one expert at a time
+            return False
+        pool = self.tiers.device.pool
+        experts = [pool.expert(slot) for _, slot in on_device]
+        ys = experts_forward(hidden, [(q.gate, q.up, q.down) for q in experts], pool.data, self.act)
+        if ys is None:
+            return False
+        for (e, _), y in zip(on_device, ys, strict=True):
+            self._add_rows(out, hidden, top_k_weights, rows[e], lambda x, y=y: y)
+        self.pooled_cpu_steps += 1
+        return True
 
     def _fused_quantized(self, out, hidden, top_k_weights, rows, on_device) -> None:
         """The tokens' experts by the quantized Triton kernels, read in place from the slots;
@@ -216,7 +236,8 @@ class ExpertCompute:
         no float copy of its weights); its stored bytes count on the disk->cpu link."""
         start = time.perf_counter()
         q = self.tiers.store.read_quantized(*key)
-        self._add_rows(out, *host, rows, lambda x: expert_forward(x, q.gate, q.up, q.down, self.act))
+        self._add_rows(out, *host, rows, lambda x: expert_forward(
+            x, q.gate, q.up, q.down, self.act, activations=self.cpu_activations))
         self.tiers.links["disk->cpu"].add(key[0], q.nbytes, time.perf_counter() - start)
 
     def _add_cpu_expert(self, out, key, rows, host) -> None:

@@ -55,8 +55,10 @@ class ExpertRuntime(ExpertCompute):
         top_k: int,
         kernel: str | None = None,
         replay: TraceReplay | None = None,
+        cpu_activations: str = "float",
     ) -> None:
         self.tiers = tiers
+        self.cpu_activations = cpu_activations  # quantized experts on the CPU: float or int8
         # benchmarks: a trace's experts in place of the router's (lazymoe.engine.parts.replay)
         self.replay = replay
         # None, or a Counter that every computed expert adds to: (layer, expert) -> token rows
@@ -78,6 +80,7 @@ class ExpertRuntime(ExpertCompute):
         # prompt or a batched step by `experts_on`: `DeviceCacheDecoder.batch_experts`), else None
         self.batch_on_device = None
         self.batch_prompt = False  # the passes are prompts' (their experts in tiles of tokens)
+        self.pooled_cpu_steps = 0  # layer steps whose CPU-pool experts ran together (_pooled_cpu)
         self.expert_flops_per_token = expert_flops_per_token
         self.computed_on: defaultdict[str, int] = defaultdict(int)  # "device"/"cpu" -> experts
         pool = tiers.device.pool
