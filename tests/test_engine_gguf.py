@@ -90,12 +90,15 @@ def test_reference_kernel_gives_the_same_tokens(files):
 
 @pytest.mark.parametrize("placement", ["fetch", "cpu"])
 def test_int8_activations_run_llamacpps_arithmetic(files, placement, monkeypatch):
-    """cpu_activations="int8": the experts go through the int8 kernels (one expert at a time),
-    the logits move by about int8 rounding, no more, and the first tokens stay the same."""
+    """cpu_activations="int8": the experts go through the int8 kernels (a prompt's one expert at
+    a time, a decode step's together), the logits move by about int8 rounding, no more, and the
+    first tokens stay the same."""
     path, want, prompt = files["q4_0"]
     calls = []
-    real = kernels_int8.qmatvec_int8
-    monkeypatch.setattr(kernels_int8, "qmatvec_int8", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for name in ("qmatvec_int8", "qmatvec_int8_many"):
+        real = getattr(kernels_int8, name)
+        monkeypatch.setattr(kernels_int8, name,
+                            lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
 
     def engine(activations):
         return Engine(EngineConfig(model_path=path, device="cpu", vram_budget="60KiB",
@@ -105,11 +108,12 @@ def test_int8_activations_run_llamacpps_arithmetic(files, placement, monkeypatch
     assert not calls
     fast = engine("int8")
     rounded = fast.forward_logits(prompt)
-    assert calls and fast.runtime.pooled_cpu_steps == 0
+    assert set(calls) == {"qmatvec_int8"}  # the prompt: each expert on its tokens
     assert not torch.equal(rounded, exact)  # other arithmetic, other numbers
     assert (rounded - exact).norm() < 0.02 * exact.norm()  # about 1/254 of a block's largest input a layer
     got = fast.generate(prompt, GenerationConfig(max_new_tokens=4, stop_token_ids=()))
     assert got == want[:4]
+    assert "qmatvec_int8_many" in calls and fast.runtime.pooled_cpu_steps > 0  # decode: together
     with pytest.raises(ValueError, match="cpu_activations='int4': choose one of float, int8"):
         EngineConfig(model_path=path, cpu_activations="int4")
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lazymoe import quant
-from lazymoe.quant import kernels_cpu
+from lazymoe.quant import kernels_cpu, kernels_int8
 from lazymoe.quant.expert import (
     KERNEL_MAX_TOKENS,
     expert_forward,
@@ -88,15 +88,24 @@ def pooled(experts: list[list[quant.QuantizedTensor]]) -> tuple[torch.Tensor, li
     return data, views
 
 
-@pytest.mark.parametrize("fmt", ["q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k"])
+@pytest.mark.parametrize(("fmt", "activations"), [
+    *((fmt, "float") for fmt in ["q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k"]),
+    *((fmt, "int8") for fmt in kernels_int8.KINDS),
+])  # fmt: skip
 @pytest.mark.parametrize("tokens", [1, 2])
-def test_experts_together_give_each_experts_own_numbers(fmt, tokens):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_experts_together_give_each_experts_own_numbers(fmt, tokens, activations, threads):
     data, experts = pooled([random_expert(fmt, seed=s) for s in range(5)])
     x = torch.randn(tokens, 256, generator=torch.Generator().manual_seed(2))
-    got = experts_forward(x, [tuple(e) for e in experts], data, F.silu)
-    assert got.shape == (5, tokens, 256) and got.dtype == torch.float32
-    for i, e in enumerate(experts):  # the same bits as one at a time: the engine's tokens agree
-        assert torch.equal(got[i], expert_forward(x, *e, F.silu)), i
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # one expert alone takes another code path on one thread
+    try:
+        got = experts_forward(x, [tuple(e) for e in experts], data, F.silu, activations)
+        assert got.shape == (5, tokens, 256) and got.dtype == torch.float32
+        for i, e in enumerate(experts):  # the same bits as one at a time: the engine's tokens agree
+            assert torch.equal(got[i], expert_forward(x, *e, F.silu, activations=activations)), i
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_experts_together_with_gate_and_down_in_different_formats():
@@ -120,6 +129,11 @@ def test_experts_together_decline_what_they_cannot_do():
     assert experts_forward(x, [tuple(e) for e in mixed], data, F.silu) is None  # two formats
     assert experts_forward(torch.randn(KERNEL_MAX_TOKENS + 1, 256), [tuple(e) for e in experts],
                            data, F.silu) is None  # prefill: the slab path's business
+    q5_data, q5_experts = pooled([random_expert("q5_k", seed=s) for s in range(2)])
+    assert experts_forward(x, [tuple(e) for e in q5_experts], q5_data, F.silu) is not None
+    assert experts_forward(x, [tuple(e) for e in q5_experts], q5_data, F.silu, "int8") is None  # no int8 q5_k
+    with pytest.raises(quant.QuantError, match="activations must be 'float' or 'int8'"):
+        experts_forward(x, [tuple(e) for e in experts], data, F.silu, "int4")
     with pytest.raises(quant.QuantError, match="not a contiguous part of `base`"):
         kernels_cpu.qmatvec_many(x[None], [elsewhere[0][0]], data)
     with pytest.raises(quant.QuantError, match=r"x must be \(2 or 1, tokens, 256\)"):

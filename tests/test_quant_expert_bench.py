@@ -119,3 +119,26 @@ def test_table_shows_every_row_against_the_reference(rows):
     assert "bound ms" not in timing_table(rows)  # no bandwidth given: no bound columns
     with pytest.raises(quant.QuantError, match="no 'f16' row"):
         timing_table(rows, reference="f16")
+
+
+@pytest.mark.parametrize("activations", ["float", "int8"])
+def test_the_cli_times_experts_one_a_call_and_together(tmp_path, activations):
+    """`python -m lazymoe.quant.expert --together 4`: a row per (activations, experts a call),
+    each with the machine's read bandwidth beside it (small experts: no figure is asserted)."""
+    import json
+
+    from lazymoe.quant import expert_bench
+
+    out = tmp_path / "kernels.json"
+    small = dict(hidden=256, intermediate=512, n_experts=8)
+    real = expert_bench.measure_read_bandwidth
+    with pytest.MonkeyPatch.context() as mp:  # Qwen3-30B-A3B's experts would take minutes here
+        mp.setattr(expert_bench, "measure_read_bandwidth", lambda fmt, **k: real(fmt, **{**k, **small}))
+        assert expert_bench.main(["--formats", "q8_0", "--threads", "1", "--repeats", "1",
+                                  "--activations", activations, "--together", "4",
+                                  "--json", str(out)]) == 0  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["activations"], r["experts_per_call"]) for r in rows] == [(activations, 1), (activations, 4)]
+    assert all(r["kernel_gbps"] > 0 and r["read_gbps"] > 0 for r in rows)
+    with pytest.raises(quant.QuantError, match="no CPU kernel computes these experts together"):
+        expert_bench.measure_read_bandwidth("q5_k", repeats=1, together=2, activations="int8", **small)

@@ -57,8 +57,8 @@ dev machine (one run: data/results/bench-dev-cpu-olmoe-q4_0-int8.json).
 
 `experts_forward` computes a decode step's experts together, straight from the engine's RAM slots:
 each kind of matmul (gate and up, then down) of all of them in one parallel region
-(`kernels_cpu.qmatvec_many`), where one expert at a time started three. The numbers are the same,
-bit for bit. Same machine, float activations, 8 experts a call against one
+(`kernels_cpu.qmatvec_many`, `kernels_int8.qmatvec_int8_many`), where one expert at a time started
+three. The numbers are the same, bit for bit, with either activations. Same machine, float activations, 8 experts a call against one
 (data/results/quant-cpu-kernels-dev-together.json, one run): 2 threads 1.08-1.12x (q8_0 9.1 ->
 10.0 GB/s, q4_0 4.6 -> 5.1, q4_k 5.1 -> 5.7, q6_k 6.0 -> 6.6), one thread unchanged. A region's start
 costs more with more threads, so the gain should grow with them (not yet measured on a 16-core host).
@@ -221,27 +221,32 @@ def experts_forward(
     experts: list[tuple[QuantizedTensor, QuantizedTensor, QuantizedTensor]],
     base: torch.Tensor,
     act: Callable[[torch.Tensor], torch.Tensor] = F.silu,
+    activations: str = "float",
 ) -> torch.Tensor | None:
     """Several experts on the same rows x (T, D): (n, T, D) float32, [i] the same numbers as
-    `expert_forward(x, *experts[i], act)`. Each kind of matmul runs for all n experts in one
-    parallel region of the CPU kernels (`kernels_cpu.qmatvec_many`): gate and up together, then
-    down; one region's start costs as much as a small matmul on many threads, and a decode step
-    paid three per expert. base: the tensor holding every expert's bytes (an expert pool's
-    `data`). None when they cannot go together (more than KERNEL_MAX_TOKENS rows, formats the
-    kernels lack, experts laid out differently): call `expert_forward` for each then."""
+    `expert_forward(x, *experts[i], act, activations=activations)`. Each kind of matmul runs for
+    all n experts in one parallel region of the CPU kernels (`kernels_cpu.qmatvec_many`, or
+    `kernels_int8.qmatvec_int8_many` for activations="int8"): gate and up together, then down;
+    one region's start costs as much as a small matmul on many threads, and a decode step paid
+    three per expert. base: the tensor holding every expert's bytes (an expert pool's `data`).
+    None when they cannot go together (more than KERNEL_MAX_TOKENS rows, formats the kernels
+    lack, experts laid out differently): call `expert_forward` for each then."""
+    if activations not in ("float", "int8"):
+        raise QuantError(f"activations must be 'float' or 'int8', got {activations!r}")
     if not experts or x.shape[0] > KERNEL_MAX_TOKENS:
         return None
+    many = kernels_int8.qmatvec_int8_many if activations == "int8" else kernels_cpu.qmatvec_many
     gates, ups, downs = (list(part) for part in zip(*experts, strict=True))
     x = x.to(torch.float32)[None]  # the same rows for every gate and up
     n = len(experts)
     try:
         if (gates[0].format, gates[0].shape) == (ups[0].format, ups[0].shape):
-            gate_up = kernels_cpu.qmatvec_many(x, gates + ups, base)
+            gate_up = many(x, gates + ups, base)
             g, u = gate_up[:n], gate_up[n:]
         else:  # a file may store gate and up in different formats: two regions
-            g, u = kernels_cpu.qmatvec_many(x, gates, base), kernels_cpu.qmatvec_many(x, ups, base)
+            g, u = many(x, gates, base), many(x, ups, base)
         h = torch.stack([act(g[i]) * u[i] for i in range(n)])  # each (T, I), as expert_forward's
-        return kernels_cpu.qmatvec_many(h, downs, base)
+        return many(h, downs, base)
     except QuantError:
         return None
 

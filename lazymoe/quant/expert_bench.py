@@ -200,7 +200,7 @@ def measure_read_bandwidth(
     Qwen3-30B-A3B's shape (more bytes than any CPU cache): stored bytes read per second, in GB/s.
     threads: torch's (and so the kernels') thread count for the run (None: as set).
     together: experts computed per call, as a decode step's top-k in the engine's RAM slots
-    (`experts_forward` over an expert pool, float activations); 1: one `expert_forward` each."""
+    (`experts_forward` over an expert pool); 1: one `expert_forward` each."""
     gen = torch.Generator().manual_seed(0)
     experts = []
     for _expert in range(n_experts):
@@ -212,7 +212,7 @@ def measure_read_bandwidth(
     nbytes = sum(t.nbytes for e in experts for t in e)  # bytes
     x = torch.randn(tokens, hidden, generator=gen)
     if together > 1:
-        return _together_read_bandwidth(fmt, experts, nbytes, x, repeats, threads, together)
+        return _together_read_bandwidth(fmt, experts, nbytes, x, repeats, threads, together, activations)
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
@@ -229,7 +229,8 @@ def measure_read_bandwidth(
     return {"format": fmt, "bytes": nbytes, "seconds": best, "read_gbps": nbytes / best / 1e9}
 
 
-def _together_read_bandwidth(fmt, experts, nbytes, x, repeats, threads, together) -> dict[str, float]:
+def _together_read_bandwidth(fmt, experts, nbytes, x, repeats, threads, together,
+                             activations) -> dict[str, float]:
     """measure_read_bandwidth's `together` case: the experts in a pool's slots, `together` of
     them per `experts_forward` call."""
     from lazymoe.engine.storage.gguf_file import QuantizedExpert
@@ -244,13 +245,13 @@ def _together_read_bandwidth(fmt, experts, nbytes, x, repeats, threads, together
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
-        if experts_forward(x, groups[0], pool.data) is None:
-            raise QuantError(f"{fmt}: no CPU kernel computes these experts together")
+        if experts_forward(x, groups[0], pool.data, activations=activations) is None:
+            raise QuantError(f"{fmt}: no CPU kernel computes these experts together ({activations})")
         best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()
             for group in groups:
-                experts_forward(x, group, pool.data)
+                experts_forward(x, group, pool.data, activations=activations)
             best = min(best, time.perf_counter() - start)
     finally:
         torch.set_num_threads(before)
@@ -276,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--activations", default="float,int8", help="float, int8 or both (comma-separated)")
     parser.add_argument("--together", default="1",
-                        help="experts per call, comma-separated (8: a decode step's top-k in one call, "
-                             "float activations); 1: one expert a call")
+                        help="experts per call, comma-separated, each beside 1 (8: a decode step's "
+                             "top-k in one call, as the engine computes them from its RAM slots)")
     parser.add_argument("--json", help="write the results here (data/results/quant-cpu-kernels-dev.json)")
     args = parser.parse_args(argv)
     rows = []
@@ -287,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{threads} thread(s): RAM read {read:.1f} GB/s, RAM copy {copy:.1f} GB/s (lazymoe.measure)")
         for fmt in args.formats.split(","):
             slab = measure_read_bandwidth(fmt, repeats=2, threads=threads, kernels=False)["read_gbps"]
-            cases = [(a, 1) for a in args.activations.split(",")]
-            cases += [("float", int(k)) for k in args.together.split(",") if int(k) > 1]
+            together = sorted({1, *(int(k) for k in args.together.split(","))})
+            cases = [(a, k) for a in args.activations.split(",") for k in together]
             for activations, together in cases:
                 if activations == "int8" and fmt not in kernels_int8.KINDS:
                     continue

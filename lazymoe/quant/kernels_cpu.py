@@ -368,24 +368,31 @@ def qmatvec_many(
     CPU tensor holding every weight's bytes (an expert pool's `data`): the kernels find weight i
     at its byte offset there. QuantError when a weight is not in `base`, or the weights differ in
     format or shape."""
+    flat, starts = weights_in(qts, base, supports, x.shape)
+    return _run(qts[0], flat, starts, x, threads)
+
+
+def weights_in(qts: list[QuantizedTensor], base: torch.Tensor, supported, x_shape) -> tuple:
+    """(base as one flat uint8 array, each weight's byte offset in it) for a call over `qts`
+    with activations shaped `x_shape` (n or 1, T, in), or QuantError saying what does not fit."""
     if not qts:
-        raise QuantError("qmatvec_many needs at least one weight")
+        raise QuantError("no weights given: give at least one")
     first = qts[0]
-    if not supports(first):
+    if not supported(first):
         raise QuantError(f"no CPU kernel for a {first.format} weight of shape {first.shape} on {first.device}")
     if any((q.format, q.shape) != (first.format, first.shape) for q in qts):
-        raise QuantError("qmatvec_many: the weights differ in format or shape; call it once per kind")
-    if x.dim() != 3 or x.shape[0] not in (1, len(qts)) or x.shape[2] != first.shape[1]:
-        raise QuantError(f"x must be ({len(qts)} or 1, tokens, {first.shape[1]}), got {tuple(x.shape)}")
+        raise QuantError("the weights differ in format or shape: give one kind of weight a call")
+    if len(x_shape) != 3 or x_shape[0] not in (1, len(qts)) or x_shape[2] != first.shape[1]:
+        raise QuantError(f"x must be ({len(qts)} or 1, tokens, {first.shape[1]}), got {tuple(x_shape)}")
     if base.dtype != torch.uint8 or base.device.type != "cpu" or not base.is_contiguous():
-        raise QuantError("qmatvec_many: base must be a contiguous uint8 CPU tensor")
-    flat, origin, end = base.view(-1), base.data_ptr(), base.numel()
+        raise QuantError("base must be a contiguous uint8 CPU tensor")
+    origin, end = base.data_ptr(), base.numel()
     starts = np.empty(len(qts), np.int64)
     for i, q in enumerate(qts):
         starts[i] = q.data.data_ptr() - origin
         if not q.data.is_contiguous() or not 0 <= starts[i] <= end - q.nbytes:
-            raise QuantError(f"qmatvec_many: weight {i} is not a contiguous part of `base`")
-    return _run(first, flat, starts, x, threads)
+            raise QuantError(f"weight {i} is not a contiguous part of `base`")
+    return base.view(-1), starts
 
 
 def _run(qt: QuantizedTensor, flat: torch.Tensor, starts: np.ndarray, x: torch.Tensor,

@@ -39,6 +39,7 @@ from lazymoe.quant.kernels_cpu import (
     _scale_min,
     check_activations,
     thread_count,
+    weights_in,
 )
 from lazymoe.quant.simd_int8 import acc_i8, acc_k4, acc_q4_0, acc_q6, f16, flush
 from lazymoe.quant.tensor import QuantizedTensor
@@ -132,35 +133,49 @@ def _rows_q6_k(data, xq, xd, xsum, y, r0, r1):
             y[t, r] = lanes.sum()
 
 
-# One parallel driver per format, as in kernels_cpu: prange over chunks of ROW_CHUNK rows.
+# One parallel driver per format, as in kernels_cpu: prange over chunks of ROW_CHUNK rows of n
+# weights of one format and shape, weight i the (rows, row_bytes) bytes at base[starts[i]:],
+# times the activations [i] (or [0] for every weight when they hold one: gate and up share x).
 
 
 @_jit(parallel=True)
-def _q8_0(data, xq, xd, y):
-    rows = data.shape[0]
-    for c in prange((rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        _rows_q8_0(data, xq, xd, y, c * ROW_CHUNK, min(rows, (c + 1) * ROW_CHUNK))
+def _q8_0(base, starts, row_bytes, xq, xd, y):
+    n, rows = starts.shape[0], y.shape[2]
+    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    for c in prange(n * chunks):
+        i, k = c // chunks, c % chunks
+        w, j = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes)), min(i, xq.shape[0] - 1)
+        _rows_q8_0(w, xq[j], xd[j], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
 
 
 @_jit(parallel=True)
-def _q4_0(data, xq, xd, y):
-    rows = data.shape[0]
-    for c in prange((rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        _rows_q4_0(data, xq, xd, y, c * ROW_CHUNK, min(rows, (c + 1) * ROW_CHUNK))
+def _q4_0(base, starts, row_bytes, xq, xd, y):
+    n, rows = starts.shape[0], y.shape[2]
+    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    for c in prange(n * chunks):
+        i, k = c // chunks, c % chunks
+        w, j = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes)), min(i, xq.shape[0] - 1)
+        _rows_q4_0(w, xq[j], xd[j], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
 
 
 @_jit(parallel=True)
-def _q4_k(data, xq, xd, xsum, y):
-    rows = data.shape[0]
-    for c in prange((rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        _rows_q4_k(data, xq, xd, xsum, y, c * ROW_CHUNK, min(rows, (c + 1) * ROW_CHUNK))
+def _q4_k(base, starts, row_bytes, xq, xd, xsum, y):
+    n, rows = starts.shape[0], y.shape[2]
+    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    for c in prange(n * chunks):
+        i, k = c // chunks, c % chunks
+        w, j = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes)), min(i, xq.shape[0] - 1)
+        _rows_q4_k(w, xq[j], xd[j], xsum[j], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
 
 
 @_jit(parallel=True)
-def _q6_k(data, xq, xd, xsum, y):
-    rows = data.shape[0]
-    for c in prange((rows + ROW_CHUNK - 1) // ROW_CHUNK):
-        _rows_q6_k(data, xq, xd, xsum, y, c * ROW_CHUNK, min(rows, (c + 1) * ROW_CHUNK))
+def _q6_k(base, starts, row_bytes, xq, xd, xsum, y):
+    n, rows = starts.shape[0], y.shape[2]
+    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    for c in prange(n * chunks):
+        i, k = c // chunks, c % chunks
+        w, j = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes)), min(i, xq.shape[0] - 1)
+        _rows_q6_k(w, xq[j], xd[j], xsum[j], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
 
 
 _KERNELS = {"q8_0": _q8_0, "q4_0": _q4_0, "q4_k": _q4_k, "q6_k": _q6_k}
@@ -195,13 +210,33 @@ def qmatvec_int8(
     rows, _ = check_activations(x, qt)
     xa = quantized if quantized is not None else quantize_activations(x, activation_kind(qt))
     data = qt.data if qt.data.is_contiguous() else qt.data.contiguous()
-    y = np.empty((x.shape[0], rows), np.float32)
-    n = thread_count(threads)
-    if n == 1:
+    if thread_count(threads) == 1:
+        y = np.empty((x.shape[0], rows), np.float32)
         _ROWS[qt.fmt.kind](data.numpy(), *xa, y, 0, rows)  # nogil: no lock needed
         return torch.from_numpy(y)
+    return _run(qt, data.view(-1), np.zeros(1, np.int64), tuple(a[None] for a in xa), threads)[0]
+
+
+def qmatvec_int8_many(
+    x: torch.Tensor, qts: list[QuantizedTensor], base: torch.Tensor, threads: int | None = None
+) -> torch.Tensor:
+    """`kernels_cpu.qmatvec_many` with x quantized to int8 blocks first: (n, T, rows) float32,
+    each [i] the same numbers as `qmatvec_int8(x[i], qts[i])`, one parallel region for all.
+    x: (n, T, in), or (1, T, in) for the same rows times every weight (quantized once)."""
+    flat, starts = weights_in(qts, base, supports, x.shape)
+    n_x, tokens, cols = x.shape
+    xa = quantize_activations(x.reshape(n_x * tokens, cols), activation_kind(qts[0]))  # per row
+    return _run(qts[0], flat, starts, tuple(a.reshape(n_x, tokens, -1) for a in xa), threads)
+
+
+def _run(qt: QuantizedTensor, flat: torch.Tensor, starts: np.ndarray, xa: tuple,
+         threads: int | None) -> torch.Tensor:
+    """The format's driver over len(starts) weights shaped like qt, activations xa (each with a
+    leading axis of n or 1): (n, T, rows) float32."""
+    y = np.empty((len(starts), xa[0].shape[1], qt.shape[0]), np.float32)
+    n = thread_count(threads)
     with _lock:
         if numba.get_num_threads() != n:
             numba.set_num_threads(n)
-        _KERNELS[qt.fmt.kind](data.numpy(), *xa, y)
+        _KERNELS[qt.fmt.kind](flat.numpy(), starts, qt.fmt.row_bytes(qt.shape[1]), *xa, y)
     return torch.from_numpy(y)

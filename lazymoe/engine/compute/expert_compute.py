@@ -128,11 +128,10 @@ class ExpertCompute:
         with the same numbers as one after another; False when they cannot go together."""
         if out.shape[0] != 1 or len(on_device) < 2 or any(len(rows[e]) != 1 for e, _ in on_device):
             return False
-        if self.cpu_activations != "float":  # the int8 kernels take one expert at a time
-            return False
         pool = self.tiers.device.pool
         experts = [pool.expert(slot) for _, slot in on_device]
-        ys = experts_forward(hidden, [(q.gate, q.up, q.down) for q in experts], pool.data, self.act)
+        ys = experts_forward(hidden, [(q.gate, q.up, q.down) for q in experts], pool.data, self.act,
+                             self.cpu_activations)
         if ys is None:
             return False
         for (e, _), y in zip(on_device, ys, strict=True):
