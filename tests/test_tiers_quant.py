@@ -158,9 +158,9 @@ def test_compute_waits_once_per_copy_before_it_reads_the_slots(store, log, monke
     )  # fmt: skip
     computed = expert_compute.expert_forward
 
-    def compute(*args):
+    def compute(*args, **options):
         log.append(("compute",))
-        return computed(*args)
+        return computed(*args, **options)
 
     monkeypatch.setattr(expert_compute, "expert_forward", compute)
     torch.manual_seed(0)
