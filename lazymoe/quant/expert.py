@@ -52,16 +52,24 @@ Next: repacking the weights once so that several blocks share one scale load.
 
 No longer equal to the float32 reference (see `expert_forward`); the engine keeps "float" unless
 asked (`EngineConfig.cpu_activations="int8"`, `--cpu-activations int8`): a model with OLMoE-1B-7B's
-shapes in Q4_0, every expert in RAM, decoded 6.39 tokens/s against 4.43 with "float" on the 2-core
+shapes in Q4_0, every expert in RAM, decoded 8.10 tokens/s against 3.64 with "float" on the 2-core
 dev machine (one run: data/results/bench-dev-cpu-olmoe-q4_0-int8.json).
 
 `experts_forward` computes a decode step's experts together, straight from the engine's RAM slots:
 each kind of matmul (gate and up, then down) of all of them in one parallel region
 (`kernels_cpu.qmatvec_many`, `kernels_int8.qmatvec_int8_many`), where one expert at a time started
-three. The numbers are the same, bit for bit, with either activations. Same machine, float activations, 8 experts a call against one
-(data/results/quant-cpu-kernels-dev-together.json, one run): 2 threads 1.08-1.12x (q8_0 9.1 ->
-10.0 GB/s, q4_0 4.6 -> 5.1, q4_k 5.1 -> 5.7, q6_k 6.0 -> 6.6), one thread unchanged. A region's start
-costs more with more threads, so the gain should grow with them (not yet measured on a 16-core host).
+three. The numbers are the same, bit for bit, with either activations. Same machine, 8 experts a call against one
+(data/results/quant-cpu-kernels-dev-together.json, one run), GB/s of stored bytes and the share of
+the read bandwidth measured in the run (29.8 GB/s at 2 threads):
+
+    2 threads   q8_0                 q4_0                 q4_k                q6_k
+    int8 x1     20.1 (67 %)          10.6 (35 %)          7.6 (25 %)          10.1 (34 %)
+    int8 x8     21.8 (73 %)          17.1 (57 %)          15.1 (50 %)         15.3 (51 %)
+    float x1/x8 5.1 / 9.6            4.3 / 4.4            3.4 / 3.6           6.0 / 4.7 (noisy)
+
+With int8 activations, computed together, every format reads at 50 % or more of the read bandwidth
+on two threads (issue 16's CPU target); the float kernels stay compute-bound. On one thread
+together changes little (no region to start). Not yet measured on a 16-core host.
 Greedy tokens of the bundled model's GGUF twins, int8 against float, 3 prompts x 32 tokens
 (scripts/int8_agreement.py, data/results/quant-int8-token-agreement-dev.json): Q4_0 96 of 96
 identical, Q8_0 78 of 96 (one prompt parts after 14 tokens, the other two are identical).
