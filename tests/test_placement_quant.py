@@ -152,6 +152,7 @@ def test_auto_follows_each_layers_formats_and_keeps_the_tokens(folder):
     ]  # fmt: skip
     assert generate(engine) == want
     assert runtime.computed_on["cpu"] > 0 and runtime.computed_on["device"] > 0
+    assert runtime.stored_cpu_steps > 0  # decode steps' CPU experts together, from the file's map
     links = runtime.tiers.as_dict()["links"]
     assert set(links["disk->cpu"]["bytes_per_layer"]) == {0, 1}  # stored bytes, read by the CPU
     assert set(links["disk->vram"]["bytes_per_layer"]) >= {2, 3}

@@ -82,6 +82,8 @@ class ExpertCompute:
     computed_on: defaultdict[str, int]  # "device"/"cpu" -> experts computed
     batch_prompt: bool  # the pass is a prompt's (ExpertRuntime.experts_on)
     pooled_cpu_steps: int  # layer steps whose CPU-pool experts ran together (_pooled_cpu)
+    stored_cpu_steps: int  # layer steps whose experts ran together from the file (_stored_together)
+    file_map: torch.Tensor | None  # a GGUF store's whole map, flat (_stored_together), made once
     cpu_activations: str  # quantized experts on the CPU: "float" or "int8" (expert_forward's)
 
     def _compute_device(self, out, hidden, top_k_weights, rows, on_device) -> None:
@@ -139,6 +141,29 @@ class ExpertCompute:
         self.pooled_cpu_steps += 1
         return True
 
+    def _stored_together(self, out, layer, hidden, top_k_weights, rows, on_cpu) -> bool:
+        """A decode step's CPU-computed experts straight from the GGUF file's map, together
+        (experts_forward, as `_pooled_cpu` does for the RAM slots): the same numbers, added in
+        the same order; False when they cannot go together (the store is not one mapped file)."""
+        store = self.tiers.store
+        if (out.shape[0] != 1 or len(on_cpu) < 2 or any(len(rows[e]) != 1 for e in on_cpu)
+                or not hasattr(store, "map_tensor")):  # fmt: skip
+            return False
+        start = time.perf_counter()
+        if self.file_map is None:  # the whole file as one flat tensor over its map: no copy
+            self.file_map = store.map_tensor(torch.uint8, torch.device("cpu"))
+        experts = [store.read_quantized(layer, e) for e in on_cpu]
+        ys = experts_forward(hidden, [(q.gate, q.up, q.down) for q in experts], self.file_map,
+                             self.act, self.cpu_activations)  # fmt: skip
+        if ys is None:
+            return False
+        seconds = (time.perf_counter() - start) / len(on_cpu)  # the stored bytes' share each
+        for e, q, y in zip(on_cpu, experts, ys, strict=True):
+            self._add_rows(out, hidden, top_k_weights, rows[e], lambda x, y=y: y)
+            self.tiers.links["disk->cpu"].add(layer, q.nbytes, seconds)
+        self.stored_cpu_steps += 1
+        return True
+
     def _fused_quantized(self, out, hidden, top_k_weights, rows, on_device) -> None:
         """The tokens' experts by the quantized Triton kernels, read in place from the slots;
         FUSED_CHUNK_TOKENS tokens per launch (each token's sum is its own, so chunks are exact).
@@ -174,8 +199,9 @@ class ExpertCompute:
         dtype = hidden_cpu.dtype
         if self.cpu_reads_stored:  # a GGUF file's experts: the CPU kernels read the stored bytes
             partial = torch.zeros_like(hidden_cpu)
-            for e in on_cpu:
-                self._add_stored_expert(partial, (layer, e), rows[e], (hidden_cpu, weights_cpu))
+            if not self._stored_together(partial, layer, hidden_cpu, weights_cpu, rows, on_cpu):
+                for e in on_cpu:
+                    self._add_stored_expert(partial, (layer, e), rows[e], (hidden_cpu, weights_cpu))
             out.add_(partial.to(out.device, out.dtype))
             self.computed_on["cpu"] += len(on_cpu)
             return

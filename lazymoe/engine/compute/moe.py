@@ -81,6 +81,8 @@ class ExpertRuntime(ExpertCompute):
         self.batch_on_device = None
         self.batch_prompt = False  # the passes are prompts' (their experts in tiles of tokens)
         self.pooled_cpu_steps = 0  # layer steps whose CPU-pool experts ran together (_pooled_cpu)
+        self.stored_cpu_steps = 0  # the same, straight from a GGUF file's map (_stored_together)
+        self.file_map = None  # a GGUF store's whole map as one flat tensor (_stored_together)
         self.expert_flops_per_token = expert_flops_per_token
         self.computed_on: defaultdict[str, int] = defaultdict(int)  # "device"/"cpu" -> experts
         pool = tiers.device.pool
