@@ -32,8 +32,8 @@ PLACEMENTS = ("fetch", "cpu", "auto")
 PLACEMENT_ALIASES = {"gpu": "fetch"}
 POLICY_NAMES = ("lru", "lfu", "fifo")  # lazymoe.engine.parts.policies.POLICIES
 KERNELS = ("reference", "grouped", "batched", "fused")  # see lazymoe.engine.compute.kernels
-DECODE_PATHS = ("auto", "model", "segments", "graphs", "device-cache")
-CPU_ACTIVATIONS = ("float", "int8")  # lazymoe.quant.expert.expert_forward's `activations`  # see lazymoe.engine.compute.graphs
+DECODE_PATHS = ("auto", "model", "segments", "graphs", "device-cache")  # see lazymoe.engine.compute.graphs
+CPU_ACTIVATIONS = ("float", "int8")  # lazymoe.quant.expert.expert_forward's `activations`
 
 
 def canonical_placement(value: str) -> str:

@@ -10,6 +10,7 @@ The figures and what they mean are in lazymoe/quant/expert.py's docstring.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -212,27 +213,29 @@ def measure_read_bandwidth(
     nbytes = sum(t.nbytes for e in experts for t in e)  # bytes
     x = torch.randn(tokens, hidden, generator=gen)
     if together > 1:
-        return _together_read_bandwidth(fmt, experts, nbytes, x, repeats, threads, together, activations)
+        calls = _together_calls(fmt, experts, x, together, activations)
+    else:
+        calls = [lambda e=e: expert_forward(x, *e, slab_weights=slab_weights, kernels=kernels,
+                                            activations=activations) for e in experts]  # fmt: skip
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
-        for e in experts[:2]:
-            expert_forward(x, *e, slab_weights=slab_weights, kernels=kernels, activations=activations)  # warm-up
+        for call in calls[:2]:  # warm-up
+            call()
         best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()
-            for e in experts:
-                expert_forward(x, *e, slab_weights=slab_weights, kernels=kernels, activations=activations)
+            for call in calls:
+                call()
             best = min(best, time.perf_counter() - start)
     finally:
         torch.set_num_threads(before)
     return {"format": fmt, "bytes": nbytes, "seconds": best, "read_gbps": nbytes / best / 1e9}
 
 
-def _together_read_bandwidth(fmt, experts, nbytes, x, repeats, threads, together,
-                             activations) -> dict[str, float]:
-    """measure_read_bandwidth's `together` case: the experts in a pool's slots, `together` of
-    them per `experts_forward` call."""
+def _together_calls(fmt, experts, x, together, activations) -> list[Callable[[], object]]:
+    """measure_read_bandwidth's `together` case: the experts laid out in a pool's slots, one
+    call per `together` of them (`experts_forward`, as the engine's decode step)."""
     from lazymoe.engine.storage.gguf_file import QuantizedExpert
     from lazymoe.engine.storage.qpool import QuantizedPool
 
@@ -240,22 +243,13 @@ def _together_read_bandwidth(fmt, experts, nbytes, x, repeats, threads, together
     for slot, e in enumerate(experts):
         pool.fill(slot, QuantizedExpert(*e))
     slots = [pool.expert(slot) for slot in range(len(experts))]
-    groups = [[(q.gate, q.up, q.down) for q in slots[i : i + together]]
-              for i in range(0, len(slots), together)]  # fmt: skip
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or before)
-    try:
-        if experts_forward(x, groups[0], pool.data, activations=activations) is None:
+
+    def call(group):
+        if experts_forward(x, group, pool.data, activations=activations) is None:
             raise QuantError(f"{fmt}: no CPU kernel computes these experts together ({activations})")
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for group in groups:
-                experts_forward(x, group, pool.data, activations=activations)
-            best = min(best, time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(before)
-    return {"format": fmt, "bytes": nbytes, "seconds": best, "read_gbps": nbytes / best / 1e9}
+
+    return [functools.partial(call, [(q.gate, q.up, q.down) for q in slots[i : i + together]])
+            for i in range(0, len(slots), together)]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                              "top-k in one call, as the engine computes them from its RAM slots)")
     parser.add_argument("--json", help="write the results here (data/results/quant-cpu-kernels-dev.json)")
     args = parser.parse_args(argv)
+    per_call = sorted({1, *(int(k) for k in args.together.split(","))})
+    cases = [(a, k) for a in args.activations.split(",") for k in per_call]
     rows = []
     for threads in (int(n) for n in args.threads.split(",")):
         read = ram_read(256 << 20, repeats=args.repeats, threads=threads).gbps
@@ -288,8 +284,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{threads} thread(s): RAM read {read:.1f} GB/s, RAM copy {copy:.1f} GB/s (lazymoe.measure)")
         for fmt in args.formats.split(","):
             slab = measure_read_bandwidth(fmt, repeats=2, threads=threads, kernels=False)["read_gbps"]
-            together = sorted({1, *(int(k) for k in args.together.split(","))})
-            cases = [(a, k) for a in args.activations.split(",") for k in together]
             for activations, together in cases:
                 if activations == "int8" and fmt not in kernels_int8.KINDS:
                     continue

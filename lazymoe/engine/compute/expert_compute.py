@@ -45,6 +45,12 @@ def expert_split(x: torch.Tensor, w: ExpertWeights, act) -> torch.Tensor:
     return F.linear(act(F.linear(x, w.gate)) * F.linear(x, w.up), w.down)
 
 
+def several_one_row_each(out: torch.Tensor, rows: dict, ids) -> bool:
+    """A decode step's several experts, each computing the one token once: what the CPU's
+    experts-together paths take."""
+    return out.shape[0] == 1 and len(ids) > 1 and all(len(rows[e]) == 1 for e in ids)
+
+
 def reference_experts(
     hidden: torch.Tensor,
     top_k_index: torch.Tensor,
@@ -125,43 +131,47 @@ class ExpertCompute:
             kernels.grouped(out, hidden, top_k_weights, groups, self.act)
 
     def _pooled_cpu(self, out, hidden, top_k_weights, rows, on_device) -> bool:
-        """A decode step's quantized experts in a CPU pool, each kind of matmul of all of them in
-        one parallel region (lazymoe.quant.expert.experts_forward), added in the same order and
-        with the same numbers as one after another; False when they cannot go together."""
-        if out.shape[0] != 1 or len(on_device) < 2 or any(len(rows[e]) != 1 for e, _ in on_device):
+        """A decode step's quantized experts in a CPU pool, together (`_together`); False when
+        they cannot go together."""
+        ids = [e for e, _ in on_device]
+        if not several_one_row_each(out, rows, ids):
             return False
         pool = self.tiers.device.pool
         experts = [pool.expert(slot) for _, slot in on_device]
-        ys = experts_forward(hidden, [(q.gate, q.up, q.down) for q in experts], pool.data, self.act,
-                             self.cpu_activations)
-        if ys is None:
+        if not self._together(out, hidden, top_k_weights, rows, ids, experts, pool.data):
             return False
-        for (e, _), y in zip(on_device, ys, strict=True):
-            self._add_rows(out, hidden, top_k_weights, rows[e], lambda x, y=y: y)
         self.pooled_cpu_steps += 1
         return True
 
     def _stored_together(self, out, layer, hidden, top_k_weights, rows, on_cpu) -> bool:
         """A decode step's CPU-computed experts straight from the GGUF file's map, together
-        (experts_forward, as `_pooled_cpu` does for the RAM slots): the same numbers, added in
-        the same order; False when they cannot go together (the store is not one mapped file)."""
+        (`_together`); False when they cannot go together (the store is not one mapped file)."""
         store = self.tiers.store
-        if (out.shape[0] != 1 or len(on_cpu) < 2 or any(len(rows[e]) != 1 for e in on_cpu)
-                or not hasattr(store, "map_tensor")):  # fmt: skip
+        if not several_one_row_each(out, rows, on_cpu) or not hasattr(store, "map_tensor"):
             return False
         start = time.perf_counter()
         if self.file_map is None:  # the whole file as one flat tensor over its map: no copy
             self.file_map = store.map_tensor(torch.uint8, torch.device("cpu"))
         experts = [store.read_quantized(layer, e) for e in on_cpu]
-        ys = experts_forward(hidden, [(q.gate, q.up, q.down) for q in experts], self.file_map,
-                             self.act, self.cpu_activations)  # fmt: skip
-        if ys is None:
+        if not self._together(out, hidden, top_k_weights, rows, on_cpu, experts, self.file_map):
             return False
         seconds = (time.perf_counter() - start) / len(on_cpu)  # the stored bytes' share each
-        for e, q, y in zip(on_cpu, experts, ys, strict=True):
-            self._add_rows(out, hidden, top_k_weights, rows[e], lambda x, y=y: y)
+        for q in experts:
             self.tiers.links["disk->cpu"].add(layer, q.nbytes, seconds)
         self.stored_cpu_steps += 1
+        return True
+
+    def _together(self, out, hidden, top_k_weights, rows, ids, experts, base) -> bool:
+        """out += each expert's weighted output, in the order of `ids`, with the numbers one
+        expert after another gives; each kind of matmul of all of them in one parallel region
+        (lazymoe.quant.expert.experts_forward, their bytes in `base`). False, and out untouched,
+        when they cannot go together."""
+        ys = experts_forward(hidden, [(q.gate, q.up, q.down) for q in experts], base, self.act,
+                             self.cpu_activations)  # fmt: skip
+        if ys is None:
+            return False
+        for e, y in zip(ids, ys, strict=True):
+            self._add_rows(out, hidden, top_k_weights, rows[e], lambda x, y=y: y)
         return True
 
     def _fused_quantized(self, out, hidden, top_k_weights, rows, on_device) -> None:
