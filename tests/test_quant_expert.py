@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from lazymoe import quant
+from lazymoe.engine.storage.gguf_file import QuantizedExpert
+from lazymoe.engine.storage.qpool import QuantizedPool
 from lazymoe.quant import kernels_cpu, kernels_int8
 from lazymoe.quant.expert import (
     KERNEL_MAX_TOKENS,
@@ -72,20 +74,12 @@ def test_buffers_made_in_inference_mode_still_work_outside_it():
 
 
 def pooled(experts: list[list[quant.QuantizedTensor]]) -> tuple[torch.Tensor, list]:
-    """The experts' bytes laid out as an expert pool lays them (one row of bytes per slot: gate |
-    up | down) and QuantizedTensor views into it: (pool data, experts)."""
-    size = max(sum(t.nbytes for t in e) for e in experts) + 64  # slack past each expert, as a pool has
-    data = torch.zeros(len(experts), size, dtype=torch.uint8)
-    views = []
+    """The experts in the slots of an expert pool, as the engine holds them (one row of bytes per
+    slot, gate | up | down, with room to spare past each): (pool data, each expert's views)."""
+    pool = QuantizedPool(len(experts), max(sum(t.nbytes for t in e) for e in experts) + 64)
     for slot, e in enumerate(experts):
-        pos, parts = 0, []
-        for t in e:
-            dst = data[slot, pos : pos + t.nbytes].view(t.data.shape)
-            dst.copy_(t.data)
-            parts.append(quant.QuantizedTensor(t.format, t.shape, dst))
-            pos += t.nbytes
-        views.append(parts)
-    return data, views
+        pool.fill(slot, QuantizedExpert(*e))
+    return pool.data, [[q.gate, q.up, q.down] for q in map(pool.expert, range(len(experts)))]
 
 
 @pytest.mark.parametrize(("fmt", "activations"), [
