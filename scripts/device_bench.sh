@@ -38,7 +38,7 @@
 # every expert in VRAM too, in the first PINS pass, and llama.cpp searched to its VRAM), KEEP (1: leave
 # the quantized GGUF in /dev/shm for a later suite, e.g. SERVE_MODEL=/dev/shm/lazymoe-SHAPE-q4_0/model-q4_0.gguf),
 # SERVE_TOKENS (32 new tokens a request), SERVE_REPEATS (2 runs a case), SERVE_MODEL (serve that file/folder instead of writing SERVE_SHAPE), SERVE_FORMAT (write SERVE_SHAPE as a GGUF
-# of that type, in the background from the start, and serve it), KERNEL_BENCH (0: kernels' tests only; prompt: and the prompt kernels' timing), KERNEL_K (their pytest -k), SERVE_ARGS (more `lazymoe serve` flags),
+# of that type, in the background from the start, and serve it), KERNEL_BENCH (0: kernels' tests only; prompt: and the prompt kernels' timing; cpu: and the CPU kernels' only), KERNEL_K (their pytest -k), SERVE_ARGS (more `lazymoe serve` flags),
 # BUILD_JOBS, BUILD_LLAMA (1; 0: suites that need no llama.cpp), PLACEMENTS ("fetch"; e.g. "fetch auto"), CROSS_CHECK (1; 0 skips llama-bench),
 # FORMATS ("bf16"; e.g. "q8_0 q4_0": one results file each, bench-SHAPE-FORMAT.json). Time on an
 # H200 (16 cores): setup ~5 min, check ~5, compare at one budget ~25 per format (a quantized
@@ -271,14 +271,21 @@ suite_kernels() {  # quantized experts on the GPU: correctness first, then the k
     tests/test_gguf_torch_quant.py > "$RESULTS/gpu-tests-kernels.log" 2>&1
   log "quantized GPU tests rc=$? $(tail -1 "$RESULTS/gpu-tests-kernels.log")"
   [ "${KERNEL_BENCH:-1}" = 0 ] && return 0
-  timeout 300 python3 scripts/bench_prompt_experts.py "$RESULTS/prompt-experts.json" > "$RESULTS/prompt-experts.log" 2>&1
-  log "prompt experts (grouped vs per pair) rc=$?: $(tail -15 "$RESULTS/prompt-experts.log" | tr '\n' ' ')"
-  [ "${KERNEL_BENCH:-1}" = prompt ] && return 0  # KERNEL_BENCH=prompt: only a prompt's kernels
-  timeout 300 python3 scripts/bench_triton_quant.py "$RESULTS/triton-quant-decode.json" > "$RESULTS/triton-quant-decode.log" 2>&1
-  log "quantized Triton kernels rc=$?: $(tail -12 "$RESULTS/triton-quant-decode.log" | tr '\n' ' ')"
+  [ "${KERNEL_BENCH:-1}" = cpu ] || suite_kernels_gpu_timing || return 0
   # the CPU path's quantized matmuls: stored bytes read per second against the machine's RAM read (issue 16: >= 50%)
   timeout 420 python3 -m lazymoe.quant.expert --threads 1,8,16 --formats q8_0,q4_0,q4_k,q6_k --activations float,int8 --together 8 --json "$RESULTS/quant-cpu-kernels.json" > "$RESULTS/quant-cpu-kernels.log" 2>&1
   log "quantized CPU kernels rc=$?: $(tail -6 "$RESULTS/quant-cpu-kernels.log" | tr '\n' ' ')"
+  # BF16 experts on the CPU (placement cpu/auto with a BF16 checkpoint): torch against kernels_bf16
+  timeout 240 python3 scripts/bench_bf16_cpu.py "$RESULTS/bf16-cpu-experts.json" 1,8,16 > "$RESULTS/bf16-cpu-experts.log" 2>&1
+  log "BF16 CPU experts rc=$?: $(tail -6 "$RESULTS/bf16-cpu-experts.log" | tr '\n' ' ')"
+}
+
+suite_kernels_gpu_timing() {  # the GPU kernels' time per layer; false (stop there) for KERNEL_BENCH=prompt
+  timeout 300 python3 scripts/bench_prompt_experts.py "$RESULTS/prompt-experts.json" > "$RESULTS/prompt-experts.log" 2>&1
+  log "prompt experts (grouped vs per pair) rc=$?: $(tail -15 "$RESULTS/prompt-experts.log" | tr '\n' ' ')"
+  [ "${KERNEL_BENCH:-1}" = prompt ] && return 1  # KERNEL_BENCH=prompt: only a prompt's kernels
+  timeout 300 python3 scripts/bench_triton_quant.py "$RESULTS/triton-quant-decode.json" > "$RESULTS/triton-quant-decode.log" 2>&1
+  log "quantized Triton kernels rc=$?: $(tail -12 "$RESULTS/triton-quant-decode.log" | tr '\n' ' ')"
 }
 
 suite_profile() {

@@ -203,11 +203,13 @@ def test_the_assign_kernel_is_the_books_lru(n_slots):
     where, owner, stamp, clock, counts = empty_tables(layers, experts, n_slots, free_first)
     index = torch.zeros(2, k, dtype=torch.int64)
     fill = torch.zeros(2 * k, dtype=torch.int32)
+    cpu = torch.zeros(2 * k, dtype=torch.int32)
     for (layer, ids), (slots, missed) in zip(steps, want, strict=True):
         device_cache._assign_kernel[(1,)](
-            torch.tensor(ids), where, owner, stamp, clock, index, fill, counts, layer, experts,
-            n_slots, K=k, KP=k, SP=64,
+            torch.tensor(ids), where, owner, stamp, clock, index, fill, counts, cpu, layer, experts,
+            n_slots, k, 0, K=k, KP=k, SP=64,
         )  # fmt: skip
+        assert cpu.tolist() == [-1] * 2 * k  # every miss fetched: none for the CPU
         assert index[0].tolist() == slots  # ascending expert order
         assert [ids[p] for p in index[1].tolist()] == sorted(ids)  # each slot's top-k position
         assert [s for s in fill[:k].tolist() if s >= 0] == missed  # the slots to fill, in order
@@ -397,3 +399,187 @@ def test_batched_steps_on_the_device_match_the_hosts_batch(q4_0, source, togethe
     assert runs[True] == runs[False]
     state = runs[True][0]
     assert state[1] and state[2]  # misses and evictions happened
+
+
+@pytest.mark.parametrize("fields", [{"placement": "cpu"}, {"placement": "auto", "fetch_per_layer": 1}],
+                         ids=["cpu", "auto-fetch-1"])
+def test_misses_computed_on_the_cpu_give_the_tokens_of_fetching_them(q4_0, fields):
+    """placement cpu/auto on the device-cache decoder (cpu_misses.py): a layer's misses past
+    fetch_per_layer take the zero slot on the device and are computed by the host's CPU path;
+    float32, so the tokens are those of fetching every miss. With placement cpu a decode step
+    fetches nothing: the cache holds what the prompt left, less the zero slot's expert."""
+    prompt = load_tokenizer(q4_0).encode(PROMPTS[0])
+    host, split = engine(q4_0, "segments"), engine(q4_0, "device-cache", **fields)
+    assert split.generate(prompt, GEN) == host.generate(prompt, GEN)
+    decoder = split._decoder
+    assert decoder.fetch_limit == (0 if fields["placement"] == "cpu" else 1)
+    assert f"fetches at most {decoder.fetch_limit} of a layer's missed experts" in split.describe()
+    assert decoder.mailbox.compute_s > 0  # the host's seconds computing (the bench reports them)
+    assert "missed experts; the CPU" not in host.describe()
+    assert decoder.zero_slot == split.tiers.device.book.n_slots - 1
+    on_cpu, on_device = split.runtime.computed_on["cpu"], split.runtime.computed_on["device"]
+    assert on_cpu > 0 and on_device > 0
+    assert on_cpu + on_device == host.runtime.computed_on["device"]  # every expert, once
+    stats, host_stats = split.tiers.device.book.stats, host.tiers.device.book.stats
+    assert stats.hits + stats.misses == host_stats.hits + host_stats.misses
+    fetched = split.tiers.links["disk->ram"].transfers  # prefill's fetches and decode's
+    assert fetched == stats.misses - on_cpu
+    if fields["placement"] == "cpu":
+        assert stats.evictions <= host_stats.evictions
+        assert decoder.zero_slot not in split.tiers.device.book._slot_of.values()
+
+
+def test_misses_on_the_cpu_of_a_float_checkpoint():
+    prompt = load_tokenizer(bundled_model_dir()).encode(PROMPTS[0])
+    runs = []
+    for fields in ({"decode": "segments"}, {"decode": "device-cache", "placement": "cpu"}):
+        e = Engine(EngineConfig(model_path=bundled_model_dir(), device="cpu", dtype="float32",
+                                vram_budget=7 * 3 * 4 * 128 * 128, prefetch=False, **fields))  # fmt: skip
+        runs.append(e.generate(prompt, GEN))
+    assert runs[0] == runs[1]
+    assert e.runtime.computed_on["cpu"] > 0
+    assert e.tiers.links["disk->cpu"].transfers == e.runtime.computed_on["cpu"]  # read in place
+
+
+def test_how_many_misses_are_fetched():
+    """fetch: all; cpu: none; auto: fetch_per_layer, else the share that keeps the link and the
+    CPU equally busy on a layer that misses every expert."""
+    from types import SimpleNamespace
+
+    from lazymoe.engine.compute.cpu_misses import fetch_limit
+    from lazymoe.engine.compute.placement import CostModel
+
+    def fake(placement, fetch_per_layer=None, cost_model=None):
+        runtime = SimpleNamespace(cost_model=cost_model, expert_flops_per_token=6,
+                                  miss_cost=lambda layer: (55_000_000, None))  # fmt: skip
+        config = SimpleNamespace(placement=placement, fetch_per_layer=fetch_per_layer)
+        return SimpleNamespace(config=config, runtime=runtime, moe_layers=[0])
+
+    assert fetch_limit(fake("fetch"), 8) == 8
+    assert fetch_limit(fake("cpu"), 8) == 0
+    assert fetch_limit(fake("auto"), 8) == 8  # no cost model: a CPU-only machine
+    assert fetch_limit(fake("auto", 3), 8) == 3
+    assert fetch_limit(fake("auto", 20), 8) == 8
+    link_55 = CostModel(h2d_bandwidth_gbps=55, cpu_bandwidth_gbps=55, cpu_gflops=1e6)
+    assert fetch_limit(fake("auto", cost_model=link_55), 8) == 4  # equal speeds: half each
+    cpu_slow = CostModel(h2d_bandwidth_gbps=55, cpu_bandwidth_gbps=55 / 3, cpu_gflops=1e6)
+    assert fetch_limit(fake("auto", cost_model=cpu_slow), 8) == 6  # the CPU takes a quarter
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_fetch_per_layer_must_be_a_whole_number(bad):
+    with pytest.raises(ValueError, match="fetch_per_layer"):
+        EngineConfig(model_path=bundled_model_dir(), fetch_per_layer=bad)
+
+
+def test_a_cpu_split_needs_a_slot_more_than_a_layer_uses(q4_0):
+    with pytest.raises(ValueError, match="keeps one of the 2 slots"):
+        engine(q4_0, "device-cache", slots=2, placement="cpu")
+    assert engine(q4_0, "device-cache", slots=2).decode_path == "device-cache"  # fetch: fine
+
+
+def test_a_host_that_never_answers_fails_the_token_not_the_machine(monkeypatch):
+    """The GPU's wait gives up after WAIT_SPINS reads and says so (`failed`); later layers do not
+    wait; the host's next step raises. A host that fails mid-token releases every layer."""
+    from lazymoe.engine.compute import cpu_misses
+
+    monkeypatch.setattr(cpu_misses, "WAIT_SPINS", 3)
+    box = cpu_misses.MissMailbox(2, 2, 8, torch.float32, torch.device("cpu"))
+    box.next_token()
+    box.seq.add_(1)
+    cpu = torch.tensor([5, -1, 0, -1], dtype=torch.int32)  # expert 5 is the CPU's, weight 0
+    out = torch.ones(1, 8)
+    box.wait_add(0, cpu, out)  # nobody answered
+    assert torch.equal(out, torch.ones(1, 8))  # nothing added
+    with pytest.raises(RuntimeError, match="stopped waiting for the CPU"):
+        box.next_token()
+    box.check()  # said once: the next generation starts clean
+    box.reset()
+    box.next_token()
+
+    class Broken:
+        def _compute_cpu(self, *args):
+            raise MemoryError("host out of memory")
+
+    box.req[0][0] = cpu
+    box.posted[0][:] = 1
+    with pytest.raises(MemoryError):
+        box.serve(Broken(), range(2))
+    assert box.done[0].tolist() == [1, 1]  # the GPU would run on
+
+
+def test_a_host_answer_is_added_to_the_gpus_sum():
+    from lazymoe.engine.compute import cpu_misses
+
+    box = cpu_misses.MissMailbox(1, 2, 8, torch.float32, torch.device("cpu"))
+    box.next_token()
+    box.seq.add_(1)
+    cpu = torch.tensor([5, -1, 0, -1], dtype=torch.int32)
+    box.part[0][0] = torch.arange(8.0)
+    box.done[0][0] = 1
+    out = torch.ones(1, 8)
+    box.wait_add(0, cpu, out)
+    assert torch.equal(out, torch.arange(8.0).view(1, 8) + 1)
+    box.check()  # no failure
+
+
+def test_the_cpu_starts_before_the_fills(q4_0, monkeypatch):
+    """Per layer the graph posts the CPU's misses before it fills the fetched ones, so the CPU
+    computes while they cross the link (posting after the fills halved the speed on an H200)."""
+    e = engine(q4_0, "device-cache", placement="auto", fetch_per_layer=1)
+    decoder = e._decoder_for(64)
+    calls = []
+    post, fill = decoder.mailbox.post, decoder._fill
+    monkeypatch.setattr(decoder.mailbox, "post", lambda i, *a: (calls.append(("post", i)), post(i, *a)))
+    monkeypatch.setattr(decoder, "_fill", lambda i: (calls.append(("fill", i)), fill(i)))
+    e.generate(load_tokenizer(q4_0).encode(PROMPTS[0]), GenerationConfig(max_new_tokens=2, stop_token_ids=()))
+    n = len(e.moe_layers)
+    assert calls == [(what, i) for i in range(n) for what in ("post", "fill")]
+
+
+def test_auto_weighs_a_float_miss_at_the_cpu_matmuls_measured_rate():
+    """A float expert on the CPU costs its bytes at the slower of the RAM's rate and torch's
+    matmul's for one token (measured: on an H200 host BF16 is a third of the RAM's rate)."""
+    from lazymoe.engine.compute import placement
+
+    fast_ram = placement.CostModel(55, 90, 1e6, cpu_float_gbps=30)
+    assert fast_ram.read_seconds(30 * 10**9) == pytest.approx(1.0)
+    assert placement.CostModel(55, 20, 1e6, cpu_float_gbps=30).read_seconds(20 * 10**9) == pytest.approx(1.0)
+    assert placement.CostModel(55, 90, 1e6).read_seconds(90 * 10**9) == pytest.approx(1.0)
+    assert "float expert matmul 30.0 GB/s" in fast_ram.describe()
+    with pytest.raises(ValueError, match="cpu_float_gbps"):
+        placement.CostModel(55, 90, 1e6, cpu_float_gbps=0)
+    for dtype in (torch.float32, torch.bfloat16):  # torch's matmul; lazymoe's BF16 kernel
+        assert 0.05 < placement.measure_float_gbps(64, 32, dtype) < 10_000
+
+
+def test_the_assign_kernel_gives_the_misses_past_the_limit_to_the_cpu():
+    """FETCH_LIMIT 1: of a step's misses in ascending id order the first is fetched (an LRU
+    victim), the others take the zero slot and are listed for the CPU with their top-k places;
+    hits stay hits and nothing the CPU computes enters the cache."""
+    layers, experts, k, n_slots, zero = 1, 16, 4, 6, 5
+    where, owner, stamp, clock, counts = empty_tables(layers, experts, n_slots, list(range(n_slots)))
+    stamp[zero] = device_cache.ZERO_STAMP  # the decoder reserves it so
+    owner[zero] = -2
+    index = torch.zeros(2, k, dtype=torch.int64)
+    fill = torch.zeros(2 * k, dtype=torch.int32)
+    cpu = torch.zeros(2 * k, dtype=torch.int32)
+
+    def step(ids):
+        device_cache._assign_kernel[(1,)](
+            torch.tensor(ids), where, owner, stamp, clock, index, fill, counts, cpu, 0, experts,
+            n_slots, 1, zero, K=k, KP=k, SP=8,
+        )  # fmt: skip
+
+    step([9, 3, 12, 5])  # all miss: 3 fetched, 5, 9, 12 the CPU's
+    assert cpu.tolist() == [5, 9, 12, -1, 3, 0, 2, -1]  # ids, then their places in the top-k
+    fetched = index[0, 0].item()
+    assert fetched != zero and index[0, 1:].tolist() == [zero] * 3
+    assert [s for s in fill[:k].tolist() if s >= 0] == [fetched]
+    assert where[3].item() == fetched and where[[5, 9, 12]].tolist() == [-1, -1, -1]
+    step([3, 7, 1, 2])  # 3 hits; 1 fetched; 2 and 7 the CPU's
+    assert cpu.tolist() == [2, 7, -1, -1, 3, 1, -1, -1]
+    assert index[0].tolist()[2] == fetched  # expert 3, third in ascending order, still in its slot
+    assert counts[0].tolist()[:2] == [1, 7]  # hits, misses (the CPU's count as misses)
+    step([3, 1, 7, 2])  # 3 and 1 hit; 2 fetched; 7 the CPU's
+    assert cpu.tolist()[:2] == [7, -1] and zero not in fill[:k].tolist()

@@ -48,7 +48,7 @@ def non_default_flags(model, experts_dir, **replace) -> tuple[list[str], dict]:
         "model_path": model, "device": "cpu", "dtype": "bfloat16", "vram_budget": "6GiB",
         "ram_budget": "512MiB", "placement": "cpu", "policy": "lfu", "prefetch": False,
         "experts_path": experts_dir, "kernel": "grouped", "decode": "model", "pin_checkpoint": True,
-        "cpu_activations": "int8",
+        "cpu_activations": "int8", "fetch_per_layer": 2,
         "h2d_bandwidth_gbps": 20.5, "cpu_bandwidth_gbps": 30.0, "devices": "cpu,cpu",
     }  # fmt: skip
     flags = []
@@ -137,7 +137,9 @@ def test_lazymoe_bench_runs_one_config_per_swept_value_each_as_the_flags_say(
     specs = harness.build_specs(plan, llama_ok=False)
     configs = [EngineConfig(**spec["options"]) for spec in specs]
     # the harness hands each row its budget in bytes: exactly the flag's, 6GiB = 6 * 2**30
-    expected = [EngineConfig(**{**fields, "device": "cuda", "placement": placement, "vram_budget": budget})
+    # (fetch_per_layer is placement auto's: the cpu rows leave it unset)
+    expected = [EngineConfig(**{**fields, "device": "cuda", "placement": placement, "vram_budget": budget,
+                                "fetch_per_layer": fields["fetch_per_layer"] if placement == "auto" else None})
                 for budget in (6 * 2**30, 512 * 2**20) for placement in ("cpu", "auto")]  # fmt: skip
     # compared on the engine options: the harness may add per-row fields of its own (a routing
     # trace) and more rows per configuration (one per routing regime)

@@ -22,7 +22,8 @@ from lazymoe.i18n import _
 
 # Engine options the bench sweeps: each takes several values, one row per combination
 # (lazymoe.bench.harness.build_specs). On a CPU-only machine lazymoe runs once, all resident.
-BENCH_SWEEP = ("model_path", "placement", "decode", "kernel", "vram_budget", "cpu_activations")
+BENCH_SWEEP = ("model_path", "placement", "decode", "kernel", "vram_budget", "cpu_activations",
+               "fetch_per_layer")
 # Where the bench's defaults differ from `lazymoe run`'s, and why:
 BENCH_DEFAULTS = {
     # compare every placement, not only the default one
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         models=models, engines=tuple(args.engines), lazymoe_options=shared,
         placements=tuple(args.placement), decodes=tuple(args.decode), kernels=tuple(args.kernel),
         pin_checkpoint=args.pin_checkpoint, cpu_activations=tuple(args.cpu_activations),
+        fetch_per_layer=tuple(args.fetch_per_layer or (None,)),
         vram_budgets_gb=tuple(parse_bytes(b) / GB for b in args.vram_budget),
         prompt_tokens=args.prompt_tokens, gpu=None if args.device == "auto" else args.device == "cuda",
         new_tokens=args.new_tokens, repeats=args.repeats, warmup=args.warmup,
@@ -154,7 +156,10 @@ def lazymoe_options(args: argparse.Namespace, models: list) -> dict:
     every model and every swept value, so a bad flag fails before a long run, not in each row."""
     from lazymoe.engine import EngineConfig
 
-    first = {name: getattr(args, name)[0] for name in BENCH_SWEEP if name != "model_path"}
+    first = {name: (getattr(args, name) or [None])[0] for name in BENCH_SWEEP if name != "model_path"}
+    for fetch in (args.fetch_per_layer or [])[1:]:  # the swept values past the first, checked too
+        if fetch < 0:
+            raise ValueError(f"fetch_per_layer={fetch}: give a whole number >= 0")
     for entry in models:
         config = EngineConfig.from_args(args, **first, model_path=entry.model_path, dtype=entry.dtype)
     return {k: v for k, v in config.cli_values().items() if k not in PLAN_FIELDS}

@@ -72,6 +72,8 @@ class BenchPlan:
     kernels: tuple[str, ...] = ("auto",)  # lazymoe expert kernels on a GPU (EngineConfig.kernel)
     pin_checkpoint: bool = False  # lazymoe on a GPU: EngineConfig.pin_checkpoint, labelled "pinned file"
     cpu_activations: tuple[str, ...] = ("float",)  # EngineConfig.cpu_activations, one row set each
+    # EngineConfig.fetch_per_layer for placement "auto" rows, one row each (None: the cost model's)
+    fetch_per_layer: tuple[int | None, ...] = (None,)
     # the other EngineConfig fields every lazymoe row shares (`lazymoe bench`'s engine flags)
     lazymoe_options: dict = field(default_factory=dict)
     vram_budgets_gb: tuple[float, ...] = (5.0, 8.0, 12.0)
@@ -177,13 +179,15 @@ def build_specs(plan: BenchPlan, llama_ok: bool, trace_dir: Path | None = None) 
             if plan.gpu:  # budgets outer: the first budget's row of every placement comes first
                 for budget in plan.vram_budgets_gb:
                     for placement in plan.placements:
-                        for decode, kernel in itertools.product(plan.decodes, plan.kernels):
+                        fetches = plan.fetch_per_layer if placement == "auto" else (None,)
+                        for decode, kernel, fetch in itertools.product(plan.decodes, plan.kernels, fetches):
                             label = f"lazymoe {placement}" + ("" if decode == "auto" else f" ({decode})")
                             label += "" if kernel == "auto" else f" [{kernel}]"
+                            label += "" if fetch is None else f", fetch {fetch} a layer"
                             label += (", pinned file" if plan.pin_checkpoint else "") + int8
                             add(label, "lazymoe", {**base, "placement": placement, "decode": decode,
                                 "kernel": None if kernel == "auto" else kernel,
-                                "pin_checkpoint": plan.pin_checkpoint,
+                                "pin_checkpoint": plan.pin_checkpoint, "fetch_per_layer": fetch,
                                 "vram_budget": round(budget * GB), "device": "cuda"}, budget, placement)
                 if plan.include_resident:  # pinned too when the rows are: decode="device-cache"
                     label = "lazymoe all resident" + (", pinned file" if plan.pin_checkpoint else "") + int8

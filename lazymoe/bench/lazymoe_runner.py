@@ -59,6 +59,8 @@ class LazyMoeRunner:
         decoder = getattr(self.engine, "_decoder", None)
         if decoder is not None and decoder.timings["tokens"]:
             out["decode_host_us_per_layer"] = decoder.timing_per_layer_us()
+        if getattr(decoder, "mailbox", None) is not None:  # device-cache, some misses on the CPU
+            out["fetch_per_layer"] = decoder.fetch_limit  # the rest of a layer's misses: the CPU's
         return out
 
     def close(self) -> None:

@@ -94,6 +94,10 @@ class EngineConfig:
         of ~20 GB/s from mapped pages, 3-8 GB/s from pages touched for the first time). The
         files stay locked in RAM until close(): it needs RAM for all of them, like llama.cpp's
         --mlock, and locking takes a while (~1.4 GB/s). GPU only; ignored on a CPU.
+    fetch_per_layer: with decode "device-cache" and placement "auto", how many of a layer's
+        missed experts a decode token fetches; the CPU computes the others while they cross the
+        link (lazymoe.engine.compute.cpu_misses). None: the share that keeps the link and the CPU
+        equally busy, from the measured speeds. (Placement "cpu" fetches none, "fetch" all.)
     cpu_activations: how the CPU computes a GGUF file's quantized experts
         (lazymoe.quant.expert.expert_forward): "float" (the default: every activation stays
         float32, tokens equal transformers on the dequantized weights) or "int8" (each block of
@@ -151,6 +155,10 @@ class EngineConfig:
         "the dequantized weights) or int8 (the inputs rounded to 8-bit blocks, integer dot "
         "products, as llama.cpp does: 2-4x faster, slightly different numbers)",
         choices=CPU_ACTIVATIONS))
+    fetch_per_layer: int | None = field(default=None, metadata=cli(
+        "with decode device-cache and placement auto: how many of a layer's missed experts a "
+        "token fetches to the GPU; the CPU computes the others at the same time", type=int,
+        metavar="N", none_means="from the measured speeds"))
     # Measured bandwidths for placement="auto" (GB/s); None: measured at load time.
     h2d_bandwidth_gbps: float | None = field(default=None, metadata=cli(
         "host-to-GPU bandwidth for placement auto, GB/s", type=float, metavar="GB/S",
@@ -194,6 +202,12 @@ class EngineConfig:
             )
         if self.kernel not in (None, *KERNELS):
             raise ValueError(f"kernel={self.kernel!r}: choose one of {', '.join(KERNELS)}, 'auto' or None")
+        if self.fetch_per_layer is not None and (
+            isinstance(self.fetch_per_layer, bool) or not isinstance(self.fetch_per_layer, int)
+            or self.fetch_per_layer < 0
+        ):
+            raise ValueError(f"fetch_per_layer={self.fetch_per_layer!r}: give a whole number >= 0, "
+                             "or None to choose it from the measured speeds")  # fmt: skip
         if self.cpu_activations not in CPU_ACTIVATIONS:
             raise ValueError(f"cpu_activations={self.cpu_activations!r}: choose one of "
                              f"{', '.join(CPU_ACTIVATIONS)}")

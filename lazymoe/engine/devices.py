@@ -144,6 +144,7 @@ def _cost_model(engine: Engine, device: torch.device) -> CostModel:
         cfg.cpu_bandwidth_gbps or measured.cpu_bandwidth_gbps,
         measured.cpu_gflops,
         measured.cpu_format_gbps,
+        measured.cpu_float_gbps,
     )
 
 

@@ -19,7 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from lazymoe.engine.batch import EngineBatch
-from lazymoe.engine.compute import device_cache, placement, triton_quant
+from lazymoe.engine.compute import cpu_misses, device_cache, placement, triton_quant
 from lazymoe.engine.compute.graphs import SegmentedDecoder, unsupported_reason
 from lazymoe.engine.config import EngineConfig, GenerationConfig, format_bytes
 from lazymoe.engine.devices import build_shares, describe_lines, engine_stats
@@ -174,11 +174,17 @@ class Engine:
     def _resolve_decode_path(self) -> str:
         """config.decode, with "auto" made concrete; an explicit choice that cannot run fails."""
         wanted = self.config.decode
-        reason = unsupported_reason(self)
+        reason = unsupported_reason(self)  # the graph decoder's (placement fetch only)
+        loop_reason = unsupported_reason(self, any_placement=True)  # the device-cache decoder's
+        cache_reason = loop_reason or device_cache.unsupported_reason(self)
         if wanted == "auto":
-            if self.device.type != "cuda" or reason is not None:
+            if self.device.type != "cuda" or loop_reason is not None:
                 return "model"
-            return "device-cache" if device_cache.unsupported_reason(self) is None else "graphs"
+            if cache_reason is None:
+                return "device-cache"
+            return "graphs" if reason is None else "model"
+        if wanted == "device-cache":
+            reason = loop_reason
         if wanted in ("segments", "graphs", "device-cache") and reason is not None:
             raise ValueError(f"decode={wanted!r} cannot run this engine: {reason}; use 'model'")
         if wanted == "graphs" and self.device.type != "cuda":
@@ -392,6 +398,10 @@ class Engine:
         if self.decode_path == "device-cache":
             lines.append(_("the GPU keeps the expert cache itself: it reads a missed expert straight "
                            "from the page-locked file, and each token is one CUDA graph"))  # fmt: skip
+            fetched = cpu_misses.fetch_limit(self, self.top_k)
+            if fetched < self.top_k:  # decode tokens split their misses (cpu_misses.py)
+                lines.append(_("a decode token fetches at most {n} of a layer's missed experts; the "
+                               "CPU computes the others while those cross the link").format(n=fetched))  # fmt: skip
         elif self.decode_path == "graphs" and device_cache.unsupported_reason(self, True) is None:
             lines.append(_("tip: with --pin-checkpoint the GPU keeps the expert cache itself and reads "
                            "missed experts straight from the file (it locks the file in RAM: {size})"

@@ -224,3 +224,71 @@ def test_batched_steps_as_cuda_graphs_match_the_eager_steps(tmp_path, dtype):
             assert tokens == [e.generate(p, g) for p, g in zip(prompts, gens, strict=True)]
         e.close()
     assert runs[True] == runs[False]
+
+
+def split_counts(e: Engine) -> tuple[int, int]:
+    """(experts the CPU computed, experts computed on the GPU) so far."""
+    return e.runtime.computed_on["cpu"], e.runtime.computed_on["device"]
+
+
+@pytest.mark.parametrize("name", ["q4_0", "float"])
+@pytest.mark.parametrize("fields", [{"placement": "cpu"}, {"placement": "auto", "fetch_per_layer": 1}],
+                         ids=["cpu", "auto-fetch-1"])
+def test_misses_computed_on_the_cpu_inside_the_graph(tmp_path, name, fields):
+    """placement cpu/auto on the device-cache decoder: the GPU fetches at most fetch_per_layer
+    of a layer's misses and the host computes the others while the token's graph waits for them
+    (cpu_misses.py). float32: the tokens of fetching every miss; the CPU did compute some, and
+    the GPU's graph, not the eager path, ran the token."""
+    from lazymoe.paths import bundled_model_dir
+
+    if name == "float":
+        path, budget = bundled_model_dir(), 7 * 3 * 4 * 128 * 128
+    else:
+        path = twin(name, tmp_path)
+        budget = 7 * GGUFExpertStore.open(path).max_expert_qbytes
+    prompt = load_tokenizer(path).encode(PROMPT)
+
+    def make(**more):
+        return Engine(EngineConfig(model_path=path, device="cuda", dtype="float32", vram_budget=budget,
+                                   decode="device-cache", prefetch=False, pin_checkpoint=True,
+                                   **more))  # fmt: skip
+
+    fetch, split = make(), make(**fields)
+    assert split.decode_path == "device-cache" and split._decoder_for(64).mailbox is not None
+    assert split.generate(prompt, GEN) == fetch.generate(prompt, GEN)
+    on_cpu, on_device = split_counts(split)
+    assert split._decoder.token_graph is not None
+    if fields["placement"] == "cpu":  # a miss is never fetched, on a GPU not in the prompt's
+        assert on_cpu > 0 and on_device == 0  # pass either: the cache stays empty, all on the CPU
+    else:
+        assert on_cpu > 0 and on_device > 0
+    for e in (fetch, split):
+        e.close()
+
+
+def test_a_failing_cpu_share_raises_and_leaves_the_engine_usable(tmp_path, monkeypatch):
+    """The host's half fails mid-token: the GPU is released at once (no spin to its limit), the
+    error reaches the caller, and the next generation gives the right tokens."""
+    import time
+
+    path = twin("q4_0", tmp_path)
+    prompt = load_tokenizer(path).encode(PROMPT)
+    e = engine(path, "device-cache", 7, placement="cpu")
+    want = engine(path, "device-cache", 7).generate(prompt, GEN)
+    calls = {"n": 0}
+    real = e.runtime._compute_cpu
+
+    def failing(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise MemoryError("out of memory on the host")
+        return real(*args)
+
+    monkeypatch.setattr(e.runtime, "_compute_cpu", failing)
+    start = time.perf_counter()
+    with pytest.raises(MemoryError):
+        e.generate(prompt, GEN)
+    assert time.perf_counter() - start < 30
+    monkeypatch.setattr(e.runtime, "_compute_cpu", real)
+    assert e.generate(prompt, GEN) == want
+    e.close()

@@ -57,7 +57,7 @@ import time
 import numpy as np
 import torch
 
-from lazymoe.engine.compute import kernels, triton_grouped, triton_quant
+from lazymoe.engine.compute import cpu_misses, kernels, triton_grouped, triton_quant
 from lazymoe.engine.compute.graphs import SegmentedDecoder
 from lazymoe.engine.compute.triton_kernels import triton
 from lazymoe.engine.parts.policies import LRU
@@ -79,6 +79,7 @@ FLOAT_BATCH_TOKENS = 32
 QUANT_BATCH_TOKENS = 2048
 BATCH_BLOCK = 256  # pairs a step of the batch assign kernel's loops takes
 FREE_STAMP = -(1 << 40)  # free slots: older than any used one
+ZERO_STAMP = 1 << 61  # the zero slot (cpu_misses.py): newer than any stamp a step gives, never a victim
 FILL_WORDS = 1024  # words a program of the fill kernel copies (8 KB of int64)
 _WORD_DTYPES = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
 
@@ -103,8 +104,11 @@ if triton is not None:
     @triton.jit
     def _assign_kernel(
         ids_ptr, where_ptr, owner_ptr, stamp_ptr, clock_ptr, index_ptr, fill_ptr, counts_ptr,
-        LAYER, N_EXPERTS, N_SLOTS, K: tl.constexpr, KP: tl.constexpr, SP: tl.constexpr,
+        cpu_ptr, LAYER, N_EXPERTS, N_SLOTS, FETCH_LIMIT, ZERO_SLOT, K: tl.constexpr,
+        KP: tl.constexpr, SP: tl.constexpr,
     ):  # fmt: skip
+        # misses past the first FETCH_LIMIT (ascending ids) are the CPU's (cpu_misses.py): no
+        # slot, the index points at ZERO_SLOT, and cpu lists their ids then top-k places
         # the K ids are distinct (a router's top-k; a replayed trace is checked when loaded)
         kk = tl.arange(0, KP)
         kmask = kk < K
@@ -117,6 +121,7 @@ if triton is not None:
         clock = tl.load(clock_ptr)
         hit = kmask & (slot >= 0)
         hits = tl.sum(hit.to(tl.int64), axis=0)
+        n_cpu = 0
         if hits == K:  # every expert resident: its stamp, nothing to fill, no search
             tl.store(stamp_ptr + slot, clock * _RANKS + rank, mask=kmask)
             tl.store(fill_ptr + rank, tl.full([KP], -1, tl.int32), mask=kmask)
@@ -130,23 +135,35 @@ if triton is not None:
                 sel = (rank == r) & hit
                 used = tl.sum(tl.where(sel, slot + 1, 0), axis=0) - 1  # its slot, or -1
                 stamps = tl.where(ss == used, clock * _RANKS + r, stamps)
+            fetched = 0
             for r in tl.static_range(K):  # the misses, in the host book's order: ascending ids
                 sel = rank == r
                 key_r = tl.sum(tl.where(sel, key, 0), axis=0)
                 slot_r = tl.sum(tl.where(sel, slot, 0), axis=0)
-                if slot_r < 0:  # the least recently used slot (never one used this step)
-                    victim, owners, stamps = _evict(
-                        stamps, owners, ss, key_r, clock * _RANKS + r, where_ptr, counts_ptr,
-                        LAYER, N_EXPERTS,
-                    )  # fmt: skip
-                    slot = tl.where(sel, victim, slot)
-                    tl.store(fill_ptr + r, victim)
+                if slot_r < 0:
+                    if fetched < FETCH_LIMIT:  # the least recently used slot (not used this step)
+                        victim, owners, stamps = _evict(
+                            stamps, owners, ss, key_r, clock * _RANKS + r, where_ptr, counts_ptr,
+                            LAYER, N_EXPERTS,
+                        )  # fmt: skip
+                        slot = tl.where(sel, victim, slot)
+                        tl.store(fill_ptr + r, victim)
+                        fetched += 1
+                    else:  # the CPU's: the zero slot adds nothing on the GPU
+                        slot = tl.where(sel, ZERO_SLOT, slot)
+                        tl.store(fill_ptr + r, -1)
+                        tl.store(cpu_ptr + n_cpu, key_r - LAYER * N_EXPERTS)
+                        tl.store(cpu_ptr + K + n_cpu, tl.sum(tl.where(sel, kk, 0), axis=0))
+                        n_cpu += 1
                 else:
                     tl.store(fill_ptr + r, -1)
                 tl.store(fill_ptr + K + r, key_r)
             tl.store(stamp_ptr + ss, stamps, mask=smask)
             tl.store(owner_ptr + ss, owners, mask=smask)
         tl.store(clock_ptr, clock + 1)
+        pad = kmask & (kk >= n_cpu)  # the CPU's list ends with -1s
+        tl.store(cpu_ptr + kk, tl.full([KP], -1, tl.int32), mask=pad)
+        tl.store(cpu_ptr + K + kk, tl.full([KP], -1, tl.int32), mask=pad)
         # the slots in ascending expert order, and which top-k weight each takes
         tl.store(index_ptr + rank, slot.to(tl.int64), mask=kmask)
         tl.store(index_ptr + K + rank, kk.to(tl.int64), mask=kmask)
@@ -265,6 +282,10 @@ def unsupported_reason(engine, assume_pinned: bool = False) -> str | None:
                 "(policy='lru')")  # fmt: skip
     if book.n_slots > MAX_SLOTS:
         return f"{book.n_slots} slots: the GPU's LRU search holds at most {MAX_SLOTS}"
+    if engine.config.placement != "fetch" and book.n_slots <= engine.top_k:
+        return (f"placement={engine.config.placement!r} keeps one of the {book.n_slots} slots for "
+                f"the CPU's misses; a layer's {engine.top_k} experts need the others: give a larger "
+                "vram_budget")  # fmt: skip
     return None
 
 
@@ -331,6 +352,15 @@ class DeviceCacheDecoder(SegmentedDecoder):
         self.trace_host = torch.zeros(n, k, dtype=torch.long, pin_memory=device.type == "cuda")
         self._trace_np = self.trace_host.numpy()  # writes land in the pinned buffer
         self.trace_ids = torch.zeros(n, k, dtype=torch.long, device=device)
+        # misses computed on the CPU (placement cpu/auto: cpu_misses.py): how many of a layer's
+        # misses the GPU fetches, the list of the others per layer, the slot of zeros they take,
+        # and the page-locked memory the host computes them through
+        self.fetch_limit = cpu_misses.fetch_limit(engine, k)
+        self.cpu = torch.full((n, 2 * k), -1, dtype=torch.int32, device=device)
+        self.zero_slot, self.mailbox = 0, None
+        if self.fetch_limit < k:
+            self.zero_slot = s - 1
+            self.mailbox = cpu_misses.MissMailbox(n, k, engine.hidden, self.dtype, device)
         self.active = False  # the device tables hold the cache (between load_prefill and end)
         self._loaded_owner: np.ndarray | None = None
         self.token_graph: torch.cuda.CUDAGraph | None = None
@@ -340,22 +370,38 @@ class DeviceCacheDecoder(SegmentedDecoder):
     # -- one token ---------------------------------------------------------------------------------
     def _token(self) -> None:
         h = self._embed()
+        mailbox = self.mailbox
+        if mailbox is not None:
+            mailbox.seq.add_(1)  # the token's number: what the host's and the GPU's flags say
         for i in range(len(self.layers)):
             x, residual, weights, ids = self._route(i, h)
             if self.replay is not None:  # the trace's experts take the router's weights by position
                 ids = self.trace_ids[i]
             self._assign(i, ids.reshape(-1))
-            h = residual + self._experts(i, x, weights).view(residual.shape)
+            if mailbox is not None:  # the CPU's misses, their input and weights to the host,
+                mailbox.post(i, self.cpu[i], x, weights.contiguous())  # before the fills: the
+                if not self.graphs:  # CPU computes while they cross the link. Eager (the CPU
+                    mailbox.serve_layer(self.runtime, i)  # tests): the host answers in line
+            self._fill(i)
+            out = self._experts(i, x, weights)
+            if mailbox is not None:  # the CPU's sum, once the host has written it
+                mailbox.wait_add(i, self.cpu[i], out)
+            h = residual + out.view(residual.shape)
         self.logits = self.lm_head(self.base.norm(h))[0, -1]
 
     def _assign(self, i: int, ids: torch.Tensor) -> None:
         k = self.top_k
         _assign_kernel[(1,)](
             ids, self.where, self.owner, self.stamp, self.clock, self.index[i], self.fill[i],
-            self.counts, i, self.n_experts, self.book.n_slots, K=k,
+            self.counts, self.cpu[i], i, self.n_experts, self.book.n_slots, self.fetch_limit,
+            self.zero_slot, K=k,
             KP=triton.next_power_of_2(k), SP=self.search_width,
             num_warps=8 if self.search_width >= 4096 else 4,
         )  # fmt: skip
+
+    def _fill(self, i: int) -> None:
+        """Copy layer i's fetched misses from the file into the slots `_assign` gave them."""
+        k = self.top_k
         _fill_kernel[self.fill_grid[i]](
             self.src, *self.dst, self.fill[i], self.offsets, *self.strides, *self.part_words[i],
             *self.starts[i], K=k, WORDS=FILL_WORDS,
@@ -368,7 +414,8 @@ class DeviceCacheDecoder(SegmentedDecoder):
         host's path splits a larger union in chunks instead); a float pool, few tokens."""
         if n_tokens > (QUANT_BATCH_TOKENS if self.quantized else FLOAT_BATCH_TOKENS):
             return False
-        return min(n_tokens * self.top_k, self.n_experts) <= self.book.n_slots
+        reserved = 1 if self.mailbox is not None else 0  # the zero slot
+        return min(n_tokens * self.top_k, self.n_experts) <= self.book.n_slots - reserved
 
     def lend(self) -> None:
         """The host's book into the device tables, unless they hold the cache already."""
@@ -452,8 +499,18 @@ class DeviceCacheDecoder(SegmentedDecoder):
         if self.replay is not None:  # this token's row of the trace, every layer at once
             self._trace_np[:] = self.replay.take_token()
             self.trace_ids.copy_(self.trace_host, non_blocking=True)
+        if self.mailbox is not None:
+            self.mailbox.next_token()
         if self.graphs:
             self.token_graph.replay()
+            if self.mailbox is not None:  # the CPU's share, layer by layer as the GPU posts it:
+                box = self.mailbox  # its seconds waiting for the GPU (wait) and computing (plan)
+                waited, computed = box.wait_s, box.compute_s
+                self.timings["launch_s"] += time.perf_counter() - start
+                box.serve(self.runtime, range(len(self.layers)))
+                self.timings["wait_s"] += box.wait_s - waited
+                self.timings["plan_s"] += box.compute_s - computed
+                start = time.perf_counter()
         else:
             self._token()  # inside step's _swapped_norms()
         self.timings["launch_s"] += time.perf_counter() - start
@@ -492,6 +549,15 @@ class DeviceCacheDecoder(SegmentedDecoder):
         free = self.book.free_slots()
         for place, slot in enumerate(free):  # handed out first: smallest
             stamp[slot] = FREE_STAMP - len(free) + place
+        if self.mailbox is not None:  # the zero slot: the CPU's misses point the GPU at it
+            z = self.zero_slot
+            owner[z], stamp[z] = -2, ZERO_STAMP  # (its expert, if any, leaves the cache)
+            if self.quantized:
+                self.pool.data[z].zero_()
+            else:
+                self.pool.gate_up[z].zero_()
+                self.pool.down[z].zero_()
+            self.mailbox.reset()
         where = np.full(len(self.layers) * e, -1, dtype=np.int32)
         used = np.flatnonzero(owner >= 0)
         where[owner[used]] = used
@@ -520,12 +586,18 @@ class DeviceCacheDecoder(SegmentedDecoder):
             ):
                 if n:
                     per_layer[layer] += n
-        self.runtime.computed_on["device"] += sum(hits + misses for hits, misses, _ in counts)
-        tiers = self.runtime.tiers  # each miss read its expert's bytes from the file: the link
+        on_cpu = np.zeros(len(counts), dtype=np.int64)  # misses the CPU computed (_compute_cpu
+        if self.mailbox is not None:  # counted them): no slot, no fetch
+            on_cpu = self.mailbox.cpu_per_layer.copy()
+            self.mailbox.cpu_per_layer[:] = 0
+        on_device = sum(hits + misses for hits, misses, _ in counts) - int(on_cpu.sum())
+        self.runtime.computed_on["device"] += on_device
+        tiers = self.runtime.tiers  # each fetched miss read its expert's bytes from the file
         link = tiers.links["pinned file->vram" if tiers.on_gpu else "disk->ram"]  # the host uses
         for layer, (_, misses, _) in enumerate(counts):
-            if misses:
-                link.add(layer, misses * self.expert_bytes[layer], 0.0, transfers=misses)
+            fetched = misses - int(on_cpu[layer])
+            if fetched:
+                link.add(layer, fetched * self.expert_bytes[layer], 0.0, transfers=fetched)
 
     @torch.inference_mode()  # its tables were made inside a generation's inference mode
     def end(self) -> None:
@@ -545,9 +617,10 @@ class DeviceCacheDecoder(SegmentedDecoder):
         self.book.reload(placed, [int(s) for s in free])
         self.active = False  # only now: a failure above leaves the cache with the device
         self.runtime.lent_to = None
-        if not self.quantized:  # a float pool's slots are plain views: nothing to redo
-            return
-        changed = np.flatnonzero(owner != self._loaded_owner)
-        for s in changed:  # the host pool's views of what each refilled slot now holds
-            if owner[s] >= 0:
-                self.pool.place(int(s), self.engine_store.read_quantized(*divmod(int(owner[s]), e)))
+        if self.quantized:  # (a float pool's slots are plain views: nothing to redo)
+            changed = np.flatnonzero(owner != self._loaded_owner)
+            for s in changed:  # the host pool's views of what each refilled slot now holds
+                if owner[s] >= 0:
+                    self.pool.place(int(s), self.engine_store.read_quantized(*divmod(int(owner[s]), e)))
+        if self.mailbox is not None:  # all back with the host: now say if the GPU gave up on it
+            self.mailbox.check()

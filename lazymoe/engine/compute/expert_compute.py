@@ -35,6 +35,7 @@ from lazymoe.engine.compute import kernels, triton_grouped, triton_quant
 from lazymoe.engine.compute.kernels import expert_fused
 from lazymoe.engine.storage.store import ExpertWeights
 from lazymoe.engine.storage.tiers import TierStack
+from lazymoe.quant import kernels_bf16
 from lazymoe.quant.expert import expert_forward, experts_forward
 
 FUSED_CHUNK_TOKENS = 4096  # quantized Triton kernels: tokens per launch (the down grid's 2nd axis)
@@ -215,6 +216,12 @@ class ExpertCompute:
             out.add_(partial.to(out.device, out.dtype))
             self.computed_on["cpu"] += len(on_cpu)
             return
+        if self.tiers.ram is None and hasattr(self.tiers.store, "views"):  # read in place from
+            partial = torch.zeros_like(hidden_cpu)  # the file's map: no copy of the expert first
+            self._cpu_from_views(partial, layer, hidden_cpu, weights_cpu, rows, on_cpu)
+            out.add_(partial.to(out.device, out.dtype))
+            self.computed_on["cpu"] += len(on_cpu)
+            return
         groups = []
         for e in on_cpu:
             gate_up, w = self.tiers.host_weights((layer, e))
@@ -225,6 +232,29 @@ class ExpertCompute:
         kernels.grouped(partial, hidden_cpu, weights_cpu, groups, self.act)
         out.add_(partial.to(out.device, out.dtype))
         self.computed_on["cpu"] += len(on_cpu)
+
+    def _cpu_from_views(self, out, layer, hidden, top_k_weights, rows, on_cpu) -> None:
+        """Float experts on the CPU over the checkpoint's map (`store.views`): a decode step's
+        BF16 ones by lazymoe.quant.kernels_bf16 (2-3x torch's rate for one token), the others by
+        torch; each expert's bytes count on the disk->cpu link."""
+        store, dtype = self.tiers.store, hidden.dtype
+        start = time.perf_counter()
+        experts = [store.views(layer, e) for e in on_cpu]
+        one_token = out.shape[0] == 1 and all(len(rows[e]) == 1 for e in on_cpu)
+        if dtype == torch.bfloat16 and one_token and all(
+            p.dtype == dtype for w in experts for p in vars(w).values()
+        ):
+            ys = kernels_bf16.experts_forward(hidden, experts, self.act)
+            for e, y in zip(on_cpu, ys, strict=True):
+                self._add_rows(out, hidden, top_k_weights, rows[e], lambda x, y=y: y[None])
+        else:
+            for e, w in zip(on_cpu, experts, strict=True):
+                w = ExpertWeights(*(p.to(dtype) for p in vars(w).values()))
+                self._add_rows(out, hidden, top_k_weights, rows[e],
+                               lambda x, w=w: expert_split(x, w, self.act))  # fmt: skip
+        seconds = (time.perf_counter() - start) / max(1, len(on_cpu))
+        for w in experts:
+            self.tiers.links["disk->cpu"].add(layer, w.nbytes, seconds)
 
     def _compute_reference(self, out, layer, hidden, top_k_weights, rows, plan) -> None:
         """The simple path: one expert at a time, in ascending id order."""

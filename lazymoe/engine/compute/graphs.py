@@ -46,8 +46,10 @@ from lazymoe.models.params import attention_head_dim
 GRAPH_ARCHS = tuple(name for name, arch in ARCHS.items() if arch.segmented_decoder)
 
 
-def unsupported_reason(engine) -> str | None:
-    """Why the segmented decoder cannot run this engine, or None when it can."""
+def unsupported_reason(engine, any_placement: bool = False) -> str | None:
+    """Why the segmented decoder cannot run this engine, or None when it can. any_placement: for
+    the device-cache decoder, which computes placement "cpu"/"auto"'s misses on the CPU itself
+    (cpu_misses.py); the graph decoder fetches every miss."""
     model_type = engine.spec.model_type
     if len(getattr(engine, "shares", ())) > 1:
         return "the layers are split across devices (devices=): the layer loop runs on one device"
@@ -60,8 +62,9 @@ def unsupported_reason(engine) -> str | None:
         reason = triton_quant.unavailable_reason(engine.device, engine.dtype, engine.runtime.act)
         if reason is not None:
             return f"quantized experts (a GGUF file's) need the quantized Triton kernels: {reason}"
-    if engine.config.placement != "fetch":
-        return f"placement={engine.config.placement!r} (experts computed on the CPU need the eager path)"
+    if engine.config.placement != "fetch" and not any_placement:
+        return (f"placement={engine.config.placement!r} (experts computed on the CPU need the eager "
+                "path, or decode='device-cache')")  # fmt: skip
     if any(hasattr(block.gate, "original") for block in engine.blocks.values()):
         return "a learner router is set (set_router): its code may not be graph-safe"
     return None

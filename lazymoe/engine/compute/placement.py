@@ -55,6 +55,9 @@ class CostModel:
     cpu_gflops: float  # GFLOP/s of the CPU on an expert-sized matmul
     # GB/s of stored bytes the CPU computes a quantized expert from, per format ("q4_k": 5.5)
     cpu_format_gbps: dict[str, float] = field(default_factory=dict)
+    # GB/s of weights the CPU's matmul reads for one token of a float expert (None: as fast as
+    # RAM). On an H200 host torch's BF16 one read ~28 GB/s with 16 threads, a third of the RAM's
+    cpu_float_gbps: float | None = None
 
     def __post_init__(self) -> None:
         speeds = {
@@ -62,6 +65,8 @@ class CostModel:
             for name in ("h2d_bandwidth_gbps", "cpu_bandwidth_gbps", "cpu_gflops")
         }
         speeds |= {f"cpu_format_gbps[{fmt!r}]": gbps for fmt, gbps in self.cpu_format_gbps.items()}
+        if self.cpu_float_gbps is not None:
+            speeds["cpu_float_gbps"] = self.cpu_float_gbps
         for name, value in speeds.items():
             if not value > 0:
                 raise ValueError(f"{name}={value}: give a positive speed")
@@ -71,10 +76,11 @@ class CostModel:
         return expert_bytes / (self.h2d_bandwidth_gbps * 1e9)
 
     def read_seconds(self, expert_bytes: int, parts: ExpertParts | None = None) -> float:
-        """The CPU's pass over one expert's weights: a float expert at RAM bandwidth, a quantized
-        one part by part at its format's measured rate."""
+        """The CPU's pass over one expert's weights: a float expert at RAM bandwidth (or the
+        slower rate its matmul was measured at), a quantized one part by part at its format's
+        measured rate."""
         if parts is None:
-            return expert_bytes / (self.cpu_bandwidth_gbps * 1e9)
+            return expert_bytes / (min(self.cpu_bandwidth_gbps, self.cpu_float_gbps or float("inf")) * 1e9)
         missing = sorted({fmt for fmt, _ in parts} - set(self.cpu_format_gbps))
         if missing:
             raise ValueError(
@@ -121,6 +127,8 @@ class CostModel:
             f"auto's cost model: link {self.h2d_bandwidth_gbps:.1f} GB/s, CPU RAM read "
             f"{self.cpu_bandwidth_gbps:.1f} GB/s, CPU matmul {self.cpu_gflops:.0f} GFLOP/s"
         )
+        if self.cpu_float_gbps is not None:
+            line += f"; CPU float expert matmul {self.cpu_float_gbps:.1f} GB/s"
         if self.cpu_format_gbps:
             rates = ", ".join(
                 f"{fmt} {gbps:.1f}" for fmt, gbps in sorted(self.cpu_format_gbps.items())
@@ -249,4 +257,29 @@ def measure_cost_model(
     for _ in range(5):
         torch.nn.functional.linear(x, w)
     gflops = 5 * 2 * 16 * 2 * intermediate * hidden / (time.perf_counter() - start) / 1e9
-    return CostModel(h2d_gbps, cpu_gbps, gflops, measure_format_gbps(formats))
+    float_gbps = None if formats else measure_float_gbps(hidden, intermediate, dtype)
+    return CostModel(h2d_gbps, cpu_gbps, gflops, measure_format_gbps(formats), float_gbps)
+
+
+def measure_float_gbps(hidden: int, intermediate: int, dtype: torch.dtype,
+                       nbytes: int = 256 * 2**20) -> float:  # fmt: skip
+    """GB/s of weights the CPU's matmul for one token reads, as a decode step's CPU experts are
+    computed (BF16: lazymoe.quant.kernels_bf16, three matrices a call; else torch): the best of 3
+    passes over about `nbytes` of (2I, D) matrices (2 to 64 of them), more than a CPU's caches
+    hold, so that they are read from RAM as a missed expert is."""
+    from lazymoe.quant import kernels_bf16
+
+    w = torch.randn(2 * intermediate, hidden).to(dtype)
+    mats = [w.clone() for _ in range(min(64, max(2, nbytes // w.nbytes)))]
+    x = torch.randn(1, hidden).to(dtype)
+    best = float("inf")
+    for _ in range(4):  # the first pass warms up (thread pool, compiles): the best of the rest
+        start = time.perf_counter()
+        if dtype == torch.bfloat16:
+            for i in range(0, len(mats), 3):
+                kernels_bf16.matvec_many(x, mats[i : i + 3])
+        else:
+            for m in mats:
+                torch.nn.functional.linear(x, m)
+        best = min(best, time.perf_counter() - start)
+    return len(mats) * w.nbytes / best / 1e9

@@ -1,0 +1,236 @@
+"""Misses computed on the CPU while others cross the link, inside the device-cache decoder's graph.
+
+The device-cache decoder (device_cache.py) fetches every miss over PCIe: on an H200 with
+Qwen3-30B-A3B in BF16 and `independent` routing, ~7 of a layer's 8 experts miss and the link
+alone bounds decode at ~17 tok/s. llama.cpp with some layers' experts on the CPU computes them
+where they lie, at the CPU's memory bandwidth. Both resources can work at once: the GPU fetches
+at most `limit` of a layer's misses (the first ones in ascending id order) and the CPU computes
+the rest, at the same time, from RAM.
+
+The token stays one CUDA graph the host launches once. Per layer, inside it:
+
+    _assign_kernel   (device_cache.py) misses past the limit take no slot: their index points at
+                     the zero slot (an expert of zeros: adds nothing) and they are listed in
+                     `cpu` (ids, then top-k positions, -1 padded)
+    _post_kernel     writes that list, the layer's MoE input and its top-k weights to page-locked
+                     host memory, then the token's sequence number to the layer's `posted` flag
+    fills, experts   the GPU's share, as before (hits and fetched misses)
+    _wait_add_kernel when the list is not empty: spins on the layer's `done` flag (host memory,
+                     read over PCIe) until the host has written the CPU's sum, then adds it
+
+and on the host, after the launch (`MissMailbox.serve`): for each layer, wait for its `posted`
+flag, compute the listed experts with the runtime's CPU path (ExpertCompute._compute_cpu, the one
+`placement="cpu"` uses on the eager path), write the sum and the `done` flag. The CPU's sum is
+added after the GPU's, as the eager path adds its CPU partial.
+
+A stalled host cannot hang the GPU: the spin gives up after ~`WAIT_SPINS` reads, sets `failed`
+and later layers stop waiting; the host raises. On the CPU (tests) the same kernels run under
+Triton's interpreter and the host serves each layer in line, before the wait kernel.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from lazymoe.engine.compute.triton_kernels import triton
+
+if triton is not None:
+    import triton.language as tl
+
+WAIT_SPINS = 20_000_000  # reads of the done flag over PCIe (~1 us each) before the GPU gives up
+HOST_WAIT_S = 60.0  # how long the host waits for a layer's post before it says the GPU stalled
+MAPPED = 1 | 2  # cudaHostRegister: portable, mapped (kernels read and write it in place)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _post_kernel(
+        x_ptr, w_ptr, cpu_ptr, seq_ptr, xs_ptr, ws_ptr, req_ptr, posted_ptr, D,
+        K: tl.constexpr, KP: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        kk = tl.arange(0, KP)
+        km = kk < K
+        tl.store(req_ptr + kk, tl.load(cpu_ptr + kk, mask=km), mask=km)
+        tl.store(req_ptr + K + kk, tl.load(cpu_ptr + K + kk, mask=km), mask=km)
+        tl.store(ws_ptr + kk, tl.load(w_ptr + kk, mask=km), mask=km)
+        for c in range(0, D, BLOCK_D):
+            d = c + tl.arange(0, BLOCK_D)
+            tl.store(xs_ptr + d, tl.load(x_ptr + d, mask=d < D), mask=d < D)
+        tl.debug_barrier()  # every store above is issued before the flag says so
+        tl.atomic_xchg(posted_ptr, tl.load(seq_ptr), sem="release", scope="sys")
+
+    @triton.jit
+    def _wait_add_kernel(
+        cpu_ptr, done_ptr, seq_ptr, failed_ptr, part_ptr, out_ptr, D, MAX_SPINS,
+        BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        if tl.load(cpu_ptr) >= 0:  # some expert of this layer is the CPU's
+            seq = tl.load(seq_ptr)
+            flag = tl.load(done_ptr, volatile=True)
+            spins = tl.load(failed_ptr, volatile=True) * MAX_SPINS  # failed before: no wait
+            while (flag < seq) & (spins < MAX_SPINS):
+                flag = tl.load(done_ptr, volatile=True)
+                spins += 1
+            if flag < seq:
+                tl.store(failed_ptr, 1)
+            else:
+                for c in range(0, D, BLOCK_D):
+                    d = c + tl.arange(0, BLOCK_D)
+                    m = d < D
+                    part = tl.load(part_ptr + d, mask=m, volatile=True).to(tl.float32)
+                    o = tl.load(out_ptr + d, mask=m).to(tl.float32)
+                    tl.store(out_ptr + d, (o + part).to(out_ptr.dtype.element_ty), mask=m)
+
+
+def fetch_limit(engine, top_k: int) -> int:
+    """How many of a layer's misses a decode token fetches; the CPU computes the others.
+
+    placement "fetch": all (top_k); "cpu": none; "auto": `EngineConfig.fetch_per_layer` if given,
+    else the share that keeps both busy for a layer that misses every expert: the link takes
+    t_fetch per expert, the CPU t_cpu, so fetch top_k * t_cpu / (t_fetch + t_cpu) of them."""
+    placement = engine.config.placement
+    if placement == "fetch":
+        return top_k
+    if placement == "cpu":
+        return 0
+    if engine.config.fetch_per_layer is not None:
+        return min(top_k, engine.config.fetch_per_layer)
+    runtime = engine.runtime
+    if runtime.cost_model is None:  # a CPU-only machine: nothing to balance, fetch them all
+        return top_k
+    layer = engine.moe_layers[0]
+    nbytes, parts = runtime.miss_cost(layer)
+    t_fetch = runtime.cost_model.gpu_seconds(nbytes)
+    t_cpu = runtime.cost_model.cpu_seconds(nbytes, 1, runtime.expert_flops_per_token, parts)
+    return max(0, min(top_k, round(top_k * t_cpu / (t_fetch + t_cpu))))
+
+
+class MissMailbox:
+    """The page-locked host memory the GPU and the host pass a layer's CPU experts through, and
+    the host's half of the exchange. One slot per layer: (K ids, K positions), the MoE input (D),
+    the top-k weights (K), the CPU's weighted sum (D), a `posted` and a `done` flag."""
+
+    def __init__(self, n_layers: int, top_k: int, hidden: int, dtype: torch.dtype,
+                 device: torch.device) -> None:  # fmt: skip
+        self.n_layers, self.top_k, self.hidden = n_layers, top_k, hidden
+        self.device = device
+        self._registered: list[np.ndarray] = []
+        self.req = self._buffer((n_layers, 2 * top_k), torch.int32)
+        self.xs = self._buffer((n_layers, hidden), dtype)
+        self.ws = self._buffer((n_layers, top_k), dtype)  # the router's weights: the model's dtype
+        self.part = self._buffer((n_layers, hidden), dtype)
+        self.posted = self._buffer((n_layers,), torch.int64)
+        self.done = self._buffer((n_layers,), torch.int64)
+        self.failed = self._buffer((1,), torch.int32)
+        self.seq = torch.zeros(1, dtype=torch.int64, device=device)  # the token's number (GPU)
+        self.host_seq = 0
+        self.cpu_per_layer = np.zeros(n_layers, dtype=np.int64)  # experts the CPU computed
+        self.wait_s = self.compute_s = 0.0  # host seconds: waiting for posts, computing
+        self.reset()
+
+    def _buffer(self, shape, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(host view, device view) of one zeroed buffer: the same bytes, page-locked and mapped
+        on a GPU (the kernels read and write them in place over PCIe); one CPU tensor twice on
+        the CPU."""
+        host = torch.zeros(shape, dtype=dtype)
+        if self.device.type != "cuda":
+            return host, host
+        from lazymoe.engine.storage import pagelock
+
+        array = host.view(torch.uint8).numpy()
+        err = int(torch.cuda.cudart().cudaHostRegister(array.ctypes.data, array.nbytes, MAPPED))
+        if err != 0:
+            raise RuntimeError(f"CUDA could not page-lock {array.nbytes} bytes for the CPU's "
+                               f"misses (CUDA error {err}): use placement='fetch'")  # fmt: skip
+        self._registered.append(array)
+        flat = pagelock.device_view(array.ctypes.data, array.nbytes, torch.uint8, self.device)
+        return host, flat.view(dtype).view(shape)
+
+    def close(self) -> None:
+        """Unlock the buffers (the decoder is gone); idempotent."""
+        cudart = torch.cuda.cudart() if self._registered else None
+        for array in self._registered:
+            cudart.cudaHostUnregister(array.ctypes.data)
+        self._registered = []
+
+    def __del__(self) -> None:
+        self.close()
+
+    def reset(self) -> None:
+        """Every flag and count back to zero, with the token number (the tables were loaded)."""
+        for host, _ in (self.posted, self.done, self.failed):
+            host.zero_()
+        self.seq.zero_()
+        self.host_seq = 0
+        self.cpu_per_layer[:] = 0
+
+    # -- the GPU's side: two launches per layer, inside the token's graph --------------------------
+    def post(self, i: int, cpu: torch.Tensor, x: torch.Tensor, weights: torch.Tensor) -> None:
+        k, d = self.top_k, self.hidden
+        _post_kernel[(1,)](
+            x, weights, cpu, self.seq, self.xs[1][i], self.ws[1][i], self.req[1][i],
+            self.posted[1][i:], d, K=k, KP=triton.next_power_of_2(k), BLOCK_D=1024,
+        )  # fmt: skip
+
+    def wait_add(self, i: int, cpu: torch.Tensor, out: torch.Tensor) -> None:
+        _wait_add_kernel[(1,)](
+            cpu, self.done[1][i:], self.seq, self.failed[1], self.part[1][i], out, self.hidden,
+            WAIT_SPINS, BLOCK_D=1024,
+        )  # fmt: skip
+
+    # -- the host's side -------------------------------------------------------------------------
+    def next_token(self) -> None:
+        """Count the token about to run (the graph adds one to `seq` at its start)."""
+        self.check()
+        self.host_seq += 1
+
+    def check(self) -> None:
+        """Raise, once, if the GPU gave up waiting for the host since the last check."""
+        if self.failed[0][0]:
+            self.failed[0].zero_()  # said once: the next generation starts clean
+            raise RuntimeError("the GPU stopped waiting for the CPU's experts (the host did not "
+                               "answer in time); this generation's tokens are not reliable. "
+                               "Use placement='fetch' if it happens again")  # fmt: skip
+
+    def serve(self, runtime, layers: range | list[int]) -> None:
+        """The CPU's share of the token now running: each layer in turn, as the GPU posts it.
+        A failure releases every layer still waiting (the GPU runs on), then raises."""
+        try:
+            for i in layers:
+                self.serve_layer(runtime, i, wait=True)
+        except BaseException:
+            self.done[0][:] = self.host_seq
+            raise
+
+    def serve_layer(self, runtime, i: int, wait: bool = False) -> None:
+        posted = self.posted[0].numpy()
+        start = time.perf_counter()
+        if wait and posted[i] < self.host_seq:
+            deadline = time.monotonic() + HOST_WAIT_S
+            while posted[i] < self.host_seq:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the GPU did not reach layer {i}'s experts in "
+                                       f"{HOST_WAIT_S:.0f} s")  # fmt: skip
+        posted_at = time.perf_counter()
+        self.wait_s += posted_at - start
+        try:
+            self._compute(runtime, i)
+        finally:
+            self.compute_s += time.perf_counter() - posted_at
+
+    def _compute(self, runtime, i: int) -> None:
+        req = self.req[0][i].tolist()
+        k = self.top_k
+        ids = [e for e in req[:k] if e >= 0]
+        if not ids:
+            return
+        rows = {e: [(0, p)] for e, p in zip(ids, req[k : k + len(ids)], strict=True)}
+        part = self.part[0][i : i + 1]
+        part.zero_()
+        runtime._compute_cpu(part, i, self.xs[0][i : i + 1], self.ws[0][i : i + 1], rows, ids)
+        self.cpu_per_layer[i] += len(ids)
+        self.done[0][i] = self.host_seq

@@ -1,0 +1,93 @@
+"""BF16 weights times one token on the CPU, several matrices in one parallel region (numba).
+
+Why: a decode step's experts computed on the CPU (placement cpu/auto) read every weight once for
+one token, so the speed is how fast the weights stream from RAM. torch's BF16 matmul for one token
+read 28 GB/s with 16 threads on an H200 host's Xeon (data/results/h200-cpu-misses-profile.txt), a
+third of that machine's RAM read rate, and 11 GB/s on one core of the dev machine, where this
+kernel reads about 20.
+
+A BF16 number is the top half of a float32: widening it is a 16-bit shift, which LLVM vectorises.
+Each row is widened into a small float32 buffer and dotted with x in float32 (the same products
+torch's BF16 matmul sums; the order of the sums differs, so the last bits may).
+
+    y[i] = W_i @ x[i or 0]     W_i (rows, cols) bfloat16, x float32, y (n, rows) float32
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange
+from numba.typed import List
+
+from lazymoe.quant.kernels_cpu import ROW_CHUNK, thread_count
+
+_lock = threading.Lock()  # one call at a time: each uses every thread it is given
+
+
+def _jit(**options):
+    try:
+        return njit(fastmath=True, cache=True, nogil=True, **options)
+    except RuntimeError:  # no cache folder can be written
+        return njit(fastmath=True, cache=False, nogil=True, **options)
+
+
+@_jit()
+def _rows(w, x, y, r0, r1):
+    cols = x.shape[0]
+    wide = np.empty(cols, np.uint32)
+    for r in range(r0, r1):
+        row = w[r]
+        for j in range(cols):
+            wide[j] = np.uint32(row[j]) << 16
+        f = wide.view(np.float32)
+        acc = np.float32(0)
+        for j in range(cols):
+            acc += f[j] * x[j]
+        y[r] = acc
+
+
+@_jit(parallel=True)
+def _many(ws, x, y):
+    n, rows = len(ws), y.shape[1]
+    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    for c in prange(n * chunks):
+        i, k = c // chunks, c % chunks
+        _rows(ws[i], x[min(i, x.shape[0] - 1)], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
+
+
+def matvec_many(x: torch.Tensor, weights: list[torch.Tensor], threads: int | None = None) -> torch.Tensor:
+    """x (n or 1, cols) times each of n bfloat16 CPU matrices (rows, cols), row-contiguous, of one
+    shape: (n, rows) float32. ValueError when they are not that."""
+    if not weights:
+        raise ValueError("no weights given: give at least one")
+    rows, cols = weights[0].shape
+    for w in weights:
+        if w.dtype != torch.bfloat16 or w.device.type != "cpu" or w.shape != (rows, cols) or w.stride(1) != 1:
+            raise ValueError(f"every weight must be a bfloat16 CPU matrix {rows} x {cols} with "
+                             f"contiguous rows, got {w.dtype} {tuple(w.shape)} on {w.device}")  # fmt: skip
+    if x.dim() != 2 or x.shape[0] not in (1, len(weights)) or x.shape[1] != cols:
+        raise ValueError(f"x must be ({len(weights)} or 1, {cols}), got {tuple(x.shape)}")
+    mats = List()
+    for w in weights:
+        mats.append(np.lib.stride_tricks.as_strided(
+            w.view(torch.int16).numpy().view(np.uint16), (rows, cols), (w.stride(0) * 2, 2)))  # fmt: skip
+    xs = x.detach().to(torch.float32).contiguous().numpy()
+    y = np.empty((len(weights), rows), np.float32)
+    with _lock:
+        numba.set_num_threads(thread_count(threads))
+        _many(mats, xs, y)
+    return torch.from_numpy(y)
+
+
+def experts_forward(x: torch.Tensor, experts: list, act) -> list[torch.Tensor]:
+    """One token (1, D) through each of several BF16 experts (gate, up, down: (I, D), (I, D),
+    (D, I)); per expert its output (D,) float32. Two parallel regions: gate and up of all of them,
+    then down."""
+    n = len(experts)
+    gate_up = matvec_many(x, [e.gate for e in experts] + [e.up for e in experts])
+    h = act(gate_up[:n]) * gate_up[n:]
+    return list(matvec_many(h, [e.down for e in experts]))
