@@ -38,15 +38,18 @@ def test_one_input_per_matrix_and_any_thread_count_give_the_same_bits():
 
 
 def test_rows_with_a_stride_read_in_place():
-    """A view whose rows are not packed (a slice of a wider matrix) is read where it lies."""
+    """A view whose rows are not packed (a slice of a wider matrix) is read where it lies, in
+    one call with packed ones, in either order."""
     wide = bf16(32, 80)
-    view = wide[:, 8:72]
+    view, packed = wide[:, 8:72], bf16(32, 64, seed=5)
     x = bf16(1, 64, seed=3)
-    torch.testing.assert_close(kernels_bf16.matvec_many(x, [view])[0],
-                               F.linear(x.float(), view.float())[0], rtol=1e-5, atol=1e-6)  # fmt: skip
+    for weights in ([view, packed], [packed, view]):
+        got = kernels_bf16.matvec_many(x, weights)
+        for i, w in enumerate(weights):
+            torch.testing.assert_close(got[i], F.linear(x.float(), w.float())[0], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("bad", ["float32", "shape", "x", "none"])
+@pytest.mark.parametrize("bad", ["float32", "shape", "x", "int-x", "none"])
 def test_what_it_cannot_take_is_named(bad):
     weights, x = [bf16(8, 16), bf16(8, 16)], bf16(1, 16)
     if bad == "float32":
@@ -55,6 +58,8 @@ def test_what_it_cannot_take_is_named(bad):
         weights[1] = bf16(8, 32)
     elif bad == "x":
         x = bf16(3, 16)
+    elif bad == "int-x":
+        x = torch.ones(1, 16, dtype=torch.int64)
     else:
         weights = []
     with pytest.raises(ValueError, match=r"weight|x must be"):

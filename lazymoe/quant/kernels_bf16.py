@@ -8,24 +8,26 @@ kernel reads about 20.
 
 A BF16 number is the top half of a float32: widening it is a 16-bit shift, which LLVM vectorises.
 Each row is widened into a small float32 buffer and dotted with x in float32 (the same products
-torch's BF16 matmul sums; the order of the sums differs, so the last bits may).
+torch's BF16 matmul sums; the order of the sums differs, so the last bits may). `experts_forward`
+keeps the expert's inner activations in float32, where torch's BF16 path rounds them to BF16: its
+results are a little closer to the exact ones than torch's.
 
     y[i] = W_i @ x[i or 0]     W_i (rows, cols) bfloat16, x float32, y (n, rows) float32
 """
 
 from __future__ import annotations
 
-import threading
-
 import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit, prange, types
 from numba.typed import List
 
-from lazymoe.quant.kernels_cpu import ROW_CHUNK, thread_count
+# one numba parallel region at a time, with the quantized kernels too (their lock): each uses
+# every thread it is given, and numba's thread pool takes one region at a time
+from lazymoe.quant.kernels_cpu import ROW_CHUNK, _lock, thread_count
 
-_lock = threading.Lock()  # one call at a time: each uses every thread it is given
+_MATRIX = types.Array(types.uint16, 2, "A")  # packed or strided rows alike
 
 
 def _jit(**options):
@@ -71,10 +73,12 @@ def matvec_many(x: torch.Tensor, weights: list[torch.Tensor], threads: int | Non
                              f"contiguous rows, got {w.dtype} {tuple(w.shape)} on {w.device}")  # fmt: skip
     if x.dim() != 2 or x.shape[0] not in (1, len(weights)) or x.shape[1] != cols:
         raise ValueError(f"x must be ({len(weights)} or 1, {cols}), got {tuple(x.shape)}")
-    mats = List()
+    if not x.is_floating_point() or x.device.type != "cpu":
+        raise ValueError(f"x must be floating point on the CPU, got {x.dtype} on {x.device}")
+    mats = List.empty_list(_MATRIX)
     for w in weights:
         mats.append(np.lib.stride_tricks.as_strided(
-            w.view(torch.int16).numpy().view(np.uint16), (rows, cols), (w.stride(0) * 2, 2)))  # fmt: skip
+            w.detach().view(torch.int16).numpy().view(np.uint16), (rows, cols), (w.stride(0) * 2, 2)))  # fmt: skip
     xs = x.detach().to(torch.float32).contiguous().numpy()
     y = np.empty((len(weights), rows), np.float32)
     with _lock:

@@ -30,6 +30,7 @@ Triton's interpreter and the host serves each layer in line, before the wait ker
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -40,9 +41,13 @@ from lazymoe.engine.compute.triton_kernels import triton
 if triton is not None:
     import triton.language as tl
 
-WAIT_SPINS = 20_000_000  # reads of the done flag over PCIe (~1 us each) before the GPU gives up
+# reads of the done flag over PCIe (~1 us each) before the GPU gives up on the host: ~2 minutes,
+# room for a first token whose CPU share compiles numba's kernels (seconds each); a host that
+# fails releases the GPU at once (`serve`), so this bounds only a host that hangs
+WAIT_SPINS = 100_000_000
 HOST_WAIT_S = 60.0  # how long the host waits for a layer's post before it says the GPU stalled
 MAPPED = 1 | 2  # cudaHostRegister: portable, mapped (kernels read and write it in place)
+PAGE = 4096  # what cudaHostRegister locks: whole pages
 
 
 if triton is not None:
@@ -118,47 +123,59 @@ class MissMailbox:
                  device: torch.device) -> None:  # fmt: skip
         self.n_layers, self.top_k, self.hidden = n_layers, top_k, hidden
         self.device = device
-        self._registered: list[np.ndarray] = []
-        self.req = self._buffer((n_layers, 2 * top_k), torch.int32)
-        self.xs = self._buffer((n_layers, hidden), dtype)
-        self.ws = self._buffer((n_layers, top_k), dtype)  # the router's weights: the model's dtype
-        self.part = self._buffer((n_layers, hidden), dtype)
-        self.posted = self._buffer((n_layers,), torch.int64)
-        self.done = self._buffer((n_layers,), torch.int64)
-        self.failed = self._buffer((1,), torch.int32)
+        shapes = {  # name -> (shape, dtype); the router's weights are in the model's dtype
+            "req": ((n_layers, 2 * top_k), torch.int32), "xs": ((n_layers, hidden), dtype),
+            "ws": ((n_layers, top_k), dtype), "part": ((n_layers, hidden), dtype),
+            "posted": ((n_layers,), torch.int64), "done": ((n_layers,), torch.int64),
+            "failed": ((1,), torch.int32),
+        }  # fmt: skip
+        self._block, self._registered = self._allocate(shapes)
         self.seq = torch.zeros(1, dtype=torch.int64, device=device)  # the token's number (GPU)
         self.host_seq = 0
         self.cpu_per_layer = np.zeros(n_layers, dtype=np.int64)  # experts the CPU computed
         self.wait_s = self.compute_s = 0.0  # host seconds: waiting for posts, computing
         self.reset()
 
-    def _buffer(self, shape, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(host view, device view) of one zeroed buffer: the same bytes, page-locked and mapped
-        on a GPU (the kernels read and write them in place over PCIe); one CPU tensor twice on
-        the CPU."""
-        host = torch.zeros(shape, dtype=dtype)
-        if self.device.type != "cuda":
-            return host, host
-        from lazymoe.engine.storage import pagelock
+    def _allocate(self, shapes: dict) -> tuple[np.ndarray, bool]:
+        """Every buffer in one zeroed block of whole pages of its own, so that page-locking it
+        (whole pages) touches nothing else; each buffer as (host view, device view): the same
+        bytes, mapped for a GPU (its kernels read and write them in place over PCIe), one CPU
+        tensor twice on the CPU. Returns (the block, whether it is page-locked)."""
+        offsets, total = {}, 0
+        for name, (shape, dtype) in shapes.items():
+            offsets[name] = total
+            total += -(-int(np.prod(shape)) * dtype.itemsize // 64) * 64  # 64-byte aligned each
+        total = -(-total // PAGE) * PAGE
+        raw = np.zeros(total + PAGE, dtype=np.uint8)
+        first = -raw.ctypes.data % PAGE
+        block = raw[first : first + total]
+        device_block = None
+        if self.device.type == "cuda":
+            from lazymoe.engine.storage import pagelock
 
-        array = host.view(torch.uint8).numpy()
-        err = int(torch.cuda.cudart().cudaHostRegister(array.ctypes.data, array.nbytes, MAPPED))
-        if err != 0:
-            raise RuntimeError(f"CUDA could not page-lock {array.nbytes} bytes for the CPU's "
-                               f"misses (CUDA error {err}): use placement='fetch'")  # fmt: skip
-        self._registered.append(array)
-        flat = pagelock.device_view(array.ctypes.data, array.nbytes, torch.uint8, self.device)
-        return host, flat.view(dtype).view(shape)
+            err = int(torch.cuda.cudart().cudaHostRegister(block.ctypes.data, total, MAPPED))
+            if err != 0:
+                pagelock._clear_error()  # not reported again by an unrelated launch
+                raise RuntimeError(f"CUDA could not page-lock {total} bytes for the CPU's misses "
+                                   f"(CUDA error {err}): use placement='fetch'")  # fmt: skip
+            device_block = pagelock.device_view(block.ctypes.data, total, torch.uint8, self.device)
+        host_block = torch.from_numpy(block)
+        for name, (shape, dtype) in shapes.items():
+            start, n = offsets[name], int(np.prod(shape)) * dtype.itemsize
+            host = host_block[start : start + n].view(dtype).view(shape)
+            on_device = host if device_block is None else device_block[start : start + n].view(dtype).view(shape)
+            setattr(self, name, (host, on_device))
+        return block, device_block is not None
 
     def close(self) -> None:
-        """Unlock the buffers (the decoder is gone); idempotent."""
-        cudart = torch.cuda.cudart() if self._registered else None
-        for array in self._registered:
-            cudart.cudaHostUnregister(array.ctypes.data)
-        self._registered = []
+        """Unlock the block (the decoder is gone); idempotent."""
+        if self._registered:
+            self._registered = False
+            torch.cuda.cudart().cudaHostUnregister(self._block.ctypes.data)
 
     def __del__(self) -> None:
-        self.close()
+        with contextlib.suppress(Exception):  # (at interpreter exit CUDA may be gone already)
+            self.close()
 
     def reset(self) -> None:
         """Every flag and count back to zero, with the token number (the tables were loaded)."""

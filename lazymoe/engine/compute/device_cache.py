@@ -282,7 +282,8 @@ def unsupported_reason(engine, assume_pinned: bool = False) -> str | None:
                 "(policy='lru')")  # fmt: skip
     if book.n_slots > MAX_SLOTS:
         return f"{book.n_slots} slots: the GPU's LRU search holds at most {MAX_SLOTS}"
-    if engine.config.placement != "fetch" and book.n_slots <= engine.top_k:
+    splits = cpu_misses.fetch_limit(engine, engine.top_k) < engine.top_k
+    if splits and book.n_slots <= engine.top_k and book.n_slots < engine.total_experts:
         return (f"placement={engine.config.placement!r} keeps one of the {book.n_slots} slots for "
                 f"the CPU's misses; a layer's {engine.top_k} experts need the others: give a larger "
                 "vram_budget")  # fmt: skip
@@ -358,7 +359,7 @@ class DeviceCacheDecoder(SegmentedDecoder):
         self.fetch_limit = cpu_misses.fetch_limit(engine, k)
         self.cpu = torch.full((n, 2 * k), -1, dtype=torch.int32, device=device)
         self.zero_slot, self.mailbox = 0, None
-        if self.fetch_limit < k:
+        if self.fetch_limit < k and s < n * self.n_experts:  # (every expert resident: no miss)
             self.zero_slot = s - 1
             self.mailbox = cpu_misses.MissMailbox(n, k, engine.hidden, self.dtype, device)
         self.active = False  # the device tables hold the cache (between load_prefill and end)
@@ -381,7 +382,9 @@ class DeviceCacheDecoder(SegmentedDecoder):
             if mailbox is not None:  # the CPU's misses, their input and weights to the host,
                 mailbox.post(i, self.cpu[i], x, weights.contiguous())  # before the fills: the
                 if not self.graphs:  # CPU computes while they cross the link. Eager (the CPU
-                    mailbox.serve_layer(self.runtime, i)  # tests): the host answers in line
+                    if self.src.is_cuda:  # tests): the host answers in line, once the post is in
+                        torch.cuda.current_stream().synchronize()
+                    mailbox.serve_layer(self.runtime, i)
             self._fill(i)
             out = self._experts(i, x, weights)
             if mailbox is not None:  # the CPU's sum, once the host has written it
@@ -414,6 +417,8 @@ class DeviceCacheDecoder(SegmentedDecoder):
         host's path splits a larger union in chunks instead); a float pool, few tokens."""
         if n_tokens > (QUANT_BATCH_TOKENS if self.quantized else FLOAT_BATCH_TOKENS):
             return False
+        if self.mailbox is not None and self.fetch_limit == 0:
+            return False  # placement cpu: the host's path, which computes misses where they are
         reserved = 1 if self.mailbox is not None else 0  # the zero slot
         return min(n_tokens * self.top_k, self.n_experts) <= self.book.n_slots - reserved
 
@@ -511,6 +516,8 @@ class DeviceCacheDecoder(SegmentedDecoder):
                 self.timings["wait_s"] += box.wait_s - waited
                 self.timings["plan_s"] += box.compute_s - computed
                 start = time.perf_counter()
+                torch.cuda.current_stream().synchronize()  # (the sampler would wait anyway)
+                box.check()  # a GPU that gave up on the host: these logits lack a sum, say so now
         else:
             self._token()  # inside step's _swapped_norms()
         self.timings["launch_s"] += time.perf_counter() - start
@@ -622,5 +629,4 @@ class DeviceCacheDecoder(SegmentedDecoder):
             for s in changed:  # the host pool's views of what each refilled slot now holds
                 if owner[s] >= 0:
                     self.pool.place(int(s), self.engine_store.read_quantized(*divmod(int(owner[s]), e)))
-        if self.mailbox is not None:  # all back with the host: now say if the GPU gave up on it
-            self.mailbox.check()
+
