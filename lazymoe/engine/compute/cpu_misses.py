@@ -24,7 +24,9 @@ flag, compute the listed experts with the runtime's CPU path (ExpertCompute._com
 added after the GPU's, as the eager path adds its CPU partial.
 
 A stalled host cannot hang the GPU: the spin gives up after ~`WAIT_SPINS` reads, sets `failed`
-and later layers stop waiting; the host raises. On the CPU (tests) the same kernels run under
+and later layers stop waiting; the host raises with that token. The flags rely on the host's stores
+reaching the GPU in program order, as they do on x86 over PCIe (the machines this was built on); an
+ARM host (GH200) would want acquire and release on both sides. On the CPU (tests) the same kernels run under
 Triton's interpreter and the host serves each layer in line, before the wait kernel.
 """
 
