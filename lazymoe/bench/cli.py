@@ -157,9 +157,9 @@ def lazymoe_options(args: argparse.Namespace, models: list) -> dict:
     from lazymoe.engine import EngineConfig
 
     first = {name: (getattr(args, name) or [None])[0] for name in BENCH_SWEEP if name != "model_path"}
-    for fetch in (args.fetch_per_layer or [])[1:]:  # the swept values past the first, checked too
-        if fetch < 0:
-            raise ValueError(f"fetch_per_layer={fetch}: give a whole number >= 0")
     for entry in models:
         config = EngineConfig.from_args(args, **first, model_path=entry.model_path, dtype=entry.dtype)
+    for fetch in (args.fetch_per_layer or [])[1:]:  # the swept values past the first, by the config
+        EngineConfig.from_args(args, **{**first, "fetch_per_layer": fetch},
+                               model_path=models[0].model_path, dtype=models[0].dtype)  # fmt: skip
     return {k: v for k, v in config.cli_values().items() if k not in PLAN_FIELDS}

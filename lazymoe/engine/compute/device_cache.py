@@ -624,9 +624,9 @@ class DeviceCacheDecoder(SegmentedDecoder):
         self.book.reload(placed, [int(s) for s in free])
         self.active = False  # only now: a failure above leaves the cache with the device
         self.runtime.lent_to = None
-        if self.quantized:  # (a float pool's slots are plain views: nothing to redo)
-            changed = np.flatnonzero(owner != self._loaded_owner)
-            for s in changed:  # the host pool's views of what each refilled slot now holds
-                if owner[s] >= 0:
-                    self.pool.place(int(s), self.engine_store.read_quantized(*divmod(int(owner[s]), e)))
-
+        if not self.quantized:  # a float pool's slots are plain views: nothing to redo
+            return
+        changed = np.flatnonzero(owner != self._loaded_owner)
+        for s in changed:  # the host pool's views of what each refilled slot now holds
+            if owner[s] >= 0:
+                self.pool.place(int(s), self.engine_store.read_quantized(*divmod(int(owner[s]), e)))

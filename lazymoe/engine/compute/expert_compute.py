@@ -46,10 +46,14 @@ def expert_split(x: torch.Tensor, w: ExpertWeights, act) -> torch.Tensor:
     return F.linear(act(F.linear(x, w.gate)) * F.linear(x, w.up), w.down)
 
 
+def one_row_each(out: torch.Tensor, rows: dict, ids) -> bool:
+    """A decode step's experts, each computing the one token once."""
+    return out.shape[0] == 1 and all(len(rows[e]) == 1 for e in ids)
+
+
 def several_one_row_each(out: torch.Tensor, rows: dict, ids) -> bool:
-    """A decode step's several experts, each computing the one token once: what the CPU's
-    experts-together paths take."""
-    return out.shape[0] == 1 and len(ids) > 1 and all(len(rows[e]) == 1 for e in ids)
+    """Several of them: what the CPU's experts-together paths take."""
+    return len(ids) > 1 and one_row_each(out, rows, ids)
 
 
 def reference_experts(
@@ -68,7 +72,7 @@ def reference_experts(
     for t in range(hidden.shape[0]):
         for k in range(top_k_index.shape[1]):
             w = read_expert(int(top_k_index[t, k]))
-            w = ExpertWeights(*(p.to(hidden.dtype) for p in (w.gate, w.up, w.down)))
+            w = w.to(hidden.dtype)
             out[t] += top_k_weights[t, k] * expert_split(hidden[t : t + 1], w, act)[0]
     return out
 
@@ -240,8 +244,7 @@ class ExpertCompute:
         store, dtype = self.tiers.store, hidden.dtype
         start = time.perf_counter()
         experts = [store.views(layer, e) for e in on_cpu]
-        one_token = out.shape[0] == 1 and all(len(rows[e]) == 1 for e in on_cpu)
-        if dtype == torch.bfloat16 and one_token and all(
+        if dtype == torch.bfloat16 and one_row_each(out, rows, on_cpu) and all(
             p.dtype == dtype for w in experts for p in vars(w).values()
         ):
             ys = kernels_bf16.experts_forward(hidden, experts, self.act)
@@ -249,9 +252,8 @@ class ExpertCompute:
                 self._add_rows(out, hidden, top_k_weights, rows[e], lambda x, y=y: y[None])
         else:
             for e, w in zip(on_cpu, experts, strict=True):
-                w = ExpertWeights(*(p.to(dtype) for p in vars(w).values()))
                 self._add_rows(out, hidden, top_k_weights, rows[e],
-                               lambda x, w=w: expert_split(x, w, self.act))  # fmt: skip
+                               lambda x, w=w: expert_split(x, w.to(dtype), self.act))  # fmt: skip
         seconds = (time.perf_counter() - start) / max(1, len(on_cpu))
         for w in experts:
             self.tiers.links["disk->cpu"].add(layer, w.nbytes, seconds)
@@ -319,7 +321,7 @@ class ExpertCompute:
         if gate_up is not None:
             y = expert_fused(x, gate_up.to(dtype), w.down.to(dtype), self.act)
         else:
-            y = expert_split(x, ExpertWeights(*(p.to(dtype) for p in (w.gate, w.up, w.down))), self.act)
+            y = expert_split(x, w.to(dtype), self.act)
         y = y * weights_cpu[tok, pos, None]
         out.index_add_(0, tok.to(out.device), y.to(out.device, out.dtype))
         self.computed_on["cpu"] += 1

@@ -29,6 +29,10 @@ class ExpertWeights:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.gate, self.up, self.down))
 
+    def to(self, dtype: torch.dtype) -> ExpertWeights:
+        """The three projections in `dtype` (the same tensors when they already are)."""
+        return ExpertWeights(self.gate.to(dtype), self.up.to(dtype), self.down.to(dtype))
+
     @classmethod
     def empty(
         cls, intermediate: int, hidden: int, dtype: torch.dtype, pin_memory: bool = False
