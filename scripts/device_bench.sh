@@ -38,7 +38,7 @@
 # every expert in VRAM too, in the first PINS pass, and llama.cpp searched to its VRAM), KEEP (1: leave
 # the quantized GGUF in /dev/shm for a later suite, e.g. SERVE_MODEL=/dev/shm/lazymoe-SHAPE-q4_0/model-q4_0.gguf),
 # SERVE_TOKENS (32 new tokens a request), SERVE_REPEATS (2 runs a case), SERVE_MODEL (serve that file/folder instead of writing SERVE_SHAPE), SERVE_FORMAT (write SERVE_SHAPE as a GGUF
-# of that type, in the background from the start, and serve it), KERNEL_BENCH (0: kernels' tests only; prompt: and the prompt kernels' timing; cpu: and the CPU kernels' only), KERNEL_K (their pytest -k), SERVE_ARGS (more `lazymoe serve` flags),
+# of that type, in the background from the start, and serve it), KERNEL_BENCH (0: kernels' tests only; prompt: and the prompt kernels' timing; cpu: and the CPU kernels' only; bf16: and the BF16 CPU experts' only), KERNEL_K (their pytest -k), SERVE_ARGS (more `lazymoe serve` flags),
 # BUILD_JOBS, BUILD_LLAMA (1; 0: suites that need no llama.cpp), PLACEMENTS ("fetch"; e.g. "fetch auto"), CROSS_CHECK (1; 0 skips llama-bench),
 # FORMATS ("bf16"; e.g. "q8_0 q4_0": one results file each, bench-SHAPE-FORMAT.json). Time on an
 # H200 (16 cores): setup ~5 min, check ~5, compare at one budget ~25 per format (a quantized
@@ -195,6 +195,8 @@ rows_file() {  # OUT: the lazymoe rows llama.cpp is tuned to (PINS=1 alone: the 
 
 lazymoe_rows() {  # MODEL OUT NOTE: lazymoe's rows, once per PINS value (1: page-locked checkpoint, own file)
   local model=$1 out=$2 note=$3 pin PINS_FIRST
+  # placement cpu/auto rows compute on the CPU: not beside llama.cpp's build (which they need next anyway)
+  [ -n "${LLAMA_PID:-}" ] && { log "waiting for llama.cpp's build before the lazymoe rows"; need_llama; }
   PINS_FIRST=$(echo ${PINS:-0} | cut -d' ' -f1)  # the pass that also runs RESIDENT's row
   for pin in ${PINS:-0}; do
     local o=$out extra=()
@@ -271,11 +273,17 @@ suite_kernels() {  # quantized experts on the GPU: correctness first, then the k
     tests/test_gguf_torch_quant.py > "$RESULTS/gpu-tests-kernels.log" 2>&1
   log "quantized GPU tests rc=$? $(tail -1 "$RESULTS/gpu-tests-kernels.log")"
   [ "${KERNEL_BENCH:-1}" = 0 ] && return 0
+  if [ "${KERNEL_BENCH:-1}" = bf16 ]; then  # the BF16 CPU experts alone, with no compiler running beside them
+    [ -n "${LLAMA_PID:-}" ] && need_llama; suite_bf16_cpu; return 0
+  fi
   [ "${KERNEL_BENCH:-1}" = cpu ] || suite_kernels_gpu_timing || return 0
   # the CPU path's quantized matmuls: stored bytes read per second against the machine's RAM read (issue 16: >= 50%)
   timeout 420 python3 -m lazymoe.quant.expert --threads 1,8,16 --formats q8_0,q4_0,q4_k,q6_k --activations float,int8 --together 8 --json "$RESULTS/quant-cpu-kernels.json" > "$RESULTS/quant-cpu-kernels.log" 2>&1
   log "quantized CPU kernels rc=$?: $(tail -6 "$RESULTS/quant-cpu-kernels.log" | tr '\n' ' ')"
-  # BF16 experts on the CPU (placement cpu/auto with a BF16 checkpoint): torch against kernels_bf16
+  suite_bf16_cpu
+}
+
+suite_bf16_cpu() {  # BF16 experts on the CPU (placement cpu/auto with a BF16 checkpoint): torch against kernels_bf16
   timeout 240 python3 scripts/bench_bf16_cpu.py "$RESULTS/bf16-cpu-experts.json" 1,8,16 > "$RESULTS/bf16-cpu-experts.log" 2>&1
   log "BF16 CPU experts rc=$?: $(tail -6 "$RESULTS/bf16-cpu-experts.log" | tr '\n' ' ')"
 }

@@ -1,5 +1,6 @@
 """GGUF files for the GGUF tests: the bundled model's twins and a random model wide enough for
-K-quants (their blocks are 256 weights: the bundled model's rows are 128 long)."""
+K-quants (their blocks are 256 weights: the bundled model's rows are 128 long). Also
+`half_for_auto`, which the CPU and GPU tests of the CPU's misses (cpu_misses.py) share."""
 
 from __future__ import annotations
 
@@ -31,3 +32,15 @@ def wide_random_gguf(folder: Path, out_type: str = "q4_k_m") -> Path:
     if not path.exists():
         export_gguf(model_dir, path, out_type, progress=False)
     return path
+
+
+def half_for_auto(fetch_split):
+    """cpu_misses.fetch_split with placement auto's share set to half of each layer's misses
+    (what a GPU machine whose link and CPU are equally fast measures; a CPU-only one measures no
+    link), other placements left as they are."""
+    from lazymoe.engine.compute.cpu_misses import FetchSplit
+
+    def split(engine, k):
+        return FetchSplit(k, 128) if engine.config.placement == "auto" else fetch_split(engine, k)
+
+    return split

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from gguf_models import twin
+from gguf_models import half_for_auto, twin
 
 from lazymoe.bench.routing import make_trace
 from lazymoe.engine import Engine, EngineConfig, GenerationConfig
@@ -207,7 +207,7 @@ def test_the_assign_kernel_is_the_books_lru(n_slots):
     for (layer, ids), (slots, missed) in zip(steps, want, strict=True):
         device_cache._assign_kernel[(1,)](
             torch.tensor(ids), where, owner, stamp, clock, index, fill, counts, cpu, layer, experts,
-            n_slots, k, 0, K=k, KP=k, SP=64,
+            n_slots, k, 256, 0, K=k, KP=k, SP=64,
         )  # fmt: skip
         assert cpu.tolist() == [-1] * 2 * k  # every miss fetched: none for the CPU
         assert index[0].tolist() == slots  # ascending expert order
@@ -401,19 +401,30 @@ def test_batched_steps_on_the_device_match_the_hosts_batch(q4_0, source, togethe
     assert state[1] and state[2]  # misses and evictions happened
 
 
-@pytest.mark.parametrize("fields", [{"placement": "cpu"}, {"placement": "auto", "fetch_per_layer": 1}],
-                         ids=["cpu", "auto-fetch-1"])
-def test_misses_computed_on_the_cpu_give_the_tokens_of_fetching_them(q4_0, fields):
+@pytest.mark.parametrize("fields", [{"placement": "cpu"}, {"placement": "auto", "fetch_per_layer": 1},
+                                    {"placement": "auto"}], ids=["cpu", "auto-fetch-1", "auto-half"])
+def test_misses_computed_on_the_cpu_give_the_tokens_of_fetching_them(q4_0, fields, monkeypatch):
     """placement cpu/auto on the device-cache decoder (cpu_misses.py): a layer's misses past
-    fetch_per_layer take the zero slot on the device and are computed by the host's CPU path;
-    float32, so the tokens are those of fetching every miss. With placement cpu a decode step
-    fetches nothing: the cache holds what the prompt left, less the zero slot's expert."""
+    fetch_per_layer (or past auto's share of them: half here, as a GPU machine whose link and
+    CPU are equally fast measures) take the zero slot on the device and are computed by the
+    host's CPU path; float32, so the tokens are those of fetching every miss. With placement cpu
+    a decode step fetches nothing: the cache holds what the prompt left, less the zero slot's
+    expert."""
+    from lazymoe.engine.compute import cpu_misses
+
+    half = "fetch_per_layer" not in fields and fields["placement"] == "auto"
+    if half:  # a CPU-only machine measures no link: auto's share as a GPU machine's
+        monkeypatch.setattr(cpu_misses, "fetch_split", half_for_auto(cpu_misses.fetch_split))
     prompt = load_tokenizer(q4_0).encode(PROMPTS[0])
     host, split = engine(q4_0, "segments"), engine(q4_0, "device-cache", **fields)
     assert split.generate(prompt, GEN) == host.generate(prompt, GEN)
     decoder = split._decoder
-    assert decoder.fetch_limit == (0 if fields["placement"] == "cpu" else 1)
-    assert f"fetches at most {decoder.fetch_limit} of a layer's missed experts" in split.describe()
+    if half:
+        assert decoder.split == cpu_misses.FetchSplit(split.top_k, 128)
+        assert "fetches 50% of a layer's missed experts (rounded up)" in split.describe()
+    else:
+        assert decoder.split.limit == (0 if fields["placement"] == "cpu" else 1)
+        assert f"fetches at most {decoder.split.limit} of a layer's missed experts" in split.describe()
     assert decoder.mailbox.compute_s > 0  # the host's seconds computing (the bench reports them)
     assert "missed experts; the CPU" not in host.describe()
     assert decoder.zero_slot == split.tiers.device.book.n_slots - 1
@@ -442,11 +453,11 @@ def test_misses_on_the_cpu_of_a_float_checkpoint():
 
 
 def test_how_many_misses_are_fetched():
-    """fetch: all; cpu: none; auto: fetch_per_layer, else the share that keeps the link and the
-    CPU equally busy on a layer that misses every expert."""
+    """fetch: all; cpu: none; auto: at most fetch_per_layer, else the share of each layer's
+    misses that keeps the link and the CPU equally busy, rounded up (one lone miss is fetched)."""
     from types import SimpleNamespace
 
-    from lazymoe.engine.compute.cpu_misses import fetch_limit
+    from lazymoe.engine.compute.cpu_misses import FetchSplit, fetch_split
     from lazymoe.engine.compute.placement import CostModel
 
     def fake(placement, fetch_per_layer=None, cost_model=None):
@@ -455,15 +466,23 @@ def test_how_many_misses_are_fetched():
         config = SimpleNamespace(placement=placement, fetch_per_layer=fetch_per_layer)
         return SimpleNamespace(config=config, runtime=runtime, moe_layers=[0])
 
-    assert fetch_limit(fake("fetch"), 8) == 8
-    assert fetch_limit(fake("cpu"), 8) == 0
-    assert fetch_limit(fake("auto"), 8) == 8  # no cost model: a CPU-only machine
-    assert fetch_limit(fake("auto", 3), 8) == 3
-    assert fetch_limit(fake("auto", 20), 8) == 8
+    def fetched(split):
+        return [split.fetched(misses) for misses in range(9)]
+
+    assert fetched(fetch_split(fake("fetch"), 8)) == list(range(9))
+    assert fetched(fetch_split(fake("cpu"), 8)) == [0] * 9
+    assert fetch_split(fake("auto"), 8) == FetchSplit(8)  # no cost model: a CPU-only machine
+    assert fetched(fetch_split(fake("auto", 3), 8)) == [0, 1, 2, 3, 3, 3, 3, 3, 3]
+    assert fetch_split(fake("auto", 20), 8) == FetchSplit(8)
     link_55 = CostModel(h2d_bandwidth_gbps=55, cpu_bandwidth_gbps=55, cpu_gflops=1e6)
-    assert fetch_limit(fake("auto", cost_model=link_55), 8) == 4  # equal speeds: half each
+    half = fetch_split(fake("auto", cost_model=link_55), 8)  # equal speeds: half each
+    assert (half.share, half.percent) == (128, 50)
+    assert fetched(half) == [0, 1, 1, 2, 2, 3, 3, 4, 4]
     cpu_slow = CostModel(h2d_bandwidth_gbps=55, cpu_bandwidth_gbps=55 / 3, cpu_gflops=1e6)
-    assert fetch_limit(fake("auto", cost_model=cpu_slow), 8) == 6  # the CPU takes a quarter
+    three_quarters = fetch_split(fake("auto", cost_model=cpu_slow), 8)  # the CPU takes a quarter
+    assert fetched(three_quarters) == [0, 1, 2, 3, 3, 4, 5, 6, 6]
+    assert half.splits(8) and not FetchSplit(8).splits(8) and FetchSplit(0).splits(8)
+    assert not FetchSplit(8, 250).splits(8)  # 8 * 250/256 rounds up to 8: never a CPU share
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
@@ -546,11 +565,14 @@ def test_auto_weighs_a_float_miss_at_the_cpu_matmuls_measured_rate():
     assert fast_ram.read_seconds(30 * 10**9) == pytest.approx(1.0)
     assert placement.CostModel(55, 20, 1e6, cpu_float_gbps=30).read_seconds(20 * 10**9) == pytest.approx(1.0)
     assert placement.CostModel(55, 90, 1e6).read_seconds(90 * 10**9) == pytest.approx(1.0)
-    assert "float expert matmul 30.0 GB/s" in fast_ram.describe()
     with pytest.raises(ValueError, match="cpu_float_gbps"):
         placement.CostModel(55, 90, 1e6, cpu_float_gbps=0)
-    for dtype in (torch.float32, torch.bfloat16):  # torch's matmul; lazymoe's BF16 kernel
-        assert 0.05 < placement.measure_float_gbps(64, 32, dtype) < 10_000
+    assert "float expert matmul 30.0 GB/s (numba)" in fast_ram.describe()
+    with pytest.raises(ValueError, match=r"cpu_float_kernel='mkl'.*numba, torch"):
+        placement.CostModel(55, 90, 1e6, cpu_float_gbps=30, cpu_float_kernel="mkl")
+    for dtype, kernels in ((torch.float32, {"torch"}), (torch.bfloat16, {"torch", "numba"})):
+        gbps, kernel = placement.measure_float_gbps(64, 32, dtype)  # BF16: the faster of the two
+        assert 0.05 < gbps < 10_000 and kernel in kernels
 
 
 def test_the_assign_kernel_gives_the_misses_past_the_limit_to_the_cpu():
@@ -565,10 +587,10 @@ def test_the_assign_kernel_gives_the_misses_past_the_limit_to_the_cpu():
     fill = torch.zeros(2 * k, dtype=torch.int32)
     cpu = torch.zeros(2 * k, dtype=torch.int32)
 
-    def step(ids):
+    def step(ids, limit=1, share=256):
         device_cache._assign_kernel[(1,)](
             torch.tensor(ids), where, owner, stamp, clock, index, fill, counts, cpu, 0, experts,
-            n_slots, 1, zero, K=k, KP=k, SP=8,
+            n_slots, limit, share, zero, K=k, KP=k, SP=8,
         )  # fmt: skip
 
     step([9, 3, 12, 5])  # all miss: 3 fetched, 5, 9, 12 the CPU's
@@ -583,3 +605,9 @@ def test_the_assign_kernel_gives_the_misses_past_the_limit_to_the_cpu():
     assert counts[0].tolist()[:2] == [1, 7]  # hits, misses (the CPU's count as misses)
     step([3, 1, 7, 2])  # 3 and 1 hit; 2 fetched; 7 the CPU's
     assert cpu.tolist()[:2] == [7, -1] and zero not in fill[:k].tolist()
+    # a share (FetchSplit): half of each step's misses, rounded up, fetched; the limit above it
+    step([13, 8, 11, 10], limit=4, share=128)  # 4 misses: 8 and 10 fetched, 11 and 13 the CPU's
+    assert cpu.tolist() == [11, 13, -1, -1, 2, 0, -1, -1]
+    assert where[[8, 10]].min().item() >= 0 and where[[11, 13]].tolist() == [-1, -1]
+    step([8, 15, 3, 10], limit=4, share=128)  # 8, 10 and 3 hit; the one miss is fetched
+    assert cpu.tolist() == [-1] * 2 * k and where[15].item() >= 0

@@ -257,3 +257,17 @@ def test_old_import_homes_still_work():
 
     assert config.parse_bytes is optionspec.parse_bytes and options.size_arg is optionspec.size_arg
     assert options.cli is optionspec.cli and options.CliOption is optionspec.CliOption
+
+
+def test_a_fetch_sweep_holds_auto_s_share_beside_counts(model, monkeypatch, capsys):
+    """--fetch-per-layer share 3: one auto row with the share of each layer's misses (None), one
+    fetching at most 3; a word that is neither is refused, naming what to write."""
+    argv = ["--model", str(model), "--engines", "lazymoe", "--device", "cuda", "--no-resident",
+            "--placement", "auto", "--budgets", "5", "--routing", "independent"]  # fmt: skip
+    plan = bench_plan([*argv, "--fetch-per-layer", "share", "3"], monkeypatch)
+    specs = harness.build_specs(plan, llama_ok=False)
+    assert [s["options"]["fetch_per_layer"] for s in specs] == [None, 3]
+    assert [s["label"].endswith(", fetch 3 a layer") for s in specs] == [False, True]
+    with pytest.raises(SystemExit):
+        parser_of(run_cli).parse_args(["--model", str(model), "--fetch-per-layer", "most"])
+    assert "'most': give a whole number or 'share'" in capsys.readouterr().err

@@ -73,6 +73,7 @@ def compute_over(store) -> ExpertCompute:
     compute = ExpertCompute()
     compute.tiers = SimpleNamespace(store=store, links={"disk->cpu": link})
     compute.act = F.silu
+    compute.cost_model = None  # no measurement: BF16 takes the numba kernel
     return compute
 
 
@@ -99,3 +100,27 @@ def test_a_decode_steps_bf16_experts_take_the_kernel_and_match_torch():
         want32.index_add_(0, torch.tensor([0]),
                           expert_split(hidden.float(), experts32[e], F.silu) * weights.float()[0, rows[e][0][1]])  # fmt: skip
     assert torch.equal(got32, want32)
+
+
+def test_bf16_experts_take_torch_where_the_cost_model_measured_it_faster(monkeypatch):
+    """On a machine where torch's BF16 matmul read faster (CostModel.cpu_float_kernel "torch"),
+    a decode step's BF16 experts skip the numba kernel and get torch's own numbers."""
+    from lazymoe.engine.compute.placement import CostModel
+
+    experts = {e: ExpertWeights(bf16(24, 32, seed=e), bf16(24, 32, seed=e + 10), bf16(32, 24, seed=e + 20))
+               for e in (1, 4)}  # fmt: skip
+    hidden, weights = bf16(1, 32, seed=3), torch.tensor([[0.6, 0.4]]).to(torch.bfloat16)
+    rows = {1: [(0, 0)], 4: [(0, 1)]}
+    compute = compute_over(SimpleNamespace(views=lambda layer, e: experts[e]))
+    compute.cost_model = CostModel(55, 90, 1e6, cpu_float_gbps=30, cpu_float_kernel="torch")
+
+    def refuse(*args):
+        raise AssertionError("the numba kernel ran where torch measured faster")
+
+    monkeypatch.setattr(kernels_bf16, "experts_forward", refuse)
+    got = torch.zeros_like(hidden)
+    compute._cpu_from_views(got, 0, hidden, weights, rows, [1, 4])
+    want = torch.zeros_like(hidden)
+    for e in (1, 4):
+        want.index_add_(0, torch.tensor([0]), expert_split(hidden, experts[e], F.silu) * weights[0, rows[e][0][1]])
+    assert torch.equal(got, want)

@@ -60,7 +60,8 @@ class LazyMoeRunner:
         if decoder is not None and decoder.timings["tokens"]:
             out["decode_host_us_per_layer"] = decoder.timing_per_layer_us()
         if getattr(decoder, "mailbox", None) is not None:  # device-cache, some misses on the CPU
-            out["fetch_per_layer"] = decoder.fetch_limit  # the rest of a layer's misses: the CPU's
+            out["fetch_per_layer"] = decoder.split.limit  # the rest of a layer's misses: the CPU's
+            out["fetch_share"] = decoder.split.percent / 100  # of each layer's misses, rounded up
         return out
 
     def close(self) -> None:

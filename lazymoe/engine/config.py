@@ -36,6 +36,17 @@ DECODE_PATHS = ("auto", "model", "segments", "graphs", "device-cache")  # see la
 CPU_ACTIVATIONS = ("float", "int8")  # lazymoe.quant.expert.expert_forward's `activations`
 
 
+def count_or_share(value: str) -> int | None:
+    """--fetch-per-layer's value: a whole number, or "share" (None: auto's share of each layer's
+    misses, which a bench sweep can then hold beside counts)."""
+    if value == "share":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a whole number or 'share'") from None
+
+
 def canonical_placement(value: str) -> str:
     """'gpu' (the old name) -> 'fetch'; every other value as it is."""
     return PLACEMENT_ALIASES.get(value, value)
@@ -96,8 +107,9 @@ class EngineConfig:
         --mlock, and locking takes a while (~1.4 GB/s). GPU only; ignored on a CPU.
     fetch_per_layer: with decode "device-cache" and placement "auto", how many of a layer's
         missed experts a decode token fetches; the CPU computes the others while they cross the
-        link (lazymoe.engine.compute.cpu_misses). None: the share that keeps the link and the CPU
-        equally busy, from the measured speeds. (Placement "cpu" fetches none, "fetch" all.)
+        link (lazymoe.engine.compute.cpu_misses). None: the share of each layer's misses that
+        keeps the link and the CPU equally busy, from the measured speeds. (Placement "cpu"
+        fetches none, "fetch" all.)
     cpu_activations: how the CPU computes a GGUF file's quantized experts
         (lazymoe.quant.expert.expert_forward): "float" (the default: every activation stays
         float32, tokens equal transformers on the dequantized weights) or "int8" (each block of
@@ -157,8 +169,9 @@ class EngineConfig:
         choices=CPU_ACTIVATIONS))
     fetch_per_layer: int | None = field(default=None, metadata=cli(
         "with decode device-cache and placement auto: how many of a layer's missed experts a "
-        "token fetches to the GPU; the CPU computes the others at the same time", type=int,
-        metavar="N", none_means="from the measured speeds"))
+        "token fetches to the GPU; the CPU computes the others at the same time ('share': a "
+        "share of each layer's misses, as when it is not given)", type=count_or_share,
+        metavar="N", none_means="a share of each layer's misses, from the measured speeds"))
     # Measured bandwidths for placement="auto" (GB/s); None: measured at load time.
     h2d_bandwidth_gbps: float | None = field(default=None, metadata=cli(
         "host-to-GPU bandwidth for placement auto, GB/s", type=float, metavar="GB/S",

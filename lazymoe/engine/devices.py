@@ -145,6 +145,7 @@ def _cost_model(engine: Engine, device: torch.device) -> CostModel:
         measured.cpu_gflops,
         measured.cpu_format_gbps,
         measured.cpu_float_gbps,
+        measured.cpu_float_kernel,
     )
 
 

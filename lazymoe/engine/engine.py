@@ -398,10 +398,14 @@ class Engine:
         if self.decode_path == "device-cache":
             lines.append(_("the GPU keeps the expert cache itself: it reads a missed expert straight "
                            "from the page-locked file, and each token is one CUDA graph"))  # fmt: skip
-            fetched = cpu_misses.fetch_limit(self, self.top_k)
-            if fetched < self.top_k:  # decode tokens split their misses (cpu_misses.py)
+            split = cpu_misses.fetch_split(self, self.top_k)
+            if split.share < cpu_misses.SHARE_ONE:  # decode tokens split their misses (cpu_misses.py)
+                lines.append(_("a decode token fetches {percent}% of a layer's missed experts (rounded "
+                               "up); the CPU computes the others while those cross the link"
+                               ).format(percent=split.percent))  # fmt: skip
+            elif split.splits(self.top_k):
                 lines.append(_("a decode token fetches at most {n} of a layer's missed experts; the "
-                               "CPU computes the others while those cross the link").format(n=fetched))  # fmt: skip
+                               "CPU computes the others while those cross the link").format(n=split.limit))  # fmt: skip
         elif self.decode_path == "graphs" and device_cache.unsupported_reason(self, True) is None:
             lines.append(_("tip: with --pin-checkpoint the GPU keeps the expert cache itself and reads "
                            "missed experts straight from the file (it locks the file in RAM: {size})"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from gguf_models import PROMPT, twin
+from gguf_models import PROMPT, half_for_auto, twin
 
 from lazymoe.bench.routing import make_trace
 from lazymoe.engine import Engine, EngineConfig, GenerationConfig
@@ -232,14 +232,19 @@ def split_counts(e: Engine) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("name", ["q4_0", "float"])
-@pytest.mark.parametrize("fields", [{"placement": "cpu"}, {"placement": "auto", "fetch_per_layer": 1}],
-                         ids=["cpu", "auto-fetch-1"])
-def test_misses_computed_on_the_cpu_inside_the_graph(tmp_path, name, fields):
+@pytest.mark.parametrize("fields", [{"placement": "cpu"}, {"placement": "auto", "fetch_per_layer": 1},
+                                    {"placement": "auto"}], ids=["cpu", "auto-fetch-1", "auto-half"])
+def test_misses_computed_on_the_cpu_inside_the_graph(tmp_path, name, fields, monkeypatch):
     """placement cpu/auto on the device-cache decoder: the GPU fetches at most fetch_per_layer
-    of a layer's misses and the host computes the others while the token's graph waits for them
-    (cpu_misses.py). float32: the tokens of fetching every miss; the CPU did compute some, and
-    the GPU's graph, not the eager path, ran the token."""
+    of a layer's misses (or auto's share of them: half here) and the host computes the others
+    while the token's graph waits for them (cpu_misses.py). float32: the tokens of fetching
+    every miss; the CPU did compute some, and the GPU's graph, not the eager path, ran the
+    token."""
+    from lazymoe.engine.compute import cpu_misses
     from lazymoe.paths import bundled_model_dir
+
+    if fields == {"placement": "auto"}:  # whatever this machine measures: half
+        monkeypatch.setattr(cpu_misses, "fetch_split", half_for_auto(cpu_misses.fetch_split))
 
     if name == "float":
         path, budget = bundled_model_dir(), 7 * 3 * 4 * 128 * 128

@@ -4,12 +4,12 @@ The device-cache decoder (device_cache.py) fetches every miss over PCIe: on an H
 Qwen3-30B-A3B in BF16 and `independent` routing, ~7 of a layer's 8 experts miss and the link
 alone bounds decode at ~17 tok/s. llama.cpp with some layers' experts on the CPU computes them
 where they lie, at the CPU's memory bandwidth. Both resources can work at once: the GPU fetches
-at most `limit` of a layer's misses (the first ones in ascending id order) and the CPU computes
-the rest, at the same time, from RAM.
+a share of a layer's misses (`FetchSplit`: the first ones in ascending id order) and the CPU
+computes the rest, at the same time, from RAM.
 
 The token stays one CUDA graph the host launches once. Per layer, inside it:
 
-    _assign_kernel   (device_cache.py) misses past the limit take no slot: their index points at
+    _assign_kernel   (device_cache.py) misses past the split take no slot: their index points at
                      the zero slot (an expert of zeros: adds nothing) and they are listed in
                      `cpu` (ids, then top-k positions, -1 padded)
     _post_kernel     writes that list, the layer's MoE input and its top-k weights to page-locked
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -93,27 +94,53 @@ if triton is not None:
                     tl.store(out_ptr + d, (o + part).to(out_ptr.dtype.element_ty), mask=m)
 
 
-def fetch_limit(engine, top_k: int) -> int:
+SHARE_ONE = 256  # FetchSplit.share's fixed point: 256/256 of a layer's misses
+
+
+@dataclass(frozen=True)
+class FetchSplit:
+    """How a decode token splits one layer's misses between the link and the CPU: the GPU fetches
+    `share`/256 of them, rounded up (the CPU's share pays a round trip through host memory, so
+    one lone miss is fetched), and at most `limit`; the CPU computes the others."""
+
+    limit: int
+    share: int = SHARE_ONE
+
+    def fetched(self, misses: int) -> int:
+        """How many of `misses` the GPU fetches (what `_assign_kernel` computes per layer)."""
+        return min(self.limit, -(-misses * self.share // SHARE_ONE))
+
+    def splits(self, top_k: int) -> bool:
+        """Whether any token can leave misses to the CPU (the most: a layer missing all top_k)."""
+        return self.fetched(top_k) < top_k
+
+    @property
+    def percent(self) -> int:
+        return round(100 * self.share / SHARE_ONE)
+
+
+def fetch_split(engine, top_k: int) -> FetchSplit:
     """How many of a layer's misses a decode token fetches; the CPU computes the others.
 
-    placement "fetch": all (top_k); "cpu": none; "auto": `EngineConfig.fetch_per_layer` if given,
-    else the share that keeps both busy for a layer that misses every expert: the link takes
-    t_fetch per expert, the CPU t_cpu, so fetch top_k * t_cpu / (t_fetch + t_cpu) of them."""
+    placement "fetch": all; "cpu": none; "auto": at most `EngineConfig.fetch_per_layer` if given,
+    else the share of each layer's misses that keeps both busy: the link takes t_fetch per
+    expert, the CPU t_cpu, so the GPU fetches t_cpu / (t_fetch + t_cpu) of them. A share, not a
+    count: a layer missing 3 experts splits them as one missing all 8 does."""
     placement = engine.config.placement
     if placement == "fetch":
-        return top_k
+        return FetchSplit(top_k)
     if placement == "cpu":
-        return 0
+        return FetchSplit(0)
     if engine.config.fetch_per_layer is not None:
-        return min(top_k, engine.config.fetch_per_layer)
+        return FetchSplit(min(top_k, engine.config.fetch_per_layer))
     runtime = engine.runtime
     if runtime.cost_model is None:  # a CPU-only machine: nothing to balance, fetch them all
-        return top_k
+        return FetchSplit(top_k)
     layer = engine.moe_layers[0]
     nbytes, parts = runtime.miss_cost(layer)
     t_fetch = runtime.cost_model.gpu_seconds(nbytes)
     t_cpu = runtime.cost_model.cpu_seconds(nbytes, 1, runtime.expert_flops_per_token, parts)
-    return max(0, min(top_k, round(top_k * t_cpu / (t_fetch + t_cpu))))
+    return FetchSplit(top_k, round(SHARE_ONE * t_cpu / (t_fetch + t_cpu)))
 
 
 class MissMailbox:

@@ -104,11 +104,12 @@ if triton is not None:
     @triton.jit
     def _assign_kernel(
         ids_ptr, where_ptr, owner_ptr, stamp_ptr, clock_ptr, index_ptr, fill_ptr, counts_ptr,
-        cpu_ptr, LAYER, N_EXPERTS, N_SLOTS, FETCH_LIMIT, ZERO_SLOT, K: tl.constexpr,
+        cpu_ptr, LAYER, N_EXPERTS, N_SLOTS, FETCH_LIMIT, FETCH_SHARE, ZERO_SLOT, K: tl.constexpr,
         KP: tl.constexpr, SP: tl.constexpr,
     ):  # fmt: skip
-        # misses past the first FETCH_LIMIT (ascending ids) are the CPU's (cpu_misses.py): no
-        # slot, the index points at ZERO_SLOT, and cpu lists their ids then top-k places
+        # the GPU fetches FETCH_SHARE/256 of the misses (rounded up), at most FETCH_LIMIT; the
+        # others (ascending ids) are the CPU's (cpu_misses.FetchSplit): no slot, the index
+        # points at ZERO_SLOT, and cpu lists their ids then top-k places
         # the K ids are distinct (a router's top-k; a replayed trace is checked when loaded)
         kk = tl.arange(0, KP)
         kmask = kk < K
@@ -136,12 +137,13 @@ if triton is not None:
                 used = tl.sum(tl.where(sel, slot + 1, 0), axis=0) - 1  # its slot, or -1
                 stamps = tl.where(ss == used, clock * _RANKS + r, stamps)
             fetched = 0
+            limit = tl.minimum((K - hits) * FETCH_SHARE + 255, FETCH_LIMIT * 256) // 256
             for r in tl.static_range(K):  # the misses, in the host book's order: ascending ids
                 sel = rank == r
                 key_r = tl.sum(tl.where(sel, key, 0), axis=0)
                 slot_r = tl.sum(tl.where(sel, slot, 0), axis=0)
                 if slot_r < 0:
-                    if fetched < FETCH_LIMIT:  # the least recently used slot (not used this step)
+                    if fetched < limit:  # the least recently used slot (not used this step)
                         victim, owners, stamps = _evict(
                             stamps, owners, ss, key_r, clock * _RANKS + r, where_ptr, counts_ptr,
                             LAYER, N_EXPERTS,
@@ -282,7 +284,7 @@ def unsupported_reason(engine, assume_pinned: bool = False) -> str | None:
                 "(policy='lru')")  # fmt: skip
     if book.n_slots > MAX_SLOTS:
         return f"{book.n_slots} slots: the GPU's LRU search holds at most {MAX_SLOTS}"
-    splits = cpu_misses.fetch_limit(engine, engine.top_k) < engine.top_k
+    splits = cpu_misses.fetch_split(engine, engine.top_k).splits(engine.top_k)
     if splits and book.n_slots <= engine.top_k and book.n_slots < engine.total_experts:
         return (f"placement={engine.config.placement!r} keeps one of the {book.n_slots} slots for "
                 f"the CPU's misses; a layer's {engine.top_k} experts need the others: give a larger "
@@ -356,10 +358,10 @@ class DeviceCacheDecoder(SegmentedDecoder):
         # misses computed on the CPU (placement cpu/auto: cpu_misses.py): how many of a layer's
         # misses the GPU fetches, the list of the others per layer, the slot of zeros they take,
         # and the page-locked memory the host computes them through
-        self.fetch_limit = cpu_misses.fetch_limit(engine, k)
+        self.split = cpu_misses.fetch_split(engine, k)
         self.cpu = torch.full((n, 2 * k), -1, dtype=torch.int32, device=device)
         self.zero_slot, self.mailbox = 0, None
-        if self.fetch_limit < k and s < n * self.n_experts:  # (every expert resident: no miss)
+        if self.split.splits(k) and s < n * self.n_experts:  # (every expert resident: no miss)
             self.zero_slot = s - 1
             self.mailbox = cpu_misses.MissMailbox(n, k, engine.hidden, self.dtype, device)
         self.active = False  # the device tables hold the cache (between load_prefill and end)
@@ -396,8 +398,8 @@ class DeviceCacheDecoder(SegmentedDecoder):
         k = self.top_k
         _assign_kernel[(1,)](
             ids, self.where, self.owner, self.stamp, self.clock, self.index[i], self.fill[i],
-            self.counts, self.cpu[i], i, self.n_experts, self.book.n_slots, self.fetch_limit,
-            self.zero_slot, K=k,
+            self.counts, self.cpu[i], i, self.n_experts, self.book.n_slots, self.split.limit,
+            self.split.share, self.zero_slot, K=k,
             KP=triton.next_power_of_2(k), SP=self.search_width,
             num_warps=8 if self.search_width >= 4096 else 4,
         )  # fmt: skip
@@ -417,7 +419,7 @@ class DeviceCacheDecoder(SegmentedDecoder):
         host's path splits a larger union in chunks instead); a float pool, few tokens."""
         if n_tokens > (QUANT_BATCH_TOKENS if self.quantized else FLOAT_BATCH_TOKENS):
             return False
-        if self.mailbox is not None and self.fetch_limit == 0:
+        if self.mailbox is not None and self.split.limit == 0:
             return False  # placement cpu: the host's path, which computes misses where they are
         reserved = 1 if self.mailbox is not None else 0  # the zero slot
         return min(n_tokens * self.top_k, self.n_experts) <= self.book.n_slots - reserved

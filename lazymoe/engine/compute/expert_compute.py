@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from lazymoe.engine.compute import kernels, triton_grouped, triton_quant
 from lazymoe.engine.compute.kernels import expert_fused
+from lazymoe.engine.compute.placement import CostModel
 from lazymoe.engine.storage.store import ExpertWeights
 from lazymoe.engine.storage.tiers import TierStack
 from lazymoe.quant import kernels_bf16
@@ -96,6 +97,7 @@ class ExpertCompute:
     stored_cpu_steps: int  # layer steps whose experts ran together from the file (_stored_together)
     file_map: torch.Tensor | None  # a GGUF store's whole map, flat (_stored_together), made once
     cpu_activations: str  # quantized experts on the CPU: "float" or "int8" (expert_forward's)
+    cost_model: CostModel | None  # placement auto's measured speeds (its cpu_float_kernel), or None
 
     def _compute_device(self, out, hidden, top_k_weights, rows, on_device) -> None:
         """The fast paths (kernels.py) for experts whose weights are in device slots."""
@@ -239,12 +241,14 @@ class ExpertCompute:
 
     def _cpu_from_views(self, out, layer, hidden, top_k_weights, rows, on_cpu) -> None:
         """Float experts on the CPU over the checkpoint's map (`store.views`): a decode step's
-        BF16 ones by lazymoe.quant.kernels_bf16 (2-3x torch's rate for one token), the others by
-        torch; each expert's bytes count on the disk->cpu link."""
+        BF16 ones by lazymoe.quant.kernels_bf16 (2-3x torch's rate for one token on the dev
+        machine) unless the cost model measured torch faster here, the others by torch; each
+        expert's bytes count on the disk->cpu link."""
         store, dtype = self.tiers.store, hidden.dtype
         start = time.perf_counter()
         experts = [store.views(layer, e) for e in on_cpu]
-        if dtype == torch.bfloat16 and one_row_each(out, rows, on_cpu) and all(
+        numba_ok = self.cost_model is None or self.cost_model.cpu_float_kernel == "numba"
+        if numba_ok and dtype == torch.bfloat16 and one_row_each(out, rows, on_cpu) and all(
             p.dtype == dtype for w in experts for p in vars(w).values()
         ):
             ys = kernels_bf16.experts_forward(hidden, experts, self.act)

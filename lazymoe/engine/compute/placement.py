@@ -46,6 +46,9 @@ ExpertParts = Sequence[tuple[str, int]]
 _FORMAT_GBPS: dict[tuple[str, int], float] = {}
 
 
+FLOAT_KERNELS = ("numba", "torch")  # CostModel.cpu_float_kernel's choices
+
+
 @dataclass
 class CostModel:
     """Measured (or given) speeds; `choose` picks "fetch" or "cpu" for one missed expert."""
@@ -58,6 +61,9 @@ class CostModel:
     # GB/s of weights the CPU's matmul reads for one token of a float expert (None: as fast as
     # RAM). On an H200 host torch's BF16 one read ~28 GB/s with 16 threads, a third of the RAM's
     cpu_float_gbps: float | None = None
+    # which CPU matmul computes a decode step's float experts: "numba" (lazymoe.quant.kernels_bf16,
+    # BF16 only) or "torch", whichever measured faster here (measure_float_gbps)
+    cpu_float_kernel: str = "numba"
 
     def __post_init__(self) -> None:
         speeds = {
@@ -70,6 +76,9 @@ class CostModel:
         for name, value in speeds.items():
             if not value > 0:
                 raise ValueError(f"{name}={value}: give a positive speed")
+        if self.cpu_float_kernel not in FLOAT_KERNELS:
+            raise ValueError(f"cpu_float_kernel={self.cpu_float_kernel!r}: use one of "
+                             f"{', '.join(FLOAT_KERNELS)}")
 
     def gpu_seconds(self, expert_bytes: int) -> float:
         """A fetch: `expert_bytes` (what the slot receives) over the host -> GPU link."""
@@ -128,7 +137,7 @@ class CostModel:
             f"{self.cpu_bandwidth_gbps:.1f} GB/s, CPU matmul {self.cpu_gflops:.0f} GFLOP/s"
         )
         if self.cpu_float_gbps is not None:
-            line += f"; CPU float expert matmul {self.cpu_float_gbps:.1f} GB/s"
+            line += f"; CPU float expert matmul {self.cpu_float_gbps:.1f} GB/s ({self.cpu_float_kernel})"
         if self.cpu_format_gbps:
             rates = ", ".join(
                 f"{fmt} {gbps:.1f}" for fmt, gbps in sorted(self.cpu_format_gbps.items())
@@ -257,29 +266,41 @@ def measure_cost_model(
     for _ in range(5):
         torch.nn.functional.linear(x, w)
     gflops = 5 * 2 * 16 * 2 * intermediate * hidden / (time.perf_counter() - start) / 1e9
-    float_gbps = None if formats else measure_float_gbps(hidden, intermediate, dtype)
-    return CostModel(h2d_gbps, cpu_gbps, gflops, measure_format_gbps(formats), float_gbps)
+    float_gbps, float_kernel = (None, "numba") if formats else measure_float_gbps(hidden, intermediate, dtype)
+    return CostModel(h2d_gbps, cpu_gbps, gflops, measure_format_gbps(formats), float_gbps, float_kernel)
 
 
 def measure_float_gbps(hidden: int, intermediate: int, dtype: torch.dtype,
-                       nbytes: int = 256 * 2**20) -> float:  # fmt: skip
-    """GB/s of weights the CPU's matmul for one token reads, as a decode step's CPU experts are
-    computed (BF16: lazymoe.quant.kernels_bf16, three matrices a call; else torch): the best of 3
-    passes over about `nbytes` of (2I, D) matrices (2 to 64 of them), more than a CPU's caches
-    hold, so that they are read from RAM as a missed expert is."""
+                       nbytes: int = 256 * 2**20) -> tuple[float, str]:  # fmt: skip
+    """(GB/s, kernel): how fast the CPU's matmul for one token reads a float expert's weights,
+    and with which kernel, as a decode step's CPU experts are computed. BF16 times both its
+    kernels and keeps the faster: lazymoe.quant.kernels_bf16 ("numba", three matrices a call:
+    2-3x torch on the dev machine's cores) and torch ("torch": its own threads, which on a big
+    Xeon may read faster). Each: the best of 3 passes over about `nbytes` of (2I, D) matrices
+    (2 to 64 of them), more than a CPU's caches hold, so that they are read from RAM as a
+    missed expert is."""
     from lazymoe.quant import kernels_bf16
 
     w = torch.randn(2 * intermediate, hidden).to(dtype)
     mats = [w.clone() for _ in range(min(64, max(2, nbytes // w.nbytes)))]
     x = torch.randn(1, hidden).to(dtype)
-    best = float("inf")
-    for _ in range(4):  # the first pass warms up (thread pool, compiles): the best of the rest
-        start = time.perf_counter()
-        if dtype == torch.bfloat16:
-            for i in range(0, len(mats), 3):
-                kernels_bf16.matvec_many(x, mats[i : i + 3])
-        else:
-            for m in mats:
-                torch.nn.functional.linear(x, m)
-        best = min(best, time.perf_counter() - start)
-    return len(mats) * w.nbytes / best / 1e9
+
+    def by_torch():
+        for m in mats:
+            torch.nn.functional.linear(x, m)
+
+    def by_numba():
+        for i in range(0, len(mats), 3):
+            kernels_bf16.matvec_many(x, mats[i : i + 3])
+
+    kernels = {"torch": by_torch} | ({"numba": by_numba} if dtype == torch.bfloat16 else {})
+    rates = {}
+    for name, run in kernels.items():
+        best = float("inf")
+        for _ in range(4):  # the first pass warms up (thread pool, compiles): the best of the rest
+            start = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - start)
+        rates[name] = len(mats) * w.nbytes / best / 1e9
+    kernel = max(rates, key=rates.get)
+    return rates[kernel], kernel
