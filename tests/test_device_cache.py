@@ -206,8 +206,8 @@ def test_the_assign_kernel_is_the_books_lru(n_slots):
     cpu = torch.zeros(2 * k, dtype=torch.int32)
     for (layer, ids), (slots, missed) in zip(steps, want, strict=True):
         device_cache._assign_kernel[(1,)](
-            torch.tensor(ids), where, owner, stamp, clock, index, fill, counts, cpu, layer, experts,
-            n_slots, k, 256, 0, K=k, KP=k, SP=64,
+            torch.tensor(ids), where, owner, stamp, clock, index, fill, counts, cpu,
+            torch.tensor([256], dtype=torch.int32), layer, experts, n_slots, k, 0, K=k, KP=k, SP=64,
         )  # fmt: skip
         assert cpu.tolist() == [-1] * 2 * k  # every miss fetched: none for the CPU
         assert index[0].tolist() == slots  # ascending expert order
@@ -589,8 +589,8 @@ def test_the_assign_kernel_gives_the_misses_past_the_limit_to_the_cpu():
 
     def step(ids, limit=1, share=256):
         device_cache._assign_kernel[(1,)](
-            torch.tensor(ids), where, owner, stamp, clock, index, fill, counts, cpu, 0, experts,
-            n_slots, limit, share, zero, K=k, KP=k, SP=8,
+            torch.tensor(ids), where, owner, stamp, clock, index, fill, counts, cpu,
+            torch.tensor([share], dtype=torch.int32), 0, experts, n_slots, limit, zero, K=k, KP=k, SP=8,
         )  # fmt: skip
 
     step([9, 3, 12, 5])  # all miss: 3 fetched, 5, 9, 12 the CPU's
@@ -611,3 +611,62 @@ def test_the_assign_kernel_gives_the_misses_past_the_limit_to_the_cpu():
     assert where[[8, 10]].min().item() >= 0 and where[[11, 13]].tolist() == [-1, -1]
     step([8, 15, 3, 10], limit=4, share=128)  # 8, 10 and 3 hit; the one miss is fetched
     assert cpu.tolist() == [-1] * 2 * k and where[15].item() >= 0
+
+
+def test_the_share_tuner_climbs_to_the_fastest_share():
+    """Seconds per miss lowest at a share of 160 of 256: from the cost model's 64 the tuner ends
+    within a small step of it; the first window (compiles, the prompt's copies) is not timed."""
+    from lazymoe.engine.compute.cpu_misses import ShareTuner
+
+    tuner, misses = ShareTuner(64), iter(range(10**6))
+    window = ShareTuner.WINDOW
+
+    def run_window(share):
+        new = None
+        for _ in range(window):  # each token: 100 misses, 1 us each plus the distance's cost
+            new = tuner.add(100e-6 * (1 + abs(share - 160) / 256), lambda: 100 * window)
+        return new
+
+    assert run_window(tuner.share) is None and tuner.history == []  # the warm-up window
+    for _ in range(40):
+        run_window(tuner.share)
+    assert abs(tuner.share - 160) <= 2 * tuner.min_step
+    assert len(tuner.history) == 40 and tuner.history[0][0] == 64
+    assert next(misses) == 0  # (the misses come from the callback only)
+
+
+def test_the_share_tuner_skips_windows_with_no_misses_and_restarts_on_a_prompt():
+    from lazymoe.engine.compute.cpu_misses import SHARE_ONE, ShareTuner
+
+    tuner = ShareTuner(SHARE_ONE)
+    for _ in range(2 * ShareTuner.WINDOW):  # warm-up, then a window that missed nothing
+        assert tuner.add(0.01, lambda: 0) is None
+    assert tuner.share == SHARE_ONE and tuner.history == []
+    for _ in range(ShareTuner.WINDOW - 1):
+        tuner.add(0.01, lambda: 50)
+    assert tuner.add(0.01, lambda: 50) == SHARE_ONE - tuner.step  # at the top: down is the only way
+    tuner.restart()  # a new prompt: the next window is a warm-up again
+    assert all(tuner.add(5.0, lambda: 50) is None for _ in range(ShareTuner.WINDOW))
+    assert len(tuner.history) == 1
+
+
+def test_a_tuned_share_changes_between_tokens_and_keeps_the_tokens(q4_0, monkeypatch):
+    """Placement auto's tuner on the device-cache decoder (forced on: a CPU-only machine has no
+    cost model), one token a window: the share moves as tokens run, the kernel reads the share
+    the tuner set, and the tokens stay those of fetching every miss."""
+    from lazymoe.engine.compute import cpu_misses
+
+    monkeypatch.setattr(cpu_misses, "fetch_split", half_for_auto(cpu_misses.fetch_split))
+    monkeypatch.setattr(cpu_misses, "tunes_share", lambda engine: engine.config.placement == "auto")
+    monkeypatch.setattr(cpu_misses.ShareTuner, "WINDOW", 1)
+    prompt = load_tokenizer(q4_0).encode(PROMPTS[0])
+    gen = GenerationConfig(max_new_tokens=8, stop_token_ids=())
+    host, tuned = engine(q4_0, "segments"), engine(q4_0, "device-cache", placement="auto")
+    assert tuned.generate(prompt, gen) == host.generate(prompt, gen)
+    decoder = tuned._decoder
+    shares = [share for share, _ in decoder.tuner.history]
+    assert shares[0] == 128 and len(set(shares)) > 1  # it moved
+    assert int(decoder.share.item()) == decoder.tuner.share  # what the next token's kernel reads
+    assert "at first, then the share that gives the fastest tokens" in tuned.describe()
+    on_cpu, on_device = tuned.runtime.computed_on["cpu"], tuned.runtime.computed_on["device"]
+    assert on_cpu + on_device == host.runtime.computed_on["device"]  # every expert, once

@@ -61,7 +61,14 @@ class LazyMoeRunner:
             out["decode_host_us_per_layer"] = decoder.timing_per_layer_us()
         if getattr(decoder, "mailbox", None) is not None:  # device-cache, some misses on the CPU
             out["fetch_per_layer"] = decoder.split.limit  # the rest of a layer's misses: the CPU's
-            out["fetch_share"] = decoder.split.percent / 100  # of each layer's misses, rounded up
+            from lazymoe.engine.compute import cpu_misses
+
+            tuner = decoder.tuner  # auto's share, tuned as tokens ran: where it ended, how it went
+            share = tuner.share if tuner is not None else decoder.split.share
+            out["fetch_share"] = round(share / cpu_misses.SHARE_ONE, 3)  # of each layer's misses, rounded up
+            if tuner is not None:
+                out["fetch_share_windows"] = [[round(s / cpu_misses.SHARE_ONE, 3), round(c * 1e6, 2)]
+                                              for s, c in tuner.history]  # (share, us per miss)
         return out
 
     def close(self) -> None:

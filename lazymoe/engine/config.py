@@ -107,9 +107,9 @@ class EngineConfig:
         --mlock, and locking takes a while (~1.4 GB/s). GPU only; ignored on a CPU.
     fetch_per_layer: with decode "device-cache" and placement "auto", how many of a layer's
         missed experts a decode token fetches; the CPU computes the others while they cross the
-        link (lazymoe.engine.compute.cpu_misses). None: the share of each layer's misses that
-        keeps the link and the CPU equally busy, from the measured speeds. (Placement "cpu"
-        fetches none, "fetch" all.)
+        link (lazymoe.engine.compute.cpu_misses). None: a share of each layer's misses, first the
+        one that keeps the link and the CPU equally busy by the measured speeds, then tuned as
+        decode tokens run (cpu_misses.ShareTuner). (Placement "cpu" fetches none, "fetch" all.)
     cpu_activations: how the CPU computes a GGUF file's quantized experts
         (lazymoe.quant.expert.expert_forward): "float" (the default: every activation stays
         float32, tokens equal transformers on the dequantized weights) or "int8" (each block of
@@ -171,7 +171,7 @@ class EngineConfig:
         "with decode device-cache and placement auto: how many of a layer's missed experts a "
         "token fetches to the GPU; the CPU computes the others at the same time ('share': a "
         "share of each layer's misses, as when it is not given)", type=count_or_share,
-        metavar="N", none_means="a share of each layer's misses, from the measured speeds"))
+        metavar="N", none_means="a share of each layer's misses, tuned as tokens run"))
     # Measured bandwidths for placement="auto" (GB/s); None: measured at load time.
     h2d_bandwidth_gbps: float | None = field(default=None, metadata=cli(
         "host-to-GPU bandwidth for placement auto, GB/s", type=float, metavar="GB/S",

@@ -399,7 +399,11 @@ class Engine:
             lines.append(_("the GPU keeps the expert cache itself: it reads a missed expert straight "
                            "from the page-locked file, and each token is one CUDA graph"))  # fmt: skip
             split = cpu_misses.fetch_split(self, self.top_k)
-            if split.share < cpu_misses.SHARE_ONE:  # decode tokens split their misses (cpu_misses.py)
+            if cpu_misses.tunes_share(self):  # decode tokens split their misses (cpu_misses.py)
+                lines.append(_("a decode token fetches a share of a layer's missed experts ({percent}% "
+                               "at first, then the share that gives the fastest tokens); the CPU "
+                               "computes the others while those cross the link").format(percent=split.percent))  # fmt: skip
+            elif split.share < cpu_misses.SHARE_ONE:
                 lines.append(_("a decode token fetches {percent}% of a layer's missed experts (rounded "
                                "up); the CPU computes the others while those cross the link"
                                ).format(percent=split.percent))  # fmt: skip

@@ -20,14 +20,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
-from numba import njit, prange, types
-from numba.typed import List
+from numba import carray, njit, prange, types
+from numba.extending import intrinsic
 
 # one numba parallel region at a time, with the quantized kernels too (their lock): each uses
 # every thread it is given, and numba's thread pool takes one region at a time
 from lazymoe.quant.kernels_cpu import ROW_CHUNK, _lock, thread_count
-
-_MATRIX = types.Array(types.uint16, 2, "A")  # packed or strided rows alike
 
 
 def _jit(**options):
@@ -37,15 +35,29 @@ def _jit(**options):
         return njit(fastmath=True, cache=False, nogil=True, **options)
 
 
+@intrinsic
+def _u16_at(typingctx, address):
+    """The uint16 pointer at an integer address (a torch tensor's data_ptr): a row read through
+    it is a plain contiguous load, with no array object to count references on."""
+    sig = types.CPointer(types.uint16)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.uint16)))
+
+    return sig, codegen
+
+
 @_jit()
-def _rows(w, x, y, r0, r1):
+def _rows(address, stride, x, y, r0, r1):
+    """y[r] = row r . x for r in [r0, r1) of the matrix whose row r starts `stride` bytes after
+    row r - 1 at `address`."""
     cols = x.shape[0]
     wide = np.empty(cols, np.uint32)
+    f = wide.view(np.float32)
     for r in range(r0, r1):
-        row = w[r]
+        row = carray(_u16_at(address + r * stride), cols)
         for j in range(cols):
             wide[j] = np.uint32(row[j]) << 16
-        f = wide.view(np.float32)
         acc = np.float32(0)
         for j in range(cols):
             acc += f[j] * x[j]
@@ -53,17 +65,19 @@ def _rows(w, x, y, r0, r1):
 
 
 @_jit(parallel=True)
-def _many(ws, x, y):
-    n, rows = len(ws), y.shape[1]
+def _many(addresses, strides, x, y):
+    n, rows = addresses.shape[0], y.shape[1]
     chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
     for c in prange(n * chunks):
         i, k = c // chunks, c % chunks
-        _rows(ws[i], x[min(i, x.shape[0] - 1)], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
+        _rows(addresses[i], strides[i], x[min(i, x.shape[0] - 1)], y[i], k * ROW_CHUNK,
+              min(rows, (k + 1) * ROW_CHUNK))  # fmt: skip
 
 
 def matvec_many(x: torch.Tensor, weights: list[torch.Tensor], threads: int | None = None) -> torch.Tensor:
     """x (n or 1, cols) times each of n bfloat16 CPU matrices (rows, cols), row-contiguous, of one
-    shape: (n, rows) float32. ValueError when they are not that."""
+    shape: (n, rows) float32. ValueError when they are not that. The matrices are read in place
+    by address: they stay alive (the caller holds them) until this returns."""
     if not weights:
         raise ValueError("no weights given: give at least one")
     rows, cols = weights[0].shape
@@ -75,15 +89,13 @@ def matvec_many(x: torch.Tensor, weights: list[torch.Tensor], threads: int | Non
         raise ValueError(f"x must be ({len(weights)} or 1, {cols}), got {tuple(x.shape)}")
     if not x.is_floating_point() or x.device.type != "cpu":
         raise ValueError(f"x must be floating point on the CPU, got {x.dtype} on {x.device}")
-    mats = List.empty_list(_MATRIX)
-    for w in weights:
-        mats.append(np.lib.stride_tricks.as_strided(
-            w.detach().view(torch.int16).numpy().view(np.uint16), (rows, cols), (w.stride(0) * 2, 2)))  # fmt: skip
+    addresses = np.array([w.data_ptr() for w in weights], np.int64)
+    strides = np.array([w.stride(0) * 2 for w in weights], np.int64)  # bytes from row to row
     xs = x.detach().to(torch.float32).contiguous().numpy()
     y = np.empty((len(weights), rows), np.float32)
     with _lock:
         numba.set_num_threads(thread_count(threads))
-        _many(mats, xs, y)
+        _many(addresses, strides, xs, y)
     return torch.from_numpy(y)
 
 

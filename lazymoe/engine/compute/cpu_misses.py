@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,6 +118,64 @@ class FetchSplit:
     @property
     def percent(self) -> int:
         return round(100 * self.share / SHARE_ONE)
+
+
+def tunes_share(engine) -> bool:
+    """Whether decode tokens tune auto's share as they run (`ShareTuner`): placement auto with
+    no fetch_per_layer, on a GPU (a cost model measured)."""
+    cfg = engine.config
+    return cfg.placement == "auto" and cfg.fetch_per_layer is None and engine.runtime.cost_model is not None
+
+
+class ShareTuner:
+    """Moves auto's share of fetched misses (`FetchSplit.share`) to where decode tokens are
+    fastest, as they run.
+
+    The cost model's first estimate, from speeds measured alone in a second at load, does not
+    see what the two sides cost together: the link's reads and the CPU's come from the same
+    RAM, the host's per-layer round trip, the experts a layer actually misses. So each window
+    of WINDOW tokens is timed, in seconds per missed expert (the split changes only how the
+    misses are served); the share moves a step the same way while that improves and turns back
+    with half the step when it gets worse (hill climbing). The first window after a prompt is
+    not timed: it may hold compiles and the prompt's copies."""
+
+    WINDOW = 8
+
+    def __init__(self, share: int, step: int = 32, min_step: int = 4) -> None:
+        self.share, self.step, self.min_step = share, step, min_step
+        self.direction = -1 if share > 0 else 1  # first: more of the misses to the CPU
+        self.last: float | None = None  # the previous window's seconds per miss
+        self.history: list[tuple[int, float]] = []  # (share, seconds per miss) per timed window
+        self._seconds, self._tokens, self._skip = 0.0, 0, True
+
+    def restart(self) -> None:
+        """A new prompt: the window under way is dropped, the next one not timed."""
+        self._seconds, self._tokens, self._skip = 0.0, 0, True
+
+    def add(self, seconds: float, read_misses: Callable[[], int]) -> int | None:
+        """One decode token's seconds. At a window's end: `read_misses()` (the misses since the
+        window began) and the share for the next window; else None."""
+        self._seconds += seconds
+        self._tokens += 1
+        if self._tokens < self.WINDOW:
+            return None
+        misses, spent = read_misses(), self._seconds
+        self._seconds, self._tokens = 0.0, 0
+        if self._skip or misses <= 0:  # warm-up, or nothing missed: nothing to learn from
+            self._skip = False
+            return None
+        cost = spent / misses
+        self.history.append((self.share, cost))
+        if self.last is not None and cost > self.last:  # worse: back the other way, smaller steps
+            self.direction = -self.direction
+            self.step = max(self.min_step, self.step // 2)
+        self.last = cost
+        new = min(SHARE_ONE, max(0, self.share + self.direction * self.step))
+        if new == self.share:  # at a bound: the other way
+            self.direction = -self.direction
+            new = min(SHARE_ONE, max(0, self.share + self.direction * self.step))
+        self.share = new
+        return new
 
 
 def fetch_split(engine, top_k: int) -> FetchSplit:

@@ -104,10 +104,11 @@ if triton is not None:
     @triton.jit
     def _assign_kernel(
         ids_ptr, where_ptr, owner_ptr, stamp_ptr, clock_ptr, index_ptr, fill_ptr, counts_ptr,
-        cpu_ptr, LAYER, N_EXPERTS, N_SLOTS, FETCH_LIMIT, FETCH_SHARE, ZERO_SLOT, K: tl.constexpr,
+        cpu_ptr, share_ptr, LAYER, N_EXPERTS, N_SLOTS, FETCH_LIMIT, ZERO_SLOT, K: tl.constexpr,
         KP: tl.constexpr, SP: tl.constexpr,
     ):  # fmt: skip
-        # the GPU fetches FETCH_SHARE/256 of the misses (rounded up), at most FETCH_LIMIT; the
+        # the GPU fetches share/256 of the misses (rounded up; the share is read from memory,
+        # which the host tunes between tokens: cpu_misses.ShareTuner), at most FETCH_LIMIT; the
         # others (ascending ids) are the CPU's (cpu_misses.FetchSplit): no slot, the index
         # points at ZERO_SLOT, and cpu lists their ids then top-k places
         # the K ids are distinct (a router's top-k; a replayed trace is checked when loaded)
@@ -137,7 +138,8 @@ if triton is not None:
                 used = tl.sum(tl.where(sel, slot + 1, 0), axis=0) - 1  # its slot, or -1
                 stamps = tl.where(ss == used, clock * _RANKS + r, stamps)
             fetched = 0
-            limit = tl.minimum((K - hits) * FETCH_SHARE + 255, FETCH_LIMIT * 256) // 256
+            share = tl.load(share_ptr).to(tl.int64)
+            limit = tl.minimum((K - hits) * share + 255, FETCH_LIMIT * 256) // 256
             for r in tl.static_range(K):  # the misses, in the host book's order: ascending ids
                 sel = rank == r
                 key_r = tl.sum(tl.where(sel, key, 0), axis=0)
@@ -284,7 +286,7 @@ def unsupported_reason(engine, assume_pinned: bool = False) -> str | None:
                 "(policy='lru')")  # fmt: skip
     if book.n_slots > MAX_SLOTS:
         return f"{book.n_slots} slots: the GPU's LRU search holds at most {MAX_SLOTS}"
-    splits = cpu_misses.fetch_split(engine, engine.top_k).splits(engine.top_k)
+    splits = cpu_misses.fetch_split(engine, engine.top_k).splits(engine.top_k) or cpu_misses.tunes_share(engine)
     if splits and book.n_slots <= engine.top_k and book.n_slots < engine.total_experts:
         return (f"placement={engine.config.placement!r} keeps one of the {book.n_slots} slots for "
                 f"the CPU's misses; a layer's {engine.top_k} experts need the others: give a larger "
@@ -359,9 +361,14 @@ class DeviceCacheDecoder(SegmentedDecoder):
         # misses the GPU fetches, the list of the others per layer, the slot of zeros they take,
         # and the page-locked memory the host computes them through
         self.split = cpu_misses.fetch_split(engine, k)
+        self.share = torch.tensor([self.split.share], dtype=torch.int32, device=device)
+        # auto with no fetch_per_layer: the share tuned as tokens run (a mailbox even when the
+        # first estimate leaves the CPU nothing: the tuner may find it faster to give it some)
+        self.tuner = cpu_misses.ShareTuner(self.split.share) if cpu_misses.tunes_share(engine) else None
+        self._misses_read = 0  # the device's miss count the tuner last read (flush_counts clears it)
         self.cpu = torch.full((n, 2 * k), -1, dtype=torch.int32, device=device)
         self.zero_slot, self.mailbox = 0, None
-        if self.split.splits(k) and s < n * self.n_experts:  # (every expert resident: no miss)
+        if (self.split.splits(k) or self.tuner is not None) and s < n * self.n_experts:  # (every expert resident: no miss)
             self.zero_slot = s - 1
             self.mailbox = cpu_misses.MissMailbox(n, k, engine.hidden, self.dtype, device)
         self.active = False  # the device tables hold the cache (between load_prefill and end)
@@ -398,8 +405,8 @@ class DeviceCacheDecoder(SegmentedDecoder):
         k = self.top_k
         _assign_kernel[(1,)](
             ids, self.where, self.owner, self.stamp, self.clock, self.index[i], self.fill[i],
-            self.counts, self.cpu[i], i, self.n_experts, self.book.n_slots, self.split.limit,
-            self.split.share, self.zero_slot, K=k,
+            self.counts, self.cpu[i], self.share, i, self.n_experts, self.book.n_slots,
+            self.split.limit, self.zero_slot, K=k,
             KP=triton.next_power_of_2(k), SP=self.search_width,
             num_warps=8 if self.search_width >= 4096 else 4,
         )  # fmt: skip
@@ -500,7 +507,7 @@ class DeviceCacheDecoder(SegmentedDecoder):
     def _step(self, token: int, position: int) -> torch.Tensor:
         if not self.active:  # the host's path took the cache back mid-generation (`end`)
             self._load_tables()
-        start = time.perf_counter()
+        start = began = time.perf_counter()
         self.inputs_host[0], self.inputs_host[1] = token, position
         self.inputs.copy_(self.inputs_host, non_blocking=True)
         if self.replay is not None:  # this token's row of the trace, every layer at once
@@ -524,7 +531,21 @@ class DeviceCacheDecoder(SegmentedDecoder):
             self._token()  # inside step's _swapped_norms()
         self.timings["launch_s"] += time.perf_counter() - start
         self.timings["tokens"] += 1
+        if self.tuner is not None and self.mailbox is not None:
+            self._tune(time.perf_counter() - began)
         return self.logits
+
+    def _tune(self, seconds: float) -> None:
+        """The token's seconds to the share's tuner; a new share takes effect from the next token."""
+        share = self.tuner.add(seconds, self._misses_since)
+        if share is not None:
+            self.share.fill_(share)  # in stream order: before the next token's graph
+
+    def _misses_since(self) -> int:
+        """Misses counted on the device since the tuner last asked (the token has finished)."""
+        total = int(self.counts[:, 1].sum())
+        misses, self._misses_read = total - self._misses_read, total
+        return misses
 
     # -- the host's book in and out --------------------------------------------------------------
     def _clear_tables(self) -> None:
@@ -532,6 +553,7 @@ class DeviceCacheDecoder(SegmentedDecoder):
         self.owner.fill_(-1)
         self.stamp.fill_(FREE_STAMP)
         self.counts.zero_()
+        self._misses_read = 0
         self.clock.zero_()
 
     def load_prefill(self, cache, length: int) -> None:
@@ -541,6 +563,8 @@ class DeviceCacheDecoder(SegmentedDecoder):
         cache (a host pass in between would have taken it back)."""
         super().load_prefill(cache, length)
         self.lend()
+        if self.tuner is not None:
+            self.tuner.restart()
 
     @torch.inference_mode()  # its tables were made inside a generation's inference mode
     def _load_tables(self) -> None:
@@ -574,6 +598,7 @@ class DeviceCacheDecoder(SegmentedDecoder):
         self.stamp.copy_(torch.from_numpy(stamp))
         self.where.copy_(torch.from_numpy(where))
         self.counts.zero_()
+        self._misses_read = 0
         self.clock.zero_()
         self._loaded_owner = owner
         self.active = True
@@ -587,6 +612,7 @@ class DeviceCacheDecoder(SegmentedDecoder):
             return
         counts = self.counts.tolist()  # a copy (on a CPU .numpy() would share the memory
         self.counts.zero_()  # that this clears); waits for the token in flight
+        self._misses_read = 0
         stats = self.book.stats
         for layer, row in enumerate(counts):  # (as the book counts: no zero entries)
             for per_layer, n in zip(
