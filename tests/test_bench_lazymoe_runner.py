@@ -32,3 +32,25 @@ def test_the_model_path_has_no_host_breakdown():
     list(runner.stream([40, 41, 42], 3))
     assert "decode_host_us_per_layer" not in runner.stats()
     runner.close()
+
+
+def test_a_tuned_split_records_its_cost_model_and_every_window_s_share(monkeypatch):
+    """Placement auto on the device-cache decoder, its share tuned (forced on with a cost model
+    given, as a GPU machine measures one): the row records the speeds it started from, which CPU
+    matmul it used, where the share ended and the share of every timed window."""
+    from lazymoe.engine.compute import cpu_misses
+    from lazymoe.engine.compute.placement import CostModel
+
+    cost = CostModel(55, 90, 1e6, cpu_float_gbps=30, cpu_float_kernel="torch")
+    monkeypatch.setattr(cpu_misses.ShareTuner, "WINDOW", 1)
+    budget = 7 * 3 * 4 * 128 * 128  # 7 float32 expert slots: misses every token
+    runner = LazyMoeRunner(EngineConfig(model_path=MODEL, device="cpu", dtype="float32", decode="device-cache",
+                                        placement="auto", vram_budget=budget, prefetch=False))  # fmt: skip
+    runner.engine.runtime.cost_model = cost  # (a CPU-only machine measures none)
+    list(runner.stream([40, 41, 42, 43], 8))
+    stats = runner.stats()
+    assert stats["cost_model"]["cpu_float_kernel"] == "torch" and stats["cost_model"]["cpu_float_gbps"] == 30
+    windows = stats["fetch_share_windows"]
+    assert windows and all(0 <= share <= 1 and us > 0 for share, us in windows)
+    assert stats["fetch_share"] == round(runner.engine._decoder.tuner.share / 256, 3)
+    runner.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 from lazymoe.engine.config import EngineConfig
@@ -59,6 +60,9 @@ class LazyMoeRunner:
         decoder = getattr(self.engine, "_decoder", None)
         if decoder is not None and decoder.timings["tokens"]:
             out["decode_host_us_per_layer"] = decoder.timing_per_layer_us()
+        cost = getattr(getattr(self.engine, "runtime", None), "cost_model", None)
+        if cost is not None:  # placement auto's speeds, measured at load in this row's process
+            out["cost_model"] = dataclasses.asdict(cost)
         if getattr(decoder, "mailbox", None) is not None:  # device-cache, some misses on the CPU
             out["fetch_per_layer"] = decoder.split.limit  # the rest of a layer's misses: the CPU's
             from lazymoe.engine.compute import cpu_misses
