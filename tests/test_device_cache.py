@@ -11,6 +11,9 @@ graph a token on a GPU, reading misses from the page-locked file over PCIe.
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -670,3 +673,26 @@ def test_a_tuned_share_changes_between_tokens_and_keeps_the_tokens(q4_0, monkeyp
     assert "at first, then the share that gives the fastest tokens" in tuned.describe()
     on_cpu, on_device = tuned.runtime.computed_on["cpu"], tuned.runtime.computed_on["device"]
     assert on_cpu + on_device == host.runtime.computed_on["device"]  # every expert, once
+
+
+def test_a_waiting_host_keeps_the_cpu_kernels_threads_awake(monkeypatch):
+    """While the host waits for a layer's post it runs kernels_cpu.keep_warm about every
+    KEEP_WARM_S (idle numba threads fall asleep, and the layer's experts would wait for them to
+    wake); once the post arrives it computes the layer."""
+    import threading
+
+    from lazymoe.engine.compute import cpu_misses
+    from lazymoe.quant import kernels_cpu
+
+    kernels_cpu.keep_warm()  # compiled, and it runs: its region writes every thread's counts
+    assert kernels_cpu._TOUCHED[:64].min() >= 1
+    calls = []
+    monkeypatch.setattr(kernels_cpu, "keep_warm", lambda: calls.append(time.perf_counter()))
+    box = cpu_misses.MissMailbox(1, 2, 8, torch.float32, torch.device("cpu"))
+    box.next_token()
+    box.req[0][0] = torch.tensor([-1, -1, -1, -1], dtype=torch.int32)  # nothing for the CPU
+    timer = threading.Timer(0.02, lambda: box.posted[0].fill_(box.host_seq))  # the GPU, 20 ms on
+    timer.start()
+    box.serve(SimpleNamespace(), range(1))
+    timer.join()
+    assert box.wait_s >= 0.015 and len(calls) >= 5  # again and again while it waited

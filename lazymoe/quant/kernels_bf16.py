@@ -20,19 +20,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
-from numba import carray, njit, prange, types
+from numba import carray, prange, types
 from numba.extending import intrinsic
 
 # one numba parallel region at a time, with the quantized kernels too (their lock): each uses
 # every thread it is given, and numba's thread pool takes one region at a time
-from lazymoe.quant.kernels_cpu import ROW_CHUNK, _lock, thread_count
-
-
-def _jit(**options):
-    try:
-        return njit(fastmath=True, cache=True, nogil=True, **options)
-    except RuntimeError:  # no cache folder can be written
-        return njit(fastmath=True, cache=False, nogil=True, **options)
+from lazymoe.quant.kernels_cpu import ROW_CHUNK, _jit, _lock, thread_count
 
 
 @intrinsic

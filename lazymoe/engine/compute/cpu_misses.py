@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from lazymoe.engine.compute.triton_kernels import triton
+from lazymoe.quant import kernels_cpu
 
 if triton is not None:
     import triton.language as tl
@@ -50,6 +51,10 @@ if triton is not None:
 # fails releases the GPU at once (`serve`), so this bounds only a host that hangs
 WAIT_SPINS = 100_000_000
 HOST_WAIT_S = 60.0  # how long the host waits for a layer's post before it says the GPU stalled
+# while it waits, the host runs a tiny parallel region this often (kernels_cpu.keep_warm): the
+# CPU kernels' threads, idle between layers, would otherwise fall asleep, and the next layer's
+# experts would wait for them to wake
+KEEP_WARM_S = 100e-6
 MAPPED = 1 | 2  # cudaHostRegister: portable, mapped (kernels read and write it in place)
 PAGE = 4096  # what cudaHostRegister locks: whole pages
 
@@ -313,11 +318,15 @@ class MissMailbox:
 
     def serve_layer(self, runtime, i: int, wait: bool = False) -> None:
         posted = self.posted[0].numpy()
-        start = time.perf_counter()
+        start = warmed = time.perf_counter()
         if wait and posted[i] < self.host_seq:
-            deadline = time.monotonic() + HOST_WAIT_S
+            deadline = start + HOST_WAIT_S
             while posted[i] < self.host_seq:
-                if time.monotonic() > deadline:
+                now = time.perf_counter()
+                if now - warmed > KEEP_WARM_S:  # the CPU kernels' threads kept from sleeping
+                    kernels_cpu.keep_warm()
+                    warmed = now
+                if now > deadline:
                     raise RuntimeError(f"the GPU did not reach layer {i}'s experts in "
                                        f"{HOST_WAIT_S:.0f} s")  # fmt: skip
         posted_at = time.perf_counter()
