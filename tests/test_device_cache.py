@@ -617,82 +617,118 @@ def test_the_assign_kernel_gives_the_misses_past_the_limit_to_the_cpu():
 
 
 def test_the_share_tuner_climbs_to_the_fastest_share():
-    """Seconds per miss lowest at a share of 160 of 256: from the cost model's 64 the tuner ends
+    """Seconds per token lowest at a share of 160 of 256: from the cost model's 64 the tuner ends
     within a small step of it; the first window (compiles, the prompt's copies) is not timed."""
     from lazymoe.engine.compute.cpu_misses import ShareTuner
 
-    tuner, misses = ShareTuner(64), iter(range(10**6))
-    window = ShareTuner.WINDOW
+    tuner = ShareTuner(64)
 
-    def run_window(share):
+    def run_window():
         new = None
-        for _ in range(window):  # each token: 100 misses, 1 us each plus the distance's cost
-            new = tuner.add(100e-6 * (1 + abs(share - 160) / 256), lambda: 100 * window)
+        for _ in range(ShareTuner.WINDOW):
+            new = tuner.add(0.01 * (1 + abs(tuner.share - 160) / 256))
         return new
 
-    assert run_window(tuner.share) is None and tuner.history == []  # the warm-up window
+    assert run_window() is None and tuner.history == []  # the warm-up window
     for _ in range(40):
-        run_window(tuner.share)
+        run_window()
     assert abs(tuner.share - 160) <= 2 * tuner.min_step
     assert len(tuner.history) == 40 and tuner.history[0][0] == 64
-    assert next(misses) == 0  # (the misses come from the callback only)
+    assert max(share for share, _ in tuner.history[:8]) > 64 + 2 * 32  # steps grew while it gained
+    noisy, rng = ShareTuner(64), np.random.default_rng(0)  # each token 3% either way: still near
+    for _ in range(60 * ShareTuner.WINDOW):
+        noisy.add(0.01 * (1 + abs(noisy.share - 160) / 256) * rng.uniform(0.97, 1.03))
+    assert abs(np.mean([share for share, _ in noisy.history[-20:]]) - 160) < 40
 
 
-def test_the_share_tuner_skips_windows_with_no_misses_and_restarts_on_a_prompt():
+def test_the_share_tuner_bounces_at_the_bounds_and_restarts_on_a_prompt():
     from lazymoe.engine.compute.cpu_misses import SHARE_ONE, ShareTuner
 
     tuner = ShareTuner(SHARE_ONE)
-    for _ in range(2 * ShareTuner.WINDOW):  # warm-up, then a window that missed nothing
-        assert tuner.add(0.01, lambda: 0) is None
-    assert tuner.share == SHARE_ONE and tuner.history == []
+    for _ in range(ShareTuner.WINDOW):  # the warm-up window
+        assert tuner.add(0.01) is None
     for _ in range(ShareTuner.WINDOW - 1):
-        tuner.add(0.01, lambda: 50)
-    assert tuner.add(0.01, lambda: 50) == SHARE_ONE - tuner.step  # at the top: down is the only way
-    tuner.restart()  # a new prompt: the next window is a warm-up again
-    assert all(tuner.add(5.0, lambda: 50) is None for _ in range(ShareTuner.WINDOW))
-    assert len(tuner.history) == 1
+        assert tuner.add(0.01) is None
+    assert tuner.add(0.01) == SHARE_ONE - tuner.step  # at the top: down is the only way
+    assert ShareTuner(0).direction == 1  # at the bottom: up
+    tuner.restart()  # a new prompt: the next window is a warm-up again, not compared with this one
+    assert all(tuner.add(5.0) is None for _ in range(ShareTuner.WINDOW))
+    assert len(tuner.history) == 1 and tuner.last is None
 
 
-def test_a_tuned_share_changes_between_tokens_and_keeps_the_tokens(q4_0, monkeypatch):
+def test_tuning_needs_auto_a_cost_model_misses_to_split_and_a_slot_to_spare():
+    from lazymoe.engine.compute.cpu_misses import tunes_share
+
+    def fake(placement="auto", fetch_per_layer=None, cost_model="measured", slots=20):
+        return SimpleNamespace(config=SimpleNamespace(placement=placement, fetch_per_layer=fetch_per_layer),
+                               runtime=SimpleNamespace(cost_model=cost_model), top_k=8, total_experts=64,
+                               tiers=SimpleNamespace(device=SimpleNamespace(book=SimpleNamespace(n_slots=slots))))  # fmt: skip
+
+    assert tunes_share(fake())
+    assert not tunes_share(fake("fetch")) and not tunes_share(fake(fetch_per_layer=3))
+    assert not tunes_share(fake(cost_model=None))  # a CPU-only machine
+    assert not tunes_share(fake(slots=64)) and not tunes_share(fake(slots=8))  # all resident; no room
+
+
+def test_the_kernel_takes_the_share_the_tuner_sets_and_the_tokens_stay(q4_0, monkeypatch):
     """Placement auto's tuner on the device-cache decoder (forced on: a CPU-only machine has no
-    cost model), one token a window: the share moves as tokens run, the kernel reads the share
-    the tuner set, and the tokens stay those of fetching every miss."""
-    from lazymoe.engine.compute import cpu_misses
+    cost model), one token a window, its shares scripted: a token under share 0 leaves every
+    miss to the CPU, one under 256 fetches them all, and the tokens stay those of fetching
+    every miss."""
+    from lazymoe.engine.compute import cpu_misses, device_cache
 
     monkeypatch.setattr(cpu_misses, "fetch_split", half_for_auto(cpu_misses.fetch_split))
     monkeypatch.setattr(cpu_misses, "tunes_share", lambda engine: engine.config.placement == "auto")
     monkeypatch.setattr(cpu_misses.ShareTuner, "WINDOW", 1)
+    script = iter([0, 256] * 20)
+    monkeypatch.setattr(cpu_misses.ShareTuner, "add", lambda self, seconds: next(script))
+    seen = []  # per token: (the share it ran with, misses, of those the CPU's)
+    tune, last = device_cache.DeviceCacheDecoder._tune, [0, 0]
+
+    def watched(self, seconds):
+        misses, on_cpu = int(self.counts[:, 1].sum()), int(self.mailbox.cpu_per_layer.sum())
+        seen.append((int(self.share.item()), misses - last[0], on_cpu - last[1]))
+        last[:] = misses, on_cpu
+        tune(self, seconds)
+
+    monkeypatch.setattr(device_cache.DeviceCacheDecoder, "_tune", watched)
     prompt = load_tokenizer(q4_0).encode(PROMPTS[0])
     gen = GenerationConfig(max_new_tokens=8, stop_token_ids=())
     host, tuned = engine(q4_0, "segments"), engine(q4_0, "device-cache", placement="auto")
     assert tuned.generate(prompt, gen) == host.generate(prompt, gen)
-    decoder = tuned._decoder
-    shares = [share for share, _ in decoder.tuner.history]
-    assert shares[0] == 128 and len(set(shares)) > 1  # it moved
-    assert int(decoder.share.item()) == decoder.tuner.share  # what the next token's kernel reads
+    assert [share for share, _, _ in seen[:3]] == [128, 0, 256]  # the first estimate, then the script
+    assert all(cpu == misses for share, misses, cpu in seen if share == 0)
+    assert all(cpu == 0 for share, _, cpu in seen if share == 256)
+    assert sum(misses for share, misses, _ in seen if share == 0) > 0  # (the share-0 tokens missed)
     assert "at first, then the share that gives the fastest tokens" in tuned.describe()
-    on_cpu, on_device = tuned.runtime.computed_on["cpu"], tuned.runtime.computed_on["device"]
-    assert on_cpu + on_device == host.runtime.computed_on["device"]  # every expert, once
 
 
 def test_a_waiting_host_keeps_the_cpu_kernels_threads_awake(monkeypatch):
     """While the host waits for a layer's post it runs kernels_cpu.keep_warm about every
     KEEP_WARM_S (idle numba threads fall asleep, and the layer's experts would wait for them to
-    wake); once the post arrives it computes the layer."""
-    import threading
-
+    wake); once the post arrives it computes the layer. Not when torch's threads compute."""
     from lazymoe.engine.compute import cpu_misses
     from lazymoe.quant import kernels_cpu
 
     kernels_cpu.keep_warm()  # compiled, and it runs: its region writes every thread's counts
     assert kernels_cpu._TOUCHED[:64].min() >= 1
-    calls = []
-    monkeypatch.setattr(kernels_cpu, "keep_warm", lambda: calls.append(time.perf_counter()))
     box = cpu_misses.MissMailbox(1, 2, 8, torch.float32, torch.device("cpu"))
-    box.next_token()
+    calls = []
+
+    def keep_warm():  # the GPU posts once the host has kept the threads warm 5 times (after warm_up's)
+        calls.append(time.perf_counter())
+        if len(calls) == 6:
+            box.posted[0].fill_(box.host_seq)
+
+    monkeypatch.setattr(kernels_cpu, "keep_warm", keep_warm)
     box.req[0][0] = torch.tensor([-1, -1, -1, -1], dtype=torch.int32)  # nothing for the CPU
-    timer = threading.Timer(0.02, lambda: box.posted[0].fill_(box.host_seq))  # the GPU, 20 ms on
-    timer.start()
+    box.warm_up(True)
+    box.next_token()
     box.serve(SimpleNamespace(), range(1))
-    timer.join()
-    assert box.wait_s >= 0.015 and len(calls) >= 5  # again and again while it waited
+    assert len(calls) == 6  # warm_up's, then five while it waited: it did not stop before the post
+    assert calls[-1] - calls[1] >= 3 * cpu_misses.KEEP_WARM_S  # paced, not back to back
+    box.warm_up(False)  # torch's threads compute: numba's are left to sleep
+    box.next_token()
+    box.posted[0].fill_(box.host_seq)
+    box.serve(SimpleNamespace(), range(1))
+    assert len(calls) == 6

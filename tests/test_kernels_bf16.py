@@ -71,9 +71,10 @@ def compute_over(store) -> ExpertCompute:
     no RAM tier)."""
     link = SimpleNamespace(add=lambda *a, **k: None)
     compute = ExpertCompute()
-    compute.tiers = SimpleNamespace(store=store, links={"disk->cpu": link})
+    compute.tiers = SimpleNamespace(store=store, links={"disk->cpu": link}, ram=None)
     compute.act = F.silu
     compute.cost_model = None  # no measurement: BF16 takes the numba kernel
+    compute.cpu_reads_stored = False  # a float checkpoint
     return compute
 
 

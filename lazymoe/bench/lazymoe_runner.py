@@ -64,15 +64,17 @@ class LazyMoeRunner:
         if cost is not None:  # placement auto's speeds, measured at load in this row's process
             out["cost_model"] = dataclasses.asdict(cost)
         if getattr(decoder, "mailbox", None) is not None:  # device-cache, some misses on the CPU
-            out["fetch_per_layer"] = decoder.split.limit  # the rest of a layer's misses: the CPU's
             from lazymoe.engine.compute import cpu_misses
 
-            tuner = decoder.tuner  # auto's share, tuned as tokens ran: where it ended, how it went
-            share = tuner.share if tuner is not None else decoder.split.share
-            out["fetch_share"] = round(share / cpu_misses.SHARE_ONE, 3)  # of each layer's misses, rounded up
+            tuner, split = decoder.tuner, decoder.split
+            if tuner is None and split.share == cpu_misses.SHARE_ONE:  # a count: fetch_per_layer
+                out["fetch_per_layer"] = split.limit  # the rest of a layer's misses: the CPU's
+            else:  # a share of each layer's misses, rounded up; tuned: where it ended, how it went
+                share = tuner.share if tuner is not None else split.share
+                out["fetch_share"] = round(share / cpu_misses.SHARE_ONE, 3)
             if tuner is not None:
-                out["fetch_share_windows"] = [[round(s / cpu_misses.SHARE_ONE, 3), round(c * 1e6, 2)]
-                                              for s, c in tuner.history]  # (share, us per miss)
+                out["fetch_share_windows"] = [[round(s / cpu_misses.SHARE_ONE, 3), round(c * 1e3, 3)]
+                                              for s, c in tuner.history]  # (share, ms per token)
         return out
 
     def close(self) -> None:

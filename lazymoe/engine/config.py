@@ -105,7 +105,7 @@ class EngineConfig:
         of ~20 GB/s from mapped pages, 3-8 GB/s from pages touched for the first time). The
         files stay locked in RAM until close(): it needs RAM for all of them, like llama.cpp's
         --mlock, and locking takes a while (~1.4 GB/s). GPU only; ignored on a CPU.
-    fetch_per_layer: with decode "device-cache" and placement "auto", how many of a layer's
+    fetch_per_layer: with decode "device-cache" and placement "auto", at most how many of a layer's
         missed experts a decode token fetches; the CPU computes the others while they cross the
         link (lazymoe.engine.compute.cpu_misses). None: a share of each layer's misses, first the
         one that keeps the link and the CPU equally busy by the measured speeds, then tuned as
@@ -168,8 +168,8 @@ class EngineConfig:
         "products, as llama.cpp does: 2-4x faster, slightly different numbers)",
         choices=CPU_ACTIVATIONS))
     fetch_per_layer: int | None = field(default=None, metadata=cli(
-        "with decode device-cache and placement auto: how many of a layer's missed experts a "
-        "token fetches to the GPU; the CPU computes the others at the same time ('share': a "
+        "with decode device-cache and placement auto: at most how many of a layer's missed "
+        "experts a token fetches to the GPU; the CPU computes the others at the same time ('share': a "
         "share of each layer's misses, as when it is not given)", type=count_or_share,
         metavar="N", none_means="a share of each layer's misses, tuned as tokens run"))
     # Measured bandwidths for placement="auto" (GB/s); None: measured at load time.

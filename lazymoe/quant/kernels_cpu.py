@@ -344,7 +344,7 @@ def _touch(counts):
         counts[i] += 1
 
 
-_TOUCHED = np.zeros(4096, np.int64)  # what `keep_warm`'s region writes (a page: any thread count)
+_TOUCHED = np.zeros(64 * 64, np.int64)  # what `keep_warm`'s region writes: 64 entries a thread, 64 threads
 
 
 def keep_warm(threads: int | None = None) -> None:
@@ -356,7 +356,7 @@ def keep_warm(threads: int | None = None) -> None:
     n = thread_count(threads)
     with _lock:
         numba.set_num_threads(n)
-        _touch(_TOUCHED[: 64 * n])
+        _touch(_TOUCHED[: 64 * min(n, 64)])
 
 
 def thread_count(threads: int | None) -> int:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,9 +126,12 @@ class FetchSplit:
 
 def tunes_share(engine) -> bool:
     """Whether decode tokens tune auto's share as they run (`ShareTuner`): placement auto with
-    no fetch_per_layer, on a GPU (a cost model measured)."""
+    no fetch_per_layer, on a GPU (a cost model measured), with misses to split (not every
+    expert resident) and a slot to spare for the CPU's zero slot."""
     cfg = engine.config
-    return cfg.placement == "auto" and cfg.fetch_per_layer is None and engine.runtime.cost_model is not None
+    if cfg.placement != "auto" or cfg.fetch_per_layer is not None or engine.runtime.cost_model is None:
+        return False
+    return engine.top_k < engine.tiers.device.book.n_slots < engine.total_experts
 
 
 class ShareTuner:
@@ -138,42 +140,51 @@ class ShareTuner:
 
     The cost model's first estimate, from speeds measured alone in a second at load, does not
     see what the two sides cost together: the link's reads and the CPU's come from the same
-    RAM, the host's per-layer round trip, the experts a layer actually misses. So each window
-    of WINDOW tokens is timed, in seconds per missed expert (the split changes only how the
-    misses are served); the share moves a step the same way while that improves and turns back
-    with half the step when it gets worse (hill climbing). The first window after a prompt is
-    not timed: it may hold compiles and the prompt's copies."""
+    RAM, the host's per-layer round trip, and a miss the CPU computes does not enter the cache
+    (so the share changes the hit rate too). So the tuner times what the user gets: each window
+    of WINDOW decode tokens, in seconds per token. The share moves a step the same way while
+    that improves (the step doubling after two gains in a row, until it turns back past a gain)
+    and turns back with half the step when it gets worse (hill climbing). After a prompt the
+    first window is not timed (it may hold compiles and the prompt's copies) and the next is not
+    compared with the last generation's (another position, other experts)."""
 
     WINDOW = 8
+    MAX_STEP = 64
 
     def __init__(self, share: int, step: int = 32, min_step: int = 4) -> None:
         self.share, self.step, self.min_step = share, step, min_step
         self.direction = -1 if share > 0 else 1  # first: more of the misses to the CPU
-        self.last: float | None = None  # the previous window's seconds per miss
-        self.history: list[tuple[int, float]] = []  # (share, seconds per miss) per timed window
+        self.last: float | None = None  # the previous window's seconds per token
+        self.gains = 0  # windows in a row that were faster than the one before
+        self.gained = False  # some window was faster than the one before
+        self.turned = False  # it turned back after a gain: the steps only shrink from then on
+        self.history: list[tuple[int, float]] = []  # (share, seconds per token) per timed window
         self._seconds, self._tokens, self._skip = 0.0, 0, True
 
     def restart(self) -> None:
         """A new prompt: the window under way is dropped, the next one not timed."""
-        self._seconds, self._tokens, self._skip = 0.0, 0, True
+        self._seconds, self._tokens, self._skip, self.last = 0.0, 0, True, None
 
-    def add(self, seconds: float, read_misses: Callable[[], int]) -> int | None:
-        """One decode token's seconds. At a window's end: `read_misses()` (the misses since the
-        window began) and the share for the next window; else None."""
+    def add(self, seconds: float) -> int | None:
+        """One decode token's seconds; at a window's end, the share for the next window."""
         self._seconds += seconds
         self._tokens += 1
         if self._tokens < self.WINDOW:
             return None
-        misses, spent = read_misses(), self._seconds
+        cost = self._seconds / self._tokens
         self._seconds, self._tokens = 0.0, 0
-        if self._skip or misses <= 0:  # warm-up, or nothing missed: nothing to learn from
+        if self._skip:  # warm-up: nothing to learn from
             self._skip = False
             return None
-        cost = spent / misses
         self.history.append((self.share, cost))
         if self.last is not None and cost > self.last:  # worse: back the other way, smaller steps
-            self.direction = -self.direction
+            self.direction, self.gains = -self.direction, 0
+            self.turned = self.turned or self.gained  # past a better share: the best is bracketed
             self.step = max(self.min_step, self.step // 2)
+        elif self.last is not None and not self.turned:  # better, still searching: faster after
+            self.gains, self.gained = self.gains + 1, True  # two gains in a row
+            if self.gains == 2:
+                self.step, self.gains = min(self.MAX_STEP, 2 * self.step), 0
         self.last = cost
         new = min(SHARE_ONE, max(0, self.share + self.direction * self.step))
         if new == self.share:  # at a bound: the other way
@@ -225,6 +236,8 @@ class MissMailbox:
         self._block, self._registered = self._allocate(shapes)
         self.seq = torch.zeros(1, dtype=torch.int64, device=device)  # the token's number (GPU)
         self.host_seq = 0
+        # the CPU's experts run on numba's threads: keep them awake while waiting (`warm_up`)
+        self.keep_warm = False
         self.cpu_per_layer = np.zeros(n_layers, dtype=np.int64)  # experts the CPU computed
         self.wait_s = self.compute_s = 0.0  # host seconds: waiting for posts, computing
         self.reset()
@@ -293,6 +306,14 @@ class MissMailbox:
         )  # fmt: skip
 
     # -- the host's side -------------------------------------------------------------------------
+    def warm_up(self, on_numba: bool) -> None:
+        """Whether the waiting host keeps numba's threads awake (kernels_cpu.keep_warm): when the
+        CPU's experts run on them. Not when torch's threads compute them: numba's spinning would
+        take their cores. Compiles the tiny region now, not inside the first token."""
+        self.keep_warm = on_numba
+        if on_numba:
+            kernels_cpu.keep_warm()
+
     def next_token(self) -> None:
         """Count the token about to run (the graph adds one to `seq` at its start)."""
         self.check()
@@ -323,7 +344,7 @@ class MissMailbox:
             deadline = start + HOST_WAIT_S
             while posted[i] < self.host_seq:
                 now = time.perf_counter()
-                if now - warmed > KEEP_WARM_S:  # the CPU kernels' threads kept from sleeping
+                if self.keep_warm and now - warmed > KEEP_WARM_S:  # numba's threads kept from sleeping
                     kernels_cpu.keep_warm()
                     warmed = now
                 if now > deadline:

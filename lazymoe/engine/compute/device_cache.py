@@ -286,7 +286,7 @@ def unsupported_reason(engine, assume_pinned: bool = False) -> str | None:
                 "(policy='lru')")  # fmt: skip
     if book.n_slots > MAX_SLOTS:
         return f"{book.n_slots} slots: the GPU's LRU search holds at most {MAX_SLOTS}"
-    splits = cpu_misses.fetch_split(engine, engine.top_k).splits(engine.top_k) or cpu_misses.tunes_share(engine)
+    splits = cpu_misses.fetch_split(engine, engine.top_k).splits(engine.top_k)  # (tuning: only with a slot to spare)
     if splits and book.n_slots <= engine.top_k and book.n_slots < engine.total_experts:
         return (f"placement={engine.config.placement!r} keeps one of the {book.n_slots} slots for "
                 f"the CPU's misses; a layer's {engine.top_k} experts need the others: give a larger "
@@ -363,14 +363,17 @@ class DeviceCacheDecoder(SegmentedDecoder):
         self.split = cpu_misses.fetch_split(engine, k)
         self.share = torch.tensor([self.split.share], dtype=torch.int32, device=device)
         # auto with no fetch_per_layer: the share tuned as tokens run (a mailbox even when the
-        # first estimate leaves the CPU nothing: the tuner may find it faster to give it some)
-        self.tuner = cpu_misses.ShareTuner(self.split.share) if cpu_misses.tunes_share(engine) else None
-        self._misses_read = 0  # the device's miss count the tuner last read (flush_counts clears it)
+        # first estimate leaves the CPU nothing: the tuner may find it faster to give it some),
+        # given a slot to spare for the zero slot
+        tune = cpu_misses.tunes_share(engine)
+        self.tuner = None
         self.cpu = torch.full((n, 2 * k), -1, dtype=torch.int32, device=device)
         self.zero_slot, self.mailbox = 0, None
-        if (self.split.splits(k) or self.tuner is not None) and s < n * self.n_experts:  # (every expert resident: no miss)
+        if (self.split.splits(k) or tune) and s < n * self.n_experts:  # (every expert resident: no miss)
             self.zero_slot = s - 1
             self.mailbox = cpu_misses.MissMailbox(n, k, engine.hidden, self.dtype, device)
+            self.mailbox.warm_up(self.runtime.cpu_decode_on_numba(self.dtype))
+            self.tuner = cpu_misses.ShareTuner(self.split.share) if tune else None
         self.active = False  # the device tables hold the cache (between load_prefill and end)
         self._loaded_owner: np.ndarray | None = None
         self.token_graph: torch.cuda.CUDAGraph | None = None
@@ -537,15 +540,9 @@ class DeviceCacheDecoder(SegmentedDecoder):
 
     def _tune(self, seconds: float) -> None:
         """The token's seconds to the share's tuner; a new share takes effect from the next token."""
-        share = self.tuner.add(seconds, self._misses_since)
+        share = self.tuner.add(seconds)
         if share is not None:
             self.share.fill_(share)  # in stream order: before the next token's graph
-
-    def _misses_since(self) -> int:
-        """Misses counted on the device since the tuner last asked (the token has finished)."""
-        total = int(self.counts[:, 1].sum())
-        misses, self._misses_read = total - self._misses_read, total
-        return misses
 
     # -- the host's book in and out --------------------------------------------------------------
     def _clear_tables(self) -> None:
@@ -553,7 +550,6 @@ class DeviceCacheDecoder(SegmentedDecoder):
         self.owner.fill_(-1)
         self.stamp.fill_(FREE_STAMP)
         self.counts.zero_()
-        self._misses_read = 0
         self.clock.zero_()
 
     def load_prefill(self, cache, length: int) -> None:
@@ -598,7 +594,6 @@ class DeviceCacheDecoder(SegmentedDecoder):
         self.stamp.copy_(torch.from_numpy(stamp))
         self.where.copy_(torch.from_numpy(where))
         self.counts.zero_()
-        self._misses_read = 0
         self.clock.zero_()
         self._loaded_owner = owner
         self.active = True
@@ -612,7 +607,6 @@ class DeviceCacheDecoder(SegmentedDecoder):
             return
         counts = self.counts.tolist()  # a copy (on a CPU .numpy() would share the memory
         self.counts.zero_()  # that this clears); waits for the token in flight
-        self._misses_read = 0
         stats = self.book.stats
         for layer, row in enumerate(counts):  # (as the book counts: no zero entries)
             for per_layer, n in zip(
