@@ -91,6 +91,11 @@ def test_a_decode_steps_bf16_experts_take_the_kernel_and_match_torch():
         w = ExpertWeights(*(p.float() for p in vars(experts[e]).values()))
         want += weights[0, rows[e][0][1]].float() * expert_split(hidden.float(), w, F.silu)
     torch.testing.assert_close(got.float(), want, rtol=0.02, atol=2e-3)  # bf16 rounding of the adds
+    # the same bits as adding each expert's weighted output in turn (ExpertCompute._add_rows)
+    ys, per_expert = kernels_bf16.experts_forward(hidden, [experts[e] for e in (2, 5, 7)], F.silu), torch.zeros_like(hidden)
+    for e, y in zip((2, 5, 7), ys, strict=True):
+        compute._add_rows(per_expert, hidden, weights, rows[e], lambda x, y=y: y[None])
+    assert torch.equal(got, per_expert)
     # float32 experts keep torch's path: exactly expert_split's numbers
     experts32 = {e: ExpertWeights(*(p.float() for p in vars(w).values())) for e, w in experts.items()}
     compute32 = compute_over(SimpleNamespace(views=lambda layer, e: experts32[e]))

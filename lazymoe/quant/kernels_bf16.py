@@ -92,11 +92,10 @@ def matvec_many(x: torch.Tensor, weights: list[torch.Tensor], threads: int | Non
     return torch.from_numpy(y)
 
 
-def experts_forward(x: torch.Tensor, experts: list, act) -> list[torch.Tensor]:
-    """One token (1, D) through each of several BF16 experts (gate, up, down: (I, D), (I, D),
-    (D, I)); per expert its output (D,) float32. Two parallel regions: gate and up of all of them,
-    then down."""
+def experts_forward(x: torch.Tensor, experts: list, act) -> torch.Tensor:
+    """One token (1, D) through each of n BF16 experts (gate, up, down: (I, D), (I, D), (D, I)):
+    their outputs, (n, D) float32. Two parallel regions: gate and up of all of them, then down."""
     n = len(experts)
     gate_up = matvec_many(x, [e.gate for e in experts] + [e.up for e in experts])
     h = act(gate_up[:n]) * gate_up[n:]
-    return list(matvec_many(h, [e.down for e in experts]))
+    return matvec_many(h, [e.down for e in experts])

@@ -260,9 +260,13 @@ class ExpertCompute:
         if self.cpu_decode_on_numba(dtype) and one_row_each(out, rows, on_cpu) and all(
             p.dtype == dtype for w in experts for p in vars(w).values()
         ):
-            ys = kernels_bf16.experts_forward(hidden, experts, self.act)
-            for e, y in zip(on_cpu, ys, strict=True):
-                self._add_rows(out, hidden, top_k_weights, rows[e], lambda x, y=y: y[None])
+            ys = kernels_bf16.experts_forward(hidden, experts, self.act)  # (n, D) float32
+            # as _add_rows does per expert (weighted in the model's dtype, then added in turn:
+            # the same bits), in a few torch calls for all of them, not six each
+            places = torch.tensor([rows[e][0][1] for e in on_cpu])
+            weighted = ys.to(dtype) * top_k_weights[0, places, None]
+            for y in weighted.to(out.dtype):
+                out[0].add_(y)
         else:
             for e, w in zip(on_cpu, experts, strict=True):
                 self._add_rows(out, hidden, top_k_weights, rows[e],
