@@ -78,6 +78,15 @@ def test_table_lists_every_row_and_says_why_a_row_failed():
     assert "FAILED: OutOfMemoryError" in text and "| 30.00 |" in text
 
 
+def test_table_says_what_share_of_a_lazymoe_rows_experts_its_cpu_computed():
+    doc = document()
+    doc["results"][2].update(experts_on_cpu=25, experts_on_device=75)  # the 8 GB row: counted
+    lines = report.table(doc).splitlines()
+    column = lines[0].split(" | ").index("on CPU")
+    cells = [line.split(" | ")[column] for line in lines[2:5]]
+    assert cells == ["-", "-", "25%"]  # llama.cpp: none counted; the 5 GB row: no counts
+
+
 def test_speedups_divide_by_llama_cpp_on_the_same_model_and_routing():
     ratios = {r["vram_budget_gb"]: r["speedup"] for r in report.speedups(document())}
     assert ratios == {5: pytest.approx(0.5), 8: pytest.approx(1.5)}

@@ -132,6 +132,7 @@ def rows(document: dict) -> list[dict]:
             "hit_rate": (_hit_rate(r, layers) if r.get("ok") and (r.get("engine") == "lazymoe" or on_gpu)
                          else None),
             "resident_fraction": r.get("resident_fraction"),
+            "on_cpu": _measured_cpu_share(r) if r.get("ok") else None,
             "cold_first_token_s": cold.get("first_token_s"), "cold_decode_tok_s": cold.get("decode_tok_s"),
             "bound_tok_s": bound,
             "of_bound": decode / bound if decode and bound else None,
@@ -140,6 +141,14 @@ def rows(document: dict) -> list[dict]:
             "ok": r.get("ok", False), "error": r.get("error"),
         })
     return out
+
+
+def _measured_cpu_share(row: dict) -> float | None:
+    """The share of a lazymoe row's experts its CPU computed, as counted (None: no counts)."""
+    on_cpu, on_device = row.get("experts_on_cpu"), row.get("experts_on_device")
+    if row.get("engine") != "lazymoe" or on_cpu is None or not (on_cpu or 0) + (on_device or 0):
+        return None
+    return on_cpu / (on_cpu + (on_device or 0))
 
 
 def _gb(nbytes: int | None) -> float | None:
@@ -155,8 +164,8 @@ def _fmt(value, spec: str) -> str:
 def table(document: dict) -> str:
     """A fixed-width text table (also valid Markdown)."""
     head = ["model", "routing", "engine / placement", "VRAM budget GB", "prefill tok/s", "decode tok/s",
-            "hit rate", "cold first token s", "cold tok/s", "bound tok/s", "of bound", "peak VRAM GB",
-            "peak RSS GB"]
+            "hit rate", "on CPU", "cold first token s", "cold tok/s", "bound tok/s", "of bound",
+            "peak VRAM GB", "peak RSS GB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows(document):
         model = f"{r['model']} [{r['weights_format']}]" if r["weights_format"] else str(r["model"])
@@ -167,7 +176,7 @@ def table(document: dict) -> str:
         lines.append("| " + " | ".join([
             model, str(r["routing"]), str(r["label"]), _fmt(r["vram_budget_gb"], "g"),
             _fmt(r["prefill_tok_s"], ".1f"), _fmt(r["decode_tok_s"], ".2f"), _fmt(r["hit_rate"], ".2f"),
-            _fmt(r["cold_first_token_s"], ".2f"), _fmt(r["cold_decode_tok_s"], ".2f"), _fmt(r["bound_tok_s"], ".1f"), _fmt(r["of_bound"], ".0%"), _fmt(r["peak_vram_gb"], ".2f"),
+            _fmt(r["on_cpu"], ".0%"), _fmt(r["cold_first_token_s"], ".2f"), _fmt(r["cold_decode_tok_s"], ".2f"), _fmt(r["bound_tok_s"], ".1f"), _fmt(r["of_bound"], ".0%"), _fmt(r["peak_vram_gb"], ".2f"),
             _fmt(r["peak_rss_gb"], ".2f")]) + " |")
     return "\n".join(lines)
 
