@@ -571,6 +571,12 @@ def test_auto_weighs_a_float_miss_at_the_cpu_matmuls_measured_rate():
     with pytest.raises(ValueError, match="cpu_float_gbps"):
         placement.CostModel(55, 90, 1e6, cpu_float_gbps=0)
     assert "float expert matmul 30.0 GB/s (numba)" in fast_ram.describe()
+    # one token: the measured rate already holds the arithmetic; a low 16-row matmul figure (a
+    # noisy measurement) does not override it. Sixteen tokens: it does
+    slow_matmul = placement.CostModel(55, 90, 1.0, cpu_float_gbps=30)
+    assert slow_matmul.cpu_seconds(30 * 10**9, 1, 6 * 10**9) == pytest.approx(1.0)
+    assert slow_matmul.cpu_seconds(30 * 10**9, 16, 6 * 10**9) == pytest.approx(96.0)
+    assert placement.CostModel(55, 90, 1.0).cpu_seconds(90 * 10**9, 1, 6 * 10**9) == pytest.approx(6.0)
     with pytest.raises(ValueError, match=r"cpu_float_kernel='mkl'.*numba, torch"):
         placement.CostModel(55, 90, 1e6, cpu_float_gbps=30, cpu_float_kernel="mkl")
     for dtype, kernels in ((torch.float32, {"torch"}), (torch.bfloat16, {"torch", "numba"})):

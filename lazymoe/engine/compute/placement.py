@@ -105,8 +105,12 @@ class CostModel:
         expert_flops_per_token: int,
         parts: ExpertParts | None = None,
     ) -> float:
+        read_s = self.read_seconds(expert_bytes, parts)
+        measured = self.cpu_float_gbps if parts is None else bool(self.cpu_format_gbps)
+        if n_tokens == 1 and measured:  # the rate was timed on this very work, its arithmetic
+            return read_s  # included: an estimate from a 16-row matmul's speed would add noise
         compute_s = n_tokens * expert_flops_per_token / (self.cpu_gflops * 1e9)
-        return max(self.read_seconds(expert_bytes, parts), compute_s)
+        return max(read_s, compute_s)
 
     def choose(
         self,
