@@ -1,7 +1,7 @@
 """How numba's thread pool behaves for lazymoe.quant.kernels_bf16 on this machine, per threading
 layer (default, omp, workqueue, tbb; each in its own process): an empty parallel region back to
-back and after the host spun idle for 0.2, 1 and 5 ms (idle workers fall asleep; waking them is
-what `kernels_cpu.keep_warm` avoids), then GB/s of BF16 weights read for one token with 6
+back and after the host spun idle for 0.2, 1 and 5 ms (idle workers fall asleep; the CPU's share
+of each layer's misses wakes them), then GB/s of BF16 weights read for one token with 6
 matrices a call (a layer's gate/up of 3 experts) and 48, and torch's matmul beside them, at 1 to 16
 threads. Results: OUT (default .)/bf16-threading-layers.json.
 

@@ -25,7 +25,7 @@
 #            scripts/bench_triton_quant.py; KERNEL_BENCH=prompt the first only, 0 neither)
 #   profile  where a decode step's time goes (python -m lazymoe.bench.profile, 8 layers)
 #   batchprofile  where a batched step's time goes (python -m lazymoe.bench.batch_profile), on batch's model
-#   share    the CPU's share of the misses A/B in one process: keep-warm on/off, tuned and fixed shares
+#   share    the CPU's share of the misses A/B in one process: the share tuned and fixed
 #            (scripts/bench_cpu_share.py; SHARE_REGIMES, default "independent real-text"), SHAPE in BF16
 #
 # llama.cpp is built ONCE, in the background while the first suites run, by CMake with the SYSTEM compiler (a wrapper compiler's own libstdc++
@@ -288,7 +288,7 @@ suite_kernels() {  # quantized experts on the GPU: correctness first, then the k
 suite_bf16_cpu() {  # BF16 experts on the CPU (placement cpu/auto with a BF16 checkpoint): torch against kernels_bf16
   timeout 240 python3 scripts/bench_bf16_cpu.py "$RESULTS/bf16-cpu-experts.json" 1,8,16 > "$RESULTS/bf16-cpu-experts.log" 2>&1
   log "BF16 CPU experts rc=$?: $(tail -6 "$RESULTS/bf16-cpu-experts.log" | tr '\n' ' ')"
-  # numba's pool: the region back to back and after idle gaps (keep_warm's reason), per threading layer
+  # numba's pool: the region back to back and after idle gaps (a wake-up's cost), per threading layer
   OUT=$RESULTS timeout 300 python3 scripts/bench_bf16_threads.py > "$RESULTS/bf16-threads.log" 2>&1
   log "numba's threads rc=$?: $(head -1 "$RESULTS/bf16-threads.log" | cut -c1-600)"
 }

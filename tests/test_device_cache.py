@@ -11,7 +11,6 @@ graph a token on a GPU, reading misses from the page-locked file over PCIe.
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -463,11 +462,13 @@ def test_how_many_misses_are_fetched():
     from lazymoe.engine.compute.cpu_misses import FetchSplit, fetch_split
     from lazymoe.engine.compute.placement import CostModel
 
-    def fake(placement, fetch_per_layer=None, cost_model=None):
+    def fake(placement, fetch_per_layer=None, cost_model=None, n_slots=40):
         runtime = SimpleNamespace(cost_model=cost_model, expert_flops_per_token=6,
                                   miss_cost=lambda layer: (55_000_000, None))  # fmt: skip
         config = SimpleNamespace(placement=placement, fetch_per_layer=fetch_per_layer)
-        return SimpleNamespace(config=config, runtime=runtime, moe_layers=[0])
+        tiers = SimpleNamespace(device=SimpleNamespace(book=SimpleNamespace(n_slots=n_slots)))
+        return SimpleNamespace(config=config, runtime=runtime, moe_layers=[0], tiers=tiers,
+                               total_experts=64)  # fmt: skip
 
     def fetched(split):
         return [split.fetched(misses) for misses in range(9)]
@@ -486,6 +487,9 @@ def test_how_many_misses_are_fetched():
     assert fetched(three_quarters) == [0, 1, 2, 3, 3, 4, 5, 6, 6]
     assert half.splits(8) and not FetchSplit(8).splits(8) and FetchSplit(0).splits(8)
     assert not FetchSplit(8, 250).splits(8)  # 8 * 250/256 rounds up to 8: never a CPU share
+    for placement in ("auto", "cpu"):  # every expert resident: no miss, so nothing to split
+        assert fetch_split(fake(placement, 3, link_55, n_slots=64), 8) == FetchSplit(8)
+    assert (half.fraction, three_quarters.fraction) == (0.5, 0.75)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
@@ -707,34 +711,3 @@ def test_the_kernel_takes_the_share_the_tuner_sets_and_the_tokens_stay(q4_0, mon
     assert all(cpu == 0 for share, _, cpu in seen if share == 256)
     assert sum(misses for share, misses, _ in seen if share == 0) > 0  # (the share-0 tokens missed)
     assert "at first, then the share that gives the fastest tokens" in tuned.describe()
-
-
-def test_a_waiting_host_keeps_the_cpu_kernels_threads_awake(monkeypatch):
-    """While the host waits for a layer's post it runs kernels_cpu.keep_warm about every
-    KEEP_WARM_S (idle numba threads fall asleep, and the layer's experts would wait for them to
-    wake); once the post arrives it computes the layer. Not when torch's threads compute."""
-    from lazymoe.engine.compute import cpu_misses
-    from lazymoe.quant import kernels_cpu
-
-    kernels_cpu.keep_warm()  # compiled, and it runs: its region writes every thread's counts
-    assert kernels_cpu._TOUCHED[:64].min() >= 1
-    box = cpu_misses.MissMailbox(1, 2, 8, torch.float32, torch.device("cpu"))
-    calls = []
-
-    def keep_warm():  # the GPU posts once the host has kept the threads warm 5 times (after warm_up's)
-        calls.append(time.perf_counter())
-        if len(calls) == 6:
-            box.posted[0].fill_(box.host_seq)
-
-    monkeypatch.setattr(kernels_cpu, "keep_warm", keep_warm)
-    box.req[0][0] = torch.tensor([-1, -1, -1, -1], dtype=torch.int32)  # nothing for the CPU
-    box.warm_up(True)
-    box.next_token()
-    box.serve(SimpleNamespace(), range(1))
-    assert len(calls) == 6  # warm_up's, then five while it waited: it did not stop before the post
-    assert calls[-1] - calls[1] >= 3 * cpu_misses.KEEP_WARM_S  # paced, not back to back
-    box.warm_up(False)  # torch's threads compute: numba's are left to sleep
-    box.next_token()
-    box.posted[0].fill_(box.host_seq)
-    box.serve(SimpleNamespace(), range(1))
-    assert len(calls) == 6

@@ -71,10 +71,10 @@ class LazyMoeRunner:
                 out["fetch_per_layer"] = split.limit  # the rest of a layer's misses: the CPU's
             else:  # a share of each layer's misses, rounded up; tuned: where it ended, how it went
                 share = tuner.share if tuner is not None else split.share
-                out["fetch_share"] = round(share / cpu_misses.SHARE_ONE, 3)
-            if tuner is not None:
-                out["fetch_share_windows"] = [[round(s / cpu_misses.SHARE_ONE, 3), round(c * 1e3, 3)]
-                                              for s, c in tuner.history]  # (share, ms per token)
+                out["fetch_share"] = dataclasses.replace(split, share=share).fraction
+            if tuner is not None:  # (share, ms per token) per window
+                out["fetch_share_windows"] = [[dataclasses.replace(split, share=s).fraction, round(c * 1e3, 3)]
+                                              for s, c in tuner.history]  # fmt: skip
         return out
 
     def close(self) -> None:

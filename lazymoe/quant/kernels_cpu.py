@@ -338,27 +338,6 @@ def check_activations(x: torch.Tensor, qt: QuantizedTensor) -> tuple[int, int]:
     return rows, cols
 
 
-@_jit(parallel=True)
-def _touch(counts):
-    for i in prange(counts.shape[0]):
-        counts[i] += 1
-
-
-_TOUCHED = np.zeros(64 * 64, np.int64)  # what `keep_warm`'s region writes: 64 entries a thread, 64 threads
-
-
-def keep_warm(threads: int | None = None) -> None:
-    """One tiny parallel region (a few microseconds), so numba's worker threads go back to
-    spinning: idle for about a millisecond they sleep, and waking them costs far more than a
-    region (on the 2-core dev VM a region after a 5 ms gap took a median 3.9 ms, against 1.5 us
-    back to back). For a host that waits between small bursts of CPU work, such as the CPU's
-    share of each layer's misses (engine/compute/cpu_misses.py)."""
-    n = thread_count(threads)
-    with _lock:
-        numba.set_num_threads(n)
-        _touch(_TOUCHED[: 64 * min(n, 64)])
-
-
 def thread_count(threads: int | None) -> int:
     """Threads to split rows over: `threads`, else torch's count, within numba's pool."""
     return max(1, min(threads or torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))

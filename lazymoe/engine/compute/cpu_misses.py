@@ -40,7 +40,6 @@ import numpy as np
 import torch
 
 from lazymoe.engine.compute.triton_kernels import triton
-from lazymoe.quant import kernels_cpu
 
 if triton is not None:
     import triton.language as tl
@@ -50,10 +49,6 @@ if triton is not None:
 # fails releases the GPU at once (`serve`), so this bounds only a host that hangs
 WAIT_SPINS = 100_000_000
 HOST_WAIT_S = 60.0  # how long the host waits for a layer's post before it says the GPU stalled
-# while it waits, the host runs a tiny parallel region this often (kernels_cpu.keep_warm): the
-# CPU kernels' threads, idle between layers, would otherwise fall asleep, and the next layer's
-# experts would wait for them to wake
-KEEP_WARM_S = 100e-6
 MAPPED = 1 | 2  # cudaHostRegister: portable, mapped (kernels read and write it in place)
 PAGE = 4096  # what cudaHostRegister locks: whole pages
 
@@ -122,6 +117,11 @@ class FetchSplit:
     @property
     def percent(self) -> int:
         return round(100 * self.share / SHARE_ONE)
+
+    @property
+    def fraction(self) -> float:
+        """The share as a fraction of the misses, to 3 places (what bench results record)."""
+        return round(self.share / SHARE_ONE, 3)
 
 
 def tunes_share(engine) -> bool:
@@ -197,13 +197,13 @@ class ShareTuner:
 def fetch_split(engine, top_k: int) -> FetchSplit:
     """How many of a layer's misses a decode token fetches; the CPU computes the others.
 
-    placement "fetch": all; "cpu": none; "auto": at most `EngineConfig.fetch_per_layer` if given,
+    Every expert resident, or placement "fetch": all; "cpu": none; "auto": at most `EngineConfig.fetch_per_layer` if given,
     else the share of each layer's misses that keeps both busy: the link takes t_fetch per
     expert, the CPU t_cpu, so the GPU fetches t_cpu / (t_fetch + t_cpu) of them. A share, not a
     count: a layer missing 3 experts splits them as one missing all 8 does."""
     placement = engine.config.placement
-    if placement == "fetch":
-        return FetchSplit(top_k)
+    if placement == "fetch" or engine.tiers.device.book.n_slots >= engine.total_experts:
+        return FetchSplit(top_k)  # (every expert resident: no miss to split)
     if placement == "cpu":
         return FetchSplit(0)
     if engine.config.fetch_per_layer is not None:
@@ -236,8 +236,6 @@ class MissMailbox:
         self._block, self._registered = self._allocate(shapes)
         self.seq = torch.zeros(1, dtype=torch.int64, device=device)  # the token's number (GPU)
         self.host_seq = 0
-        # the CPU's experts run on numba's threads: keep them awake while waiting (`warm_up`)
-        self.keep_warm = False
         self.cpu_per_layer = np.zeros(n_layers, dtype=np.int64)  # experts the CPU computed
         self.wait_s = self.compute_s = 0.0  # host seconds: waiting for posts, computing
         self.reset()
@@ -306,14 +304,6 @@ class MissMailbox:
         )  # fmt: skip
 
     # -- the host's side -------------------------------------------------------------------------
-    def warm_up(self, on_numba: bool) -> None:
-        """Whether the waiting host keeps numba's threads awake (kernels_cpu.keep_warm): when the
-        CPU's experts run on them. Not when torch's threads compute them: numba's spinning would
-        take their cores. Compiles the tiny region now, not inside the first token."""
-        self.keep_warm = on_numba
-        if on_numba:
-            kernels_cpu.keep_warm()
-
     def next_token(self) -> None:
         """Count the token about to run (the graph adds one to `seq` at its start)."""
         self.check()
@@ -339,15 +329,11 @@ class MissMailbox:
 
     def serve_layer(self, runtime, i: int, wait: bool = False) -> None:
         posted = self.posted[0].numpy()
-        start = warmed = time.perf_counter()
+        start = time.perf_counter()
         if wait and posted[i] < self.host_seq:
             deadline = start + HOST_WAIT_S
             while posted[i] < self.host_seq:
-                now = time.perf_counter()
-                if self.keep_warm and now - warmed > KEEP_WARM_S:  # numba's threads kept from sleeping
-                    kernels_cpu.keep_warm()
-                    warmed = now
-                if now > deadline:
+                if time.perf_counter() > deadline:
                     raise RuntimeError(f"the GPU did not reach layer {i}'s experts in "
                                        f"{HOST_WAIT_S:.0f} s")  # fmt: skip
         posted_at = time.perf_counter()

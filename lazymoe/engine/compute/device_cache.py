@@ -369,10 +369,9 @@ class DeviceCacheDecoder(SegmentedDecoder):
         self.tuner = None
         self.cpu = torch.full((n, 2 * k), -1, dtype=torch.int32, device=device)
         self.zero_slot, self.mailbox = 0, None
-        if (self.split.splits(k) or tune) and s < n * self.n_experts:  # (every expert resident: no miss)
+        if self.split.splits(k) or tune:  # (every expert resident: neither; fetch_split)
             self.zero_slot = s - 1
             self.mailbox = cpu_misses.MissMailbox(n, k, engine.hidden, self.dtype, device)
-            self.mailbox.warm_up(self.runtime.cpu_decode_on_numba(self.dtype))
             self.tuner = cpu_misses.ShareTuner(self.split.share) if tune else None
         self.active = False  # the device tables hold the cache (between load_prefill and end)
         self._loaded_owner: np.ndarray | None = None
