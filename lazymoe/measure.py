@@ -21,6 +21,7 @@ are the ones something else interrupted). Sizes and repeats are printed with the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import mmap
 import os
@@ -35,6 +36,10 @@ from lazymoe.i18n.width import pad
 
 MiB = 2**20
 GB = 1e9
+# A RAM measurement's buffers together hold at least this many times the CPU's largest cache:
+# one that fits times the cache instead (on an H200 host with a 300 MiB L3, a 256 MiB read gave
+# 159-181 GB/s, a 512 MiB copy 83: data/results/quant-cpu-kernels-h200*.json)
+CACHE_MULTIPLE = 4
 
 
 @dataclass
@@ -97,17 +102,62 @@ class MeasureReport:
         return fig
 
 
+def largest_cache_bytes(sysfs: str | Path = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
+    """The size of the CPU's largest cache (the last level, usually L3) as Linux reports it for
+    CPU 0 (`sysfs`), else as the C library does; None where neither says."""
+    sizes = []
+    for index in Path(sysfs).glob("index*"):
+        try:
+            text = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * unit)
+    if not sizes:
+        for name in ("SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
+            with contextlib.suppress(ValueError, OSError, AttributeError):  # (not glibc)
+                sizes.append(int(os.sysconf(name)))
+    return max(sizes) if sizes and max(sizes) > 0 else None
+
+
+def past_cache(size_bytes: int, buffers: int = 1) -> int:
+    """`size_bytes`, raised (in whole MiB) so that `buffers` buffers of it hold CACHE_MULTIPLE
+    times the CPU's largest cache, but never past an eighth of the memory available now: the
+    size a measurement meant for RAM needs."""
+    import psutil
+
+    cache = largest_cache_bytes() or 0
+    need = -(-CACHE_MULTIPLE * cache // buffers // MiB) * MiB
+    room = psutil.virtual_memory().available // 8 // buffers // MiB * MiB
+    return max(size_bytes, min(need, room))
+
+
+def _cache_note(size_bytes: int, buffers: int) -> str:
+    """A warning for a result whose buffers fit in the CPU's largest cache."""
+    cache = largest_cache_bytes()
+    if cache and size_bytes * buffers < 2 * cache:
+        return _("{size} MiB fits in this CPU's {cache} MiB cache: this is more the cache's speed "
+                 "than RAM's").format(size=size_bytes * buffers // MiB, cache=cache // MiB)
+    return ""
+
+
 def _best_of(fn: Callable[[], float], repeats: int) -> list[float]:
     fn()  # warm-up: first touches allocate pages and load code
     return [fn() for _ in range(repeats)]
 
 
-def ram_copy(size_bytes: int, repeats: int, threads: int | None = None) -> Measurement:
+def ram_copy(size_bytes: int | None, repeats: int, threads: int | None = None) -> Measurement:
     """RAM bandwidth: a torch copy of `size_bytes`, bytes moved = 2 x size (each byte read once,
     written once), best of `repeats` after a warm-up. threads: torch threads for the copy
-    (None: all of them; 1: what one core reaches)."""
+    (None: all of them; 1: what one core reaches). size_bytes None: two buffers of 128 MiB or
+    more, past the CPU's cache (`past_cache`); a size whose buffers fit in the cache gets a
+    note saying so."""
     import torch
 
+    if size_bytes is None:
+        size_bytes = past_cache(128 * MiB, buffers=2)
     src = torch.ones(size_bytes, dtype=torch.uint8)
     dst = torch.empty_like(src)
     before = torch.get_num_threads()
@@ -123,14 +173,17 @@ def ram_copy(size_bytes: int, repeats: int, threads: int | None = None) -> Measu
         secs = _best_of(once, repeats)
     finally:
         torch.set_num_threads(before)
-    note = _("one core rarely saturates all memory channels") if used == 1 else ""
+    notes = [_("one core rarely saturates all memory channels") if used == 1 else "",
+             _cache_note(size_bytes, 2)]  # fmt: skip
     return Measurement(f"RAM copy, {used} thread{'s' if used > 1 else ''}", 2 * size_bytes / min(secs) / GB,
-                       size_bytes, repeats, secs, note=note)
+                       size_bytes, repeats, secs, note="; ".join(n for n in notes if n))
 
 
-def ram_read(size_bytes: int = 256 * MiB, repeats: int = 5, threads: int | None = None) -> Measurement:
+def ram_read(size_bytes: int | None = None, repeats: int = 5, threads: int | None = None) -> Measurement:
     """RAM read bandwidth: `size_bytes` summed as 64-bit words by `threads` threads, bytes moved =
-    size (each byte read once, nothing written), best of `repeats` after a warm-up.
+    size (each byte read once, nothing written), best of `repeats` after a warm-up. size_bytes
+    None: 256 MiB or more, past the CPU's cache (`past_cache`); a size that fits in the cache
+    gets a note saying so.
 
     The right ceiling for work that streams stored bytes once, such as a quantized expert kernel
     (bytes / `ram_read` is its best time); `ram_copy` is the one for moving bytes (filling a cache
@@ -142,6 +195,8 @@ def ram_read(size_bytes: int = 256 * MiB, repeats: int = 5, threads: int | None 
 
     from lazymoe.quant.kernels_cpu import _lock  # numba's thread count is shared by the kernels
 
+    if size_bytes is None:
+        size_bytes = past_cache(256 * MiB)
     words = np.ones(size_bytes // 8, np.uint64)
     used = max(1, min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS))
     sum_words = _sum_words()
@@ -159,7 +214,7 @@ def ram_read(size_bytes: int = 256 * MiB, repeats: int = 5, threads: int | None 
         finally:
             numba.set_num_threads(before)
     return Measurement(f"RAM read, {used} thread{'s' if used > 1 else ''}", words.nbytes / min(secs) / GB,
-                       words.nbytes, repeats, secs)
+                       words.nbytes, repeats, secs, note=_cache_note(words.nbytes, 1))
 
 
 @functools.cache
@@ -310,8 +365,8 @@ def measure(quick: bool | None = None, host: str | None = None, disk_folder: str
         row = catalog.hardware(host)
         ram_sheet, ram_source = row.bandwidth_gbps, f"{row.name} ({row.source})"
     steps: list[tuple[str, Callable[[], list[Measurement]]]] = [
-        ("RAM, 1 thread", lambda: [ram_copy(ram_size, repeats, threads=1)]),
-        ("RAM, all threads", lambda: [ram_copy(ram_size, repeats)]),
+        ("RAM, 1 thread", lambda: [ram_copy(past_cache(ram_size, 2), repeats, threads=1)]),
+        ("RAM, all threads", lambda: [ram_copy(past_cache(ram_size, 2), repeats)]),
         ("disk", lambda: [disk_read(disk_size, repeats, disk_folder)]),
     ]
     report = MeasureReport()

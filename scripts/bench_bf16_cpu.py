@@ -2,8 +2,9 @@
 
 What a decode step's CPU-computed misses cost with a BF16 checkpoint (placement cpu/auto): the
 weights stream from RAM once, so the figure is GB/s of weights read. Qwen3-30B-A3B's expert shapes
-(D 2048, I 768), 48 distinct experts (450 MB, more than any cache), three at a time as a layer's
-CPU share; best of 5 passes, per thread count. CPU only:
+(D 2048, I 768), 48 distinct experts (450 MB) or more, four times the CPU's largest cache
+(`lazymoe.measure.past_cache`: an H200 host has a 300 MiB L3), three at a time as a layer's CPU
+share; best of 5 passes, per thread count. CPU only:
 
     python scripts/bench_bf16_cpu.py data/results/h200-bf16-cpu-experts.json 1,8,16
 """
@@ -19,9 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from lazymoe.hardware import probe
+from lazymoe.measure import past_cache
 from lazymoe.quant import kernels_bf16
 
-D, I, N, TOGETHER = 2048, 768, 48, 3  # noqa: E741 (I: expert width, as in the docs)
+D, I, TOGETHER = 2048, 768, 3  # noqa: E741 (I: expert width, as in the docs)
+N = max(48, -(-past_cache(0) // (3 * I * D * 2)))  # distinct experts: past the CPU's cache
 
 
 class Expert:
@@ -61,7 +64,7 @@ def main(out_path: str, threads: str = "1,2") -> None:
                   f"{rows[-1]['ms_per_expert']:.3f} ms an expert", flush=True)
     with open(out_path, "w") as f:
         json.dump({
-            "what": "BF16 experts on the CPU, one token, Qwen3-30B-A3B expert shapes, 48 distinct "
+            "what": f"BF16 experts on the CPU, one token, Qwen3-30B-A3B expert shapes, {N} distinct "
                     f"experts, {TOGETHER} a call; GB/s of weights read, best of 5",
             "machine": {"host": platform.node(), "cpu": machine.cpu_model, "cores": machine.cpu_cores_physical,
                         "flags": machine.isa_flags},

@@ -56,7 +56,7 @@ def test_one_ram_copy_serves_lab01_the_benchmark_and_the_engine(monkeypatch):
     monkeypatch.setattr(bandwidth, "ram_copy", fake)
     assert bandwidth.measure_bandwidths(nbytes=MiB, repeats=1)["cpu_read_gbps"] == 42.0
     assert placement.measure_cost_model(64, 32, torch.float32, "cpu", nbytes=MiB).cpu_bandwidth_gbps == 42.0
-    assert calls == [MiB, MiB]
+    assert calls == [measure.past_cache(MiB, 2)] * 2  # sized past the CPU's cache, both
 
 
 def test_measure_does_not_import_hardware():

@@ -73,3 +73,56 @@ def test_the_expert_benchmark_compares_its_kernels_with_ram_read(monkeypatch, tm
     (row,) = json.loads(out.read_text())["rows"]
     assert row["read_gbps"] == 20.0 and row["ram_copy_gbps"] == 30.0
     assert row["kernel_share_of_read"] == pytest.approx(5.0 / 20.0)
+
+
+def test_the_largest_cache_is_read_from_linux_and_odd_entries_are_skipped(tmp_path):
+    for name, size in (("index0", "32K"), ("index2", "2048K"), ("index3", "300M"), ("index4", "n/a")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "size").write_text(size + "\n")
+    (tmp_path / "index5").mkdir()  # no size file at all
+    assert measure.largest_cache_bytes(tmp_path) == 300 * MiB
+
+
+def test_a_ram_measurement_is_sized_past_the_cache_within_the_memory_free(monkeypatch):
+    """An H200 host's 256 MiB read sat in its 300 MiB L3 and gave about twice RAM's speed: RAM
+    sizes are raised to CACHE_MULTIPLE times the cache (split over the buffers), never lowered,
+    and never past an eighth of the memory available."""
+    import psutil
+
+    monkeypatch.setattr(measure, "largest_cache_bytes", lambda: 300 * MiB)
+    assert measure.past_cache(256 * MiB) == 4 * 300 * MiB
+    assert measure.past_cache(256 * MiB, buffers=2) == 2 * 300 * MiB
+    assert measure.past_cache(2048 * MiB) == 2048 * MiB  # already past it
+    free = psutil.virtual_memory().available
+    assert measure.past_cache(0) == min(4 * 300 * MiB, free // 8 // MiB * MiB)
+    monkeypatch.setattr(measure, "largest_cache_bytes", lambda: free)  # a cache as large as RAM
+    assert measure.past_cache(MiB) == free // 8 // MiB * MiB
+    monkeypatch.setattr(measure, "largest_cache_bytes", lambda: None)  # unknown: as asked
+    assert measure.past_cache(5 * MiB) == 5 * MiB
+
+
+def test_a_result_from_buffers_that_fit_in_the_cache_says_so(monkeypatch):
+    monkeypatch.setattr(measure, "largest_cache_bytes", lambda: 16 * MiB)
+    assert "fits in this CPU's 16 MiB cache" in measure.ram_read(4 * MiB, 1, threads=1).note
+    assert "fits in this CPU's 16 MiB cache" in measure.ram_copy(4 * MiB, 1, threads=1).note
+    big = measure.ram_read(None, 1, threads=1)  # by default 256 MiB at least: no note
+    assert big.size_bytes == 256 * MiB and big.note == ""
+    monkeypatch.setattr(measure, "largest_cache_bytes", lambda: 96 * MiB)
+    copy = measure.ram_copy(None, 1)  # two buffers of 192 MiB: 4 x the cache
+    assert copy.size_bytes == 192 * MiB and copy.note == ""
+    monkeypatch.setattr(measure, "largest_cache_bytes", lambda: None)
+    assert measure.ram_read(4 * MiB, 1, threads=1).note == ""
+
+
+def test_the_expert_benchmark_reads_more_experts_than_the_cache_holds(monkeypatch):
+    """24 distinct q4_0 experts of Qwen3-30B-A3B's shape (64 MB) fit in a 300 MiB L3: by default
+    the benchmark adds copies of them until its experts hold past_cache's bytes."""
+    from lazymoe.quant import expert_bench
+
+    small = dict(hidden=256, intermediate=512, repeats=1)
+    one = expert_bench.measure_read_bandwidth("q8_0", n_experts=1, **small)["bytes"]
+    monkeypatch.setattr(measure, "past_cache", lambda size, buffers=1: max(size, 40 * one + 1))
+    assert expert_bench.measure_read_bandwidth("q8_0", **small)["bytes"] == 41 * one
+    assert expert_bench.measure_read_bandwidth("q8_0", n_experts=3, **small)["bytes"] == 3 * one
+    monkeypatch.setattr(measure, "past_cache", lambda size, buffers=1: max(size, 5 * one))
+    assert expert_bench.measure_read_bandwidth("q8_0", **small)["bytes"] == 24 * one  # 24 at least

@@ -48,6 +48,40 @@ def test_threads_change_nothing(fmt):
     assert torch.equal(kernels_cpu.qmatvec(x, qt, threads=1), kernels_cpu.qmatvec(x, qt, threads=2))
 
 
+def test_work_units_grow_with_the_rows_and_shrink_with_the_threads():
+    """About ITEMS_PER_THREAD units a thread, never fewer than ROW_CHUNK rows: a decode step's 16
+    gate/up matrices of 768 rows on 16 threads split into 64 units of 192 rows, not 768 of 16."""
+    assert kernels_cpu.row_chunk(16, 768, 16) == 192
+    assert kernels_cpu.row_chunk(1, 768, 16) == kernels_cpu.ROW_CHUNK  # few rows: the floor
+    assert kernels_cpu.row_chunk(3, 2048, 2) == 768
+    assert kernels_cpu.row_chunk(1, 37, 0) == kernels_cpu.ROW_CHUNK  # (no threads: one)
+
+
+@pytest.mark.parametrize("chunk", [1, 16, 37, 10_000])
+def test_the_size_of_the_work_units_changes_no_bit(monkeypatch, chunk):
+    """Each row is one unit's whole job, so any split of the rows gives the same bits, in the
+    float, int8 and BF16 drivers alike."""
+    from lazymoe.quant import kernels_bf16, kernels_int8
+
+    qts = [random_weight("q4_0", (37, 512), seed=s) for s in range(3)]
+    base = torch.cat([q.data.reshape(-1) for q in qts])
+    qts = [quant.QuantizedTensor(q.format, q.shape, base[i * q.nbytes : (i + 1) * q.nbytes].view(q.data.shape))
+           for i, q in enumerate(qts)]  # fmt: skip
+    mats = [torch.randn(37, 512).to(torch.bfloat16) for _ in range(3)]
+    x = torch.randn(1, 2, 512)
+
+    def run():
+        return (kernels_cpu.qmatvec_many(x, qts, base, threads=2),
+                kernels_int8.qmatvec_int8_many(x, qts, base, threads=2),
+                kernels_bf16.matvec_many(x[0, :1], mats, threads=2))  # fmt: skip
+
+    before = run()
+    for module in (kernels_cpu, kernels_int8, kernels_bf16):
+        monkeypatch.setattr(module, "row_chunk", lambda n, rows, threads: chunk)
+    for want, got in zip(before, run(), strict=True):
+        assert torch.equal(want, got)
+
+
 def test_kernel_reads_views_into_a_bigger_buffer():
     """The quantized pool hands out views into one slot buffer (gate | up | down)."""
     qt = random_weight("q4_0", (16, 256), seed=4)

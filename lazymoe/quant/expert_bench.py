@@ -10,6 +10,7 @@ The figures and what they mean are in lazymoe/quant/expert.py's docstring.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -79,7 +80,7 @@ def time_expert(
     hidden: int = 2048,
     intermediate: int = 768,
     repeats: int = 5,
-    min_bytes: int = 256 << 20,
+    min_bytes: int | None = None,
     threads: int | None = None,
     seed: int = 0,
 ) -> ExpertTiming:
@@ -88,11 +89,11 @@ def time_expert(
     lazymoe.quant format runs `expert_forward` from the stored bytes, with float and with int8
     activations where kernels_int8 has a kernel; the faster one is kept (`activations` says which).
 
-    The expert is copied until the copies hold `min_bytes` (more than a CPU's caches) and each
-    repeat runs through all of them, so the bytes come from RAM, as for a model whose experts all
-    differ. seconds_per_token: each copy's best of `repeats`, averaged over the copies (noise
-    only adds time). threads: torch's (and the kernels') thread
-    count for the run (None: as set). The first call per format compiles the numba kernels (a few
+    The expert is copied until the copies hold `min_bytes` (None: 256 MiB, or more on a CPU with
+    a larger cache: `lazymoe.measure.past_cache`) and each repeat runs through all of them, so the
+    bytes come from RAM, as for a model whose experts all differ. seconds_per_token: each copy's
+    best of `repeats`, averaged over the copies (noise only adds time). threads: torch's (and the
+    kernels') thread count for the run (None: as set). The first call per format compiles the numba kernels (a few
     seconds, once; then cached on disk)."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
@@ -119,6 +120,10 @@ def time_expert(
         if kernels_int8.supports(expert[0]):
             runs["int8"] = lambda e: expert_forward(x, *e, activations="int8")
         expert_bytes = sum(t.nbytes for t in expert)
+    if min_bytes is None:  # more than the CPU's caches hold
+        from lazymoe.measure import past_cache
+
+        min_bytes = past_cache(256 << 20)
     n_copies = max(1, math.ceil(min_bytes / expert_bytes))
     copies = [expert] + [_copy(expert) for _ in range(n_copies - 1)]
     before = torch.get_num_threads()
@@ -188,7 +193,7 @@ def measure_read_bandwidth(
     fmt: str,
     hidden: int = 2048,
     intermediate: int = 768,
-    n_experts: int = 24,
+    n_experts: int | None = None,
     repeats: int = 3,
     slab_weights: int = SLAB_WEIGHTS,
     tokens: int = 1,
@@ -198,18 +203,26 @@ def measure_read_bandwidth(
     together: int = 1,
 ) -> dict[str, float]:
     """Decode-step speed of `expert_forward` (`tokens` rows) over `n_experts` distinct experts of
-    Qwen3-30B-A3B's shape (more bytes than any CPU cache): stored bytes read per second, in GB/s.
+    Qwen3-30B-A3B's shape: stored bytes read per second, in GB/s. n_experts None: 24, plus
+    copies of them in other memory until they hold CACHE_MULTIPLE times the CPU's largest cache
+    (`lazymoe.measure.past_cache`: 24 such q4_0 experts fit in an H200 host's 300 MiB L3).
     threads: torch's (and so the kernels') thread count for the run (None: as set).
     together: experts computed per call, as a decode step's top-k in the engine's RAM slots
     (`experts_forward` over an expert pool); 1: one `expert_forward` each."""
+    from lazymoe.measure import past_cache
+
     gen = torch.Generator().manual_seed(0)
     experts = []
-    for _expert in range(n_experts):
+    for _expert in range(n_experts or 24):
         w = [
             torch.randn(shape, generator=gen) * 0.02
             for shape in ((intermediate, hidden), (intermediate, hidden), (hidden, intermediate))
         ]
         experts.append([quantize(t, fmt) for t in w])
+    if n_experts is None:  # the same bytes again elsewhere: a kernel reads from RAM, not a cache
+        distinct, per_expert = len(experts), sum(t.nbytes for t in experts[0])
+        for i in range(max(0, -(-past_cache(0) // per_expert) - distinct)):
+            experts.append([dataclasses.replace(t, data=t.data.clone()) for t in experts[i % distinct]])
     nbytes = sum(t.nbytes for e in experts for t in e)  # bytes
     x = torch.randn(tokens, hidden, generator=gen)
     if together > 1:
@@ -279,11 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     cases = [(a, k) for a in args.activations.split(",") for k in per_call]
     rows = []
     for threads in (int(n) for n in args.threads.split(",")):
-        read = ram_read(256 << 20, repeats=args.repeats, threads=threads).gbps
-        copy = ram_copy(256 << 20, repeats=args.repeats, threads=threads).gbps
+        read = ram_read(None, repeats=args.repeats, threads=threads).gbps  # past the CPU's cache
+        copy = ram_copy(None, repeats=args.repeats, threads=threads).gbps
         print(f"{threads} thread(s): RAM read {read:.1f} GB/s, RAM copy {copy:.1f} GB/s (lazymoe.measure)")
         for fmt in args.formats.split(","):
-            slab = measure_read_bandwidth(fmt, repeats=2, threads=threads, kernels=False)["read_gbps"]
+            slab = measure_read_bandwidth(fmt, n_experts=24, repeats=2, threads=threads,  # (slow:
+                                          kernels=False)["read_gbps"]  # it computes, RAM waits)  # fmt: skip
             for activations, together in cases:
                 if activations == "int8" and fmt not in kernels_int8.KINDS:
                     continue

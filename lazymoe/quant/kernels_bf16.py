@@ -25,7 +25,7 @@ from numba.extending import intrinsic
 
 # one numba parallel region at a time, with the quantized kernels too (their lock): each uses
 # every thread it is given, and numba's thread pool takes one region at a time
-from lazymoe.quant.kernels_cpu import ROW_CHUNK, _jit, _lock, thread_count
+from lazymoe.quant.kernels_cpu import _jit, _lock, row_chunk, thread_count
 
 
 @intrinsic
@@ -58,13 +58,13 @@ def _rows(address, stride, x, y, r0, r1):
 
 
 @_jit(parallel=True)
-def _many(addresses, strides, x, y):
+def _many(addresses, strides, x, y, chunk):
     n, rows = addresses.shape[0], y.shape[1]
-    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    chunks = (rows + chunk - 1) // chunk
     for c in prange(n * chunks):
         i, k = c // chunks, c % chunks
-        _rows(addresses[i], strides[i], x[min(i, x.shape[0] - 1)], y[i], k * ROW_CHUNK,
-              min(rows, (k + 1) * ROW_CHUNK))  # fmt: skip
+        _rows(addresses[i], strides[i], x[min(i, x.shape[0] - 1)], y[i], k * chunk,
+              min(rows, (k + 1) * chunk))  # fmt: skip
 
 
 def matvec_many(x: torch.Tensor, weights: list[torch.Tensor], threads: int | None = None) -> torch.Tensor:
@@ -86,9 +86,10 @@ def matvec_many(x: torch.Tensor, weights: list[torch.Tensor], threads: int | Non
     strides = np.array([w.stride(0) * 2 for w in weights], np.int64)  # bytes from row to row
     xs = x.detach().to(torch.float32).contiguous().numpy()
     y = np.empty((len(weights), rows), np.float32)
+    n = thread_count(threads)
     with _lock:
-        numba.set_num_threads(thread_count(threads))
-        _many(addresses, strides, xs, y)
+        numba.set_num_threads(n)
+        _many(addresses, strides, xs, y, row_chunk(len(weights), rows, n))
     return torch.from_numpy(y)
 
 

@@ -9,7 +9,7 @@
 Each kernel walks a row's blocks once: it reads the block's scale(s), turns its 8/6/5/4-bit
 values into floats in registers and multiplies them into every token's running sum. No weight
 is ever written back to memory as a float, so the memory traffic is the stored bytes and x.
-The rows are split among the threads (`prange` over chunks of ROW_CHUNK rows).
+The rows are split among the threads (`prange` over chunks of rows, `row_chunk`).
 
 For a block of 32 weights (q8_0, q4_0: w_j = d * (q_j - 8)) the sum factors as
 
@@ -43,7 +43,8 @@ from numba import njit, prange
 from lazymoe.quant.formats import QuantError
 from lazymoe.quant.tensor import QuantizedTensor
 
-ROW_CHUNK = 16  # rows per unit of work: enough to amortise a thread hand-off, small for balance
+ROW_CHUNK = 16  # rows per unit of work at least: enough to amortise a thread hand-off
+ITEMS_PER_THREAD = 4  # units of work a call splits into per thread, about: for balance
 KINDS = ("q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k")
 
 # 2**(e - 25) for a float16 exponent e (subnormals, e = 0, scale like e = 1): see _f16
@@ -76,7 +77,7 @@ def _f16(lo, hi):
 
 # Every kernel has the same shape (q8_0's is the simplest to read):
 #
-#   for each chunk of ROW_CHUNK rows (in parallel), for each row r:
+#   for each chunk of rows (in parallel: `row_chunk`), for each row r:
 #       for each block b of the row, for each token t:
 #           part[t, slot:slot + 32] += w(block b) * x[t, block b's inputs]     w in registers
 #       y[t, r] = sum(part[t])
@@ -253,7 +254,7 @@ def _rows_q6_k(data, x, y, r0, r1):
             y[t, r] = part[t].sum()
 
 
-# One parallel driver per format: prange over chunks of ROW_CHUNK rows, each chunk a plain call
+# One parallel driver per format: prange over chunks of `chunk` rows, each chunk a plain call
 # of the row kernel (a loop written inside prange itself ran 2-4x slower, measured: numba's
 # parallel lowering loses the vectorisation of the inner loops). A call covers n matrices of one
 # format and shape, matrix i the (rows, row_bytes) bytes at base[starts[i]:], times x[i] (x[0]
@@ -262,63 +263,63 @@ def _rows_q6_k(data, x, y, r0, r1):
 
 
 @_jit(parallel=True)
-def _q8_0(base, starts, row_bytes, x, y):
+def _q8_0(base, starts, row_bytes, x, y, chunk):
     n, rows = starts.shape[0], y.shape[2]
-    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    chunks = (rows + chunk - 1) // chunk
     for c in prange(n * chunks):
         i, k = c // chunks, c % chunks
         w = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes))
-        _rows_q8_0(w, x[min(i, x.shape[0] - 1)], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
+        _rows_q8_0(w, x[min(i, x.shape[0] - 1)], y[i], k * chunk, min(rows, (k + 1) * chunk))
 
 
 @_jit(parallel=True)
-def _q4_0(base, starts, row_bytes, x, y):
+def _q4_0(base, starts, row_bytes, x, y, chunk):
     n, rows = starts.shape[0], y.shape[2]
-    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    chunks = (rows + chunk - 1) // chunk
     for c in prange(n * chunks):
         i, k = c // chunks, c % chunks
         w = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes))
-        _rows_q4_0(w, x[min(i, x.shape[0] - 1)], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
+        _rows_q4_0(w, x[min(i, x.shape[0] - 1)], y[i], k * chunk, min(rows, (k + 1) * chunk))
 
 
 @_jit(parallel=True)
-def _q4_1(base, starts, row_bytes, x, y):
+def _q4_1(base, starts, row_bytes, x, y, chunk):
     n, rows = starts.shape[0], y.shape[2]
-    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    chunks = (rows + chunk - 1) // chunk
     for c in prange(n * chunks):
         i, k = c // chunks, c % chunks
         w = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes))
-        _rows_q4_1(w, x[min(i, x.shape[0] - 1)], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
+        _rows_q4_1(w, x[min(i, x.shape[0] - 1)], y[i], k * chunk, min(rows, (k + 1) * chunk))
 
 
 @_jit(parallel=True)
-def _q4_k(base, starts, row_bytes, x, y):
+def _q4_k(base, starts, row_bytes, x, y, chunk):
     n, rows = starts.shape[0], y.shape[2]
-    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    chunks = (rows + chunk - 1) // chunk
     for c in prange(n * chunks):
         i, k = c // chunks, c % chunks
         w = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes))
-        _rows_q4_k(w, x[min(i, x.shape[0] - 1)], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
+        _rows_q4_k(w, x[min(i, x.shape[0] - 1)], y[i], k * chunk, min(rows, (k + 1) * chunk))
 
 
 @_jit(parallel=True)
-def _q5_k(base, starts, row_bytes, x, y):
+def _q5_k(base, starts, row_bytes, x, y, chunk):
     n, rows = starts.shape[0], y.shape[2]
-    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    chunks = (rows + chunk - 1) // chunk
     for c in prange(n * chunks):
         i, k = c // chunks, c % chunks
         w = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes))
-        _rows_q5_k(w, x[min(i, x.shape[0] - 1)], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
+        _rows_q5_k(w, x[min(i, x.shape[0] - 1)], y[i], k * chunk, min(rows, (k + 1) * chunk))
 
 
 @_jit(parallel=True)
-def _q6_k(base, starts, row_bytes, x, y):
+def _q6_k(base, starts, row_bytes, x, y, chunk):
     n, rows = starts.shape[0], y.shape[2]
-    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    chunks = (rows + chunk - 1) // chunk
     for c in prange(n * chunks):
         i, k = c // chunks, c % chunks
         w = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes))
-        _rows_q6_k(w, x[min(i, x.shape[0] - 1)], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
+        _rows_q6_k(w, x[min(i, x.shape[0] - 1)], y[i], k * chunk, min(rows, (k + 1) * chunk))
 
 
 _KERNELS = {"q8_0": _q8_0, "q4_0": _q4_0, "q4_1": _q4_1, "q4_k": _q4_k, "q5_k": _q5_k, "q6_k": _q6_k}
@@ -336,6 +337,14 @@ def check_activations(x: torch.Tensor, qt: QuantizedTensor) -> tuple[int, int]:
     if x.dim() != 2 or x.shape[1] != cols:
         raise QuantError(f"x must be (tokens, {cols}) for a weight of shape {qt.shape}, got {tuple(x.shape)}")
     return rows, cols
+
+
+def row_chunk(n: int, rows: int, threads: int) -> int:
+    """Rows per unit of a parallel driver's work for n matrices of `rows` rows on `threads`
+    threads: about ITEMS_PER_THREAD units a thread, at least ROW_CHUNK rows each. Larger units
+    than ROW_CHUNK's because each unit's start makes array views (slices of the weights, x and
+    y) whose reference counts every thread updates atomically on the same few cache lines."""
+    return max(ROW_CHUNK, -(-n * rows // (ITEMS_PER_THREAD * max(1, threads))))
 
 
 def thread_count(threads: int | None) -> int:
@@ -404,5 +413,6 @@ def _run(qt: QuantizedTensor, flat: torch.Tensor, starts: np.ndarray, x: torch.T
     n = thread_count(threads)
     with _lock:
         numba.set_num_threads(n)
-        _KERNELS[qt.fmt.kind](flat.numpy(), starts, qt.fmt.row_bytes(cols), xs.numpy(), y.numpy())
+        _KERNELS[qt.fmt.kind](flat.numpy(), starts, qt.fmt.row_bytes(cols), xs.numpy(), y.numpy(),
+                              row_chunk(len(starts), rows, n))  # fmt: skip
     return y

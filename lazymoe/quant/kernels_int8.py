@@ -33,11 +33,11 @@ from numba import prange
 from lazymoe.quant.formats import QuantError
 from lazymoe.quant.int8_activations import quantize_activations
 from lazymoe.quant.kernels_cpu import (
-    ROW_CHUNK,
     _jit,
     _lock,
     _scale_min,
     check_activations,
+    row_chunk,
     thread_count,
     weights_in,
 )
@@ -133,49 +133,49 @@ def _rows_q6_k(data, xq, xd, xsum, y, r0, r1):
             y[t, r] = lanes.sum()
 
 
-# One parallel driver per format, as in kernels_cpu: prange over chunks of ROW_CHUNK rows of n
+# One parallel driver per format, as in kernels_cpu: prange over chunks of `chunk` rows of n
 # weights of one format and shape, weight i the (rows, row_bytes) bytes at base[starts[i]:],
 # times the activations [i] (or [0] for every weight when they hold one: gate and up share x).
 
 
 @_jit(parallel=True)
-def _q8_0(base, starts, row_bytes, xq, xd, y):
+def _q8_0(base, starts, row_bytes, xq, xd, y, chunk):
     n, rows = starts.shape[0], y.shape[2]
-    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    chunks = (rows + chunk - 1) // chunk
     for c in prange(n * chunks):
         i, k = c // chunks, c % chunks
         w, j = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes)), min(i, xq.shape[0] - 1)
-        _rows_q8_0(w, xq[j], xd[j], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
+        _rows_q8_0(w, xq[j], xd[j], y[i], k * chunk, min(rows, (k + 1) * chunk))
 
 
 @_jit(parallel=True)
-def _q4_0(base, starts, row_bytes, xq, xd, y):
+def _q4_0(base, starts, row_bytes, xq, xd, y, chunk):
     n, rows = starts.shape[0], y.shape[2]
-    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    chunks = (rows + chunk - 1) // chunk
     for c in prange(n * chunks):
         i, k = c // chunks, c % chunks
         w, j = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes)), min(i, xq.shape[0] - 1)
-        _rows_q4_0(w, xq[j], xd[j], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
+        _rows_q4_0(w, xq[j], xd[j], y[i], k * chunk, min(rows, (k + 1) * chunk))
 
 
 @_jit(parallel=True)
-def _q4_k(base, starts, row_bytes, xq, xd, xsum, y):
+def _q4_k(base, starts, row_bytes, xq, xd, xsum, y, chunk):
     n, rows = starts.shape[0], y.shape[2]
-    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    chunks = (rows + chunk - 1) // chunk
     for c in prange(n * chunks):
         i, k = c // chunks, c % chunks
         w, j = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes)), min(i, xq.shape[0] - 1)
-        _rows_q4_k(w, xq[j], xd[j], xsum[j], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
+        _rows_q4_k(w, xq[j], xd[j], xsum[j], y[i], k * chunk, min(rows, (k + 1) * chunk))
 
 
 @_jit(parallel=True)
-def _q6_k(base, starts, row_bytes, xq, xd, xsum, y):
+def _q6_k(base, starts, row_bytes, xq, xd, xsum, y, chunk):
     n, rows = starts.shape[0], y.shape[2]
-    chunks = (rows + ROW_CHUNK - 1) // ROW_CHUNK
+    chunks = (rows + chunk - 1) // chunk
     for c in prange(n * chunks):
         i, k = c // chunks, c % chunks
         w, j = base[starts[i] : starts[i] + rows * row_bytes].reshape((rows, row_bytes)), min(i, xq.shape[0] - 1)
-        _rows_q6_k(w, xq[j], xd[j], xsum[j], y[i], k * ROW_CHUNK, min(rows, (k + 1) * ROW_CHUNK))
+        _rows_q6_k(w, xq[j], xd[j], xsum[j], y[i], k * chunk, min(rows, (k + 1) * chunk))
 
 
 _KERNELS = {"q8_0": _q8_0, "q4_0": _q4_0, "q4_k": _q4_k, "q6_k": _q6_k}
@@ -238,5 +238,6 @@ def _run(qt: QuantizedTensor, flat: torch.Tensor, starts: np.ndarray, xa: tuple,
     with _lock:
         if numba.get_num_threads() != n:
             numba.set_num_threads(n)
-        _KERNELS[qt.fmt.kind](flat.numpy(), starts, qt.fmt.row_bytes(qt.shape[1]), *xa, y)
+        _KERNELS[qt.fmt.kind](flat.numpy(), starts, qt.fmt.row_bytes(qt.shape[1]), *xa, y,
+                              row_chunk(len(starts), qt.shape[0], n))  # fmt: skip
     return torch.from_numpy(y)

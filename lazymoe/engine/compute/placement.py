@@ -246,9 +246,9 @@ def measure_cost_model(
 ) -> CostModel:
     """Measure the speeds on this machine (a fraction of a second, plus one per format in
     `formats`: those of a quantized model's experts)."""
-    from lazymoe.measure import ram_copy  # the package's one CPU-bandwidth measurement
+    from lazymoe.measure import past_cache, ram_copy  # the package's one CPU-bandwidth measurement
 
-    cpu_gbps = ram_copy(nbytes, repeats=3).gbps
+    cpu_gbps = ram_copy(past_cache(nbytes, 2), repeats=3).gbps  # RAM's speed, not the cache's
     src = torch.empty(nbytes // 4, dtype=torch.float32)
     h2d_gbps = cpu_gbps  # no GPU: the "transfer" is a RAM copy
     if device.startswith("cuda"):
