@@ -67,7 +67,7 @@ def main(model: str, regimes: list[str]) -> None:
             rows.append(run_case(engine, decoder, regime, name, share))
             print(json.dumps(rows[-1]), flush=True)
         print("tuner windows (share, ms a token):",
-              [(round(s / 256, 3), round(c * 1e3, 2)) for s, c in decoder.tuner.history][-20:], flush=True)
+              [(round(s / 256, 3), round(c * 1e3, 2)) for s, c in list(decoder.tuner.history)[-20:]], flush=True)
         engine.close()
     with open(os.path.join(os.environ.get("OUT", "."), "cpu-share-ab.json"), "w") as f:
         json.dump(rows, f, indent=1)

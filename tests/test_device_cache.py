@@ -588,6 +588,22 @@ def test_auto_weighs_a_float_miss_at_the_cpu_matmuls_measured_rate():
         assert 0.05 < gbps < 10_000 and kernel in kernels
 
 
+def test_the_cpu_float_rate_is_timed_past_the_cpus_cache(monkeypatch):
+    """measure_float_gbps reads past_cache's bytes of matrices (at most 256 of them), so that an
+    H200 host's 300 MiB L3 does not time its cache: 2I x D matrices of 8 KiB here, 100 of them."""
+    from lazymoe import measure
+    from lazymoe.engine.compute import placement
+    from lazymoe.quant import kernels_bf16
+
+    asked, seen = [], set()
+    monkeypatch.setattr(measure, "past_cache", lambda size, buffers=1: asked.append(size) or 100 * 8192)
+    real = kernels_bf16.matvec_many
+    monkeypatch.setattr(kernels_bf16, "matvec_many",
+                        lambda x, mats, threads=None: seen.update(m.data_ptr() for m in mats) or real(x, mats))  # fmt: skip
+    placement.measure_float_gbps(64, 32, torch.bfloat16)
+    assert asked == [256 * 2**20] and len(seen) == 100  # 100 distinct matrices, each read
+
+
 def test_the_assign_kernel_gives_the_misses_past_the_limit_to_the_cpu():
     """FETCH_LIMIT 1: of a step's misses in ascending id order the first is fetched (an LRU
     victim), the others take the zero slot and are listed for the CPU with their top-k places;
@@ -639,16 +655,19 @@ def test_the_share_tuner_climbs_to_the_fastest_share():
             new = tuner.add(0.01 * (1 + abs(tuner.share - 160) / 256))
         return new
 
-    assert run_window() is None and tuner.history == []  # the warm-up window
+    assert run_window() is None and not tuner.history  # the warm-up window
     for _ in range(40):
         run_window()
     assert abs(tuner.share - 160) <= 2 * tuner.min_step
     assert len(tuner.history) == 40 and tuner.history[0][0] == 64
-    assert max(share for share, _ in tuner.history[:8]) > 64 + 2 * 32  # steps grew while it gained
+    assert max(share for share, _ in list(tuner.history)[:8]) > 64 + 2 * 32  # steps grew while it gained
     noisy, rng = ShareTuner(64), np.random.default_rng(0)  # each token 3% either way: still near
     for _ in range(60 * ShareTuner.WINDOW):
         noisy.add(0.01 * (1 + abs(noisy.share - 160) / 256) * rng.uniform(0.97, 1.03))
-    assert abs(np.mean([share for share, _ in noisy.history[-20:]]) - 160) < 40
+    assert abs(np.mean([share for share, _ in list(noisy.history)[-20:]]) - 160) < 40
+    for _ in range((ShareTuner.HISTORY + 5) * ShareTuner.WINDOW):  # a long-running server
+        noisy.add(0.01)
+    assert len(noisy.history) == ShareTuner.HISTORY  # the newest windows only: bounded memory
 
 
 def test_the_share_tuner_bounces_at_the_bounds_and_restarts_on_a_prompt():

@@ -74,11 +74,16 @@ def test_measurement_gives_a_positive_rate_for_every_format():
     assert all(gbps > 0 for gbps in rates.values())
 
 
-def test_each_format_is_measured_once_per_process(monkeypatch):
+def test_each_format_is_measured_once_per_process_past_the_cpus_cache(monkeypatch):
+    """Once per (format, threads); by default over past_cache's bytes, not a few MiB that a big
+    server CPU's cache would hold (and time instead of RAM)."""
+    from lazymoe import measure
+
     calls = []
 
     def fake(fmt, threads, nbytes):
         calls.append(fmt)
+        assert nbytes == measure.past_cache(8 * 2**20)
         return 3.0
 
     monkeypatch.setattr(placement, "_FORMAT_GBPS", {})

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,6 +151,7 @@ class ShareTuner:
 
     WINDOW = 8
     MAX_STEP = 64
+    HISTORY = 512  # windows kept in `history` (a server runs for days: the newest only)
 
     def __init__(self, share: int, step: int = 32, min_step: int = 4) -> None:
         self.share, self.step, self.min_step = share, step, min_step
@@ -158,7 +160,8 @@ class ShareTuner:
         self.gains = 0  # windows in a row that were faster than the one before
         self.gained = False  # some window was faster than the one before
         self.turned = False  # it turned back after a gain: the steps only shrink from then on
-        self.history: list[tuple[int, float]] = []  # (share, seconds per token) per timed window
+        # (share, seconds per token) per timed window, the newest HISTORY of them
+        self.history: deque[tuple[int, float]] = deque(maxlen=self.HISTORY)
         self._seconds, self._tokens, self._skip = 0.0, 0, True
 
     def restart(self) -> None:

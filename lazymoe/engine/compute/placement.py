@@ -20,8 +20,8 @@ Quantized (GGUF) experts cost differently, per format. A CPU computes one from i
 with the kernels of lazymoe/quant/kernels_cpu.py, which decode every block in registers: they
 are limited by that arithmetic, not by RAM, and read 2-10 GB/s of stored bytes depending on the
 format (data/results/quant-cpu-kernels-dev.json), far below the RAM bandwidth. So at engine start
-`measure_format_gbps` times the CPU path on a few MiB of each format the model holds (once per
-format and thread count per process), and a CPU expert costs
+`measure_format_gbps` times the CPU path on each format the model holds, over more bytes than the
+CPU's caches hold (once per format and thread count per process), and a CPU expert costs
 
         read_seconds = sum over gate, up, down of stored_bytes / that format's GB/s
 
@@ -179,12 +179,16 @@ def describe_lines(runtime) -> list[str]:
 
 
 def measure_format_gbps(
-    formats: Iterable[str], threads: int | None = None, nbytes: int = 8 * 2**20
+    formats: Iterable[str], threads: int | None = None, nbytes: int | None = None
 ) -> dict[str, float]:
     """format -> GB/s of stored bytes that the CPU path (lazymoe.quant.expert.linear: the fused
-    kernel, or the slab path for a format it lacks) reads for one token. Each (format, threads)
-    is measured once per process (a few ms after numba's first compile of that format)."""
+    kernel, or the slab path for a format it lacks) reads for one token, over `nbytes` (None:
+    past the CPU's largest cache, `lazymoe.measure.past_cache`). Each (format, threads) is
+    measured once per process (a fraction of a second after numba's first compile of it)."""
+    from lazymoe.measure import past_cache
+
     threads = threads or torch.get_num_threads()
+    nbytes = past_cache(8 * 2**20) if nbytes is None else nbytes
     rates = {}
     for fmt in sorted(set(formats)):
         if (fmt, threads) not in _FORMAT_GBPS:
@@ -199,7 +203,7 @@ def _measure_one_format(
     nbytes: int,
     cols: int = 2048,
     repeats: int = 5,
-    pass_seconds: float = 0.02,
+    pass_seconds: float = 0.05,
 ) -> float:
     """Best of `repeats` passes of one token over `fmt` weights (rows, cols): 64 quantized rows of
     N(0, 0.02) tiled (quantizing MiBs takes seconds; the kernels' speed does not depend on the
@@ -275,18 +279,21 @@ def measure_cost_model(
 
 
 def measure_float_gbps(hidden: int, intermediate: int, dtype: torch.dtype,
-                       nbytes: int = 256 * 2**20) -> tuple[float, str]:  # fmt: skip
+                       nbytes: int | None = None) -> tuple[float, str]:  # fmt: skip
     """(GB/s, kernel): how fast the CPU's matmul for one token reads a float expert's weights,
     and with which kernel, as a decode step's CPU experts are computed. BF16 times both its
     kernels and keeps the faster: lazymoe.quant.kernels_bf16 ("numba", three matrices a call:
     2-3x torch on the dev machine's cores) and torch ("torch": its own threads, which on a big
     Xeon may read faster). Each: the best of 3 passes over about `nbytes` of (2I, D) matrices
-    (2 to 64 of them), more than a CPU's caches hold, so that they are read from RAM as a
-    missed expert is."""
+    (2 to 256 of them; None: more than the CPU's caches hold, `lazymoe.measure.past_cache`), so
+    that they are read from RAM as a missed expert is (on an H200 host, whose L3 holds 300 MiB,
+    264 MB of them measured 34-55 GB/s at load, 450 MB of experts 30-35 in a benchmark)."""
+    from lazymoe.measure import past_cache
     from lazymoe.quant import kernels_bf16
 
+    nbytes = past_cache(256 * 2**20) if nbytes is None else nbytes
     w = torch.randn(2 * intermediate, hidden).to(dtype)
-    mats = [w.clone() for _ in range(min(64, max(2, nbytes // w.nbytes)))]
+    mats = [w.clone() for _ in range(min(256, max(2, nbytes // w.nbytes)))]
     x = torch.randn(1, hidden).to(dtype)
 
     def by_torch():
