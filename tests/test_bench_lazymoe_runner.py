@@ -53,4 +53,8 @@ def test_a_tuned_split_records_its_cost_model_and_every_window_s_share(monkeypat
     windows = stats["fetch_share_windows"]
     assert windows and all(0 <= share <= 1 and us > 0 for share, us in windows)
     assert stats["fetch_share"] == round(runner.engine._decoder.tuner.share / 256, 3)
+    # the decode steps' own split: 7 decode tokens x 4 layers x top 2, within the generation's
+    decoded = stats["decode_experts_on_cpu"] + stats["decode_experts_on_device"]
+    assert decoded == 7 * 4 * 2 and stats["decode_experts_on_cpu"] <= stats["experts_on_cpu"]
+    assert stats["experts_on_cpu"] + stats["experts_on_device"] > decoded  # (+ the prompt's)
     runner.close()

@@ -85,6 +85,13 @@ def test_table_says_what_share_of_a_lazymoe_rows_experts_its_cpu_computed():
     column = lines[0].split(" | ").index("on CPU")
     cells = [line.split(" | ")[column] for line in lines[2:5]]
     assert cells == ["-", "-", "25%"]  # llama.cpp: none counted; the 5 GB row: no counts
+    # a device-cache row counts its decode steps apart: the column and the bound use those (the
+    # prompt's experts, split by the cost model on the host, are in the generation's counts)
+    doc["results"][2].update(decode_experts_on_cpu=0, decode_experts_on_device=90)
+    lines = report.table(doc).splitlines()
+    assert lines[4].split(" | ")[column] == "0%"
+    fetching = {**doc["results"][2], "placement": "fetch"}
+    assert report._cpu_share(doc["results"][2], 0.5) == report._cpu_share(fetching, 0.5) == 0.0
 
 
 def test_speedups_divide_by_llama_cpp_on_the_same_model_and_routing():

@@ -60,6 +60,9 @@ class LazyMoeRunner:
         decoder = getattr(self.engine, "_decoder", None)
         if decoder is not None and decoder.timings["tokens"]:
             out["decode_host_us_per_layer"] = decoder.timing_per_layer_us()
+        if decoder is not None and "cpu_experts" in decoder.timings:  # device-cache: decode's own
+            out["decode_experts_on_cpu"] = decoder.timings["cpu_experts"]  # split (the prompt's
+            out["decode_experts_on_device"] = decoder.timings["device_experts"]  # is in the above)
         cost = getattr(getattr(self.engine, "runtime", None), "cost_model", None)
         if cost is not None:  # placement auto's speeds, measured at load in this row's process
             out["cost_model"] = dataclasses.asdict(cost)

@@ -13,7 +13,8 @@ experts' bytes per token and dense the rest of a token's bytes:
     CPU memory:       c E                 at the CPU's read bandwidth (misses computed there)
 
     lazymoe "fetch": c = 0;  "cpu" and llama.cpp --cpu-moe (h = 0): c = 1 - h;  "auto": c from the
-    row's counts (experts_on_cpu), else the faster of the two;  llama.cpp --n-cpu-moe N of L
+    row's counts (a device-cache row's decode steps' own, decode_experts_on_cpu, else the
+    generation's, experts_on_cpu), else the faster of the two;  llama.cpp --n-cpu-moe N of L
     layers: c = N / L, h = 1 - c;  no GPU: everything at CPU memory bandwidth.
 
 h is 1 when every expert is resident (llama.cpp all on GPU, the full transformers model). The
@@ -59,10 +60,18 @@ def _cpu_share(row: dict, h: float) -> float | None:
         return 1.0 - h
     if placement in ("fetch", "gpu"):  # "gpu": fetch's old name, in results files before the rename
         return 0.0
-    on_cpu, on_device = row.get("experts_on_cpu"), row.get("experts_on_device")
+    on_cpu, on_device = _split_counts(row)
     if on_cpu is None or on_device is None or on_cpu + on_device == 0:
         return None
     return min(1.0 - h, on_cpu / (on_cpu + on_device))
+
+
+def _split_counts(row: dict) -> tuple[int | None, int | None]:
+    """(experts computed on the CPU, on the GPU): the decode steps' own where the row has them
+    (a device-cache row), else the generation's, the prompt's included."""
+    if row.get("decode_experts_on_cpu") is not None:
+        return row["decode_experts_on_cpu"], row.get("decode_experts_on_device")
+    return row.get("experts_on_cpu"), row.get("experts_on_device")
 
 
 def roofline_tok_s(row: dict, model_bytes: dict, bandwidths: dict, overlap: bool = True,
@@ -145,7 +154,7 @@ def rows(document: dict) -> list[dict]:
 
 def _measured_cpu_share(row: dict) -> float | None:
     """The share of a lazymoe row's experts its CPU computed, as counted (None: no counts)."""
-    on_cpu, on_device = row.get("experts_on_cpu"), row.get("experts_on_device")
+    on_cpu, on_device = _split_counts(row)
     if row.get("engine") != "lazymoe" or on_cpu is None or not (on_cpu or 0) + (on_device or 0):
         return None
     return on_cpu / (on_cpu + (on_device or 0))

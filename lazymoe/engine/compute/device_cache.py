@@ -543,6 +543,11 @@ class DeviceCacheDecoder(SegmentedDecoder):
         if share is not None:
             self.share.fill_(share)  # in stream order: before the next token's graph
 
+    def reset_timings(self) -> None:
+        """As the graph decoder's, and the experts its steps computed on the CPU and on the GPU."""
+        super().reset_timings()
+        self.timings.update(cpu_experts=0, device_experts=0)
+
     # -- the host's book in and out --------------------------------------------------------------
     def _clear_tables(self) -> None:
         self.where.fill_(-1)
@@ -620,6 +625,8 @@ class DeviceCacheDecoder(SegmentedDecoder):
             self.mailbox.cpu_per_layer[:] = 0
         on_device = sum(hits + misses for hits, misses, _ in counts) - int(on_cpu.sum())
         self.runtime.computed_on["device"] += on_device
+        self.timings["cpu_experts"] += int(on_cpu.sum())  # the GPU's steps' own split (a
+        self.timings["device_experts"] += on_device  # prompt's host pass is not in it)
         tiers = self.runtime.tiers  # each fetched miss read its expert's bytes from the file
         link = tiers.links["pinned file->vram" if tiers.on_gpu else "disk->ram"]  # the host uses
         for layer, (_, misses, _) in enumerate(counts):
