@@ -102,24 +102,31 @@ class MeasureReport:
         return fig
 
 
-def largest_cache_bytes(sysfs: str | Path = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
-    """The size of the CPU's largest cache (the last level, usually L3) as Linux reports it for
-    CPU 0 (`sysfs`), else as the C library does; None where neither says."""
-    sizes = []
-    for index in Path(sysfs).glob("index*"):
+@functools.cache
+def largest_cache_bytes(sysfs: str | Path = "/sys/devices/system/cpu") -> int | None:
+    """The CPU's last-level cache (usually L3), all its instances together, as Linux lists them
+    under `sysfs` (a server with several chiplets or sockets has one per group of cores, and its
+    threads together fill all of them), else as the C library gives it; None where neither says."""
+    found: dict[tuple[int, str], int] = {}  # (level, the cores that share it) -> bytes
+    for index in Path(sysfs).glob("cpu[0-9]*/cache/index[0-9]*"):
         try:
+            level = int((index / "level").read_text())
+            shared = (index / "shared_cpu_list").read_text().strip()
             text = (index / "size").read_text().strip().upper()
-        except OSError:
+        except (OSError, ValueError):
             continue
         unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
         digits = text.rstrip("KMG")
         if digits.isdigit():
-            sizes.append(int(digits) * unit)
-    if not sizes:
-        for name in ("SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
-            with contextlib.suppress(ValueError, OSError, AttributeError):  # (not glibc)
-                sizes.append(int(os.sysconf(name)))
-    return max(sizes) if sizes and max(sizes) > 0 else None
+            found[level, shared] = int(digits) * unit
+    if found:
+        top = max(level for level, _ in found)
+        return sum(size for (level, _), size in found.items() if level == top) or None
+    for name in ("SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
+        with contextlib.suppress(ValueError, OSError, AttributeError):  # (not glibc)
+            if int(os.sysconf(name)) > 0:
+                return int(os.sysconf(name))
+    return None
 
 
 def past_cache(size_bytes: int, buffers: int = 1) -> int:

@@ -29,15 +29,16 @@ def run_case(engine, decoder, regime: str, name: str, share: int | None) -> dict
         decoder.tuner = None
         decoder.share.fill_(share)
     box = decoder.mailbox
-    computed = engine.runtime.computed_on  # (the decoder's own counts are flushed into these)
-    wait0, compute0, cpu0 = box.wait_s, box.compute_s, computed["cpu"]
+    engine.stats()  # the decoder's counts flushed: its decode steps' own CPU experts
+    wait0, compute0, cpu0 = box.wait_s, box.compute_s, decoder.timings["cpu_experts"]
     tokens0 = decoder.timings["tokens"]
     gen = GenerationConfig(max_new_tokens=128, stop_token_ids=(), temperature=1.0)
     start = time.perf_counter()
     out = engine.generate(list(range(200, 232)), gen)
     seconds = time.perf_counter() - start
     layers = (decoder.timings["tokens"] - tokens0) * len(decoder.layers)
-    on_cpu = computed["cpu"] - cpu0
+    engine.stats()
+    on_cpu = decoder.timings["cpu_experts"] - cpu0
     row = {"regime": regime, "case": name, "tok_s": round(len(out) / seconds, 2),
            "share": int(decoder.share.item()) / cpu_misses.SHARE_ONE,
            "host_wait_us_layer": round((box.wait_s - wait0) / layers * 1e6, 1),

@@ -1,8 +1,9 @@
-"""The CPU kernels' unit of parallel work, A/B in one process: `kernels_cpu.row_chunk` (about
-ITEMS_PER_THREAD units a thread) against units of ROW_CHUNK rows (the rule before it), rounds
-interleaved so that drift hits both alike. Per format (q8_0, q4_0, q4_k with int8 activations,
-8 experts a call; BF16 through kernels_bf16, 6 matrices a call), experts past the CPU's largest
-cache; the median GB/s of stored bytes read over ROUNDS rounds. CPU only:
+"""The CPU kernels' unit of parallel work, A/B in one process: `kernels_cpu.row_chunk` (a few
+large units a thread, their count a multiple of the threads) against units of ROW_CHUNK rows
+(the rule before it), rounds interleaved so that drift hits both alike. Per format (q8_0, q4_0,
+q4_k with int8 activations, 3 experts a call, as a layer's CPU share; BF16 through kernels_bf16,
+6 matrices a call: 3 experts' gate and up), experts past the CPU's largest cache; the median GB/s
+of stored bytes read over ROUNDS rounds, written after each format. CPU only:
 
     python scripts/bench_row_chunk.py 16 out.json     # threads, results
 """
@@ -20,7 +21,7 @@ import torch
 from lazymoe.measure import past_cache
 from lazymoe.quant import expert_bench, kernels_bf16, kernels_cpu, kernels_int8
 
-ROUNDS = 7
+ROUNDS = 5
 RULES = {"row_chunk": kernels_cpu.row_chunk, "ROW_CHUNK rows": lambda n, rows, threads: kernels_cpu.ROW_CHUNK}
 
 
@@ -49,10 +50,14 @@ def main(threads: str = "16", out_path: str = "row-chunk-ab.json") -> None:
                     gbps = bf16_gbps(mats, n)
                 else:
                     gbps = expert_bench.measure_read_bandwidth(fmt, repeats=3, threads=n, activations="int8",
-                                                               together=8)["read_gbps"]  # fmt: skip
+                                                               together=3)["read_gbps"]  # fmt: skip
                 runs.setdefault((fmt, name), []).append(gbps)
         print(fmt, {name: round(statistics.median(runs[fmt, name]), 1) for name in RULES}, flush=True)
+        write(out_path, n, runs)
     use(RULES["row_chunk"])
+
+
+def write(out_path: str, n: int, runs: dict) -> None:
     with open(out_path, "w") as f:
         json.dump({"what": "CPU kernels' unit of parallel work: row_chunk against ROW_CHUNK rows, GB/s read, "
                            f"median of {ROUNDS} interleaved rounds", "threads": n, "host": platform.node(),

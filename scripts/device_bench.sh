@@ -283,7 +283,7 @@ suite_kernels() {  # quantized experts on the GPU: correctness first, then the k
   timeout 420 python3 -m lazymoe.quant.expert --threads 1,8,16 --formats q8_0,q4_0,q4_k,q6_k --activations float,int8 --together 8 --json "$RESULTS/quant-cpu-kernels.json" > "$RESULTS/quant-cpu-kernels.log" 2>&1
   log "quantized CPU kernels rc=$?: $(tail -6 "$RESULTS/quant-cpu-kernels.log" | tr '\n' ' ')"
   # the kernels' unit of parallel work: kernels_cpu.row_chunk against ROW_CHUNK rows, interleaved
-  timeout 420 python3 scripts/bench_row_chunk.py "$(nproc)" "$RESULTS/row-chunk-ab.json" > "$RESULTS/row-chunk-ab.log" 2>&1
+  timeout 600 python3 scripts/bench_row_chunk.py "$(nproc)" "$RESULTS/row-chunk-ab.json" > "$RESULTS/row-chunk-ab.log" 2>&1
   log "row_chunk A/B rc=$?: $(tr '\n' ' ' < "$RESULTS/row-chunk-ab.log" | cut -c1-600)"
   suite_bf16_cpu
 }

@@ -75,26 +75,44 @@ def test_the_expert_benchmark_compares_its_kernels_with_ram_read(monkeypatch, tm
     assert row["kernel_share_of_read"] == pytest.approx(5.0 / 20.0)
 
 
-def test_the_largest_cache_is_read_from_linux_and_odd_entries_are_skipped(tmp_path):
-    for name, size in (("index0", "32K"), ("index2", "2048K"), ("index3", "300M"), ("index4", "n/a")):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "size").write_text(size + "\n")
-    (tmp_path / "index5").mkdir()  # no size file at all
-    assert measure.largest_cache_bytes(tmp_path) == 300 * MiB
+def test_the_last_level_cache_is_read_from_linux_every_instance_once(tmp_path):
+    """Two chiplets of two cores, an L3 of 32 MiB each (64 MiB in all, as lscpu counts it); each
+    core its own L2; an unreadable entry and one without a size are skipped."""
+    entries = {"index0": (1, "{cpu}", "32K"), "index2": (2, "{cpu}", "1024K"), "index3": (3, "{pair}", "32M")}
+    for cpu in range(4):
+        pair = "0-1" if cpu < 2 else "2-3"
+        for name, (level, shared, size) in entries.items():
+            folder = tmp_path / f"cpu{cpu}" / "cache" / name
+            folder.mkdir(parents=True)
+            (folder / "level").write_text(f"{level}\n")
+            (folder / "shared_cpu_list").write_text(shared.format(cpu=cpu, pair=pair) + "\n")
+            (folder / "size").write_text(size + "\n")
+    (tmp_path / "cpu0" / "cache" / "index4").mkdir()  # no files at all
+    odd = tmp_path / "cpu1" / "cache" / "index5"
+    odd.mkdir()
+    for name, text in (("level", "3"), ("shared_cpu_list", "0-3"), ("size", "n/a")):
+        (odd / name).write_text(text)
+    assert measure.largest_cache_bytes(tmp_path) == 64 * MiB
+    (tmp_path / "cpufreq").mkdir()  # not a CPU
+    assert measure.largest_cache_bytes(tmp_path / "cpu2" / "..") == 64 * MiB
 
 
 def test_a_ram_measurement_is_sized_past_the_cache_within_the_memory_free(monkeypatch):
     """An H200 host's 256 MiB read sat in its 300 MiB L3 and gave about twice RAM's speed: RAM
     sizes are raised to CACHE_MULTIPLE times the cache (split over the buffers), never lowered,
     and never past an eighth of the memory available."""
+    from types import SimpleNamespace
+
     import psutil
 
+    free = 64 * 2**30
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=free))
     monkeypatch.setattr(measure, "largest_cache_bytes", lambda: 300 * MiB)
     assert measure.past_cache(256 * MiB) == 4 * 300 * MiB
     assert measure.past_cache(256 * MiB, buffers=2) == 2 * 300 * MiB
     assert measure.past_cache(2048 * MiB) == 2048 * MiB  # already past it
-    free = psutil.virtual_memory().available
-    assert measure.past_cache(0) == min(4 * 300 * MiB, free // 8 // MiB * MiB)
+    free = 4 * 2**30  # a small machine: an eighth of what is free, 512 MiB
+    assert measure.past_cache(0) == 512 * MiB
     monkeypatch.setattr(measure, "largest_cache_bytes", lambda: free)  # a cache as large as RAM
     assert measure.past_cache(MiB) == free // 8 // MiB * MiB
     monkeypatch.setattr(measure, "largest_cache_bytes", lambda: None)  # unknown: as asked

@@ -74,6 +74,32 @@ def test_measurement_gives_a_positive_rate_for_every_format():
     assert all(gbps > 0 for gbps in rates.values())
 
 
+def test_a_fast_format_is_timed_over_all_the_bytes_asked_a_slow_one_over_less(monkeypatch):
+    """The quantized kernels read all of `nbytes` (past the CPU's cache, as RAM is read); a path
+    too slow to read them within SLOW_PASS_S (the slab path: bound by arithmetic) one pass of
+    about pass_seconds' worth, and 4 MiB at least."""
+    import time
+
+    from lazymoe.quant import expert
+
+    timed = []
+
+    def fast(x, qt):
+        timed.append(qt.nbytes)
+
+    def slow(x, qt):  # 1 GB/s
+        timed.append(qt.nbytes)
+        time.sleep(qt.nbytes / 1e9)
+
+    monkeypatch.setattr(expert, "linear", fast)
+    placement._measure_one_format("q8_0", 1, 64 * 2**20)
+    assert min(timed[2:]) > 63 * 2**20 and max(timed) <= 64 * 2**20  # all of it (whole samples), each pass
+    timed.clear()
+    monkeypatch.setattr(expert, "linear", slow)
+    placement._measure_one_format("q8_0", 1, 2**30)  # a GiB at 1 GB/s: 1 s a pass, too slow
+    assert 4 * 2**20 <= max(timed) <= 0.1 * 1e9  # about 0.05 s of it
+
+
 def test_each_format_is_measured_once_per_process_past_the_cpus_cache(monkeypatch):
     """Once per (format, threads); by default over past_cache's bytes, not a few MiB that a big
     server CPU's cache would hold (and time instead of RAM)."""

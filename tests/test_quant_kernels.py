@@ -48,13 +48,22 @@ def test_threads_change_nothing(fmt):
     assert torch.equal(kernels_cpu.qmatvec(x, qt, threads=1), kernels_cpu.qmatvec(x, qt, threads=2))
 
 
-def test_work_units_grow_with_the_rows_and_shrink_with_the_threads():
-    """About ITEMS_PER_THREAD units a thread, never fewer than ROW_CHUNK rows: a decode step's 16
-    gate/up matrices of 768 rows on 16 threads split into 64 units of 192 rows, not 768 of 16."""
+def test_work_units_are_few_large_and_a_multiple_of_the_threads():
+    """numba gives each thread an equal run of units up front: a count that the threads divide
+    keeps them equally busy. At least ITEMS_PER_THREAD units a thread, ROW_CHUNK rows a unit: 16
+    gate/up matrices of 768 rows on 16 threads take 64 units of 192 rows, not 768 of 16."""
+    import math
+
     assert kernels_cpu.row_chunk(16, 768, 16) == 192
     assert kernels_cpu.row_chunk(1, 768, 16) == kernels_cpu.ROW_CHUNK  # few rows: the floor
-    assert kernels_cpu.row_chunk(3, 2048, 2) == 768
     assert kernels_cpu.row_chunk(1, 37, 0) == kernels_cpu.ROW_CHUNK  # (no threads: one)
+    for threads in (2, 8, 12, 16, 32):
+        for n in range(1, 17):  # a layer's CPU experts: gate and up (2n), down (n), one at a time
+            for rows in (768, 2048, 1408):
+                chunk = kernels_cpu.row_chunk(n, rows, threads)
+                units = n * math.ceil(rows / chunk)
+                if chunk > kernels_cpu.ROW_CHUNK:  # (at the floor: as many as ROW_CHUNK gives)
+                    assert units % threads == 0 and units >= kernels_cpu.ITEMS_PER_THREAD * threads
 
 
 @pytest.mark.parametrize("chunk", [1, 16, 37, 10_000])

@@ -38,7 +38,8 @@ def measure_bandwidths(nbytes: int = 1 << 30, repeats: int = 5) -> dict[str, flo
 
     out: dict[str, float | str | None] = {"cpu_read_gbps": None, "h2d_pinned_gbps": None,
                                     "gpu_read_gbps": None, "bytes_per_test": nbytes}
-    out["cpu_read_gbps"] = ram_copy(past_cache(nbytes, 2), repeats).gbps  # (past the CPU's cache)
+    cpu = ram_copy(past_cache(nbytes, 2), repeats)  # (past the CPU's cache)
+    out["cpu_read_gbps"], out["cpu_bytes_per_test"] = cpu.gbps, cpu.size_bytes
     out["cpu_measure"] = "lazymoe.measure.ram_copy: torch copy, all threads, 2 x size / best time"
     host = torch.ones(nbytes // 4, dtype=torch.float32)
     if torch.cuda.is_available():

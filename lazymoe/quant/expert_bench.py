@@ -316,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         cpu, flags = _cpu_model_and_flags()
         record = {
             "what": "quantized expert matmul on the CPU: stored bytes read per second, Qwen3-30B-A3B "
-                    "expert shapes (hidden 2048, intermediate 768), 24 distinct experts, one token",
+                    "expert shapes (hidden 2048, intermediate 768), 24 distinct experts and copies of "
+                    "them past the CPU's largest cache (the slab path: the 24 alone), one token",
             "machine": {"cpu": cpu, "flags": flags, "cores": os.cpu_count(),
                         "note": "shared with other jobs and noisy: best of the repeats"},
             "versions": {"python": platform.python_version(), "torch": torch.__version__,

@@ -369,7 +369,7 @@ class DeviceCacheDecoder(SegmentedDecoder):
         self.tuner = None
         self.cpu = torch.full((n, 2 * k), -1, dtype=torch.int32, device=device)
         self.zero_slot, self.mailbox = 0, None
-        if self.split.splits(k) or tune:  # (every expert resident: neither; fetch_split)
+        if (self.split.splits(k) or tune) and s < n * self.n_experts:  # (every expert resident: no miss)
             self.zero_slot = s - 1
             self.mailbox = cpu_misses.MissMailbox(n, k, engine.hidden, self.dtype, device)
             self.tuner = cpu_misses.ShareTuner(self.split.share) if tune else None

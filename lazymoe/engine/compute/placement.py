@@ -47,6 +47,7 @@ _FORMAT_GBPS: dict[tuple[str, int], float] = {}
 
 
 FLOAT_KERNELS = ("numba", "torch")  # CostModel.cpu_float_kernel's choices
+SLOW_PASS_S = 0.5  # a CPU path that would take longer over a format's sample is timed on less
 
 
 @dataclass
@@ -207,10 +208,11 @@ def _measure_one_format(
 ) -> float:
     """Best of `repeats` passes of one token over `fmt` weights (rows, cols): 64 quantized rows of
     N(0, 0.02) tiled (quantizing MiBs takes seconds; the kernels' speed does not depend on the
-    values): `nbytes` of them, or for a slow path (the slab path of f16, 100x slower than a
-    kernel) as many as one pass of about `pass_seconds` reads, but at least 4 MiB (a kernel's
-    call has a fixed cost, and on a busy machine a thread can wait a scheduler slice: less
-    data would time those instead); repeats stop after 0.2 s."""
+    values): `nbytes` of them, or for a slow path (one whose pass over `nbytes` would take more
+    than SLOW_PASS_S, as the slab path of f16, 100x slower than a kernel: bound by arithmetic,
+    not by RAM) as many as one pass of about `pass_seconds` reads. At least 4 MiB, which also
+    times the first guess (a kernel's call has a fixed cost, and on a busy machine a thread can
+    wait a scheduler slice: less data would time those instead); repeats stop after 0.2 s."""
     from lazymoe import quant
     from lazymoe.quant.expert import linear
 
@@ -221,12 +223,15 @@ def _measure_one_format(
     torch.set_num_threads(threads)
     try:
         linear(x, seed)  # warm-up: numba compiles a format at first use (cached on disk after)
-        start = time.perf_counter()
-        linear(x, seed)
-        guess_bps = seed.nbytes / (time.perf_counter() - start)  # bytes/s, from 64 rows
         fewest = -(-min(4 * 2**20, nbytes) // seed.nbytes)  # at least 4 MiB (or nbytes if less)
-        copies = int(max(fewest, min(nbytes, guess_bps * pass_seconds) // seed.nbytes))
-        qt = quant.QuantizedTensor(seed.format, (64 * copies, cols), seed.data.repeat(copies, 1))
+        qt = quant.QuantizedTensor(seed.format, (64 * fewest, cols), seed.data.repeat(fewest, 1))
+        start = time.perf_counter()
+        linear(x, qt)
+        guess_bps = qt.nbytes / (time.perf_counter() - start)  # bytes/s
+        target = nbytes if nbytes / guess_bps <= SLOW_PASS_S else guess_bps * pass_seconds
+        copies = int(max(fewest, target // seed.nbytes))
+        if copies > fewest:
+            qt = quant.QuantizedTensor(seed.format, (64 * copies, cols), seed.data.repeat(copies, 1))
         best, spent = float("inf"), 0.0
         for _ in range(repeats):
             start = time.perf_counter()
