@@ -141,6 +141,12 @@ def past_cache(size_bytes: int, buffers: int = 1) -> int:
     return max(size_bytes, min(need, room))
 
 
+def copies_past_cache(item_bytes: int, at_least: int = 1) -> int:
+    """How many items of `item_bytes` (a benchmark's experts or matrices, each in its own memory)
+    together hold `past_cache`'s bytes, and `at_least` of them."""
+    return max(at_least, -(-past_cache(0) // item_bytes))
+
+
 def _cache_note(size_bytes: int, buffers: int) -> str:
     """A warning for a result whose buffers fit in the CPU's largest cache."""
     cache = largest_cache_bytes()

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from lazymoe.hardware import probe
-from lazymoe.measure import past_cache
+from lazymoe.measure import copies_past_cache
 from lazymoe.quant import kernels_bf16
 
 D, I, TOGETHER = 2048, 768, 3  # noqa: E741 (I: expert width, as in the docs)
-N = max(48, -(-past_cache(0) // (3 * I * D * 2)))  # distinct experts: past the CPU's cache
+N = copies_past_cache(3 * I * D * 2, 48)  # distinct experts: past the CPU's cache
 
 
 class Expert:

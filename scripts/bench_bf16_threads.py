@@ -23,11 +23,11 @@ def child() -> dict:
     import torch
     from numba import njit, prange
 
-    from lazymoe.measure import past_cache
+    from lazymoe.measure import copies_past_cache
     from lazymoe.quant import kernels_bf16
 
     d, i_ = 2048, 768  # Qwen3-30B-A3B's expert: (I, D) matrices
-    n_mats = 48 * max(2, -(-past_cache(0) // (48 * i_ * d * 2)))  # past the CPU's largest cache
+    n_mats = 48 * copies_past_cache(48 * i_ * d * 2, 2)  # past the CPU's largest cache
     mats = [torch.randn(i_, d).to(torch.bfloat16) for _ in range(n_mats)]
     x = torch.randn(1, d).to(torch.bfloat16)
 

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from lazymoe.measure import past_cache
+from lazymoe.measure import copies_past_cache
 from lazymoe.quant import expert_bench, kernels_bf16, kernels_cpu, kernels_int8
 
 ROUNDS = 5
@@ -40,7 +40,7 @@ def bf16_gbps(mats: list[torch.Tensor], threads: int) -> float:
 
 def main(threads: str = "16", out_path: str = "row-chunk-ab.json") -> None:
     n = int(threads)
-    mats = [torch.randn(768, 2048).to(torch.bfloat16) for _ in range(max(96, -(-past_cache(0) // (768 * 2048 * 2))))]
+    mats = [torch.randn(768, 2048).to(torch.bfloat16) for _ in range(copies_past_cache(768 * 2048 * 2, 96))]
     runs: dict[tuple[str, str], list[float]] = {}
     for fmt in ("q8_0", "q4_0", "q4_k", "bf16"):
         for _ in range(ROUNDS):

@@ -60,18 +60,21 @@ def _cpu_share(row: dict, h: float) -> float | None:
         return 1.0 - h
     if placement in ("fetch", "gpu"):  # "gpu": fetch's old name, in results files before the rename
         return 0.0
-    on_cpu, on_device = _split_counts(row)
+    counted = _counted_cpu_share(row)
+    return None if counted is None else min(1.0 - h, counted)
+
+
+def _counted_cpu_share(row: dict) -> float | None:
+    """The share of a row's experts its CPU computed, as counted: the decode steps' own where
+    the row has them (a device-cache row), else the generation's, the prompt's included; None:
+    no counts."""
+    if row.get("decode_experts_on_cpu") is not None:
+        on_cpu, on_device = row["decode_experts_on_cpu"], row.get("decode_experts_on_device")
+    else:
+        on_cpu, on_device = row.get("experts_on_cpu"), row.get("experts_on_device")
     if on_cpu is None or on_device is None or on_cpu + on_device == 0:
         return None
-    return min(1.0 - h, on_cpu / (on_cpu + on_device))
-
-
-def _split_counts(row: dict) -> tuple[int | None, int | None]:
-    """(experts computed on the CPU, on the GPU): the decode steps' own where the row has them
-    (a device-cache row), else the generation's, the prompt's included."""
-    if row.get("decode_experts_on_cpu") is not None:
-        return row["decode_experts_on_cpu"], row.get("decode_experts_on_device")
-    return row.get("experts_on_cpu"), row.get("experts_on_device")
+    return on_cpu / (on_cpu + on_device)
 
 
 def roofline_tok_s(row: dict, model_bytes: dict, bandwidths: dict, overlap: bool = True,
@@ -141,7 +144,7 @@ def rows(document: dict) -> list[dict]:
             "hit_rate": (_hit_rate(r, layers) if r.get("ok") and (r.get("engine") == "lazymoe" or on_gpu)
                          else None),
             "resident_fraction": r.get("resident_fraction"),
-            "on_cpu": _measured_cpu_share(r) if r.get("ok") else None,
+            "on_cpu": _counted_cpu_share(r) if r.get("ok") and r.get("engine") == "lazymoe" else None,
             "cold_first_token_s": cold.get("first_token_s"), "cold_decode_tok_s": cold.get("decode_tok_s"),
             "bound_tok_s": bound,
             "of_bound": decode / bound if decode and bound else None,
@@ -150,14 +153,6 @@ def rows(document: dict) -> list[dict]:
             "ok": r.get("ok", False), "error": r.get("error"),
         })
     return out
-
-
-def _measured_cpu_share(row: dict) -> float | None:
-    """The share of a lazymoe row's experts its CPU computed, as counted (None: no counts)."""
-    on_cpu, on_device = _split_counts(row)
-    if row.get("engine") != "lazymoe" or on_cpu is None or not (on_cpu or 0) + (on_device or 0):
-        return None
-    return on_cpu / (on_cpu + (on_device or 0))
 
 
 def _gb(nbytes: int | None) -> float | None:

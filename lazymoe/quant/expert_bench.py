@@ -10,7 +10,6 @@ The figures and what they mean are in lazymoe/quant/expert.py's docstring.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
@@ -209,7 +208,7 @@ def measure_read_bandwidth(
     threads: torch's (and so the kernels') thread count for the run (None: as set).
     together: experts computed per call, as a decode step's top-k in the engine's RAM slots
     (`experts_forward` over an expert pool); 1: one `expert_forward` each."""
-    from lazymoe.measure import past_cache
+    from lazymoe.measure import copies_past_cache
 
     gen = torch.Generator().manual_seed(0)
     experts = []
@@ -221,8 +220,8 @@ def measure_read_bandwidth(
         experts.append([quantize(t, fmt) for t in w])
     if n_experts is None:  # the same bytes again elsewhere: a kernel reads from RAM, not a cache
         distinct, per_expert = len(experts), sum(t.nbytes for t in experts[0])
-        for i in range(max(0, -(-past_cache(0) // per_expert) - distinct)):
-            experts.append([dataclasses.replace(t, data=t.data.clone()) for t in experts[i % distinct]])
+        for i in range(copies_past_cache(per_expert, distinct) - distinct):
+            experts.append(_copy(experts[i % distinct]))
     nbytes = sum(t.nbytes for e in experts for t in e)  # bytes
     x = torch.randn(tokens, hidden, generator=gen)
     if together > 1:

@@ -533,7 +533,7 @@ class DeviceCacheDecoder(SegmentedDecoder):
             self._token()  # inside step's _swapped_norms()
         self.timings["launch_s"] += time.perf_counter() - start
         self.timings["tokens"] += 1
-        if self.tuner is not None and self.mailbox is not None:
+        if self.tuner is not None:  # (made with the mailbox only)
             self._tune(time.perf_counter() - began)
         return self.logits
 

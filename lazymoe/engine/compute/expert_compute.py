@@ -239,16 +239,6 @@ class ExpertCompute:
         out.add_(partial.to(out.device, out.dtype))
         self.computed_on["cpu"] += len(on_cpu)
 
-    def cpu_decode_on_numba(self, dtype: torch.dtype) -> bool:
-        """Whether a decode step's CPU experts run on numba's threads (lazymoe.quant's kernels):
-        a GGUF file's stored bytes, or BF16 experts read in place where the cost model did not
-        measure torch faster. (Else torch's own threads compute them.)"""
-        if self.cpu_reads_stored:
-            return True
-        numba_kernel = self.cost_model is None or self.cost_model.cpu_float_kernel == "numba"
-        in_place = self.tiers.ram is None and hasattr(self.tiers.store, "views")
-        return in_place and numba_kernel and dtype == torch.bfloat16
-
     def _cpu_from_views(self, out, layer, hidden, top_k_weights, rows, on_cpu) -> None:
         """Float experts on the CPU over the checkpoint's map (`store.views`): a decode step's
         BF16 ones by lazymoe.quant.kernels_bf16 (2-3x torch's rate for one token on the dev
@@ -257,7 +247,8 @@ class ExpertCompute:
         store, dtype = self.tiers.store, hidden.dtype
         start = time.perf_counter()
         experts = [store.views(layer, e) for e in on_cpu]
-        if self.cpu_decode_on_numba(dtype) and one_row_each(out, rows, on_cpu) and all(
+        numba_ok = self.cost_model is None or self.cost_model.cpu_float_kernel == "numba"
+        if numba_ok and dtype == torch.bfloat16 and one_row_each(out, rows, on_cpu) and all(
             p.dtype == dtype for w in experts for p in vars(w).values()
         ):
             ys = kernels_bf16.experts_forward(hidden, experts, self.act)  # (n, D) float32
